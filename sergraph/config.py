@@ -1,0 +1,291 @@
+"""Typed configuration: an OmegaConf structured schema, YAML config groups and CLI overrides.
+
+Composition order (later wins):
+
+1. the schema defaults below;
+2. ``configs/default.yaml``;
+3. one file per config group (``data``, ``model``, ``trainer``), chosen by ``group=name`` on the
+   command line (defaults: ``data=synthetic model=lstm_gin trainer=default``);
+4. ``experiment=name``: a top-level file from ``configs/experiment/`` that may set any key;
+5. dotted overrides ``key.sub=value`` (``data.root=/path``, ``model.params.readout=mean``).
+
+Every mistyped key or value raises :class:`ConfigError` before any work, naming the key and the
+valid choices.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+GROUPS = ("data", "model", "trainer")
+DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    classes: list[str] | None = None
+    merge: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class FeaturesConfig:
+    feature_set: str = "is10"
+    deltas: bool = True
+    pool: int = 5
+    functionals: str = "is10"
+    cache_dir: str | None = None
+    workers: int = 2
+
+
+@dataclass
+class GraphConfig:
+    k: int = 4
+    max_nodes: int | None = 120
+    pad: bool = True
+    normalize: str = "train"
+
+
+@dataclass
+class FoldsConfig:
+    scheme: str = "loso"
+    val_speakers: int = 1
+    n_groups: int = 5
+    seed: int = 0
+    only: list[int] | None = None
+
+
+@dataclass
+class ModelConfig:
+    name: str = "lstm_gin"
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-8
+    batch_size: int = 32
+    class_weights: bool = False
+    label_smoothing: float = 0.0
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 200
+    min_epochs: int = 1
+    patience: int = 20
+    accelerator: str = "auto"
+    devices: Any = 1
+    precision: str = "32-true"
+    deterministic: bool = True
+    num_workers: int = 0
+    progress_bar: bool = False
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    out_dir: str = "runs"
+    seeds: list[int] = field(default_factory=lambda: [0])
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"
+    project: str = "sergraph"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    offline: bool = False
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+
+
+def config_dir() -> Path:
+    """The folder holding ``default.yaml`` and the group folders (shipped with the package)."""
+    return Path(str(resources.files("sergraph.configs")))
+
+
+def group_choices(group: str) -> list[str]:
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def _load_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+
+
+def _merge(base: DictConfig, other, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = _valid_keys(base, parent)
+        hint = f"; valid keys under '{parent or '<top>'}': {valid}" if valid else ""
+        raise ConfigError(
+            f"{source}: {error.msg if hasattr(error, 'msg') else error}{hint}"
+        ) from None
+
+
+def _valid_keys(cfg: DictConfig, dotted: str) -> list[str]:
+    node = OmegaConf.select(cfg, dotted) if dotted else cfg
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """Build and validate the configuration from ``group=name`` and ``key=value`` overrides."""
+    groups = dict(DEFAULT_GROUPS)
+    experiment = None
+    dotted: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            groups[key] = value
+        elif key == "experiment":
+            experiment = value
+        else:
+            dotted.append(item)
+
+    cfg = OmegaConf.structured(Config)
+    cfg = _merge(cfg, _load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
+    for group, choice in groups.items():
+        path = config_dir() / group / f"{choice}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"{group}={choice!r} is not known; choose one of {group_choices(group)}"
+            )
+        cfg = _merge(cfg, {group: _load_yaml(path)}, f"configs/{group}/{choice}.yaml")
+    if experiment is not None:
+        path = config_dir() / "experiment" / f"{experiment}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"experiment={experiment!r} is not known; choose one of {group_choices('experiment')}"
+            )
+        cfg = _merge(cfg, _load_yaml(path), f"configs/experiment/{experiment}.yaml")
+    for item in dotted:
+        key = item.split("=", 1)[0]
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _is_free_dict(
+            cfg, parent
+        ):
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys under '{parent or '<top>'}': "
+                f"{_valid_keys(cfg, parent) or sorted(cfg.keys())}"
+            )
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    validate(cfg)
+    return cfg
+
+
+def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
+    """Keys under these nodes are free-form (checked later against the model/corpus)."""
+    return dotted in ("model.params", "data.options", "data.merge")
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible values before any work, naming the key and the accepted values."""
+    from sergraph.corpora import CORPORA
+    from sergraph.features import FEATURE_SETS, FUNCTIONAL_SETS
+    from sergraph.folds import SCHEMES
+    from sergraph.graphs import NORMALIZE_CHOICES, check_k
+    from sergraph.models import NON_NEURAL, build_model, model_names
+
+    def choice(key: str, value, choices) -> None:
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {sorted(choices)}")
+
+    def positive(key: str, value, strict: bool = True) -> None:
+        if value is None or (value <= 0 if strict else value < 0):
+            raise ConfigError(f"{key}={value!r} must be {'>' if strict else '>='} 0")
+
+    choice("data.name", cfg.data.name, CORPORA)
+    choice("features.feature_set", cfg.features.feature_set, FEATURE_SETS)
+    choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
+    positive("features.pool", cfg.features.pool)
+    positive("features.workers", cfg.features.workers)
+    choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
+    if cfg.graph.max_nodes is not None:
+        positive("graph.max_nodes", cfg.graph.max_nodes)
+    try:
+        check_k(cfg.graph.k, cfg.graph.max_nodes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    choice("folds.scheme", cfg.folds.scheme, SCHEMES)
+    positive("folds.val_speakers", cfg.folds.val_speakers, strict=False)
+    positive("optim.lr", cfg.optim.lr)
+    positive("optim.weight_decay", cfg.optim.weight_decay, strict=False)
+    positive("optim.batch_size", cfg.optim.batch_size)
+    if not 0 <= cfg.optim.label_smoothing < 1:
+        raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
+    positive("trainer.max_epochs", cfg.trainer.max_epochs)
+    positive("trainer.patience", cfg.trainer.patience)
+    choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+    choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
+    if not cfg.run.seeds:
+        raise ConfigError("run.seeds must list at least one seed")
+    choice("model.name", cfg.model.name, model_names())
+    if cfg.model.name not in NON_NEURAL:
+        try:  # a tiny instance checks parameter names and values without touching data
+            build_model(cfg.model.name, 4, 2, **OmegaConf.to_container(cfg.model.params))
+        except (ValueError, TypeError) as error:
+            raise ConfigError(str(error)) from None
+
+
+def to_yaml(cfg: DictConfig) -> str:
+    return OmegaConf.to_yaml(cfg, resolve=True)
+
+
+#: Keys that change how fast a run goes, never its numbers; left out of the run identity.
+RUNTIME_KEYS = (
+    "features.workers",
+    "features.cache_dir",
+    "trainer.num_workers",
+    "trainer.progress_bar",
+    "run.name",
+    "run.out_dir",
+    "run.seeds",
+    "folds.only",
+)
+
+
+def identity(cfg: DictConfig) -> str:
+    """A short hash of everything that determines one fold's results (seed and fold excluded)."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    for dotted in RUNTIME_KEYS:
+        section, key = dotted.split(".")
+        container.get(section, {}).pop(key, None)
+    container.pop("logger", None)
+    text = json.dumps(container, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -1,0 +1,192 @@
+"""Speaker-held-out cross-validation folds and the guard that keeps them honest.
+
+A fold names three disjoint sets of speakers: ``train``, ``val`` and ``test``. Validation
+speakers are always drawn from the speakers that are *not* tested in that fold, so the test
+speaker(s) never influence training, early stopping, normalisation or checkpoint choice.
+
+Schemes:
+
+- ``loso``: leave one speaker out; one fold per speaker, in sorted speaker order.
+- ``loso_session``: leave one session out (IEMOCAP-style corpora with a ``session`` column);
+  every speaker of the session is tested together.
+- ``groups``: ``n_groups`` speaker-disjoint groups (speakers shuffled with ``seed`` and dealt
+  round-robin), each tested once.
+
+Validation speakers rotate: for a fold, they are the next ``val_speakers`` speakers after the
+test speaker(s) in the cyclic speaker order, skipping the test speakers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+SCHEMES = ("loso", "loso_session", "groups")
+
+
+class FoldLeakError(RuntimeError):
+    """A speaker or a file appears in more than one of train/val/test."""
+
+
+@dataclass(frozen=True)
+class Fold:
+    """One speaker-held-out split.
+
+    Args:
+        index: position of the fold in the study (0-based).
+        train_speakers: speakers whose utterances are used for fitting (and normalisation).
+        val_speakers: speakers used only for early stopping and model selection.
+        test_speakers: held-out speakers, evaluated once with the selected checkpoint.
+    """
+
+    index: int
+    train_speakers: tuple[str, ...]
+    val_speakers: tuple[str, ...]
+    test_speakers: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return f"fold-{self.index:02d}"
+
+    def split_of(self, speaker: str) -> str | None:
+        """Which split a speaker belongs to, or ``None`` if the fold does not use it."""
+        for split in ("train", "val", "test"):
+            if speaker in getattr(self, f"{split}_speakers"):
+                return split
+        return None
+
+
+def _rotate_validation(order: list[str], test: list[str], val_speakers: int) -> list[str]:
+    """The ``val_speakers`` speakers following the last test speaker in cyclic order."""
+    if val_speakers <= 0:
+        return []
+    start = max(order.index(s) for s in test) + 1
+    candidates = [order[(start + i) % len(order)] for i in range(len(order))]
+    candidates = [s for s in candidates if s not in test]
+    return candidates[:val_speakers]
+
+
+def make_folds(
+    table: pd.DataFrame,
+    scheme: str = "loso",
+    val_speakers: int = 1,
+    n_groups: int = 5,
+    seed: int = 0,
+) -> list[Fold]:
+    """Build speaker-held-out folds for a corpus table.
+
+    Args:
+        table: corpus table with at least ``speaker`` (and ``session`` for ``loso_session``).
+        scheme: one of ``loso``, ``loso_session``, ``groups``.
+        val_speakers: number of validation speakers per fold, taken from the training side.
+        n_groups: number of speaker groups for ``scheme="groups"``.
+        seed: shuffles the speakers before grouping (``groups`` only).
+
+    Returns:
+        The folds, each checked by :func:`check_fold`.
+    """
+    if scheme not in SCHEMES:
+        raise ValueError(f"folds.scheme={scheme!r} is not known; choose one of {list(SCHEMES)}")
+    speakers = sorted(table["speaker"].astype(str).unique())
+    if scheme == "loso":
+        test_sets = [[s] for s in speakers]
+    elif scheme == "loso_session":
+        if "session" not in table.columns or table["session"].isna().any():
+            raise ValueError(
+                "folds.scheme='loso_session' needs a 'session' value on every row; "
+                "this corpus has none (use scheme='loso' or 'groups')"
+            )
+        by_session = table.groupby("session")["speaker"].apply(lambda s: sorted(set(map(str, s))))
+        test_sets = [by_session[session] for session in sorted(by_session.index)]
+    else:
+        if n_groups < 2:
+            raise ValueError(f"folds.n_groups={n_groups} must be at least 2")
+        if n_groups > len(speakers):
+            raise ValueError(
+                f"folds.n_groups={n_groups} is more than the {len(speakers)} speakers of this "
+                "corpus; every group needs at least one speaker"
+            )
+        shuffled = list(np.random.default_rng(seed).permutation(speakers))
+        test_sets = [sorted(shuffled[g::n_groups]) for g in range(n_groups)]
+
+    n_train_min = 1
+    if len(speakers) < 1 + val_speakers + n_train_min and scheme == "loso":
+        raise ValueError(
+            f"{len(speakers)} speakers cannot make speaker-held-out folds with "
+            f"{val_speakers} validation speaker(s): need at least {2 + val_speakers}"
+        )
+    folds = []
+    for index, test in enumerate(test_sets):
+        val = _rotate_validation(speakers, test, val_speakers)
+        train = [s for s in speakers if s not in test and s not in val]
+        if not train:
+            raise ValueError(
+                f"fold {index} (test {test}) has no training speakers left after taking "
+                f"{val_speakers} validation speaker(s); lower folds.val_speakers"
+            )
+        fold = Fold(index, tuple(train), tuple(val), tuple(test))
+        check_fold(fold, table)
+        folds.append(fold)
+    return folds
+
+
+def split_indices(table: pd.DataFrame, fold: Fold) -> dict[str, np.ndarray]:
+    """Row positions of the table in each split of the fold (rows of unused speakers dropped)."""
+    speaker = table["speaker"].astype(str).to_numpy()
+    return {
+        split: np.flatnonzero(np.isin(speaker, list(getattr(fold, f"{split}_speakers"))))
+        for split in ("train", "val", "test")
+    }
+
+
+def check_fold(fold: Fold, table: pd.DataFrame) -> None:
+    """Raise :class:`FoldLeakError` if a speaker or a file is in two splits, or a split is empty.
+
+    Files are compared by ``utterance`` id and by ``path``, so the same audio listed twice under
+    two speakers cannot cross from test into training.
+    """
+    sets = {
+        "train": set(fold.train_speakers),
+        "val": set(fold.val_speakers),
+        "test": set(fold.test_speakers),
+    }
+    for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+        shared = sets[a] & sets[b]
+        if shared:
+            raise FoldLeakError(f"{fold.name}: speaker(s) {sorted(shared)} in both {a} and {b}")
+    if not sets["train"] or not sets["test"]:
+        raise FoldLeakError(f"{fold.name}: empty train or test speaker set")
+    rows = split_indices(table, fold)
+    for column in ("utterance", "path"):
+        if column not in table.columns:
+            continue
+        values = {split: set(table[column].iloc[idx]) for split, idx in rows.items()}
+        for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
+            shared = values[a] & values[b]
+            if shared:
+                example = sorted(map(str, shared))[:3]
+                raise FoldLeakError(
+                    f"{fold.name}: {len(shared)} {column}(s) in both {a} and {b}, e.g. {example}"
+                )
+    for split in ("train", "test") + (("val",) if fold.val_speakers else ()):
+        if len(rows[split]) == 0:
+            raise FoldLeakError(f"{fold.name}: the {split} split has no utterances")
+
+
+def fold_table(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> pd.DataFrame:
+    """One row per fold and split: speakers and utterance counts per class (for ``sergraph folds``)."""
+    records = []
+    for fold in folds:
+        for split, idx in split_indices(table, fold).items():
+            counts = table["label"].iloc[idx].value_counts()
+            record = {
+                "fold": fold.name,
+                "split": split,
+                "speakers": ",".join(getattr(fold, f"{split}_speakers")),
+                "n": len(idx),
+            }
+            record.update({c: int(counts.get(c, 0)) for c in classes})
+            records.append(record)
+    return pd.DataFrame.from_records(records)

@@ -1,0 +1,94 @@
+"""Parts shared by the encoders: the optional BiLSTM front end and the readout + classifier head."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
+from torch_geometric.utils import to_dense_batch
+
+READOUTS = {"sum": global_add_pool, "mean": global_mean_pool, "max": global_max_pool}
+
+
+def check_choice(key: str, value: str, choices) -> None:
+    if value not in choices:
+        raise ValueError(
+            f"model.params.{key}={value!r} is not valid; choose one of {sorted(choices)}"
+        )
+
+
+class BiLSTMFront(nn.Module):
+    """A bidirectional LSTM run over each graph's nodes in time order.
+
+    Graphs of different lengths are packed, so padding never enters the recurrence and the
+    output of a graph does not depend on the other graphs in its batch.
+
+    Args:
+        in_channels: node feature size F.
+        hidden: LSTM cells per direction (the paper: 128).
+
+    Shapes:
+        - input: node features ``[N, F]``, ``batch`` vector ``[N]`` (nodes of a graph contiguous
+          and in time order, as PyG batches them).
+        - output: ``[N, 2 * hidden]``.
+    """
+
+    def __init__(self, in_channels: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.lstm = nn.LSTM(in_channels, hidden, batch_first=True, bidirectional=True)
+        self.out_channels = 2 * hidden
+
+    def forward(self, x: torch.Tensor, batch: torch.Tensor) -> torch.Tensor:
+        dense, mask = to_dense_batch(x, batch)
+        lengths = mask.sum(dim=1)
+        if bool((lengths == dense.size(1)).all()):
+            out, _ = self.lstm(dense)
+        else:
+            packed = pack_padded_sequence(
+                dense, lengths.cpu(), batch_first=True, enforce_sorted=False
+            )
+            out, _ = self.lstm(packed)
+            out, _ = pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
+        return out[mask]
+
+
+class ReadoutHead(nn.Module):
+    """Readout of every layer's node features, concatenated, then an MLP classifier.
+
+    Args:
+        layer_channels: feature size of each layer whose nodes are read out (input layer first).
+        num_classes: number of emotion classes.
+        readout: ``sum``, ``mean`` or ``max`` over the nodes of each graph.
+        hidden: width of the classifier's hidden layer.
+        dropout: dropout before each classifier layer.
+
+    Shapes:
+        - input: list of ``[N, C_l]`` node features, ``batch`` ``[N]``.
+        - output: logits ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        layer_channels: list[int],
+        num_classes: int,
+        readout: str = "sum",
+        hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        check_choice("readout", readout, READOUTS)
+        self.pool = READOUTS[readout]
+        self.classifier = nn.Sequential(
+            nn.Dropout(dropout),
+            nn.Linear(sum(layer_channels), hidden),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, num_classes),
+        )
+
+    def forward(
+        self, layers: list[torch.Tensor], batch: torch.Tensor, num_graphs: int
+    ) -> torch.Tensor:
+        pooled = [self.pool(h, batch, num_graphs) for h in layers]
+        return self.classifier(torch.cat(pooled, dim=-1))

@@ -1,0 +1,90 @@
+"""LSTM-GIN (Liu & Wang, Interspeech 2021) and plain GIN."""
+
+from __future__ import annotations
+
+from torch import nn
+from torch_geometric.nn import GINConv
+
+from sergraph.models import register
+from sergraph.models.common import BiLSTMFront, ReadoutHead
+
+
+def gin_mlp(in_channels: int, out_channels: int) -> nn.Sequential:
+    """The per-layer MLP of GIN: Linear-BatchNorm-ReLU-Linear-ReLU."""
+    return nn.Sequential(
+        nn.Linear(in_channels, out_channels),
+        nn.BatchNorm1d(out_channels),
+        nn.ReLU(),
+        nn.Linear(out_channels, out_channels),
+        nn.ReLU(),
+    )
+
+
+@register("lstm_gin")
+class LSTMGIN(nn.Module):
+    """BiLSTM node encoder, GIN layers over the temporal graph, per-layer readout, classifier.
+
+    ``h_i^(l) = MLP^(l)((1 + eps^(l)) h_i^(l-1) + sum_{u in N(i)} h_u^(l-1))`` with learnable
+    ``eps``; the readouts of ``h^(0)`` (the LSTM output) and of every GIN layer are concatenated.
+
+    Args:
+        in_channels: node feature size F (from the data).
+        num_classes: number of emotion classes (from the data).
+        lstm_hidden: LSTM cells per direction (paper: 128).
+        use_lstm: run the BiLSTM front end (``False`` gives plain GIN on the raw features).
+        hidden: width of each GIN layer.
+        num_layers: number of GIN layers (paper: 5).
+        train_eps: learn ``eps`` (paper: yes) or keep it fixed at 0.
+        readout: ``sum`` (paper's best), ``mean`` or ``max``.
+        classifier_hidden: hidden width of the classifier.
+        dropout: dropout in the classifier.
+
+    Shapes:
+        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
+        - output: logits ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        lstm_hidden: int = 128,
+        use_lstm: bool = True,
+        hidden: int = 128,
+        num_layers: int = 5,
+        train_eps: bool = True,
+        readout: str = "sum",
+        classifier_hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
+        self.front = BiLSTMFront(in_channels, lstm_hidden) if use_lstm else None
+        channels = self.front.out_channels if use_lstm else in_channels
+        layer_channels = [channels]
+        self.convs = nn.ModuleList()
+        for _ in range(num_layers):
+            self.convs.append(GINConv(gin_mlp(channels, hidden), train_eps=train_eps))
+            channels = hidden
+            layer_channels.append(hidden)
+        self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+
+    def forward(self, data):
+        x, edge_index, batch = data.x, data.edge_index, data.batch
+        h = self.front(x, batch) if self.front is not None else x
+        layers = [h]
+        for conv in self.convs:
+            h = conv(h, edge_index)
+            layers.append(h)
+        return self.head(layers, batch, data.num_graphs)
+
+
+@register("gin")
+class GIN(LSTMGIN):
+    """GIN without the BiLSTM front end (same layers, readout and classifier as LSTM-GIN)."""
+
+    def __init__(
+        self, in_channels: int, num_classes: int, use_lstm: bool = False, **kwargs
+    ) -> None:
+        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)

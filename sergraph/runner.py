@@ -1,0 +1,439 @@
+"""Cross-validation runs: for each seed and fold, fit with early stopping on the validation
+speakers, test the best checkpoint once on the held-out speakers, write the results.
+
+Layout of a run (``run.out_dir/run.name/model/``)::
+
+    seed-0/fold-00/config.yaml        resolved configuration of the fold
+    seed-0/fold-00/predictions.csv    utterance, speaker, true, predicted, p_<class> ...
+    seed-0/fold-00/metrics.json       written last: its presence marks the fold finished
+    seed-0/fold-00/checkpoints/best.ckpt
+    summary.json, summary.md          per-fold, mean +- std over folds and pooled WA/UA
+
+Re-running the same command skips finished folds; a fold whose saved configuration differs
+from the current one is refused instead of silently mixed into the summary.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from sergraph.config import identity, to_yaml
+from sergraph.folds import Fold, make_folds, split_indices
+from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from sergraph.metrics import pooled_scores, scores_from_labels
+
+SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."
+
+
+@dataclass
+class Study:
+    """Everything a fold needs that does not depend on the fold."""
+
+    table: pd.DataFrame
+    classes: list[str]
+    folds: list[Fold]
+    features: list[np.ndarray] | None = None
+    functionals: np.ndarray | None = None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SERGRAPH_CACHE", Path.home() / ".cache" / "sergraph"))
+
+
+def feature_cache(cfg: DictConfig):
+    from sergraph.features import FeatureCache, FeatureConfig
+
+    root = (
+        Path(cfg.features.cache_dir) if cfg.features.cache_dir else default_cache_dir() / "features"
+    )
+    config = FeatureConfig(
+        feature_set=cfg.features.feature_set, deltas=cfg.features.deltas, pool=cfg.features.pool
+    )
+    return FeatureCache(root, config)
+
+
+def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The corpus table after the label map, and the class names in index order."""
+    from sergraph.corpora import load_corpus
+
+    table = load_corpus(
+        cfg.data.name,
+        root=cfg.data.root,
+        classes=list(cfg.data.classes) if cfg.data.classes is not None else None,
+        merge=dict(cfg.data.merge) if cfg.data.merge else None,
+        **OmegaConf.to_container(cfg.data.options),
+    )
+    classes = list(table.attrs["classes"])
+    return table.reset_index(drop=True), classes
+
+
+def prepare(cfg: DictConfig, need_features: bool = True) -> Study:
+    """Load the corpus, make the folds and fetch (cached) features."""
+    table, classes = load_table(cfg)
+    folds = make_folds(
+        table,
+        scheme=cfg.folds.scheme,
+        val_speakers=cfg.folds.val_speakers,
+        n_groups=cfg.folds.n_groups,
+        seed=cfg.folds.seed,
+    )
+    study = Study(table=table, classes=classes, folds=folds)
+    if not need_features:
+        return study
+    cache = feature_cache(cfg)
+    paths = table["path"].tolist()
+    if cfg.model.name == "svm":
+        study.functionals = np.asarray(
+            cache.functionals(
+                paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
+            )
+        )
+    else:
+        study.features = cache.get(paths, workers=cfg.features.workers)
+    return study
+
+
+def run_root(cfg: DictConfig) -> Path:
+    return Path(cfg.run.out_dir) / (cfg.run.name or cfg.data.name) / cfg.model.name
+
+
+def fold_dir(cfg: DictConfig, seed: int, fold: Fold) -> Path:
+    return run_root(cfg) / f"seed-{seed}" / fold.name
+
+
+def selected_folds(cfg: DictConfig, folds: list[Fold]) -> list[Fold]:
+    if cfg.folds.only is None:
+        return folds
+    bad = [i for i in cfg.folds.only if not 0 <= i < len(folds)]
+    if bad:
+        raise ValueError(
+            f"folds.only={list(cfg.folds.only)}: fold(s) {bad} do not exist; 0..{len(folds) - 1}"
+        )
+    return [folds[i] for i in cfg.folds.only]
+
+
+def finished(cfg: DictConfig, directory: Path) -> bool:
+    """True if the fold has results for this configuration; raises if they are for another."""
+    metrics = directory / "metrics.json"
+    if not metrics.is_file():
+        return False
+    saved = json.loads(metrics.read_text()).get("config_id")
+    if saved != identity(cfg):
+        raise RuntimeError(
+            f"{directory} holds results of a different configuration (id {saved}, now "
+            f"{identity(cfg)}); choose another run.name or remove that folder"
+        )
+    return True
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_study(cfg: DictConfig) -> dict:
+    """Run every selected (seed, fold) cell that is not finished, then summarise."""
+    if cfg.data.name == "synthetic":
+        log(SYNTHETIC_NOTE)
+    start = time.perf_counter()
+    study = prepare(cfg)
+    log(
+        f"{len(study.table)} utterances, {study.table['speaker'].nunique()} speakers, classes {study.classes}"
+    )
+    for seed in cfg.run.seeds:
+        for fold in selected_folds(cfg, study.folds):
+            directory = fold_dir(cfg, seed, fold)
+            if finished(cfg, directory):
+                log(f"seed {seed} {fold.name}: finished earlier, skipped")
+                continue
+            result = run_fold(cfg, study, fold, seed, directory)
+            log(
+                f"seed {seed} {fold.name} test {','.join(fold.test_speakers)}: "
+                f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
+                f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
+            )
+    summary = summarize(run_root(cfg), study.classes)
+    summary["seconds"] = time.perf_counter() - start
+    return summary
+
+
+def run_fold(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path) -> dict:
+    """Train and test one cell; the result files are written atomically, metrics.json last."""
+    if directory.exists():
+        shutil.rmtree(directory)  # leftovers of an interrupted attempt
+    directory.mkdir(parents=True)
+    atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+    start = time.perf_counter()
+    if cfg.model.name == "svm":
+        predictions, extra = _fit_svm(cfg, study, fold, seed)
+    else:
+        predictions, extra = _fit_neural(cfg, study, fold, seed, directory)
+    scores = scores_from_labels(
+        predictions["true"].map(study.classes.index),
+        predictions["predicted"].map(study.classes.index),
+        len(study.classes),
+    )
+    atomic_write_csv(directory / "predictions.csv", predictions)
+    result = {
+        "config_id": identity(cfg),
+        "model": cfg.model.name,
+        "seed": seed,
+        "fold": fold.index,
+        "train_speakers": list(fold.train_speakers),
+        "val_speakers": list(fold.val_speakers),
+        "test_speakers": list(fold.test_speakers),
+        "classes": study.classes,
+        "n_test": len(predictions),
+        **scores,
+        **extra,
+        "seconds": time.perf_counter() - start,
+    }
+    atomic_write_json(directory / "metrics.json", result)
+    return result
+
+
+def _fit_neural(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path):
+    import lightning as L
+    import torch
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.loggers import CSVLogger
+
+    from sergraph.datamodule import FoldDataModule
+    from sergraph.module import SERModule
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = FoldDataModule(
+        study.table,
+        study.features,
+        fold,
+        study.classes,
+        k=cfg.graph.k,
+        max_nodes=cfg.graph.max_nodes,
+        pad=cfg.graph.pad,
+        normalize=cfg.graph.normalize,
+        batch_size=cfg.optim.batch_size,
+        num_workers=cfg.trainer.num_workers,
+        seed=seed,
+    )
+    datamodule.setup()
+    module = SERModule(
+        model=cfg.model.name,
+        model_params=OmegaConf.to_container(cfg.model.params),
+        in_channels=datamodule.num_features,
+        class_names=study.classes,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        class_weights=datamodule.class_weights if cfg.optim.class_weights else None,
+        label_smoothing=cfg.optim.label_smoothing,
+    )
+    has_val = bool(fold.val_speakers)
+    checkpoint = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="best",
+        monitor="val/ua" if has_val else None,
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint]
+    if has_val:
+        callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    loggers = [CSVLogger(save_dir=directory, name="logs", version="")]
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        min_epochs=cfg.trainer.min_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=cfg.trainer.devices,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        callbacks=callbacks,
+        logger=loggers,
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+    )
+    trainer.fit(module, datamodule=datamodule)
+    best = checkpoint.best_model_path
+    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
+    tested = trainer.lightning_module.test_result
+    outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader(), ckpt_path=best)
+    probabilities = torch.cat([o["probabilities"] for o in outputs]).numpy()
+    true = torch.cat([o["true"] for o in outputs]).numpy()
+    predictions = _predictions_frame(
+        [u for o in outputs for u in o["utterance"]],
+        [s for o in outputs for s in o["speaker"]],
+        true,
+        probabilities,
+        study.classes,
+    )
+    # Independent route: scores from the predictions file must equal the torchmetrics ones.
+    check = scores_from_labels(true, probabilities.argmax(axis=1), len(study.classes))
+    if check["confusion"] != tested["confusion"]:
+        raise RuntimeError(
+            f"{directory}: torchmetrics and predictions disagree; please report this"
+        )
+    best_score = checkpoint.best_model_score
+    extra = {
+        "epochs": int(trainer.current_epoch),
+        "best_val_ua": float(best_score) if best_score is not None else None,
+        "checkpoint": str(Path(best).relative_to(directory)) if best else None,
+    }
+    return predictions, extra
+
+
+def _predictions_frame(utterances, speakers, true, scores, classes) -> pd.DataFrame:
+    frame = pd.DataFrame(
+        {
+            "utterance": utterances,
+            "speaker": speakers,
+            "true": [classes[i] for i in true],
+            "predicted": [classes[i] for i in np.asarray(scores).argmax(axis=1)],
+        }
+    )
+    for i, name in enumerate(classes):
+        frame[f"p_{name}"] = np.round(np.asarray(scores)[:, i], 6)
+    return frame
+
+
+SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+
+
+def _fit_svm(cfg: DictConfig, study: Study, fold: Fold, seed: int):
+    """Linear SVM on utterance functionals, standardised with training-fold statistics.
+
+    The regularisation constant C is chosen from :data:`SVM_C_GRID` by UA on the validation
+    speakers (training side only); the reported "probabilities" are a softmax of the decision
+    values (scores, not calibrated probabilities).
+    """
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+
+    rows = split_indices(study.table, fold)
+    labels = study.table["label"].map(study.classes.index).to_numpy()
+    scaler = StandardScaler().fit(study.functionals[rows["train"]])
+    x = np.nan_to_num(scaler.transform(study.functionals))
+
+    def fit(c: float) -> LinearSVC:
+        return LinearSVC(C=c, max_iter=20000, random_state=seed).fit(
+            x[rows["train"]], labels[rows["train"]]
+        )
+
+    best_c, best_ua = SVM_C_GRID[len(SVM_C_GRID) // 2], None
+    if len(rows["val"]):
+        for c in SVM_C_GRID:
+            val_ua = scores_from_labels(
+                labels[rows["val"]], fit(c).predict(x[rows["val"]]), len(study.classes)
+            )["ua"]
+            if best_ua is None or val_ua > best_ua:
+                best_c, best_ua = c, val_ua
+    model = fit(best_c)
+    decision = model.decision_function(x[rows["test"]])
+    decision = decision - decision.max(axis=1, keepdims=True)
+    scores = np.exp(decision) / np.exp(decision).sum(axis=1, keepdims=True)
+    # Classes never seen in training have no column in the SVM; place scores by class index.
+    full = np.zeros((len(rows["test"]), len(study.classes)))
+    full[:, model.classes_] = scores
+    test_rows = study.table.iloc[rows["test"]]
+    predictions = _predictions_frame(
+        test_rows["utterance"].tolist(),
+        test_rows["speaker"].astype(str).tolist(),
+        labels[rows["test"]],
+        full,
+        study.classes,
+    )
+    return predictions, {"epochs": 0, "svm_C": best_c, "best_val_ua": best_ua}
+
+
+def _mean_std(values) -> tuple[float, float]:
+    values = np.asarray(values, dtype=float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
+    """Collect ``metrics.json``/``predictions.csv`` of a model's folds; write summary.json/.md.
+
+    Returns a dict with per-fold rows, the mean +- std over folds of WA and UA (sample std over
+    all seed x fold cells) and WA/UA pooled over every test prediction of each seed (averaged
+    over seeds when there are several).
+    """
+    root = Path(root)
+    cells = sorted(root.glob("seed-*/fold-*/metrics.json"))
+    if not cells:
+        raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
+    rows, pooled = [], []
+    for path in cells:
+        metrics = json.loads(path.read_text())
+        classes = classes or metrics["classes"]
+        rows.append(
+            {
+                "seed": metrics["seed"],
+                "fold": metrics["fold"],
+                "test_speakers": ",".join(metrics["test_speakers"]),
+                "n": metrics["n_test"],
+                "wa": metrics["wa"],
+                "ua": metrics["ua"],
+            }
+        )
+    folds = pd.DataFrame(rows)
+    for seed, group in folds.groupby("seed"):
+        predictions = pd.concat(
+            pd.read_csv(root / f"seed-{seed}" / f"fold-{fold:02d}" / "predictions.csv")
+            for fold in group["fold"]
+        )
+        pooled.append(
+            pooled_scores(predictions, classes) | {"seed": int(seed), "n": len(predictions)}
+        )
+    wa_mean, wa_std = _mean_std(folds["wa"])
+    ua_mean, ua_std = _mean_std(folds["ua"])
+    summary = {
+        "model": root.name,
+        "classes": classes,
+        "folds": folds.to_dict(orient="records"),
+        "fold_mean": {"wa": wa_mean, "ua": ua_mean},
+        "fold_std": {"wa": wa_std, "ua": ua_std},
+        "pooled": {
+            "wa": float(np.mean([p["wa"] for p in pooled])),
+            "ua": float(np.mean([p["ua"] for p in pooled])),
+            "per_seed": pooled,
+        },
+    }
+    atomic_write_json(root / "summary.json", summary)
+    atomic_write_text(root / "summary.md", format_summary(summary))
+    return summary
+
+
+def format_summary(summary: dict) -> str:
+    """A Markdown table: one row per fold, then mean +- std over folds and pooled."""
+    lines = [
+        f"## {summary['model']}: speaker-held-out results (%)",
+        "",
+        "| seed | fold | test speakers | n | WA | UA |",
+        "| ---: | ---: | --- | ---: | ---: | ---: |",
+    ]
+    for row in summary["folds"]:
+        lines.append(
+            f"| {row['seed']} | {row['fold']} | {row['test_speakers']} | {row['n']} | "
+            f"{100 * row['wa']:.2f} | {100 * row['ua']:.2f} |"
+        )
+    mean, std = summary["fold_mean"], summary["fold_std"]
+    n_pooled = sum(p["n"] for p in summary["pooled"]["per_seed"])
+    lines += [
+        f"| | mean ± std over folds | | | {100 * mean['wa']:.2f} ± {100 * std['wa']:.2f} | "
+        f"{100 * mean['ua']:.2f} ± {100 * std['ua']:.2f} |",
+        f"| | pooled over all test predictions | | {n_pooled} | {100 * summary['pooled']['wa']:.2f} | "
+        f"{100 * summary['pooled']['ua']:.2f} |",
+        "",
+        "WA = accuracy over utterances; UA = mean recall over classes present in the targets.",
+        "",
+    ]
+    return "\n".join(lines)

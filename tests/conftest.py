@@ -1,0 +1,52 @@
+"""Shared fixtures: small made-up corpus tables and the location of the real EmoDB."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def emodb_root() -> Path | None:
+    """EmoDB from $SERGRAPH_EMODB or ../shared/data/emodb beside the repository."""
+    candidates = [os.environ.get("SERGRAPH_EMODB"), REPO.parent / "shared" / "data" / "emodb"]
+    for candidate in candidates:
+        if candidate and (Path(candidate) / "wav").is_dir():
+            return Path(candidate)
+    return None
+
+
+@pytest.fixture
+def emodb() -> Path:
+    root = emodb_root()
+    if root is None:
+        pytest.skip("EmoDB not found: set SERGRAPH_EMODB or place it at ../shared/data/emodb")
+    return root
+
+
+@pytest.fixture
+def toy_table() -> pd.DataFrame:
+    """4 speakers x 3 classes x 2 utterances, with made-up paths."""
+    rows = []
+    for speaker in ("s1", "s2", "s3", "s4"):
+        for label in ("angry", "neutral", "sad"):
+            for take in range(2):
+                utterance = f"{speaker}_{label}_{take}"
+                rows.append((utterance, f"/audio/{utterance}.wav", speaker, label))
+    return pd.DataFrame(rows, columns=["utterance", "path", "speaker", "label"])
+
+
+@pytest.fixture
+def toy_features(toy_table) -> list[np.ndarray]:
+    """Random pooled features [T, 6] of varying length, class-dependent mean."""
+    rng = np.random.default_rng(0)
+    offsets = {"angry": 1.0, "neutral": 0.0, "sad": -1.0}
+    return [
+        (rng.normal(size=(int(rng.integers(8, 30)), 6)) + offsets[label]).astype(np.float32)
+        for label in toy_table["label"]
+    ]

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+
+from sergraph.datamodule import FoldDataModule
+from sergraph.folds import make_folds
+
+
+def test_datamodule_sizes_and_train_only_normalisation(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[0]  # test s1, val s2, train s3 s4
+    dm = FoldDataModule(
+        toy_table, toy_features, fold, ["angry", "neutral", "sad"], k=2, max_nodes=20
+    )
+    dm.setup()
+    assert dm.num_features == 6 and dm.num_classes == 3
+    assert [len(dm.datasets[s]) for s in ("train", "val", "test")] == [12, 6, 6]
+    train_idx = np.flatnonzero(toy_table["speaker"].isin(["s3", "s4"]))
+    frames = np.concatenate([toy_features[i] for i in train_idx])
+    assert np.allclose(dm.normalizer.mean, frames.mean(axis=0), atol=1e-5)
+    assert np.allclose(dm.normalizer.std, frames.std(axis=0), atol=1e-5)
+    # the statistics would move if the test speaker were included: guard against a leak
+    every = np.concatenate(toy_features)
+    assert not np.allclose(dm.normalizer.mean, every.mean(axis=0), atol=1e-3)
+
+
+def test_test_speaker_features_do_not_change_training_graphs(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[0]
+    classes = ["angry", "neutral", "sad"]
+    base = FoldDataModule(toy_table, toy_features, fold, classes, k=2, max_nodes=20)
+    base.setup()
+    poisoned = [
+        f * 100 + 7 if s == "s1" else f
+        for f, s in zip(toy_features, toy_table["speaker"], strict=True)
+    ]
+    other = FoldDataModule(toy_table, poisoned, fold, classes, k=2, max_nodes=20)
+    other.setup()
+    for split in ("train", "val"):
+        for a, b in zip(base.datasets[split], other.datasets[split], strict=True):
+            assert np.array_equal(a.x.numpy(), b.x.numpy())
+
+
+def test_batches_and_class_weights(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[1]
+    dm = FoldDataModule(
+        toy_table, toy_features, fold, ["angry", "neutral", "sad"], k=4, max_nodes=20, batch_size=5
+    )
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch.num_graphs == 5 and batch.x.shape == (5 * 20, 6)
+    assert dm.class_weights == pytest.approx([1.0, 1.0, 1.0])  # balanced toy corpus
+    test_ids = [u for b in dm.test_dataloader() for u in b.utterance]
+    assert test_ids == toy_table[toy_table["speaker"] == "s2"]["utterance"].tolist()
+
+
+def test_speaker_normalisation_uses_each_speakers_own_features(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[0]
+    dm = FoldDataModule(
+        toy_table,
+        toy_features,
+        fold,
+        ["angry", "neutral", "sad"],
+        k=2,
+        max_nodes=None,
+        pad=False,
+        normalize="speaker",
+    )
+    dm.setup()
+    test_x = np.concatenate([g.x.numpy() for g in dm.datasets["test"]])
+    assert np.allclose(test_x.mean(axis=0), 0, atol=1e-5)
+
+
+def test_missing_training_class_is_an_error(toy_table, toy_features):
+    table = toy_table[~((toy_table["label"] == "sad") & toy_table["speaker"].isin(["s3", "s4"]))]
+    features = [toy_features[i] for i in table.index]
+    fold = make_folds(table, "loso")[0]
+    dm = FoldDataModule(table, features, fold, ["angry", "neutral", "sad"], k=2, max_nodes=20)
+    with pytest.raises(ValueError, match="sad"):
+        dm.setup()

@@ -1,0 +1,69 @@
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+
+from sergraph.graphs import build_graph
+from sergraph.models import MODELS, build_model, get_model_class, model_parameters
+
+
+def graphs(lengths, pad, features=6, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        build_graph(
+            rng.normal(size=(n, features)).astype(np.float32), 4, 12, pad, i % 3, f"u{i}", "s"
+        )
+        for i, n in enumerate(lengths)
+    ]
+
+
+def test_unknown_model_lists_names():
+    with pytest.raises(ValueError, match="lstm_gin"):
+        get_model_class("lstm_gim")
+
+
+def test_unknown_parameter_lists_valid_ones():
+    with pytest.raises(ValueError, match="readout"):
+        build_model("lstm_gin", 6, 3, readuot="sum")
+
+
+def test_bad_readout_lists_choices():
+    with pytest.raises(ValueError, match="max"):
+        build_model("lstm_gin", 6, 3, readout="median")
+
+
+def test_lstm_gin_matches_paper_sizes():
+    model = build_model("lstm_gin", 76, 4)
+    assert model.front.lstm.hidden_size == 128 and model.front.lstm.bidirectional
+    assert len(model.convs) == 5 and all(conv.eps.requires_grad for conv in model.convs)
+    # readout of the input layer (256) and five GIN layers (128 each) is concatenated
+    assert model.head.classifier[1].in_features == 256 + 5 * 128
+    assert model_parameters("gin")["use_lstm"] is False
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_model_shapes_backward_and_step(name):
+    torch.manual_seed(0)
+    model = build_model(name, 6, 3)
+    batch = Batch.from_data_list(graphs([12, 12, 12, 12], pad=True))
+    logits = model(batch)
+    assert logits.shape == (4, 3)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    torch.nn.functional.cross_entropy(logits, batch.y).backward()
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    optimizer.step()
+    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
+    assert all(changed)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("pad", [True, False])
+def test_output_of_a_graph_does_not_depend_on_its_batch(name, pad):
+    torch.manual_seed(0)
+    model = build_model(name, 6, 3).eval()
+    items = graphs([5, 12, 9], pad=pad)
+    with torch.no_grad():
+        together = model(Batch.from_data_list(items))
+        alone = torch.cat([model(Batch.from_data_list([g])) for g in items])
+    assert torch.allclose(together, alone, atol=1e-5)
