@@ -4,6 +4,7 @@ Verbs:
     train     cross-validated training and testing; prints the per-fold and overall WA/UA table
     features  extract (or check) the cached openSMILE features of a corpus
     folds     print the fold table: speakers and per-class counts of train/val/test
+    cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
     report    re-summarise a finished run folder (``sergraph report runs/NAME/MODEL``)
     config    print the resolved configuration
 
@@ -38,6 +39,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "cross-validated training and testing"),
         ("features", "extract and cache openSMILE features"),
         ("folds", "print the speaker-held-out fold table"),
+        ("cells", "list the (variant, seed, fold) cells of a study with their indices"),
         ("config", "print the resolved configuration"),
     ):
         sub = verbs.add_parser(verb, help=text)
@@ -52,15 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "report":
             return _report(Path(args.run_dir))
+        if args.verb == "train":
+            return _train(args.overrides)
+        if args.verb == "cells":
+            return _cells(args.overrides)
         cfg = compose(args.overrides)
         if args.verb == "config":
             print(to_yaml(cfg), end="")
-        elif args.verb == "train":
-            from sergraph.runner import format_summary, run_study
-
-            summary = run_study(cfg)
-            print(format_summary(summary))
-            print(f"total wall time {summary['seconds']:.0f} s", file=sys.stderr)
         elif args.verb == "features":
             _features(cfg)
         elif args.verb == "folds":
@@ -68,6 +68,29 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
         print(f"sergraph {args.verb}: error: {error}", file=sys.stderr)
         return 2
+    return 0
+
+
+def _train(overrides: list[str]) -> int:
+    import time
+
+    from sergraph.runner import format_summary, run_study
+
+    start = time.perf_counter()
+    summaries = run_study(overrides)
+    for summary in summaries.values():
+        print(format_summary(summary))
+    print(f"total wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
+    return 0
+
+
+def _cells(overrides: list[str]) -> int:
+    from sergraph.runner import plan
+
+    _, cells = plan(overrides)
+    print("index\tlabel\tseed\tfold")
+    for cell in cells:
+        print(f"{cell.index}\t{cell.label}\t{cell.seed}\t{cell.fold}")
     return 0
 
 

@@ -100,8 +100,11 @@ class TrainerConfig:
 @dataclass
 class RunConfig:
     name: str | None = None
+    label: str | None = None
     out_dir: str = "runs"
     seeds: list[int] = field(default_factory=lambda: [0])
+    parallel: int = 1
+    cell: int | None = None
 
 
 @dataclass
@@ -125,6 +128,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    variants: dict[str, list[str]] = field(default_factory=dict)
 
 
 def config_dir() -> Path:
@@ -162,9 +166,8 @@ def _valid_keys(cfg: DictConfig, dotted: str) -> list[str]:
     return sorted(node.keys()) if isinstance(node, DictConfig) else []
 
 
-def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
-    """Build and validate the configuration from ``group=name`` and ``key=value`` overrides."""
-    groups = dict(DEFAULT_GROUPS)
+def _split_overrides(overrides) -> tuple[dict[str, str], str | None, list[str]]:
+    groups: dict[str, str] = {}
     experiment = None
     dotted: list[str] = []
     for item in overrides:
@@ -177,6 +180,37 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
             experiment = value
         else:
             dotted.append(item)
+    return groups, experiment, dotted
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> DictConfig:
+    """Build and validate the configuration from ``group=name`` and ``key=value`` overrides.
+
+    Args:
+        overrides: command-line overrides.
+        variant: for an experiment with ``variants``, the label whose overrides to apply. Its
+            group choices win over the command line's; its dotted overrides come before the
+            command line's, so ``trainer.max_epochs=5`` still applies to every variant.
+    """
+    groups, experiment, dotted = _split_overrides(overrides)
+    groups = {**DEFAULT_GROUPS, **groups}
+    experiment_cfg = None
+    if experiment is not None:
+        path = config_dir() / "experiment" / f"{experiment}.yaml"
+        if not path.is_file():
+            raise ConfigError(
+                f"experiment={experiment!r} is not known; choose one of {group_choices('experiment')}"
+            )
+        experiment_cfg = _load_yaml(path)
+    if variant is not None:
+        variants = experiment_cfg.get("variants", {}) if experiment_cfg is not None else {}
+        if variant not in variants:
+            raise ConfigError(
+                f"variant {variant!r} is not in this experiment; choose one of {sorted(variants)}"
+            )
+        variant_groups, _, variant_dotted = _split_overrides(list(variants[variant]))
+        groups.update(variant_groups)
+        dotted = list(variant_dotted) + [f"run.label={variant}"] + dotted
 
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, _load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
@@ -187,13 +221,8 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
                 f"{group}={choice!r} is not known; choose one of {group_choices(group)}"
             )
         cfg = _merge(cfg, {group: _load_yaml(path)}, f"configs/{group}/{choice}.yaml")
-    if experiment is not None:
-        path = config_dir() / "experiment" / f"{experiment}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"experiment={experiment!r} is not known; choose one of {group_choices('experiment')}"
-            )
-        cfg = _merge(cfg, _load_yaml(path), f"configs/experiment/{experiment}.yaml")
+    if experiment_cfg is not None:
+        cfg = _merge(cfg, experiment_cfg, f"configs/experiment/{experiment}.yaml")
     for item in dotted:
         key = item.split("=", 1)[0]
         parent = key.rsplit(".", 1)[0] if "." in key else ""
@@ -207,6 +236,18 @@ def compose(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
     validate(cfg)
     return cfg
+
+
+def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, DictConfig]:
+    """One validated configuration per study variant, keyed by label (in file order).
+
+    Without ``variants`` the study has one variant labelled ``run.label`` or the model name.
+    Every variant is composed (and so validated) before any work starts.
+    """
+    base = compose(overrides)
+    if not base.variants:
+        return {base.run.label or base.model.name: base}
+    return {label: compose(overrides, variant=label) for label in base.variants}
 
 
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
@@ -251,6 +292,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
     positive("trainer.max_epochs", cfg.trainer.max_epochs)
     positive("trainer.patience", cfg.trainer.patience)
+    positive("run.parallel", cfg.run.parallel)
     choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
     if not cfg.run.seeds:
@@ -276,6 +318,8 @@ RUNTIME_KEYS = (
     "run.name",
     "run.out_dir",
     "run.seeds",
+    "run.parallel",
+    "run.cell",
     "folds.only",
 )
 
@@ -287,5 +331,6 @@ def identity(cfg: DictConfig) -> str:
         section, key = dotted.split(".")
         container.get(section, {}).pop(key, None)
     container.pop("logger", None)
+    container.pop("variants", None)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity, to_yaml
+from sergraph.config import compose_study, identity, to_yaml
 from sergraph.folds import Fold, make_folds, split_indices
 from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from sergraph.metrics import pooled_scores, scores_from_labels
@@ -103,8 +103,12 @@ def prepare(cfg: DictConfig, need_features: bool = True) -> Study:
     return study
 
 
+def study_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.run.out_dir) / (cfg.run.name or cfg.data.name)
+
+
 def run_root(cfg: DictConfig) -> Path:
-    return Path(cfg.run.out_dir) / (cfg.run.name or cfg.data.name) / cfg.model.name
+    return study_dir(cfg) / (cfg.run.label or cfg.model.name)
 
 
 def fold_dir(cfg: DictConfig, seed: int, fold: Fold) -> Path:
@@ -140,30 +144,131 @@ def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def run_study(cfg: DictConfig) -> dict:
-    """Run every selected (seed, fold) cell that is not finished, then summarise."""
-    if cfg.data.name == "synthetic":
-        log(SYNTHETIC_NOTE)
-    start = time.perf_counter()
-    study = prepare(cfg)
+@dataclass(frozen=True)
+class Cell:
+    """One unit of work of a study: a variant (label), a seed and a fold."""
+
+    index: int
+    label: str
+    seed: int
+    fold: int
+
+
+_STUDIES: dict[str, Study] = {}
+
+
+def _study(cfg: DictConfig, need_features: bool = True) -> Study:
+    """:func:`prepare`, memoised per (data, features, folds) so variants share one load."""
+    sections = {key: OmegaConf.to_container(cfg[key]) for key in ("data", "features", "folds")}
+    sections["svm"] = cfg.model.name == "svm"
+    key = json.dumps(sections, sort_keys=True, default=str)
+    study = _STUDIES.get(key)
+    if study is None or (need_features and study.features is None and study.functionals is None):
+        study = prepare(cfg, need_features=need_features)
+        _STUDIES[key] = study
+    return study
+
+
+def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictConfig], list[Cell]]:
+    """Every (variant, seed, fold) cell of a study, in a fixed order (label, seed, fold).
+
+    The index of a cell is stable for a given configuration, so a SLURM array task can run
+    ``run.cell=$SLURM_ARRAY_TASK_ID``.
+    """
+    configs = compose_study(overrides)
+    cells: list[Cell] = []
+    for label, cfg in configs.items():
+        folds = selected_folds(cfg, _study(cfg, need_features=False).folds)
+        for seed in cfg.run.seeds:
+            for fold in folds:
+                cells.append(Cell(len(cells), label, int(seed), fold.index))
+    return configs, cells
+
+
+def cell_dir(cfg: DictConfig, cell: Cell) -> Path:
+    return fold_dir(cfg, cell.seed, _study(cfg, need_features=False).folds[cell.fold])
+
+
+def run_cell(cfg: DictConfig, cell: Cell) -> dict | None:
+    """Run one cell unless it is finished; returns its metrics (``None`` when skipped)."""
+    directory = cell_dir(cfg, cell)
+    if finished(cfg, directory):
+        log(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}: finished earlier, skipped")
+        return None
+    study = _study(cfg)
+    fold = study.folds[cell.fold]
+    result = run_fold(cfg, study, fold, cell.seed, directory)
     log(
-        f"{len(study.table)} utterances, {study.table['speaker'].nunique()} speakers, classes {study.classes}"
+        f"{cell.label} seed {cell.seed} {fold.name} test {','.join(fold.test_speakers)}: "
+        f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
+        f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
     )
-    for seed in cfg.run.seeds:
-        for fold in selected_folds(cfg, study.folds):
-            directory = fold_dir(cfg, seed, fold)
-            if finished(cfg, directory):
-                log(f"seed {seed} {fold.name}: finished earlier, skipped")
-                continue
-            result = run_fold(cfg, study, fold, seed, directory)
-            log(
-                f"seed {seed} {fold.name} test {','.join(fold.test_speakers)}: "
-                f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
-                f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
+    return result
+
+
+def _run_cell_in_worker(overrides: list[str], index: int, threads: int) -> int:
+    import torch
+
+    torch.set_num_threads(threads)
+    configs, cells = plan(overrides)
+    cell = cells[index]
+    run_cell(configs[cell.label], cell)
+    return index
+
+
+def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
+    """Run every unfinished cell of a study (or only ``run.cell``), then summarise each variant.
+
+    Cells run one after another, or ``run.parallel`` at a time in separate processes (each with
+    ``cores / run.parallel`` torch threads). Returns the summary of each variant by label
+    (empty when only one cell was asked for).
+    """
+    start = time.perf_counter()
+    configs, cells = plan(overrides)
+    first = next(iter(configs.values()))
+    if first.data.name == "synthetic":
+        log(SYNTHETIC_NOTE)
+    study = _study(first, need_features=False)
+    log(
+        f"{len(study.table)} utterances, {study.table['speaker'].nunique()} speakers, "
+        f"classes {study.classes}; {len(cells)} cell(s) in {len(configs)} variant(s)"
+    )
+    if first.run.cell is not None:
+        if not 0 <= first.run.cell < len(cells):
+            raise ValueError(
+                f"run.cell={first.run.cell} is out of range; this study has cells 0..{len(cells) - 1}"
             )
-    summary = summarize(run_root(cfg), study.classes)
-    summary["seconds"] = time.perf_counter() - start
-    return summary
+        cell = cells[first.run.cell]
+        run_cell(configs[cell.label], cell)
+        return {}
+    pending = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
+    if len(pending) < len(cells):
+        log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
+    parallel = min(first.run.parallel, max(1, len(pending)))
+    if parallel == 1:
+        for cell in pending:
+            run_cell(configs[cell.label], cell)
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        for cfg in configs.values():
+            _study(cfg)  # fill the feature cache once, before the workers read it
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        context = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(parallel, mp_context=context) as pool:
+            futures = [
+                pool.submit(_run_cell_in_worker, list(overrides), c.index, threads) for c in pending
+            ]
+            for future in futures:
+                future.result()
+    summaries = {
+        label: summarize(run_root(cfg), _study(cfg, need_features=False).classes)
+        for label, cfg in configs.items()
+    }
+    for summary in summaries.values():
+        summary["seconds"] = time.perf_counter() - start
+    return summaries
 
 
 def run_fold(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path) -> dict:

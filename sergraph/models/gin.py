@@ -6,7 +6,7 @@ from torch import nn
 from torch_geometric.nn import GINConv
 
 from sergraph.models import register
-from sergraph.models.common import BiLSTMFront, ReadoutHead
+from sergraph.models.base import TemporalGNN
 
 
 def gin_mlp(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -21,7 +21,7 @@ def gin_mlp(in_channels: int, out_channels: int) -> nn.Sequential:
 
 
 @register("lstm_gin")
-class LSTMGIN(nn.Module):
+class LSTMGIN(TemporalGNN):
     """BiLSTM node encoder, GIN layers over the temporal graph, per-layer readout, classifier.
 
     ``h_i^(l) = MLP^(l)((1 + eps^(l)) h_i^(l-1) + sum_{u in N(i)} h_u^(l-1))`` with learnable
@@ -57,27 +57,24 @@ class LSTMGIN(nn.Module):
         classifier_hidden: int = 128,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
-        self.front = BiLSTMFront(in_channels, lstm_hidden) if use_lstm else None
-        channels = self.front.out_channels if use_lstm else in_channels
-        layer_channels = [channels]
-        self.convs = nn.ModuleList()
-        for _ in range(num_layers):
-            self.convs.append(GINConv(gin_mlp(channels, hidden), train_eps=train_eps))
-            channels = hidden
-            layer_channels.append(hidden)
-        self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+        self.train_eps = train_eps  # read by make_conv during super().__init__
+        # gin_mlp has its own BatchNorm and ends in a ReLU, so the base adds neither.
+        super().__init__(
+            in_channels,
+            num_classes,
+            use_lstm=use_lstm,
+            lstm_hidden=lstm_hidden,
+            hidden=hidden,
+            num_layers=num_layers,
+            activation="identity",
+            batch_norm=False,
+            readout=readout,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+        )
 
-    def forward(self, data):
-        x, edge_index, batch = data.x, data.edge_index, data.batch
-        h = self.front(x, batch) if self.front is not None else x
-        layers = [h]
-        for conv in self.convs:
-            h = conv(h, edge_index)
-            layers.append(h)
-        return self.head(layers, batch, data.num_graphs)
+    def make_conv(self, in_channels: int, out_channels: int) -> GINConv:
+        return GINConv(gin_mlp(in_channels, out_channels), train_eps=self.train_eps)
 
 
 @register("gin")

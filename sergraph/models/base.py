@@ -1,0 +1,106 @@
+"""``TemporalGNN``: the skeleton shared by the graph baselines (front end, graph layers, head).
+
+A graph baseline is a subclass that says how one graph layer is built::
+
+    @register("gcn")
+    class GCN(TemporalGNN):
+        def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
+            return GCNConv(in_channels, out_channels)
+
+Everything else (the optional BiLSTM front end, ``num_layers`` layers each followed by optional
+BatchNorm and an activation, the readout of every layer including the input layer, the
+classifier) comes from the base class, so baselines differ only in their graph layer.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from sergraph.models.common import BiLSTMFront, ReadoutHead, check_choice
+
+ACTIVATIONS = {
+    "relu": nn.ReLU,
+    "elu": nn.ELU,
+    "leaky_relu": nn.LeakyReLU,
+    "gelu": nn.GELU,
+    "tanh": nn.Tanh,
+    "identity": nn.Identity,
+}
+
+
+class TemporalGNN(nn.Module):
+    """Optional BiLSTM front end, ``num_layers`` graph layers, per-layer readout, classifier.
+
+    Layer ``l`` computes ``h^(l) = act(norm(conv_l(h^(l-1), edge_index)))`` where ``conv_l`` is
+    built by :meth:`make_conv`; ``h^(0)`` is the BiLSTM output (or the raw features without the
+    front end). The readouts of ``h^(0) .. h^(num_layers)`` are concatenated and classified.
+
+    Subclasses override :meth:`make_conv`. One that needs options there (``K``, ``heads``)
+    takes them as keyword arguments, stores them as plain attributes *before* calling
+    ``super().__init__`` (which calls ``make_conv``), and forwards ``**kwargs`` so that the
+    registry lists the base parameters too.
+
+    Args:
+        in_channels: node feature size F (from the data).
+        num_classes: number of emotion classes (from the data).
+        use_lstm: run the BiLSTM front end before the graph layers.
+        lstm_hidden: LSTM cells per direction (paper: 128).
+        hidden: output width of every graph layer.
+        num_layers: number of graph layers (paper: 5 for every graph baseline).
+        activation: applied after each layer; one of :data:`ACTIVATIONS`.
+        batch_norm: BatchNorm over the nodes after each layer (before the activation).
+        readout: ``sum``, ``mean`` or ``max`` over each graph's nodes, for every layer.
+        classifier_hidden: hidden width of the classifier.
+        dropout: dropout in the classifier.
+
+    Shapes:
+        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
+        - output: logits ``[B, num_classes]``.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        use_lstm: bool = False,
+        lstm_hidden: int = 128,
+        hidden: int = 128,
+        num_layers: int = 5,
+        activation: str = "relu",
+        batch_norm: bool = False,
+        readout: str = "sum",
+        classifier_hidden: int = 128,
+        dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if num_layers < 1:
+            raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
+        check_choice("activation", activation, ACTIVATIONS)
+        self.front = BiLSTMFront(in_channels, lstm_hidden) if use_lstm else None
+        channels = self.front.out_channels if use_lstm else in_channels
+        layer_channels = [channels]
+        self.convs = nn.ModuleList()
+        self.norms = nn.ModuleList()
+        for _ in range(num_layers):
+            self.convs.append(self.make_conv(channels, hidden))
+            self.norms.append(nn.BatchNorm1d(hidden) if batch_norm else nn.Identity())
+            channels = hidden
+            layer_channels.append(hidden)
+        self.activation = ACTIVATIONS[activation]()
+        self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+
+    def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
+        """One graph layer mapping ``[N, in_channels]`` to ``[N, out_channels]``.
+
+        It is called as ``conv(h, edge_index)``.
+        """
+        raise NotImplementedError(f"{type(self).__name__} must define make_conv")
+
+    def forward(self, data):
+        x, edge_index, batch = data.x, data.edge_index, data.batch
+        h = self.front(x, batch) if self.front is not None else x
+        layers = [h]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = self.activation(norm(conv(h, edge_index)))
+            layers.append(h)
+        return self.head(layers, batch, data.num_graphs)

@@ -1,0 +1,123 @@
+"""GraphSAGE (Hamilton et al., 2017) with the mean and the LSTM aggregator, with and without the
+BiLSTM front end (the paper's Table 1: "GraphSAGE, mean aggregator" and "LSTM aggregator").
+
+The LSTM aggregator reads each node's neighbours as a sequence. Hamilton et al. feed a random
+permutation; here the neighbours come in time order (earliest first), which is the natural order
+of a temporal graph and makes the model deterministic. PyG's own ``LSTMAggregation`` needs
+``edge_index`` sorted by target and runs its LSTM over zero padding up to the largest degree in
+the batch, so a node with fewer neighbours (the first and last frames) reads zeros after its
+real neighbours. :class:`PackedLSTMAggregation` sorts the messages itself and packs the
+sequences, so every node's result depends on its own neighbours only.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence
+from torch_geometric.nn import SAGEConv
+from torch_geometric.nn.aggr import Aggregation
+from torch_geometric.utils import to_dense_batch
+
+from sergraph.models import register
+from sergraph.models.base import TemporalGNN
+
+
+class PackedLSTMAggregation(Aggregation):
+    """LSTM aggregation over each target node's messages, in edge order, without padding.
+
+    Messages are grouped by target with a stable sort, so each node reads its neighbours in the
+    order their edges appear (the pipeline's edges are sorted by source: time order). The
+    aggregate is the LSTM's last hidden state after the node's true number of neighbours; a node
+    without neighbours gets zeros.
+
+    Args:
+        in_channels: message size.
+        out_channels: LSTM hidden size (the aggregate's size).
+
+    Shapes:
+        - input: messages ``[E, in_channels]``, target ``index [E]``, ``dim_size`` nodes.
+        - output: ``[dim_size, out_channels]``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.lstm = nn.LSTM(in_channels, out_channels, batch_first=True)
+
+    def reset_parameters(self) -> None:
+        self.lstm.reset_parameters()
+
+    def forward(self, x, index=None, ptr=None, dim_size=None, dim=-2, **kwargs):
+        self.assert_index_present(index)
+        self.assert_two_dimensional_input(x, dim)
+        order = torch.sort(index, stable=True).indices
+        dense, mask = to_dense_batch(x[order], index[order], batch_size=dim_size)
+        lengths = mask.sum(dim=1)
+        out = x.new_zeros(dense.size(0), self.out_channels)
+        has_neighbours = lengths > 0
+        if bool(has_neighbours.any()):
+            packed = pack_padded_sequence(
+                dense[has_neighbours],
+                lengths[has_neighbours].cpu(),
+                batch_first=True,
+                enforce_sorted=False,
+            )
+            _, (last_hidden, _) = self.lstm(packed)
+            out[has_neighbours] = last_hidden[-1]
+        return out
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.in_channels}, {self.out_channels})"
+
+
+@register("sage_mean")
+class SAGEMean(TemporalGNN):
+    """GraphSAGE layers (:class:`~torch_geometric.nn.SAGEConv`) with the mean aggregator.
+
+    ``h_i^(l) = act(W_1 h_i^(l-1) + W_2 agg_{u in N(i)} h_u^(l-1))``; subclasses change the
+    aggregator through the class attribute ``aggr`` (``mean`` or ``lstm``).
+
+    Args:
+        in_channels: node feature size F (from the data).
+        num_classes: number of emotion classes (from the data).
+        **kwargs: the :class:`~sergraph.models.base.TemporalGNN` parameters (``use_lstm``,
+            ``hidden``, ``num_layers``, ``activation``, ``batch_norm``, ``readout``, ...).
+
+    Shapes:
+        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
+        - output: logits ``[B, num_classes]``.
+    """
+
+    aggr = "mean"
+
+    def make_conv(self, in_channels: int, out_channels: int) -> SAGEConv:
+        if self.aggr == "lstm":
+            # As PyG's aggr="lstm": an LSTM of the input width, then SAGE's linear map.
+            aggregator = PackedLSTMAggregation(in_channels, in_channels)
+            return SAGEConv(in_channels, out_channels, aggr=aggregator)
+        return SAGEConv(in_channels, out_channels, aggr=self.aggr)
+
+
+@register("sage_lstm")
+class SAGELSTM(SAGEMean):
+    """GraphSAGE with the LSTM aggregator (:class:`PackedLSTMAggregation`, neighbours in time
+    order); the paper's slowest model."""
+
+    aggr = "lstm"
+
+
+@register("lstm_sage_mean")
+class LSTMSAGEMean(SAGEMean):
+    """GraphSAGE-mean after the BiLSTM front end."""
+
+    def __init__(self, in_channels: int, num_classes: int, use_lstm: bool = True, **kwargs) -> None:
+        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)
+
+
+@register("lstm_sage_lstm")
+class LSTMSAGELSTM(SAGELSTM):
+    """GraphSAGE-LSTM after the BiLSTM front end."""
+
+    def __init__(self, in_channels: int, num_classes: int, use_lstm: bool = True, **kwargs) -> None:
+        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)

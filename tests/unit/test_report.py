@@ -1,0 +1,252 @@
+"""write_report on a hand-written results folder: every expected number is worked out by hand.
+
+Two classes (ang, neu). Folds 0-3 test 2 ang + 2 neu utterances of speaker s<fold>; fold 4 tests
+2 ang + 3 neu of s4.
+
+- A (k=4, readout sum): perfect on folds 0-4, seed 0.
+- B (k=4, readout mean): seed 0 with known errors, seed 1 perfect, folds 0-4.
+- C (k=2, readout sum, otherwise as A): one error on fold 0, perfect on folds 1-3, no fold 4.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy.stats import wilcoxon
+
+from sergraph.report import paired_test, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+CLASSES = ["ang", "neu"]
+
+
+def truths(fold: int) -> list[str]:
+    return ["ang", "ang", "neu", "neu"] + (["neu"] if fold == 4 else [])
+
+
+def perfect(fold: int) -> list[tuple[str, str]]:
+    return [(t, t) for t in truths(fold)]
+
+
+# (true, predicted) per fold, with WA and UA worked out by hand
+B_SEED0 = {
+    0: (perfect(0), 1.0, 1.0),
+    1: ([("ang", "neu"), ("ang", "ang"), ("neu", "neu"), ("neu", "neu")], 0.75, 0.75),
+    2: ([("ang", "neu"), ("ang", "ang"), ("neu", "neu"), ("neu", "neu")], 0.75, 0.75),
+    3: ([("ang", "neu"), ("ang", "ang"), ("neu", "ang"), ("neu", "neu")], 0.5, 0.5),
+    4: ([("ang", "neu"), ("ang", "neu"), ("neu", "neu"), ("neu", "neu"), ("neu", "neu")], 0.6, 0.5),
+}
+C_SEED0 = {
+    0: ([("ang", "neu"), ("ang", "ang"), ("neu", "neu"), ("neu", "neu")], 0.75, 0.75),
+    1: (perfect(1), 1.0, 1.0),
+    2: (perfect(2), 1.0, 1.0),
+    3: (perfect(3), 1.0, 1.0),
+}
+
+
+def config_yaml(label: str, k: int, readout: str, seeds: str) -> str:
+    return (
+        f"data:\n  name: iemocap\ngraph:\n  k: {k}\n  max_nodes: 120\n"
+        f"model:\n  name: lstm_gin\n  params:\n    readout: {readout}\n"
+        f"run:\n  label: {label}\n  name: study\n  seeds: {seeds}\n"
+        f"logger:\n  kind: csv\n"
+    )
+
+
+def write_cell(run_dir, label, seed, fold, pairs, wa, ua, config):
+    directory = run_dir / label / f"seed-{seed}" / f"fold-{fold:02d}"
+    directory.mkdir(parents=True)
+    pd.DataFrame(
+        {
+            "utterance": [f"{label}_{seed}_{fold}_{i}" for i in range(len(pairs))],
+            "speaker": f"s{fold}",
+            "true": [t for t, _ in pairs],
+            "predicted": [p for _, p in pairs],
+            "p_ang": [float(p == "ang") for _, p in pairs],
+            "p_neu": [float(p == "neu") for _, p in pairs],
+        }
+    ).to_csv(directory / "predictions.csv", index=False)
+    (directory / "config.yaml").write_text(config)
+    metrics = {
+        "config_id": f"id-{label}",
+        "model": "lstm_gin",
+        "seed": seed,
+        "fold": fold,
+        "train_speakers": [],
+        "val_speakers": [],
+        "test_speakers": [f"s{fold}"],
+        "classes": CLASSES,
+        "n_test": len(pairs),
+        "wa": wa,
+        "ua": ua,
+        "epochs": 1,
+        "seconds": 0.0,
+    }
+    (directory / "metrics.json").write_text(json.dumps(metrics))
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("run") / "study"
+    config_a = config_yaml("A", 4, "sum", "[0, 1]")
+    config_b = config_yaml("B", 4, "mean", "[0, 1]")
+    config_c = config_yaml("C", 2, "sum", "[0]")  # run.seeds differs: a runtime key, ignored
+    for fold in range(5):
+        write_cell(root, "A", 0, fold, perfect(fold), 1.0, 1.0, config_a)
+        pairs, wa, ua = B_SEED0[fold]
+        write_cell(root, "B", 0, fold, pairs, wa, ua, config_b)
+        write_cell(root, "B", 1, fold, perfect(fold), 1.0, 1.0, config_b)
+    for fold, (pairs, wa, ua) in C_SEED0.items():
+        write_cell(root, "C", 0, fold, pairs, wa, ua, config_c)
+    return root
+
+
+@pytest.fixture(scope="module")
+def result(run_dir):
+    """One report shared by the tests that only read it (rendering figures takes a while)."""
+    return write_report(run_dir)
+
+
+def test_results_table_by_hand(run_dir, result):
+    results = pd.read_csv(run_dir / "report" / "results.csv").set_index("label")
+    assert list(results.index) == ["A", "B", "C"]
+
+    a = results.loc["A"]
+    assert (a["folds"], a["seeds"], a["cells"], a["predictions"]) == (5, 1, 5, 21)
+    assert a[["wa_mean", "ua_mean", "pooled_wa", "pooled_ua"]].tolist() == pytest.approx([1] * 4)
+    assert a["wa_std"] == 0 and a["ua_std"] == 0
+    assert math.isnan(a["pooled_ua_std"])  # one seed: no std over seeds
+
+    b = results.loc["B"]
+    assert (b["folds"], b["seeds"], b["cells"], b["predictions"]) == (5, 2, 10, 42)
+    ua_cells = [1, 0.75, 0.75, 0.5, 0.5] + [1] * 5
+    wa_cells = [1, 0.75, 0.75, 0.5, 0.6] + [1] * 5
+    assert b["ua_mean"] == pytest.approx(0.85)
+    assert b["ua_std"] == pytest.approx(math.sqrt(0.4 / 9))  # squares .135 + .02 + .245
+    assert b["wa_mean"] == pytest.approx(0.86)
+    assert b["wa_std"] == pytest.approx(np.std(wa_cells, ddof=1))
+    assert b["ua_std"] == pytest.approx(np.std(ua_cells, ddof=1))
+    # seed 0 pooled: ang 5/10 right, neu 10/11 right, 15/21 overall; seed 1 perfect
+    ua_seed0, wa_seed0 = (5 / 10 + 10 / 11) / 2, 15 / 21
+    assert b["pooled_ua"] == pytest.approx((ua_seed0 + 1) / 2)
+    assert b["pooled_wa"] == pytest.approx((wa_seed0 + 1) / 2)
+    assert b["pooled_ua_std"] == pytest.approx((1 - ua_seed0) / math.sqrt(2))
+    assert b["pooled_wa_std"] == pytest.approx((1 - wa_seed0) / math.sqrt(2))
+
+    c = results.loc["C"]
+    assert (c["folds"], c["cells"], c["predictions"]) == (4, 4, 16)
+    assert c["ua_mean"] == pytest.approx(0.9375)
+    assert c["pooled_ua"] == pytest.approx((7 / 8 + 1) / 2)
+    assert c["pooled_wa"] == pytest.approx(15 / 16)
+
+    assert result["best"] == "A"
+    assert [row["label"] for row in result["rows"]] == ["A", "B", "C"]
+
+    folds = pd.read_csv(run_dir / "report" / "folds.csv")
+    assert list(folds.columns) == ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
+    assert len(folds) == 5 + 10 + 4
+    cell = folds[(folds["label"] == "B") & (folds["seed"] == 0) & (folds["fold"] == 4)].iloc[0]
+    assert (cell["test_speakers"], cell["n"], cell["wa"], cell["ua"]) == ("s4", 5, 0.6, 0.5)
+
+
+def test_paired_comparisons(run_dir, result):
+    tests = {(t["first"], t["second"]): t for t in result["comparisons"]}
+    assert set(tests) == {("A", "B"), ("A", "C"), ("B", "C")}
+
+    # A - B per fold, B's two seeds averaged first: B = 1, .875, .875, .75, .75
+    a_b = tests["A", "B"]
+    differences = [0.0, 0.125, 0.125, 0.25, 0.25]
+    assert a_b["paired"] == 5 and a_b["kind"] == "vs best"
+    assert a_b["differences"] == pytest.approx(differences)
+    assert a_b["mean_difference"] == pytest.approx(0.15)
+    assert a_b["p_value"] == pytest.approx(wilcoxon(differences, alternative="two-sided").pvalue)
+    assert a_b["ci_low"] <= 0.15 <= a_b["ci_high"]
+    assert "no power" in a_b["note"]  # 4 nonzero differences
+
+    # C has no fold 4: it is left out of the pairing and reported
+    a_c = tests["A", "C"]
+    assert a_c["paired"] == 4
+    assert a_c["only_first"] == [(4, "s4")] and a_c["only_second"] == []
+    assert a_c["differences"] == pytest.approx([0.25, 0, 0, 0])
+    assert a_c["mean_difference"] == pytest.approx(0.0625)
+
+    b_c = tests["B", "C"]
+    assert b_c["kind"] == "pair" and b_c["paired"] == 4
+    assert b_c["differences"] == pytest.approx([0.25, -0.125, -0.125, -0.25])
+
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "Paired comparisons" in report
+    assert "unpaired, only in A: 4 (s4)" in report
+    assert "| A | B | 5 | +15.00 |" in report
+    assert "often noise" in report
+
+
+def test_paired_test_edge_cases():
+    same = {(i, f"s{i}"): 0.5 for i in range(5)}
+    zero = paired_test(same, dict(same))
+    assert zero["p_value"] is None and "zero" in zero["note"]
+    assert (zero["mean_difference"], zero["ci_low"], zero["ci_high"]) == (0, 0, 0)
+
+    # six folds of one sign: an exact test can reach p < 0.05, so no "no power" note
+    first = {(i, f"s{i}"): 0.6 + 0.01 * i for i in range(7)}
+    second = {(i, f"s{i}"): 0.5 for i in range(1, 7)}
+    test = paired_test(first, second)
+    differences = [0.11, 0.12, 0.13, 0.14, 0.15, 0.16]
+    assert test["paired"] == 6 and test["only_first"] == [(0, "s0")]
+    assert test["p_value"] == pytest.approx(wilcoxon(differences, alternative="two-sided").pvalue)
+    assert test["p_value"] < 0.05 and test["note"] == ""
+    assert test["ci_low"] <= np.mean(differences) <= test["ci_high"]
+    assert paired_test(first, second) == test  # seeded bootstrap
+
+    # the same fold number with other test speakers is not the same fold
+    other = paired_test({(0, "s0"): 0.5}, {(0, "s9"): 0.4})
+    assert other["paired"] == 0 and other["p_value"] is None
+
+
+def test_figures(run_dir, result):
+    out = run_dir / "report"
+    # C differs from A in graph.k only (run.seeds is a runtime key); B differs in the readout
+    assert result["k_groups"] == [{"labels": ["C", "A"], "k": [2, 4]}]
+    names = {"confusion_A.png", "confusion_B.png", "confusion_C.png", "folds.png", "wa_ua_vs_k.png"}
+    assert {p.name for p in out.glob("*.png")} == names
+    assert sorted(result["paths"]["figures"]) == sorted(str(out / n) for n in names)
+    for name in names:
+        assert (out / name).read_bytes()[:8] == PNG_MAGIC
+    assert "![wa_ua_vs_k.png](wa_ua_vs_k.png)" in (out / "report.md").read_text()
+
+
+def test_no_k_figure_when_k_is_shared(run_dir, tmp_path):
+    """A and B share k: no k figure, and one left by an earlier report is removed."""
+    for label in ("A", "B"):
+        shutil.copytree(run_dir / label, tmp_path / "run" / label)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "wa_ua_vs_k.png").write_bytes(PNG_MAGIC)
+    result = write_report(tmp_path / "run", out)
+    assert result["k_groups"] == []
+    assert not (out / "wa_ua_vs_k.png").exists()
+    assert "wa_ua_vs_k.png" not in (out / "report.md").read_text()
+    assert (out / "folds.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_single_label_folder(run_dir, tmp_path):
+    shutil.copytree(run_dir / "B", tmp_path / "B")
+    result = write_report(tmp_path / "B")
+    assert [row["label"] for row in result["rows"]] == ["B"]
+    assert result["comparisons"] == []
+    assert "nothing to compare" in (tmp_path / "B" / "report" / "report.md").read_text()
+    assert (tmp_path / "B" / "report" / "confusion_B.png").read_bytes()[:8] == PNG_MAGIC
+
+
+def test_no_finished_cells_names_the_folder(tmp_path):
+    (tmp_path / "run" / "A" / "seed-0" / "fold-00").mkdir(parents=True)  # unfinished fold
+    with pytest.raises(FileNotFoundError, match=re.escape(str(tmp_path / "run"))):
+        write_report(tmp_path / "run")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        write_report(tmp_path / "missing")
