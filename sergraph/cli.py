@@ -5,7 +5,7 @@ Verbs:
     features  extract (or check) the cached openSMILE features of a corpus
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
-    report    re-summarise a finished run folder (``sergraph report runs/NAME/MODEL``)
+    report    tables, paired tests and figures of a run folder (``sergraph report runs/NAME``)
     config    print the resolved configuration
 
 Examples:
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(verb, help=text)
         sub.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     report = verbs.add_parser("report", help="summarise a finished run folder")
-    report.add_argument("run_dir", help="runs/NAME/MODEL folder (or runs/NAME for all models)")
+    report.add_argument("run_dir", help="runs/NAME (all variants) or runs/NAME/LABEL")
     return parser
 
 
@@ -95,17 +95,14 @@ def _cells(overrides: list[str]) -> int:
 
 
 def _report(run_dir: Path) -> int:
-    from sergraph.runner import format_summary, summarize
+    from sergraph.report import write_report
 
-    roots = (
-        [run_dir]
-        if list(run_dir.glob("seed-*"))
-        else sorted(p for p in run_dir.iterdir() if p.is_dir())
+    report = write_report(run_dir)
+    print(Path(report["paths"]["report"]).read_text())
+    print(
+        f"written: {', '.join(report['paths']['figures'] + [report['paths']['results']])}",
+        file=sys.stderr,
     )
-    if not roots:
-        raise FileNotFoundError(f"{run_dir} holds no run folders")
-    for root in roots:
-        print(format_summary(summarize(root)))
     return 0
 
 

@@ -268,20 +268,39 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     }
     for summary in summaries.values():
         summary["seconds"] = time.perf_counter() - start
+    from sergraph.tracking import log_study_summary
+
+    log_study_summary(first, summaries)
+    if len(summaries) > 1:
+        from sergraph.report import write_report
+
+        report = write_report(study_dir(first))
+        log(f"study report: {report['paths']['report']}")
     return summaries
 
 
 def run_fold(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path) -> dict:
     """Train and test one cell; the result files are written atomically, metrics.json last."""
+    from sergraph.tracking import cell_loggers, log_test_result
+
     if directory.exists():
         shutil.rmtree(directory)  # leftovers of an interrupted attempt
     directory.mkdir(parents=True)
     atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+    label = cfg.run.label or cfg.model.name
+    with cell_loggers(cfg, directory, label, seed, fold) as loggers:
+        result = _run_fold(cfg, study, fold, seed, directory, loggers)
+        log_test_result(loggers, result)
+    atomic_write_json(directory / "metrics.json", result)
+    return result
+
+
+def _run_fold(cfg, study: Study, fold: Fold, seed: int, directory: Path, loggers: list) -> dict:
     start = time.perf_counter()
     if cfg.model.name == "svm":
         predictions, extra = _fit_svm(cfg, study, fold, seed)
     else:
-        predictions, extra = _fit_neural(cfg, study, fold, seed, directory)
+        predictions, extra = _fit_neural(cfg, study, fold, seed, directory, loggers)
     scores = scores_from_labels(
         predictions["true"].map(study.classes.index),
         predictions["predicted"].map(study.classes.index),
@@ -302,15 +321,15 @@ def run_fold(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Pa
         **extra,
         "seconds": time.perf_counter() - start,
     }
-    atomic_write_json(directory / "metrics.json", result)
     return result
 
 
-def _fit_neural(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path):
+def _fit_neural(
+    cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path, loggers: list
+):
     import lightning as L
     import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
-    from lightning.pytorch.loggers import CSVLogger
 
     from sergraph.datamodule import FoldDataModule
     from sergraph.module import SERModule
@@ -352,7 +371,6 @@ def _fit_neural(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory:
     callbacks = [checkpoint]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
-    loggers = [CSVLogger(save_dir=directory, name="logs", version="")]
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         min_epochs=cfg.trainer.min_epochs,
@@ -414,35 +432,43 @@ SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 def _fit_svm(cfg: DictConfig, study: Study, fold: Fold, seed: int):
-    """Linear SVM on utterance functionals, standardised with training-fold statistics.
+    """Linear SVM on utterance functionals, standardised with training-side statistics.
 
-    The regularisation constant C is chosen from :data:`SVM_C_GRID` by UA on the validation
-    speakers (training side only); the reported "probabilities" are a softmax of the decision
-    values (scores, not calibrated probabilities).
+    The regularisation constant C is chosen from :data:`SVM_C_GRID` by mean UA of an inner
+    leave-one-speaker-out loop over the fold's training and validation speakers (never the
+    test speakers); the final SVM is then fitted on all of them. The reported "probabilities"
+    are a softmax of the decision values (scores, not calibrated probabilities).
     """
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
     rows = split_indices(study.table, fold)
     labels = study.table["label"].map(study.classes.index).to_numpy()
-    scaler = StandardScaler().fit(study.functionals[rows["train"]])
-    x = np.nan_to_num(scaler.transform(study.functionals))
+    speakers = study.table["speaker"].astype(str).to_numpy()
+    train = np.sort(np.concatenate([rows["train"], rows["val"]]))
 
-    def fit(c: float) -> LinearSVC:
-        return LinearSVC(C=c, max_iter=20000, random_state=seed).fit(
-            x[rows["train"]], labels[rows["train"]]
-        )
+    def fit_predict(c: float, fit_rows: np.ndarray, predict_rows: np.ndarray):
+        scaler = StandardScaler().fit(study.functionals[fit_rows])
+        x_fit = np.nan_to_num(scaler.transform(study.functionals[fit_rows]))
+        x_predict = np.nan_to_num(scaler.transform(study.functionals[predict_rows]))
+        model = LinearSVC(C=c, max_iter=20000, random_state=seed).fit(x_fit, labels[fit_rows])
+        return model, model.decision_function(x_predict)
 
-    best_c, best_ua = SVM_C_GRID[len(SVM_C_GRID) // 2], None
-    if len(rows["val"]):
-        for c in SVM_C_GRID:
-            val_ua = scores_from_labels(
-                labels[rows["val"]], fit(c).predict(x[rows["val"]]), len(study.classes)
-            )["ua"]
-            if best_ua is None or val_ua > best_ua:
-                best_c, best_ua = c, val_ua
-    model = fit(best_c)
-    decision = model.decision_function(x[rows["test"]])
+    inner_speakers = sorted(set(speakers[train]))
+    best_c, best_ua = SVM_C_GRID[-1], None
+    for c in SVM_C_GRID:
+        inner = []
+        for held_out in inner_speakers:
+            mask = speakers[train] == held_out
+            model, decision = fit_predict(c, train[~mask], train[mask])
+            predicted = model.classes_[decision.argmax(axis=1)]
+            inner.append(
+                scores_from_labels(labels[train[mask]], predicted, len(study.classes))["ua"]
+            )
+        mean_ua = float(np.nanmean(inner))
+        if best_ua is None or mean_ua > best_ua:
+            best_c, best_ua = c, mean_ua
+    model, decision = fit_predict(best_c, train, rows["test"])
     decision = decision - decision.max(axis=1, keepdims=True)
     scores = np.exp(decision) / np.exp(decision).sum(axis=1, keepdims=True)
     # Classes never seen in training have no column in the SVM; place scores by class index.
@@ -456,7 +482,7 @@ def _fit_svm(cfg: DictConfig, study: Study, fold: Fold, seed: int):
         full,
         study.classes,
     )
-    return predictions, {"epochs": 0, "svm_C": best_c, "best_val_ua": best_ua}
+    return predictions, {"epochs": 0, "svm_C": best_c, "inner_cv_ua": best_ua}
 
 
 def _mean_std(values) -> tuple[float, float]:

@@ -73,5 +73,4 @@ def build_model(name: str, in_channels: int, num_classes: int, **params) -> nn.M
 
 
 # Populate the registry (import order does not matter).
-from sergraph.models import gin  # noqa: E402,F401
-from sergraph.models import gat, gcn, recurrent, sage  # noqa: E402,F401
+from sergraph.models import gat, gcn, gin, recurrent, sage  # noqa: E402,F401

@@ -7,7 +7,7 @@ A graph baseline is a subclass that says how one graph layer is built::
         def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
             return GCNConv(in_channels, out_channels)
 
-Everything else (the optional BiLSTM front end, ``num_layers`` layers each followed by optional
+Everything else (the optional BiLSTM front end, ``num_layers`` layers each followed by
 BatchNorm and an activation, the readout of every layer including the input layer, the
 classifier) comes from the base class, so baselines differ only in their graph layer.
 """
@@ -35,10 +35,10 @@ class TemporalGNN(nn.Module):
     built by :meth:`make_conv`; ``h^(0)`` is the BiLSTM output (or the raw features without the
     front end). The readouts of ``h^(0) .. h^(num_layers)`` are concatenated and classified.
 
-    Subclasses override :meth:`make_conv`. One that needs options there (``K``, ``heads``)
-    takes them as keyword arguments, stores them as plain attributes *before* calling
-    ``super().__init__`` (which calls ``make_conv``), and forwards ``**kwargs`` so that the
-    registry lists the base parameters too.
+    Subclasses override :meth:`make_conv` (and :meth:`make_front` for another front end). One
+    that needs options there (``K``, ``heads``) takes them as keyword arguments, stores them as
+    plain attributes *before* calling ``super().__init__`` (which calls ``make_conv``), and
+    forwards ``**kwargs`` so that the registry lists the base parameters too.
 
     Args:
         in_channels: node feature size F (from the data).
@@ -48,7 +48,10 @@ class TemporalGNN(nn.Module):
         hidden: output width of every graph layer.
         num_layers: number of graph layers (paper: 5 for every graph baseline).
         activation: applied after each layer; one of :data:`ACTIVATIONS`.
-        batch_norm: BatchNorm over the nodes after each layer (before the activation).
+        batch_norm: BatchNorm over the nodes after each layer (before the activation). On by
+            default: LSTM-GIN normalises inside every GIN layer, and without it five attention
+            layers smooth the nodes so much that GAT's target-side attention vector gets no
+            gradient at initialisation (every score of a node falls on one side of LeakyReLU).
         readout: ``sum``, ``mean`` or ``max`` over each graph's nodes, for every layer.
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
@@ -67,7 +70,7 @@ class TemporalGNN(nn.Module):
         hidden: int = 128,
         num_layers: int = 5,
         activation: str = "relu",
-        batch_norm: bool = False,
+        batch_norm: bool = True,
         readout: str = "sum",
         classifier_hidden: int = 128,
         dropout: float = 0.0,
@@ -76,7 +79,7 @@ class TemporalGNN(nn.Module):
         if num_layers < 1:
             raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
         check_choice("activation", activation, ACTIVATIONS)
-        self.front = BiLSTMFront(in_channels, lstm_hidden) if use_lstm else None
+        self.front = self.make_front(in_channels, lstm_hidden) if use_lstm else None
         channels = self.front.out_channels if use_lstm else in_channels
         layer_channels = [channels]
         self.convs = nn.ModuleList()
@@ -88,6 +91,13 @@ class TemporalGNN(nn.Module):
             layer_channels.append(hidden)
         self.activation = ACTIVATIONS[activation]()
         self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+
+    def make_front(self, in_channels: int, hidden: int) -> nn.Module:
+        """The node encoder run before the graph layers when ``use_lstm`` is set.
+
+        Called as ``front(x, batch)``; it must have an ``out_channels`` attribute.
+        """
+        return BiLSTMFront(in_channels, hidden)
 
     def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
         """One graph layer mapping ``[N, in_channels]`` to ``[N, out_channels]``.

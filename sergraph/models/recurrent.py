@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import torch
 from torch import nn
-from torch_geometric.nn import DenseGATConv
-from torch_geometric.utils import softmax, to_dense_adj, to_dense_batch
+from torch_geometric.utils import softmax
 
 from sergraph.models import register
-from sergraph.models.base import ACTIVATIONS
-from sergraph.models.common import BiLSTMFront, ReadoutHead, check_choice
+from sergraph.models.common import BiLSTMFront, ReadoutHead
+from sergraph.models.gat import GAT
 
 
 class BiGRUFront(BiLSTMFront):
@@ -96,41 +95,40 @@ class BiGRUAttention(nn.Module):
         return self.head([alpha.unsqueeze(-1) * h], data.batch, data.num_graphs)
 
 
-GA_GRU_GRAPHS = ("full", "temporal")
-
-
 @register("ga_gru")
-class GAGRU(nn.Module):
+class GAGRU(GAT):
     """GA-GRU: a BiGRU encodes the frames, graph attention layers relate them, readout, classifier.
 
     Re-implementation of Su, Chang, Lin & Lee, "Improving Speech Emotion Recognition Using Graph
     Attentive Bi-directional Gated Recurrent Unit Network", Interspeech 2020, the graph-based
-    baseline of the paper's Table 1. What the paper states: frame-level LLDs go through a BiGRU,
-    a graph is built over the BiGRU's per-frame outputs, graph attention is applied, and the
-    result is classified; the attention is meant to find structure "beyond left-to-right". What
-    is our choice: ``graph="full"`` joins every pair of frames of an utterance (the attention
-    decides which matter), ``"temporal"`` uses the pipeline's k-neighbour edges instead; the
-    layers are multi-head GAT layers (``DenseGATConv``, self-loops added, heads averaged), and
-    the readout of every layer feeds the same classifier as the other models.
+    baseline of the paper's Table 1. What that paper states: frame-level LLDs go through a
+    BiGRU, a graph is built over the BiGRU's per-frame outputs, graph attention is applied, and
+    the result is classified. What is our choice: the graph is the pipeline's frame graph (each
+    node joined to its ``graph.k`` temporal neighbours), the attention layers are the ``gat``
+    model's (multi-head GAT, heads averaged, BatchNorm and ELU after each), and the readout of
+    every layer feeds the same classifier as the other models. It is therefore ``lstm_gat``
+    with GRU cells. A complete graph over the frames was not chosen: with GAT's attention,
+    ``LeakyReLU(a_src . W h_j + a_dst . W h_i)`` mostly stays on one side of the LeakyReLU, so
+    on a complete graph every node gets nearly the same attention distribution and the same
+    output, and stacked layers add nothing.
 
     Args:
         in_channels: node feature size F (from the data).
         num_classes: number of emotion classes (from the data).
         gru_hidden: GRU cells per direction.
-        graph: ``full`` (all frame pairs of an utterance) or ``temporal`` (the data's edges).
         hidden: width of every graph attention layer.
         num_layers: number of graph attention layers.
         heads: attention heads per layer (averaged).
         attn_dropout: dropout on the attention coefficients (training only).
-        activation: after each layer; one of ``relu``, ``elu``, ``leaky_relu``, ``gelu``, ``tanh``,
-            ``identity``.
+        activation: after each layer; one of ``relu``, ``elu``, ``leaky_relu``, ``gelu``,
+            ``tanh``, ``identity``.
+        batch_norm: BatchNorm over the nodes after each layer.
         readout: ``sum``, ``mean`` or ``max`` over each graph's nodes, for every layer.
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
 
     Shapes:
-        - input: PyG ``Batch`` with ``x [N, F]``, ``batch [N]`` and, for ``graph="temporal"``,
-          ``edge_index [2, E]``.
+        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
         - output: logits ``[B, num_classes]``.
     """
 
@@ -139,50 +137,32 @@ class GAGRU(nn.Module):
         in_channels: int,
         num_classes: int,
         gru_hidden: int = 128,
-        graph: str = "full",
         hidden: int = 128,
         num_layers: int = 5,
         heads: int = 4,
         attn_dropout: float = 0.0,
         activation: str = "elu",
+        batch_norm: bool = True,
         readout: str = "sum",
         classifier_hidden: int = 128,
         dropout: float = 0.0,
     ) -> None:
-        super().__init__()
-        check_choice("graph", graph, GA_GRU_GRAPHS)
-        check_choice("activation", activation, ACTIVATIONS)
-        if num_layers < 1:
-            raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
-        if heads < 1:
-            raise ValueError(f"model.params.heads={heads} must be at least 1")
-        self.graph = graph
-        self.front = BiGRUFront(in_channels, gru_hidden)
-        channels = self.front.out_channels
-        layer_channels = [channels]
-        self.convs = nn.ModuleList()
-        for _ in range(num_layers):
-            self.convs.append(
-                DenseGATConv(channels, hidden, heads, concat=False, dropout=attn_dropout)
-            )
-            channels = hidden
-            layer_channels.append(hidden)
-        self.activation = ACTIVATIONS[activation]()
-        self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+        super().__init__(
+            in_channels,
+            num_classes,
+            heads=heads,
+            concat=False,
+            attn_dropout=attn_dropout,
+            activation=activation,
+            use_lstm=True,  # the front end is always on; make_front makes it a GRU
+            lstm_hidden=gru_hidden,
+            hidden=hidden,
+            num_layers=num_layers,
+            batch_norm=batch_norm,
+            readout=readout,
+            classifier_hidden=classifier_hidden,
+            dropout=dropout,
+        )
 
-    def adjacency(self, data, mask: torch.Tensor) -> torch.Tensor:
-        """Dense adjacency ``[B, T, T]`` of each graph (no self-loops; the layers add them)."""
-        if self.graph == "temporal":
-            return to_dense_adj(data.edge_index, data.batch, max_num_nodes=mask.size(1))
-        adj = (mask.unsqueeze(2) & mask.unsqueeze(1)).to(data.x.dtype)
-        return adj * (1 - torch.eye(mask.size(1), device=adj.device, dtype=adj.dtype))
-
-    def forward(self, data):
-        h = self.front(data.x, data.batch)
-        layers = [h]
-        dense, mask = to_dense_batch(h, data.batch)
-        adj = self.adjacency(data, mask)
-        for conv in self.convs:
-            dense = self.activation(conv(dense, adj, mask))
-            layers.append(dense[mask])
-        return self.head(layers, data.batch, data.num_graphs)
+    def make_front(self, in_channels: int, hidden: int) -> BiGRUFront:
+        return BiGRUFront(in_channels, hidden)

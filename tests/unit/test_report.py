@@ -185,6 +185,7 @@ def test_paired_comparisons(run_dir, result):
     assert "unpaired, only in A: 4 (s4)" in report
     assert "| A | B | 5 | +15.00 |" in report
     assert "often noise" in report
+    assert "do not cover the same folds" in report  # C lacks fold 4
 
 
 def test_paired_test_edge_cases():
@@ -225,13 +226,19 @@ def test_no_k_figure_when_k_is_shared(run_dir, tmp_path):
     """A and B share k: no k figure, and one left by an earlier report is removed."""
     for label in ("A", "B"):
         shutil.copytree(run_dir / label, tmp_path / "run" / label)
+    (tmp_path / "run" / "D" / "seed-0" / "fold-00").mkdir(parents=True)  # still training
     out = tmp_path / "out"
     out.mkdir()
     (out / "wa_ua_vs_k.png").write_bytes(PNG_MAGIC)
     result = write_report(tmp_path / "run", out)
     assert result["k_groups"] == []
+    assert [row["label"] for row in result["rows"]] == ["A", "B"]
+    assert result["unfinished"] == ["D"]
     assert not (out / "wa_ua_vs_k.png").exists()
-    assert "wa_ua_vs_k.png" not in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "wa_ua_vs_k.png" not in report
+    assert "do not cover the same folds" not in report  # A and B share all five folds
+    assert "No finished fold yet, so not in the table: D." in report
     assert (out / "folds.png").read_bytes()[:8] == PNG_MAGIC
 
 

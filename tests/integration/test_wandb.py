@@ -1,0 +1,97 @@
+"""Real W&B in offline mode: what lands in the offline run files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sergraph.config import compose
+from sergraph.folds import Fold
+from sergraph.tracking import cell_loggers
+from tests.wandb_records import run_contents
+
+pytest.importorskip("wandb")
+
+
+def offline_runs(root):
+    return sorted(root.rglob("offline-run-*/run-*.wandb"))
+
+
+def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
+    env = {**os.environ, "SERGRAPH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    args = [
+        "train",
+        "model=svm",
+        "data.options.n_speakers=4",
+        "data.options.n_per_class=4",
+        "folds.only=[0,1]",
+        "logger.kind=wandb",
+        "logger.offline=true",
+        "logger.group=ci-study",
+        "logger.tags=[test]",
+        f"run.out_dir={tmp_path / 'runs'}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "sergraph.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = [run_contents(path) for path in offline_runs(tmp_path / "runs")]
+    assert len(runs) == 3  # two cells and the study summary
+    assert all(run["exit_code"] == 0 and run["run"]["group"] == "ci-study" for run in runs)
+    cells = {
+        run["config"]["fold"]: run for run in runs if run["run"]["job_type"] == "cell"
+    }
+    assert sorted(cells) == [0, 1]
+    for fold, run in cells.items():
+        metrics = json.loads(
+            (
+                tmp_path
+                / "runs"
+                / "synthetic"
+                / "svm"
+                / "seed-0"
+                / f"fold-{fold:02d}"
+                / "metrics.json"
+            ).read_text()
+        )
+        assert run["config"]["label"] == "svm" and run["config"]["seed"] == 0
+        assert run["config"]["model"]["name"] == "svm"
+        assert run["config"]["test_speakers"] == ",".join(metrics["test_speakers"])
+        assert (
+            run["run"]["tags"] == ["test"] and run["run"]["name"] == f"svm/seed-0/fold-{fold:02d}"
+        )
+        assert run["summary"]["test/ua"] == pytest.approx(metrics["ua"])
+        assert run["summary"]["test/wa"] == pytest.approx(metrics["wa"])
+        assert run["summary"]["test/confusion/nrows"] == 16  # 4 x 4 (true, predicted) rows
+    (summary_run,) = [run for run in runs if run["run"]["job_type"] == "summary"]
+    pooled = json.loads((tmp_path / "runs" / "synthetic" / "svm" / "summary.json").read_text())[
+        "pooled"
+    ]
+    assert summary_run["summary"]["svm/ua_pooled"] == pytest.approx(pooled["ua"])
+    assert summary_run["summary"]["study/results/nrows"] == 1
+
+
+def test_wandb_finish_is_reached_when_a_cell_fails(tmp_path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose(["logger.kind=wandb", "logger.offline=true"])
+    fold = Fold(0, ("a",), ("b",), ("c",))
+    with pytest.raises(RuntimeError, match="boom"):
+        with cell_loggers(cfg, tmp_path, "lstm_gin", 0, fold) as loggers:
+            loggers[-1].experiment.log({"x": 1})
+            raise RuntimeError("boom")
+    assert wandb.run is None
+    (path,) = offline_runs(tmp_path)
+    run = run_contents(path)
+    assert run["exit_code"] == 1 and run["config"]["label"] == "lstm_gin"
+    assert "x" in run["history_keys"]
