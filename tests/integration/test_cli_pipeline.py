@@ -75,9 +75,8 @@ def test_train_two_folds_writes_results_and_skips_on_rerun(env, tmp_path):
 def test_same_seed_gives_same_numbers(env, tmp_path):
     outputs = []
     for name in ("a", "b"):
-        result = sergraph(
-            ["train", *SMALL, "folds.only=[0]", f"run.out_dir={tmp_path / name}"], env, tmp_path
-        )
+        # a relative run.out_dir, resolved against the working directory
+        result = sergraph(["train", *SMALL, "folds.only=[0]", f"run.out_dir={name}"], env, tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         outputs.append(
             pd.read_csv(

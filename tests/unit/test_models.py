@@ -51,10 +51,16 @@ def test_every_model_shapes_backward_and_step(name):
     before = [p.detach().clone() for p in model.parameters()]
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     torch.nn.functional.cross_entropy(logits, batch.y).backward()
-    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    params = list(model.parameters())
+    assert all(p.grad is not None for p in params if p.requires_grad)
     optimizer.step()
-    changed = [not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True)]
-    assert all(changed)
+    for (name, param), old in zip(model.named_parameters(), before, strict=True):
+        # A bias right before BatchNorm has a zero gradient in exact arithmetic (BatchNorm
+        # removes it); every parameter with a real gradient must move.
+        if param.grad.abs().max() > 1e-6:
+            assert not torch.equal(old, param), name
+    moved = sum(not torch.equal(old, p) for old, p in zip(before, params, strict=True))
+    assert moved >= 0.8 * len(params)
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))
