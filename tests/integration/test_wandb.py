@@ -47,9 +47,7 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
     runs = [run_contents(path) for path in offline_runs(tmp_path / "runs")]
     assert len(runs) == 3  # two cells and the study summary
     assert all(run["exit_code"] == 0 and run["run"]["group"] == "ci-study" for run in runs)
-    cells = {
-        run["config"]["fold"]: run for run in runs if run["run"]["job_type"] == "cell"
-    }
+    cells = {run["config"]["fold"]: run for run in runs if run["run"]["job_type"] == "cell"}
     assert sorted(cells) == [0, 1]
     for fold, run in cells.items():
         metrics = json.loads(
