@@ -120,3 +120,18 @@ def test_folds_and_cells_commands(env, tmp_path):
     assert "spk01" in folds.stdout and "fold-03" in folds.stdout
     cells = sergraph(["cells", "experiment=neighbours", *SMALL[:3]], env, tmp_path)
     assert cells.returncode == 0 and len(cells.stdout.strip().splitlines()) == 1 + 4 * 2
+
+
+def test_study_runs_variants_in_parallel_and_writes_the_report(env, tmp_path):
+    args = ["train", "experiment=neighbours", *SMALL, "folds.only=[0]", "trainer.max_epochs=1"]
+    result = sergraph([*args, "run.parallel=2", f"run.out_dir={tmp_path}"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    study = tmp_path / "neighbours"
+    for label in ("k2", "k4", "k6", "k8"):
+        metrics = json.loads((study / label / "seed-0" / "fold-00" / "metrics.json").read_text())
+        assert metrics["n_test"] == 16
+    results = pd.read_csv(study / "report" / "results.csv")
+    assert sorted(results["label"]) == ["k2", "k4", "k6", "k8"]
+    assert (study / "report" / "wa_ua_vs_k.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = sergraph([*args, f"run.out_dir={tmp_path}"], env, tmp_path)
+    assert again.returncode == 0 and again.stderr.count("finished earlier") >= 1
