@@ -23,9 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 import re
-import tempfile
 import warnings
 from io import BytesIO
 from pathlib import Path
@@ -33,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from sergraph.io import atomic_write_csv, atomic_write_text
+from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from sergraph.runner import _mean_std, summarize
 
 CELL_PATTERN = "seed-*/fold-*/metrics.json"
@@ -287,21 +285,6 @@ def _flatten(node, prefix: str = "") -> dict:
 # figures
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Binary twin of :func:`sergraph.io.atomic_write_text` (for PNG files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _new_figure(width: float, height: float):
     # Figure + the Agg canvas directly: no pyplot state, no GUI backend, safe on a cluster node.
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -315,7 +298,7 @@ def _new_figure(width: float, height: float):
 def _save_png(figure, path: Path) -> Path:
     buffer = BytesIO()
     figure.savefig(buffer, format="png", dpi=150)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 
