@@ -6,6 +6,9 @@ Verbs:
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
     report    tables, paired tests and figures of a run folder (``sergraph report runs/NAME``)
+    export    a self-contained model bundle from a finished run (``sergraph export runs/NAME/LABEL``)
+    predict   emotions of audio files with a bundle (``sergraph predict BUNDLE AUDIO...``)
+    slurm     render and submit the SLURM jobs of a study (``sergraph slurm [--ddp] [--dry-run]``)
     config    print the resolved configuration
 
 Examples:
@@ -46,7 +49,80 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     report = verbs.add_parser("report", help="summarise a finished run folder")
     report.add_argument("run_dir", help="runs/NAME (all variants) or runs/NAME/LABEL")
+    _add_export_parser(verbs)
+    _add_predict_parser(verbs)
+    _add_slurm_parser(verbs)
     return parser
+
+
+def _add_slurm_parser(verbs) -> None:
+    slurm = verbs.add_parser(
+        "slurm",
+        help="render and submit the SLURM jobs of a study",
+        description="Render slurm/*.sbatch with the slurm: settings (partition, account, time, "
+        "GPUs, environment activation) and submit: feature extraction (array over shards), "
+        "training (one array task per cell, or one multi-GPU run with --ddp) and the report "
+        "(after the training succeeded). Prints the job ids. See slurm/README.md.",
+    )
+    slurm.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
+    slurm.add_argument("--ddp", action="store_true", help="one multi-GPU/multi-node training run")
+    slurm.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
+    slurm.add_argument(
+        "--no-features", action="store_true", help="no feature-extraction job (cache is filled)"
+    )
+    slurm.add_argument(
+        "--wait", action="store_true", help="return when the report job has ended (sbatch --wait)"
+    )
+
+
+def _add_export_parser(verbs) -> None:
+    export = verbs.add_parser(
+        "export",
+        help="write a self-contained model bundle from a finished run",
+        description="Write a model bundle (weights, configuration, feature settings, "
+        "normalisation statistics, class names, fold provenance) from a finished run. A model "
+        "folder runs/NAME/LABEL gives an ensemble of its fold models (recommended).",
+    )
+    export.add_argument("run_dir", help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX")
+    export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
+    export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
+    export.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
+    export.add_argument("--data-root", help="the corpus location, if it moved since training")
+    export.add_argument(
+        "--no-verify", action="store_true", help="skip re-predicting the test speakers"
+    )
+
+
+def _add_predict_parser(verbs) -> None:
+    from sergraph.config import ON_ERROR_CHOICES
+
+    predict = verbs.add_parser(
+        "predict",
+        help="predict the emotion of audio files with a bundle",
+        description="Predict the emotion of audio files with a bundle made by `sergraph export`.",
+    )
+    predict.add_argument("bundle", help="a .sergraph bundle")
+    predict.add_argument("audio", nargs="+", help="audio files, folders or manifest CSVs")
+    predict.add_argument("-o", "--output", help="also write to this .csv or .jsonl file")
+    predict.add_argument(
+        "--format", choices=("table", "csv", "jsonl"), default="table", help="stdout format"
+    )
+    predict.add_argument("--batch-size", type=int, default=32, help="graphs per forward pass")
+    predict.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
+    predict.add_argument("--window", type=float, help="seconds per segment (long recordings)")
+    predict.add_argument("--hop", type=float, help="seconds between segments (default: window)")
+    predict.add_argument(
+        "--on-error",
+        choices=ON_ERROR_CHOICES,
+        default="stop",
+        help="files that cannot be read: stop (list them, no predictions) or skip (list them, "
+        "predict the others)",
+    )
+    predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
+    predict.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar or notes on stderr"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,6 +130,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.verb == "report":
             return _report(Path(args.run_dir))
+        if args.verb == "export":
+            return _export(args)
+        if args.verb == "predict":
+            return _predict(args)
+        if args.verb == "slurm":
+            return _slurm(args)
         if args.verb == "train":
             return _train(args.overrides)
         if args.verb == "cells":
@@ -106,6 +188,24 @@ def _report(run_dir: Path) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from sergraph.predict import run_export
+
+    return run_export(args)
+
+
+def _predict(args) -> int:
+    from sergraph.predict import run_predict
+
+    return run_predict(args)
+
+
+def _slurm(args) -> int:
+    from sergraph.slurm import run_slurm
+
+    return run_slurm(args)
+
+
 def _features(cfg) -> None:
     import time
 
@@ -116,10 +216,17 @@ def _features(cfg) -> None:
     table, _ = load_table(cfg)
     cache = feature_cache(cfg)
     start = time.perf_counter()
-    features = cache.get(table["path"].tolist(), workers=cfg.features.workers)
+    paths, shard = table["path"].tolist(), ""
+    if cfg.features.shard is not None:  # one SLURM array task's share: every n-th file from i
+        index, count = (int(part) for part in cfg.features.shard.split("/"))
+        paths, shard = paths[index::count], f"shard {cfg.features.shard} of {len(paths)} files: "
+        if not paths:
+            print(f"{shard}no files")
+            return
+    features = cache.get(paths, workers=cfg.features.workers)
     nodes = np.array([len(f) for f in features])
     print(
-        f"{len(features)} files, {features[0].shape[1]} features per node, nodes per utterance "
+        f"{shard}{len(features)} files, {features[0].shape[1]} features per node, nodes per utterance "
         f"min {nodes.min()} median {int(np.median(nodes))} max {nodes.max()}, "
         f"{time.perf_counter() - start:.1f} s; cache {cache.root}"
     )

@@ -22,10 +22,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 GROUPS = ("data", "model", "trainer")
+ON_ERROR_CHOICES = ("stop", "skip")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 
@@ -50,6 +51,12 @@ class FeaturesConfig:
     functionals: str = "is10"
     cache_dir: str | None = None
     workers: int = 2
+    # Files whose features fail: "stop" (raise, listing all of them) or "skip" (leave them out
+    # of the study and list them in <study dir>/failed_files.csv).
+    on_error: str = "stop"
+    # "i/n": `sergraph features` extracts only shard i of n (0-based) of the corpus files, so
+    # that n SLURM array tasks fill the shared cache together (each file is written atomically).
+    shard: str | None = None
 
 
 @dataclass
@@ -90,7 +97,11 @@ class TrainerConfig:
     min_epochs: int = 1
     patience: int = 20
     accelerator: str = "auto"
+    # Processes per node and nodes. Inside a SLURM job step (srun) both are taken from SLURM
+    # (--ntasks-per-node, --nodes) instead, see sergraph.runner.trainer_topology.
     devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true | ...
     precision: str = "32-true"
     deterministic: bool = True
     num_workers: int = 0
@@ -118,6 +129,27 @@ class LoggerConfig:
 
 
 @dataclass
+class SlurmConfig:
+    """What `sergraph slurm` writes into the sbatch scripts (never part of a run's identity)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"  # per job (array task, DDP job); HH:MM:SS or D-HH:MM:SS
+    gpus: int = 1  # GPUs per array task; GPUs per node for train_ddp (0: CPU only)
+    nodes: int = 1  # nodes of train_ddp
+    tasks_per_node: int | None = None  # processes per node of train_ddp; default: one per GPU
+    cpus_per_task: int = 4
+    mem: str | None = None  # e.g. 32G; null: the partition's default
+    # A shell line run before sergraph, e.g. "conda activate sergraph" or ". ~/sg/.venv/bin/activate"
+    activate: str | None = None
+    signal_seconds: int = 90  # SIGUSR1 this many seconds before the time limit: save and requeue
+    max_running: int | None = None  # array throttle (%N): at most N cells at a time
+    feature_shards: int = 8  # array size of features.sbatch
+    log_dir: str | None = None  # job scripts and output files; default: <study dir>/slurm
+    extra: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. ["--qos=long"]
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
@@ -128,6 +160,7 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
     variants: dict[str, list[str]] = field(default_factory=dict)
 
 
@@ -276,6 +309,7 @@ def validate(cfg: DictConfig) -> None:
     choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
     positive("features.pool", cfg.features.pool)
     positive("features.workers", cfg.features.workers)
+    choice("features.on_error", cfg.features.on_error, ON_ERROR_CHOICES)
     choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
     if cfg.graph.max_nodes is not None:
         positive("graph.max_nodes", cfg.graph.max_nodes)
@@ -291,6 +325,8 @@ def validate(cfg: DictConfig) -> None:
     if not 0 <= cfg.optim.label_smoothing < 1:
         raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
     positive("trainer.max_epochs", cfg.trainer.max_epochs)
+    _validate_topology(cfg)
+    _validate_slurm(cfg)
     positive("trainer.patience", cfg.trainer.patience)
     positive("run.parallel", cfg.run.parallel)
     choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
@@ -303,6 +339,81 @@ def validate(cfg: DictConfig) -> None:
             build_model(cfg.model.name, 4, 2, **OmegaConf.to_container(cfg.model.params))
         except (ValueError, TypeError) as error:
             raise ConfigError(str(error)) from None
+
+
+# Strategies whose processes all run the whole command (Lightning's own launcher or srun), so
+# every rank sees the test results; ddp_spawn/ddp_fork would keep them in their workers.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "single_device")
+
+
+def _valid_devices(devices) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices > 0 or devices == -1
+    if isinstance(devices, str):
+        parts = [part.strip() for part in devices.split(",")]
+        return devices in ("auto", "-1") or all(part.isdigit() for part in parts)
+    if isinstance(devices, list | tuple | ListConfig):
+        return len(devices) > 0 and all(isinstance(d, int) and d >= 0 for d in devices)
+    return False
+
+
+def _validate_topology(cfg: DictConfig) -> None:
+    if not _valid_devices(cfg.trainer.devices):
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices!r} is not valid; use a count (1, 2, -1 for "
+            "all), 'auto', a list of device indices [0,1] or a string '0,1'"
+        )
+    if not isinstance(cfg.trainer.num_nodes, int) or cfg.trainer.num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes!r} must be an integer >= 1")
+    if cfg.trainer.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy!r} is not valid; choose one of {list(STRATEGIES)}"
+        )
+    devices = cfg.trainer.devices
+    if isinstance(devices, str):
+        devices = -1 if devices.strip() == "-1" else len(devices.split(","))
+    several = cfg.trainer.num_nodes > 1 or (
+        len(devices) > 1
+        if isinstance(devices, ListConfig | list)
+        else devices in (-1,) or devices > 1
+    )
+    if several and cfg.run.parallel > 1:
+        raise ConfigError(
+            f"run.parallel={cfg.run.parallel} with trainer.devices={devices!r}, "
+            f"trainer.num_nodes={cfg.trainer.num_nodes}: run cells one at a time (run.parallel=1) "
+            "when each cell trains on several processes"
+        )
+
+
+def _validate_slurm(cfg: DictConfig) -> None:
+    import re
+
+    shard = cfg.features.shard
+    if shard is not None:
+        match = re.fullmatch(r"(\d+)/(\d+)", str(shard))
+        if not match or not int(match[1]) < int(match[2]):
+            raise ConfigError(
+                f"features.shard={shard!r} is not valid; write i/n with 0 <= i < n, e.g. 0/8"
+            )
+    slurm = cfg.slurm
+    for key in ("gpus", "cpus_per_task", "feature_shards"):
+        value = slurm[key]
+        if not isinstance(value, int) or value < (0 if key == "gpus" else 1):
+            raise ConfigError(f"slurm.{key}={value!r} must be an integer >= {int(key != 'gpus')}")
+    if not isinstance(slurm.nodes, int) or slurm.nodes < 1:
+        raise ConfigError(f"slurm.nodes={slurm.nodes!r} must be an integer >= 1")
+    if not isinstance(slurm.signal_seconds, int) or slurm.signal_seconds < 0:
+        raise ConfigError(f"slurm.signal_seconds={slurm.signal_seconds!r} must be >= 0")
+    if slurm.tasks_per_node is not None and slurm.tasks_per_node < 1:
+        raise ConfigError(f"slurm.tasks_per_node={slurm.tasks_per_node!r} must be >= 1 or null")
+    if slurm.max_running is not None and slurm.max_running < 1:
+        raise ConfigError(f"slurm.max_running={slurm.max_running!r} must be >= 1 or null")
+    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", str(slurm.time)):
+        raise ConfigError(
+            f"slurm.time={slurm.time!r} is not a SLURM time; use MM, HH:MM:SS or D-HH:MM:SS"
+        )
 
 
 def to_yaml(cfg: DictConfig) -> str:
@@ -321,6 +432,7 @@ RUNTIME_KEYS = (
     "run.parallel",
     "run.cell",
     "folds.only",
+    "features.shard",
 )
 
 
@@ -332,5 +444,15 @@ def identity(cfg: DictConfig) -> str:
         container.get(section, {}).pop(key, None)
     container.pop("logger", None)
     container.pop("variants", None)
+    container.pop("slurm", None)
+    # Keys added with multi-process training: their defaults are left out so that runs made
+    # before they existed keep their id.
+    trainer = container.get("trainer", {})
+    for key, default in (("num_nodes", 1), ("strategy", "auto")):
+        if trainer.get(key) == default:
+            trainer.pop(key)
+    # The default policy is left out so that runs made before the key existed keep their id.
+    if container.get("features", {}).get("on_error") == "stop":
+        container["features"].pop("on_error")
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

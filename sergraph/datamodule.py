@@ -6,10 +6,41 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
+from sergraph.fastdata import graph_loader
 from sergraph.folds import Fold, check_fold, split_indices
 from sergraph.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
+
+
+class EvaluationSampler(DistributedSampler):
+    """Contiguous, unpadded shards of an evaluation set, one per process of a DDP run.
+
+    A plain :class:`~torch.utils.data.distributed.DistributedSampler` repeats samples so that
+    every rank gets the same number, which would count those utterances twice in WA/UA. Here
+    rank ``r`` of ``W`` gets rows ``[r * n // W, (r + 1) * n // W)``: every row exactly once,
+    shard sizes differ by at most one, and concatenating the shards in rank order gives the
+    original order. Being a ``DistributedSampler``, Lightning does not replace it.
+
+    Args:
+        dataset: the evaluation split.
+        num_replicas: world size.
+        rank: this process's global rank.
+    """
+
+    def __init__(self, dataset, num_replicas: int, rank: int) -> None:
+        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=False)
+        self.start = rank * len(dataset) // num_replicas
+        self.stop = (rank + 1) * len(dataset) // num_replicas
+        self.num_samples = self.stop - self.start
+        self.total_size = len(dataset)
+
+    def __iter__(self):
+        return iter(range(self.start, self.stop))
+
+    def __len__(self) -> int:
+        return self.num_samples
 
 
 class FoldDataModule(L.LightningDataModule):
@@ -32,6 +63,11 @@ class FoldDataModule(L.LightningDataModule):
 
     Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``class_weights``
     (inverse training-fold class frequency, mean 1), ``normalizer`` (``train`` mode).
+
+    Under DDP the training loader is sharded by Lightning (a shuffling ``DistributedSampler``);
+    validation, test and prediction loaders use :class:`EvaluationSampler` so every utterance is
+    evaluated exactly once. The state of the training shuffle is saved in checkpoints, so a run
+    resumed from an end-of-epoch checkpoint shuffles as the uninterrupted run would have.
     """
 
     def __init__(
@@ -70,6 +106,8 @@ class FoldDataModule(L.LightningDataModule):
         self.num_classes = len(classes)
         self.datasets: dict[str, list] = {}
         self.normalizer: Normalizer | None = None
+        self._train_generator: torch.Generator | None = None
+        self._train_generator_state: torch.Tensor | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -112,12 +150,38 @@ class FoldDataModule(L.LightningDataModule):
                 )
             self.datasets[split] = graphs
 
+    def _world(self) -> tuple[int, int]:
+        """(world size, global rank) of the attached Trainer; (1, 0) without one."""
+        trainer = self.trainer
+        if trainer is None:
+            return 1, 0
+        return trainer.world_size, trainer.global_rank
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        generator = torch.Generator().manual_seed(self.seed) if shuffle else None
-        return DataLoader(
+        generator = None
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed)
+            if self._train_generator_state is not None:  # resumed from a checkpoint
+                generator.set_state(self._train_generator_state)
+                self._train_generator_state = None
+            self._train_generator = generator
+        sampler = None
+        world_size, rank = self._world()
+        if not shuffle and world_size > 1:
+            if len(self.datasets[split]) < world_size:
+                raise ValueError(
+                    f"{self.fold.name}: the {split} split has {len(self.datasets[split])} "
+                    f"utterance(s), fewer than the {world_size} processes of this run; use fewer "
+                    "devices (every process needs at least one utterance to evaluate)"
+                )
+            sampler = EvaluationSampler(self.datasets[split], world_size, rank)
+        # Same batches, in the same order, as PyG's DataLoader; cut from one collation of the
+        # split instead of rebuilt from Data objects every step (sergraph/fastdata.py).
+        return graph_loader(
             self.datasets[split],
             batch_size=self.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             num_workers=self.num_workers,
             generator=generator,
             persistent_workers=self.num_workers > 0,
@@ -131,3 +195,21 @@ class FoldDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader("test", shuffle=False)
+
+    def state_dict(self) -> dict:
+        """Saved in every checkpoint: the training shuffle's random state."""
+        if self._train_generator is None:
+            return {}
+        return {"train_generator": self._train_generator.get_state()}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        state = state_dict.get("train_generator")
+        if state is None:
+            return
+        if self._train_generator is not None:
+            self._train_generator.set_state(state)
+        else:  # applied when the training loader is made
+            self._train_generator_state = state

@@ -121,7 +121,10 @@ def build_graph(
         utterance, speaker: provenance carried by the ``Data`` object.
 
     Returns:
-        ``Data(x [N, F], edge_index [2, E], y [1], n_valid [1], utterance, speaker)``.
+        ``Data(x [N, F], edge_index [2, E], y [1], n_valid [1], band_k, utterance, speaker)``.
+        ``band_k`` (the int ``k``) marks the edges as this module's temporal band, which lets
+        the models take their fast path (:mod:`sergraph.models.banded`, which still checks the
+        edges before using it).
     """
     if len(x) == 0:
         raise ValueError(f"utterance {utterance!r} has no frames; cannot build a graph")
@@ -137,6 +140,7 @@ def build_graph(
         edge_index=temporal_edge_index(len(nodes), k),
         y=torch.tensor([y], dtype=torch.long),
         n_valid=torch.tensor([n_valid], dtype=torch.long),
+        band_k=int(k),
         utterance=utterance,
         speaker=speaker,
     )

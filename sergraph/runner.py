@@ -10,7 +10,12 @@ Layout of a run (``run.out_dir/run.name/model/``)::
     summary.json, summary.md          per-fold, mean +- std over folds and pooled WA/UA
 
 Re-running the same command skips finished folds; a fold whose saved configuration differs
-from the current one is refused instead of silently mixed into the summary.
+from the current one is refused instead of silently mixed into the summary. A fold interrupted
+after at least one epoch (killed, or preempted and requeued by SLURM) resumes from its
+``checkpoints/last.ckpt`` and ends with the same results as an uninterrupted run.
+
+Multi-process (DDP) runs: every process runs the same command; only global rank zero writes
+files, see :func:`is_global_zero`.
 """
 
 from __future__ import annotations
@@ -78,28 +83,78 @@ def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
 
 
 def prepare(cfg: DictConfig, need_features: bool = True) -> Study:
-    """Load the corpus, make the folds and fetch (cached) features."""
+    """Load the corpus, fetch (cached) features and make the folds.
+
+    Files whose features fail are handled as ``features.on_error`` says. ``stop`` (default)
+    raises one :class:`~sergraph.features.FeatureError` listing every failed file with its
+    reason, after all the other files are cached. ``skip`` leaves them out of the table *before*
+    the folds are made, lists them with their reasons in ``<study dir>/failed_files.csv``
+    (header only when none failed) and on stderr. Under ``skip`` the features are fetched even
+    when ``need_features`` is false, because the folds depend on which files are left.
+    """
+    from sergraph.features import FeatureError
+
     table, classes = load_table(cfg)
-    folds = make_folds(
-        table,
-        scheme=cfg.folds.scheme,
-        val_speakers=cfg.folds.val_speakers,
-        n_groups=cfg.folds.n_groups,
-        seed=cfg.folds.seed,
-    )
-    study = Study(table=table, classes=classes, folds=folds)
-    if not need_features:
-        return study
-    cache = feature_cache(cfg)
-    paths = table["path"].tolist()
-    if cfg.model.name == "svm":
-        study.functionals = np.asarray(
-            cache.functionals(
-                paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
-            )
+
+    def folds_of(table: pd.DataFrame) -> list[Fold]:
+        return make_folds(
+            table,
+            scheme=cfg.folds.scheme,
+            val_speakers=cfg.folds.val_speakers,
+            n_groups=cfg.folds.n_groups,
+            seed=cfg.folds.seed,
         )
-    else:
-        study.features = cache.get(paths, workers=cfg.features.workers)
+
+    folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
+    skip = cfg.features.get("on_error", "stop") == "skip"
+    values = None
+    failed = table.iloc[:0].assign(reason=[])
+    if need_features or skip:
+        cache = feature_cache(cfg)
+
+        def fetch(paths: list[str]):
+            if cfg.model.name == "svm":
+                return np.asarray(
+                    cache.functionals(
+                        paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
+                    )
+                )
+            return cache.get(paths, workers=cfg.features.workers)
+
+        try:
+            values = fetch(table["path"].tolist())
+        except FeatureError as error:
+            if not skip:
+                raise FeatureError(
+                    error.failures,
+                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
+                    f"out of the study (they are then listed in {study_dir(cfg)}/failed_files.csv).",
+                ) from None
+            reasons = dict(error.failures)
+            is_failed = table["path"].isin(list(reasons))
+            failed = table[is_failed].assign(reason=table.loc[is_failed, "path"].map(reasons))
+            table = table[~is_failed].reset_index(drop=True)
+        if skip:
+            listing = study_dir(cfg) / "failed_files.csv"
+            atomic_write_csv(listing, failed.reset_index(drop=True))
+            if len(failed):
+                shown = [f"  {row.path}: {row.reason}" for row in failed.head(20).itertuples()]
+                more = [f"  ... and {len(failed) - 20} more"] if len(failed) > 20 else []
+                log(
+                    f"features.on_error=skip: left out {len(failed)} of "
+                    f"{len(failed) + len(table)} file(s) whose features failed (listed in "
+                    f"{listing}):\n" + "\n".join(shown + more)
+                )
+                if table.empty:
+                    raise ValueError(f"every file of the corpus failed; see {listing}")
+                values = fetch(table["path"].tolist())  # all cache hits now
+    if len(failed):
+        folds = folds_of(table)
+    study = Study(table=table, classes=classes, folds=folds)
+    if values is not None and cfg.model.name == "svm":
+        study.functionals = values
+    elif values is not None:
+        study.features = values
     return study
 
 
@@ -262,6 +317,8 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
             ]
             for future in futures:
                 future.result()
+    if not is_global_zero():
+        return {}  # the other processes of a DDP run: rank zero writes the summaries
     summaries = {
         label: summarize(run_root(cfg), _study(cfg, need_features=False).classes)
         for label, cfg in configs.items()
@@ -280,18 +337,25 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
 
 
 def run_fold(cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path) -> dict:
-    """Train and test one cell; the result files are written atomically, metrics.json last."""
+    """Train and test one cell; the result files are written atomically, metrics.json last.
+
+    Leftovers of an interrupted attempt are removed, unless they hold a checkpoint to resume
+    from (see :func:`resume_checkpoint`). Only global rank zero writes files.
+    """
     from sergraph.tracking import cell_loggers, log_test_result
 
-    if directory.exists():
-        shutil.rmtree(directory)  # leftovers of an interrupted attempt
-    directory.mkdir(parents=True)
-    atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+    if is_global_zero():
+        if directory.exists() and resume_checkpoint(cfg, directory) is None:
+            shutil.rmtree(directory)  # leftovers of an attempt that cannot be resumed
+        directory.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(directory / "config.yaml", to_yaml(cfg))
     label = cfg.run.label or cfg.model.name
     with cell_loggers(cfg, directory, label, seed, fold) as loggers:
         result = _run_fold(cfg, study, fold, seed, directory, loggers)
         log_test_result(loggers, result)
-    atomic_write_json(directory / "metrics.json", result)
+    if is_global_zero():
+        atomic_write_json(directory / "metrics.json", result)
+        _remove_resume_files(directory)
     return result
 
 
@@ -306,7 +370,8 @@ def _run_fold(cfg, study: Study, fold: Fold, seed: int, directory: Path, loggers
         predictions["predicted"].map(study.classes.index),
         len(study.classes),
     )
-    atomic_write_csv(directory / "predictions.csv", predictions)
+    if is_global_zero():
+        atomic_write_csv(directory / "predictions.csv", predictions)
     result = {
         "config_id": identity(cfg),
         "model": cfg.model.name,
@@ -328,26 +393,12 @@ def _fit_neural(
     cfg: DictConfig, study: Study, fold: Fold, seed: int, directory: Path, loggers: list
 ):
     import lightning as L
-    import torch
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
-    from sergraph.datamodule import FoldDataModule
     from sergraph.module import SERModule
 
     L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = FoldDataModule(
-        study.table,
-        study.features,
-        fold,
-        study.classes,
-        k=cfg.graph.k,
-        max_nodes=cfg.graph.max_nodes,
-        pad=cfg.graph.pad,
-        normalize=cfg.graph.normalize,
-        batch_size=cfg.optim.batch_size,
-        num_workers=cfg.trainer.num_workers,
-        seed=seed,
-    )
+    datamodule = _fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule(
         model=cfg.model.name,
@@ -360,6 +411,7 @@ def _fit_neural(
         label_smoothing=cfg.optim.label_smoothing,
     )
     has_val = bool(fold.val_speakers)
+    # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
     checkpoint = ModelCheckpoint(
         dirpath=directory / "checkpoints",
         filename="best",
@@ -368,39 +420,54 @@ def _fit_neural(
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint]
+    # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
+    # written), after early stopping and best.ckpt have decided, with their states: a cell
+    # resumed from it makes the same best-checkpoint and stopping decisions.
+    resume_point = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint, resume_point, _keep_early_stop_callback()]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    devices, num_nodes = trainer_topology(cfg)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         min_epochs=cfg.trainer.min_epochs,
         accelerator=cfg.trainer.accelerator,
-        devices=cfg.trainer.devices,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=cfg.trainer.strategy,
         precision=cfg.trainer.precision,
         deterministic=cfg.trainer.deterministic,
         callbacks=callbacks,
         logger=loggers,
+        default_root_dir=_attempt_dir(directory),
         enable_progress_bar=cfg.trainer.progress_bar,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0,
     )
-    trainer.fit(module, datamodule=datamodule)
+    resume = resume_checkpoint(cfg, directory)
+    if resume is not None and is_global_zero():
+        log(f"{directory}: resuming from {resume.relative_to(directory)}")
+        # Lightning's CSV logger starts a new metrics.csv; keep the interrupted attempt's rows.
+        csv_log = directory / "logs" / "metrics.csv"
+        if csv_log.is_file():
+            attempt = len(list(csv_log.parent.glob("metrics.interrupted-*.csv"))) + 1
+            csv_log.rename(csv_log.with_name(f"metrics.interrupted-{attempt}.csv"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
-    trainer.test(module, datamodule=datamodule, ckpt_path=best, verbose=False)
-    tested = trainer.lightning_module.test_result
-    outputs = trainer.predict(module, dataloaders=datamodule.test_dataloader(), ckpt_path=best)
-    probabilities = torch.cat([o["probabilities"] for o in outputs]).numpy()
-    true = torch.cat([o["true"] for o in outputs]).numpy()
-    predictions = _predictions_frame(
-        [u for o in outputs for u in o["utterance"]],
-        [s for o in outputs for s in o["speaker"]],
-        true,
-        probabilities,
-        study.classes,
-    )
+    predictions, tested = _test_and_predict(trainer, module, datamodule, best, study.classes)
     # Independent route: scores from the predictions file must equal the torchmetrics ones.
-    check = scores_from_labels(true, probabilities.argmax(axis=1), len(study.classes))
+    check = scores_from_labels(
+        predictions["true"].map(study.classes.index),
+        predictions["predicted"].map(study.classes.index),
+        len(study.classes),
+    )
     if check["confusion"] != tested["confusion"]:
         raise RuntimeError(
             f"{directory}: torchmetrics and predictions disagree; please report this"
@@ -409,9 +476,206 @@ def _fit_neural(
     extra = {
         "epochs": int(trainer.current_epoch),
         "best_val_ua": float(best_score) if best_score is not None else None,
-        "checkpoint": str(Path(best).relative_to(directory)) if best else None,
+        "checkpoint": str(Path(best).resolve().relative_to(directory.resolve())) if best else None,
     }
+    if trainer.world_size > 1:
+        extra["world_size"] = int(trainer.world_size)
     return predictions, extra
+
+
+def _fold_datamodule(cfg: DictConfig, study: Study, fold: Fold, seed: int):
+    from sergraph.datamodule import FoldDataModule
+
+    return FoldDataModule(
+        study.table,
+        study.features,
+        fold,
+        study.classes,
+        k=cfg.graph.k,
+        max_nodes=cfg.graph.max_nodes,
+        pad=cfg.graph.pad,
+        normalize=cfg.graph.normalize,
+        batch_size=cfg.optim.batch_size,
+        num_workers=cfg.trainer.num_workers,
+        seed=seed,
+    )
+
+
+def _test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list[str]):
+    """Test scores (torchmetrics, synchronised over ranks) and the predictions of every rank.
+
+    Returns the predictions frame in test-table order (the same on every rank) and the test
+    scores of :class:`~sergraph.module.SERModule`.
+    """
+    import torch
+
+    trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    tested = trainer.lightning_module.test_result
+    outputs = trainer.predict(
+        module, dataloaders=datamodule.test_dataloader(), ckpt_path=checkpoint
+    )
+    outputs = _gather_from_ranks(outputs)
+    predictions = _predictions_frame(
+        [u for o in outputs for u in o["utterance"]],
+        [s for o in outputs for s in o["speaker"]],
+        torch.cat([o["true"] for o in outputs]).numpy(),
+        torch.cat([o["probabilities"] for o in outputs]).numpy(),
+        classes,
+    )
+    # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
+    # every test utterance is counted exactly once whatever the sampler did.
+    predictions = predictions.drop_duplicates("utterance", ignore_index=True)
+    expected = [graph.utterance for graph in datamodule.datasets["test"]]
+    if predictions["utterance"].tolist() != expected:
+        raise RuntimeError(
+            f"{datamodule.fold.name}: predictions of {len(predictions)} utterances, expected "
+            f"the {len(expected)} test utterances in order; please report this"
+        )
+    return predictions, tested
+
+
+def _gather_from_ranks(outputs: list) -> list:
+    """The prediction batches of every DDP rank, concatenated in rank order (as is without DDP)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return outputs
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, outputs)
+    return [batch for rank_outputs in gathered for batch in rank_outputs]
+
+
+def evaluate_checkpoint(
+    cfg: DictConfig, study: Study, fold: Fold, seed: int, checkpoint: str | Path
+) -> tuple[pd.DataFrame, dict]:
+    """Test a fold's checkpoint in this process alone: (predictions frame, test scores).
+
+    The same evaluation as at the end of training, on one device; a DDP run's results equal it.
+    """
+    import lightning as L
+
+    from sergraph.module import SERModule
+
+    datamodule = _fold_datamodule(cfg, study, fold, seed)
+    datamodule.setup()
+    module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        num_nodes=1,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return _test_and_predict(trainer, module, datamodule, str(checkpoint), study.classes)
+
+
+def is_global_zero() -> bool:
+    """Whether this process writes files: global rank zero of a DDP run, or the only process.
+
+    Known before the Trainer exists from the variables that Lightning's launcher (LOCAL_RANK,
+    NODE_RANK), torchrun (RANK) and srun (SLURM_PROCID) set; from torch.distributed once running.
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() == 0
+    if "RANK" in os.environ:
+        return int(os.environ["RANK"]) == 0
+    if "LOCAL_RANK" in os.environ or "NODE_RANK" in os.environ:
+        return (
+            int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+        )
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if SLURMEnvironment.detect():
+        return int(os.environ.get("SLURM_PROCID", 0)) == 0
+    return True
+
+
+def trainer_topology(cfg: DictConfig) -> tuple[object, int]:
+    """(devices, num_nodes) for the Trainer.
+
+    Inside a SLURM job step (srun, detected by Lightning's ``SLURMEnvironment``) these come from
+    SLURM: processes per node from ``--ntasks-per-node`` (one task per GPU), nodes from
+    ``--nodes``. Lightning itself does not take them from SLURM (``devices="auto"`` means every
+    visible GPU, and it refuses a ``num_nodes`` that differs from the job's), so they are read
+    here instead of being written twice, in the job script and in the configuration.
+    """
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    if not SLURMEnvironment.detect():
+        return cfg.trainer.devices, cfg.trainer.num_nodes
+    nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
+    per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
+    if per_node:
+        devices = int(per_node.split("(")[0].split(",")[0])
+    else:
+        devices = max(1, int(os.environ.get("SLURM_NTASKS", "1")) // nodes)
+    configured = (cfg.trainer.devices, cfg.trainer.num_nodes)
+    if configured != (devices, nodes) and is_global_zero():
+        log(
+            f"SLURM job step: {devices} process(es) per node on {nodes} node(s) from SLURM "
+            f"(trainer.devices={configured[0]!r}, trainer.num_nodes={configured[1]} are not used)"
+        )
+    return devices, nodes
+
+
+def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
+    """The end-of-epoch checkpoint an unfinished cell resumes from, or ``None`` to start afresh.
+
+    ``checkpoints/last.ckpt`` is written at the end of every epoch with the model, optimiser,
+    loop counters, early-stopping and best-checkpoint state, the training shuffle's and the
+    global random states; resuming from it reproduces the uninterrupted run exactly. It is used
+    only when the cell's saved configuration has the current identity.
+
+    Lightning's SLURM requeue handler (SIGUSR1) also saves ``hpc_ckpt_N.ckpt``, at whatever
+    moment the signal arrives: in the middle of an epoch, possibly inside an optimiser step.
+    Resuming there could not reproduce the uninterrupted run (the rest of the epoch would see
+    another shuffle and dropout stream), so it is not used: at most one epoch is repeated.
+    """
+    last = directory / "checkpoints" / "last.ckpt"
+    saved = directory / "config.yaml"
+    if not (last.is_file() and saved.is_file()):
+        return None
+    try:
+        same = identity(OmegaConf.load(saved)) == identity(cfg)
+    except Exception:  # noqa: BLE001 - an unreadable leftover is not resumed
+        return None
+    return last if same else None
+
+
+def _attempt_dir(directory: Path) -> Path:
+    """Lightning's ``default_root_dir``: where its SLURM handler saves ``hpc_ckpt_N.ckpt``.
+
+    One folder per SLURM job attempt, so that Lightning never resumes from an earlier attempt's
+    mid-epoch checkpoint by itself (it does when it finds one in ``default_root_dir``).
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return directory
+    return directory / "hpc" / f"job-{job}-restart-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def _remove_resume_files(directory: Path) -> None:
+    """After metrics.json: the resume checkpoint and Lightning's requeue checkpoints."""
+    (directory / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    shutil.rmtree(directory / "hpc", ignore_errors=True)
+
+
+def _keep_early_stop_callback():
+    from lightning.pytorch.callbacks import Callback
+
+    class KeepEarlyStop(Callback):
+        """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
+                trainer.should_stop = True
+
+    return KeepEarlyStop()
 
 
 def _predictions_frame(utterances, speakers, true, scores, classes) -> pd.DataFrame:

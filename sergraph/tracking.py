@@ -6,6 +6,9 @@ W&B's grouping and parallel-coordinates views work. A study also gets one ``summ
 aggregated table. ``wandb.finish()`` is always reached, with exit code 1 when the cell failed.
 Use ``logger.offline=true`` (or ``WANDB_MODE=offline``) where there is no network and
 ``wandb sync`` the folders later.
+
+In a multi-process (DDP) run only global rank zero makes W&B runs (and writes the CSV log, as
+Lightning's loggers do); the other ranks get no W&B logger.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
     """Lightning loggers for one cell; the W&B run (if any) is finished on exit, also on error."""
     from lightning.pytorch.loggers import CSVLogger
 
+    from sergraph.runner import is_global_zero
+
     loggers: list = [CSVLogger(save_dir=directory, name="logs", version="")]
     wandb_logger = None
-    if cfg.logger.kind == "wandb":
+    if cfg.logger.kind == "wandb" and is_global_zero():
         import wandb
         from lightning.pytorch.loggers import WandbLogger
 
@@ -65,6 +70,11 @@ def log_test_result(loggers: list, result: dict) -> None:
     """Test scores and the confusion matrix of a finished cell, into the cell's W&B run."""
     from lightning.pytorch.loggers import WandbLogger
 
+    from sergraph.runner import is_global_zero
+
+    if not is_global_zero():
+        return
+
     for logger in loggers:
         if not isinstance(logger, WandbLogger):
             continue
@@ -89,7 +99,9 @@ def log_test_result(loggers: list, result: dict) -> None:
 
 def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
     """One W&B run per study holding the aggregated table (mean ± std over folds, pooled)."""
-    if cfg.logger.kind != "wandb" or not summaries:
+    from sergraph.runner import is_global_zero
+
+    if cfg.logger.kind != "wandb" or not summaries or not is_global_zero():
         return
     import wandb
 

@@ -40,6 +40,37 @@ def _rows(numbers: list[int]) -> str:
     return f"row{'s' if len(numbers) > 1 else ''} {shown}{more}"
 
 
+def _check_duplicate_content(csv_path: Path, paths: list[str], numbers: list[int]) -> None:
+    """Raise if two rows name different files with the same bytes.
+
+    The same recording under two names would be two utterances to the folds, and if the rows
+    name different speakers, a copy of a test file could sit in training. Only files that share
+    their size with another one are hashed, so this costs little.
+    """
+    from sergraph.features import file_sha256
+
+    by_size: dict[int, list[int]] = {}
+    for index, path in enumerate(paths):
+        by_size.setdefault(os.path.getsize(path), []).append(index)
+    by_digest: dict[str, list[int]] = {}
+    for indices in by_size.values():
+        if len(indices) > 1:
+            for index in indices:
+                by_digest.setdefault(file_sha256(paths[index]), []).append(index)
+    groups = [indices for indices in by_digest.values() if len(indices) > 1]
+    if groups:
+        listed = "; ".join(
+            " = ".join(f"row {numbers[i]} ({paths[i]})" for i in indices) for indices in groups[:3]
+        )
+        raise ValueError(
+            f"manifest {csv_path}: {len(groups)} group(s) of rows name files with identical "
+            f"content: {listed}"
+            + (f" and {len(groups) - 3} more" if len(groups) > 3 else "")
+            + "; keep one row per recording (a copy under another speaker would leak test "
+            "audio into training)"
+        )
+
+
 def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
     """Load a corpus from a CSV manifest.
 
@@ -58,7 +89,7 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
             message counts them and lists the first few with their rows).
         ValueError: a required column is missing (the message names the file, the columns
             present and those required), a cell of a used column is empty, a gender is not
-            m/f, or paths or utterance ids repeat (naming the rows).
+            m/f, or paths, file contents or utterance ids repeat (naming the rows).
     """
     if root is None:
         raise ValueError("the manifest corpus needs root: the path of the CSV file")
@@ -119,6 +150,7 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
             f"(relative paths are resolved against {csv_path.parent}): {listed}"
             + (f" and {len(absent) - _SHOW} more" if len(absent) > _SHOW else "")
         )
+    _check_duplicate_content(csv_path, frame["path"].tolist(), row_numbers.tolist())
 
     if "utterance" not in frame.columns:
         frame["utterance"] = [Path(path).stem for path in frame["path"]]

@@ -10,13 +10,23 @@ A graph baseline is a subclass that says how one graph layer is built::
 Everything else (the optional BiLSTM front end, ``num_layers`` layers each followed by
 BatchNorm and an activation, the readout of every layer including the input layer, the
 classifier) comes from the base class, so baselines differ only in their graph layer.
+
+A family whose layer has a closed form on the pipeline's banded temporal graphs may also define
+:meth:`TemporalGNN.band_layer` (see :mod:`sergraph.models.banded`); batches of such graphs then
+skip PyG's gather/scatter. It is optional: without it every batch uses message passing.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
+from torch_geometric.nn import global_add_pool, global_mean_pool
 
+from sergraph.models import banded
 from sergraph.models.common import BiLSTMFront, ReadoutHead, check_choice
+
+# Readouts computed without a scatter on the fast path (max keeps PyG's, see Band.pool).
+_READOUT_NAMES = {global_add_pool: "sum", global_mean_pool: "mean"}
 
 ACTIVATIONS = {
     "relu": nn.ReLU,
@@ -106,7 +116,32 @@ class TemporalGNN(nn.Module):
         """
         raise NotImplementedError(f"{type(self).__name__} must define make_conv")
 
+    #: Set to ``False`` on an instance to always use PyG message passing (see also the
+    #: ``SERGRAPH_FAST_PATH`` environment variable in :mod:`sergraph.models.banded`).
+    fast_path: bool = True
+
+    def band_layer(self, conv: nn.Module) -> banded.BandLayer | None:
+        """Optional fast path: a function ``f(conv, h, band)`` equal to ``conv(h, edge_index)``
+        on a batch of banded temporal graphs, or ``None`` (the default) when there is none.
+        """
+        return None
+
+    def band_of(self, data) -> banded.Band | None:
+        """The band of ``data`` when this forward will take the fast path, else ``None``."""
+        if not self.fast_path or not banded.fast_path_enabled():
+            return None
+        if any(self.band_layer(conv) is None for conv in self.convs):
+            return None
+        return banded.detect(data)
+
+    def uses_fast_path(self, data) -> bool:
+        """Whether a forward on ``data`` takes the banded fast path."""
+        return self.band_of(data) is not None
+
     def forward(self, data):
+        band = self.band_of(data)
+        if band is not None:
+            return self._forward_band(data, band)
         x, edge_index, batch = data.x, data.edge_index, data.batch
         h = self.front(x, batch) if self.front is not None else x
         layers = [h]
@@ -114,3 +149,24 @@ class TemporalGNN(nn.Module):
             h = self.activation(norm(conv(h, edge_index)))
             layers.append(h)
         return self.head(layers, batch, data.num_graphs)
+
+    def _forward_band(self, data, band: banded.Band):
+        """:meth:`forward` on a banded batch: the same modules, no edge gather/scatter."""
+        x = data.x
+        if self.front is None:
+            h = x
+        elif band.uniform and type(self.front).forward is BiLSTMFront.forward:
+            # BiLSTMFront runs one unpacked call on equal lengths; skip its dense/mask copies.
+            out, _ = self.front.lstm(x.reshape(band.num_graphs, band.max_length, -1))
+            h = out.reshape(band.num_nodes, -1)
+        else:
+            h = self.front(x, data.batch)
+        layers = [h]
+        for conv, norm in zip(self.convs, self.norms, strict=True):
+            h = self.activation(norm(self.band_layer(conv)(conv, h, band)))
+            layers.append(h)
+        readout = _READOUT_NAMES.get(getattr(self.head, "pool", None))
+        if type(self.head) is not ReadoutHead or readout is None:
+            return self.head(layers, data.batch, data.num_graphs)
+        pooled = [band.pool(h, readout) for h in layers]
+        return self.head.classifier(torch.cat(pooled, dim=-1))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch_geometric.nn import GATConv
 
-from sergraph.models import register
+from sergraph.models import banded, register
 from sergraph.models.base import TemporalGNN
 
 
@@ -64,6 +64,9 @@ class GAT(TemporalGNN):
             concat=True,
             dropout=self.attn_dropout,
         )
+
+    def band_layer(self, conv):
+        return banded.gat if banded.gat_supported(conv) else None
 
 
 @register("lstm_gat")

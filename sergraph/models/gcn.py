@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from torch_geometric.nn import ChebConv, GCNConv
 
-from sergraph.models import register
+from sergraph.models import banded, register
 from sergraph.models.base import TemporalGNN
 
 
@@ -32,6 +32,9 @@ class GCN(TemporalGNN):
 
     def make_conv(self, in_channels: int, out_channels: int) -> GCNConv:
         return GCNConv(in_channels, out_channels)
+
+    def band_layer(self, conv):
+        return banded.gcn if banded.gcn_supported(conv) else None
 
 
 @register("cheb")
@@ -61,3 +64,6 @@ class Cheb(TemporalGNN):
 
     def make_conv(self, in_channels: int, out_channels: int) -> ChebConv:
         return ChebConv(in_channels, out_channels, K=self.K, normalization="sym")
+
+    def band_layer(self, conv):
+        return banded.cheb if banded.cheb_supported(conv) else None

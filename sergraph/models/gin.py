@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 from torch_geometric.nn import GINConv
 
-from sergraph.models import register
+from sergraph.models import banded, register
 from sergraph.models.base import TemporalGNN
 
 
@@ -75,6 +75,9 @@ class LSTMGIN(TemporalGNN):
 
     def make_conv(self, in_channels: int, out_channels: int) -> GINConv:
         return GINConv(gin_mlp(in_channels, out_channels), train_eps=self.train_eps)
+
+    def band_layer(self, conv):
+        return banded.gin if banded.gin_supported(conv) else None
 
 
 @register("gin")

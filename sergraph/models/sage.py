@@ -19,7 +19,7 @@ from torch_geometric.nn import SAGEConv
 from torch_geometric.nn.aggr import Aggregation
 from torch_geometric.utils import to_dense_batch
 
-from sergraph.models import register
+from sergraph.models import banded, register
 from sergraph.models.base import TemporalGNN
 
 
@@ -97,6 +97,10 @@ class SAGEMean(TemporalGNN):
             aggregator = PackedLSTMAggregation(in_channels, in_channels)
             return SAGEConv(in_channels, out_channels, aggr=aggregator)
         return SAGEConv(in_channels, out_channels, aggr=self.aggr)
+
+    def band_layer(self, conv):
+        # the mean aggregator only; the LSTM aggregator keeps PyG's message passing
+        return banded.sage_mean if banded.sage_mean_supported(conv) else None
 
 
 @register("sage_lstm")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import zlib
 from collections import Counter
 from pathlib import Path
 
@@ -28,10 +29,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def write_wav(path: Path, seconds: float = 0.05) -> Path:
-    """A short 16 kHz sine, enough for a file that exists and is valid audio."""
+    """A short 16 kHz sine, enough for a file that exists and is valid audio.
+
+    Its pitch depends on the path, so two files never have the same bytes (the manifest loader
+    refuses rows whose files have identical content).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
     t = np.arange(int(16000 * seconds)) / 16000
-    soundfile.write(path, 0.1 * np.sin(2 * np.pi * 220 * t), 16000, subtype="PCM_16")
+    freq = 220 + zlib.crc32(path.as_posix().encode()) % 500
+    soundfile.write(path, 0.1 * np.sin(2 * np.pi * freq * t), 16000, subtype="PCM_16")
     return path
 
 

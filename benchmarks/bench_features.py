@@ -1,0 +1,165 @@
+"""Feature extraction speed (x realtime, per core, workers 1..N), cold vs warm cache, and the
+warm start-up of an EmoDB study.
+
+Cold: IS10 LLD + deltas of EmoDB files into an empty temporary cache with 1..N worker
+processes. "x realtime" is seconds of audio per wall second; "per core" divides by the worker
+count; "per CPU s" is audio seconds per CPU second actually used by the extracting processes
+(on a loaded machine wall time per core understates what a free core does, CPU time does not).
+Warm: the same files again (cache hits only). Warm start-up: a fresh Python process that loads
+the EmoDB corpus table, its cached features and the folds (``sergraph.runner.prepare``), timed
+as a whole and inside; it needs a warm default cache (``$SERGRAPH_CACHE``), e.g. after
+``sergraph features data=emodb data.root=...``, and is skipped otherwise.
+
+EmoDB comes from $SERGRAPH_EMODB or ../shared/data/emodb.
+
+    python benchmarks/bench_features.py            # all 535 files, workers 1..cpu count
+    python benchmarks/bench_features.py --quick    # 24 files
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from common import REPO, emodb_root, machine, table
+
+
+def cpu_seconds() -> float:
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def extraction(paths: list[str], audio_seconds: float, workers_list: list[int]) -> list[dict]:
+    from sergraph.features import FeatureCache, FeatureConfig
+
+    rows = []
+    for workers in workers_list:
+        with tempfile.TemporaryDirectory(prefix="sergraph-bench-") as folder:
+            cache = FeatureCache(folder, FeatureConfig())
+            cpu0, start = cpu_seconds(), time.perf_counter()
+            cache.get(paths, workers=workers, progress=False)
+            cold, cold_cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+            start = time.perf_counter()
+            cache.get(paths, workers=workers, progress=False)
+            warm = time.perf_counter() - start
+        rows.append(
+            {
+                "workers": workers,
+                "files": len(paths),
+                "audio s": audio_seconds,
+                "cold s": cold,
+                "x realtime": audio_seconds / cold,
+                "x realtime per core": audio_seconds / cold / workers,
+                "x realtime per CPU s": audio_seconds / cold_cpu,
+                "warm s": warm,
+                "warm ms/file": 1000 * warm / len(paths),
+            }
+        )
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    speed1 = rows[0]["x realtime"]
+    for row in rows:
+        row["speed-up vs 1 worker"] = row["x realtime"] / speed1
+    return rows
+
+
+def warm_default_cache(paths: list[str]) -> bool:
+    """Whether every file already has LLDs in the default cache (without extracting any)."""
+    from omegaconf import OmegaConf
+
+    from sergraph.config import Config
+    from sergraph.features import file_sha256
+    from sergraph.runner import feature_cache
+
+    cache = feature_cache(OmegaConf.structured(Config))
+    key_dir = cache.key_dir("lld")
+    for path in paths:
+        digest = file_sha256(path)
+        if not (key_dir / digest[:2] / f"{digest}.npy").is_file():
+            return False
+    return True
+
+
+STARTUP = """
+import time
+start = time.perf_counter()
+from sergraph.config import compose
+from sergraph.runner import prepare
+imported = time.perf_counter()
+study = prepare(compose(["data=emodb", "data.root={root}"]))
+done = time.perf_counter()
+assert study.features is not None and len(study.features) == {count}
+print(imported - start, done - imported)
+"""
+
+
+def startup(root: str, count: int, runs: int) -> list[dict]:
+    rows = []
+    for run in range(runs):
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, "-c", STARTUP.format(root=root, count=count)],
+            capture_output=True,
+            text=True,
+            cwd=REPO,
+            check=True,
+        )
+        total = time.perf_counter() - start
+        imports, prepare = (float(x) for x in result.stdout.split()[-2:])
+        rows.append(
+            {
+                "run": run + 1,
+                "whole process s": total,
+                "imports s": imports,
+                "corpus + cached features + folds s": prepare,
+            }
+        )
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="24 files")
+    parser.add_argument("--files", type=int, default=0, help="first N files (0: all)")
+    parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
+    parser.add_argument("--startup-runs", type=int, default=3)
+    args = parser.parse_args()
+
+    import soundfile as sf
+
+    root = emodb_root()
+    if root is None:
+        sys.exit("EmoDB not found: set SERGRAPH_EMODB or place it at ../shared/data/emodb")
+    paths = sorted(str(p) for p in (root / "wav").glob("*.wav"))
+    every = list(paths)
+    count = 24 if args.quick else args.files
+    if count:
+        paths = paths[:: max(1, len(paths) // count)][:count]  # spread over the speakers
+    audio = sum(sf.info(p).duration for p in paths)
+    print(machine(), flush=True)
+    print(f"EmoDB at {root}: {len(paths)} of {len(every)} files, {audio:.1f} s of audio\n")
+
+    rows = extraction(paths, audio, list(range(1, args.max_workers + 1)))
+    print("\n## openSMILE IS10 LLD + deltas, cold (empty cache) and warm\n")
+    print(table(rows))
+
+    if warm_default_cache(every):
+        runs = 1 if args.quick else args.startup_runs
+        rows = startup(str(root), len(every), runs)
+        print("\n## warm start-up of an EmoDB study (fresh process, default cache)\n")
+        print(table(rows))
+    else:
+        print(
+            "\nwarm start-up: skipped, the default cache is not warm for all of EmoDB "
+            "(run `sergraph features data=emodb data.root=...` first)"
+        )
+
+
+if __name__ == "__main__":
+    main()

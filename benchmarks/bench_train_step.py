@@ -1,0 +1,274 @@
+"""Training-step throughput of every registered model, and the fast path against PyG's.
+
+Part 1: graphs per second of one training step (forward, backward, Adam step) for every
+registered model at batch sizes 32/64/128 of padded 120-node IS10 graphs (76 features, k=4),
+on CPU and on CUDA when available, with the peak memory of a step per graph (CPU: growth of
+the process's peak resident memory during the steps, with the kernel's peak counter reset
+before each configuration; CUDA: ``torch.cuda.max_memory_allocated``).
+
+Part 2: fast path (sergraph.models.banded) against PyG message passing, alternating the two
+in one process: the graph layers alone (forward + backward of the layer stack on the hidden
+features) and the whole training step. Ratio = PyG time / fast time (> 1: fast path faster).
+
+    python benchmarks/bench_train_step.py            # everything (long on a 2-core CPU)
+    python benchmarks/bench_train_step.py --quick    # batch size 32, fewer steps
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+    # Large tensors mmap'd and unmapped when freed, so resident memory follows live memory
+    # (glibc otherwise raises the threshold and keeps freed blocks): re-run with it set.
+    os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
+    os.execv(sys.executable, [sys.executable, *sys.argv])
+
+from common import machine, median, paired_ratio, repeat, synthetic_graphs, table  # noqa: E402
+
+
+def _status_kib(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def _reset_peak() -> bool:
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def make_batch(batch_size: int, nodes: int, device: str, pad: bool = True):
+    from torch_geometric.data import Batch
+
+    return Batch.from_data_list(synthetic_graphs(batch_size, nodes, pad=pad)).to(device)
+
+
+def step_fn(model, batch, optimizer):
+    import torch
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def throughput(name: str, batch_size: int, device: str, steps: int, nodes: int = 120) -> dict:
+    import torch
+
+    from sergraph.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, 76, 4).to(device)
+    batch = make_batch(batch_size, nodes, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = step_fn(model, batch, optimizer)
+    fast = bool(getattr(model, "uses_fast_path", lambda _: False)(batch))
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        reset = _reset_peak()
+        base = _status_kib("VmRSS") if reset else None
+    times = repeat(step, steps, warmup=1, device=device)
+    if device.startswith("cuda"):
+        peak_mib = (torch.cuda.max_memory_allocated() - base) / 2**20
+    else:
+        hwm = _status_kib("VmHWM")
+        peak_mib = (hwm - base) / 1024 if base is not None and hwm is not None else float("nan")
+    seconds = median(times)
+    return {
+        "model": name,
+        "device": device,
+        "batch": batch_size,
+        "path": "fast" if fast else "pyg",
+        "ms/step": 1000 * seconds,
+        "graphs/s": batch_size / seconds,
+        "peak MiB/graph": peak_mib / batch_size,
+    }
+
+
+def layer_and_step_ratios(name: str, batch_size: int, device: str, rounds: int) -> dict | None:
+    import torch
+
+    from sergraph.models import banded, build_model
+
+    torch.manual_seed(0)
+    model = build_model(name, 76, 4).to(device)
+    batch = make_batch(batch_size, 120, device)
+    if not hasattr(model, "uses_fast_path") or not model.uses_fast_path(batch):
+        return None
+    band = banded.detect(batch)
+    width = model.convs[0].in_channels if hasattr(model.convs[0], "in_channels") else 76
+    hidden = torch.randn(batch.num_nodes, width, device=device, requires_grad=True)
+
+    def layers(fast: bool):
+        def run():
+            h = hidden
+            for conv in model.convs:
+                if fast:
+                    h = model.band_layer(conv)(conv, h, band)
+                else:
+                    h = conv(h, batch.edge_index)
+            h.sum().backward()
+
+        return run
+
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    step = step_fn(model, batch, optimizer)
+
+    def whole(fast: bool):
+        def run():
+            with banded.fast_path(fast):
+                step()
+
+        return run
+
+    fast_layers, pyg_layers, layer_ratio = paired_ratio(layers(True), layers(False), rounds, device)
+    fast_step, pyg_step, step_ratio = paired_ratio(whole(True), whole(False), rounds, device)
+    return {
+        "model": name,
+        "device": device,
+        "batch": batch_size,
+        "layers fast ms": 1000 * fast_layers,
+        "layers PyG ms": 1000 * pyg_layers,
+        "layers PyG/fast": layer_ratio,
+        "step fast ms": 1000 * fast_step,
+        "step PyG ms": 1000 * pyg_step,
+        "step PyG/fast": step_ratio,
+    }
+
+
+def aggregation_ratio(batch_size: int, channels: int, device: str, rounds: int) -> dict:
+    """The neighbour sum alone: gather + scatter over the edges (what PyG's sum aggregation
+    does) against the band's shifted adds, forward + backward, on ``[N, channels]``."""
+    import torch
+    from torch_geometric.utils import scatter
+
+    from sergraph.models import banded
+
+    batch = make_batch(batch_size, 120, device)
+    band = banded.detect(batch)
+    source, target = batch.edge_index
+    h = torch.randn(batch.num_nodes, channels, device=device, requires_grad=True)
+
+    def pyg():
+        scatter(
+            h.index_select(0, source), target, 0, batch.num_nodes, reduce="sum"
+        ).sum().backward()
+
+    def fast():
+        band.sum(h).sum().backward()
+
+    fast_s, pyg_s, ratio = paired_ratio(fast, pyg, rounds, device)
+    return {
+        "device": device,
+        "batch": batch_size,
+        "channels": channels,
+        "band sum ms": 1000 * fast_s,
+        "gather+scatter ms": 1000 * pyg_s,
+        "PyG/fast": ratio,
+    }
+
+
+def padded_vs_packed(batch_size: int, steps: int) -> list[dict]:
+    """LSTM-GIN on the same utterances as padded 120-node graphs (one unpacked BiLSTM call over
+    120 steps) and as true-length graphs (``graph.pad=false``: the BiLSTM runs packed over the
+    real frames only, lengths around EmoDB's 56). Not the same computation: a config choice."""
+    import torch
+    from torch_geometric.data import Batch
+
+    from sergraph.models import build_model
+
+    rows = []
+    for pad in (True, False):
+        torch.manual_seed(0)
+        model = build_model("lstm_gin", 76, 4)
+        batch = Batch.from_data_list(synthetic_graphs(batch_size, 120, pad=pad))
+        step = step_fn(model, batch, torch.optim.Adam(model.parameters(), lr=1e-4))
+        seconds = median(repeat(step, steps))
+        rows.append(
+            {
+                "graphs": "padded to 120" if pad else "true length (packed BiLSTM)",
+                "nodes in batch": batch.num_nodes,
+                "fast path": model.uses_fast_path(batch),
+                "ms/step": 1000 * seconds,
+                "graphs/s": batch_size / seconds,
+            }
+        )
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="batch size 32, fewer steps")
+    parser.add_argument("--models", help="comma-separated model names (default: all)")
+    parser.add_argument("--batch-sizes", default="32,64,128")
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
+    parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per ratio")
+    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument("--skip-throughput", action="store_true")
+    parser.add_argument("--skip-ratios", action="store_true")
+    parser.add_argument("--skip-packing", action="store_true")
+    args = parser.parse_args()
+
+    import torch
+
+    from sergraph.models import MODELS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    batch_sizes = [int(b) for b in args.batch_sizes.split(",")]
+    steps, rounds = args.steps, args.rounds
+    if args.quick:
+        batch_sizes, steps, rounds = [32], 2, 3
+    names = args.models.split(",") if args.models else sorted(MODELS)
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    print(machine(), flush=True)
+
+    if not args.skip_throughput:
+        rows = []
+        for device in devices:
+            for name in names:
+                for batch_size in batch_sizes:
+                    rows.append(throughput(name, batch_size, device, steps))
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+        print("\n## training step throughput (forward + backward + Adam), 120-node graphs\n")
+        print(table(rows))
+
+    if not args.skip_packing:
+        print("\n## LSTM-GIN: padded graphs vs true-length graphs (packed BiLSTM), CPU\n")
+        print(table(padded_vs_packed(batch_sizes[0], steps)))
+
+    if not args.skip_ratios:
+        rows = []
+        for device in devices:
+            for name in names:
+                row = layer_and_step_ratios(name, batch_sizes[0], device, rounds)
+                if row is not None:
+                    rows.append(row)
+                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+        aggregation = [aggregation_ratio(batch_sizes[0], 128, d, rounds) for d in devices]
+        print("\n## neighbour sum alone, forward + backward\n")
+        print(table(aggregation))
+        print("\n## fast path vs PyG message passing (same process, alternating; ratio of medians")
+        print("## is the median over rounds of PyG time / fast time)\n")
+        print(table(rows))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,221 @@
+"""Batches cut from a split collated once, instead of rebuilt from ``Data`` objects every step.
+
+PyG's ``DataLoader`` builds each batch with ``Batch.from_data_list``: a Python loop over the
+graphs and their attributes, every step, every epoch. A fold's graphs never change after
+:meth:`~sergraph.datamodule.FoldDataModule.setup`, so :class:`CollatedGraphs` concatenates each
+attribute of the whole split once; a batch is then a few ``index_select`` calls with
+vectorised index arithmetic, whatever the batch size.
+
+The result is the same ``Batch`` that ``Batch.from_data_list`` makes from the same graphs in the
+same order: the same attributes with the same values and dtypes, ``batch``, ``ptr``,
+``num_graphs`` and the bookkeeping that ``Batch.get_example``/``to_data_list`` use
+(``tests/unit/test_fastdata.py`` compares them). :func:`graph_loader` is a plain
+``torch.utils.data.DataLoader`` over the split (``shuffle``, ``generator``, ``sampler``, workers
+as usual), so with the same generator it visits the graphs in the same order as PyG's loader.
+Splits whose graphs this module cannot reproduce exactly (attributes that PyG stacks instead of
+concatenating, custom ``__inc__``, differing attribute sets) use PyG's own collation.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+from torch_geometric.data import Batch, Data
+from torch_geometric.loader.dataloader import Collater
+
+
+class _Unsupported(Exception):
+    pass
+
+
+def _ranges(starts: Tensor, sizes: Tensor) -> Tensor:
+    """``cat([arange(s, s + n) for s, n in zip(starts, sizes)])`` without a Python loop."""
+    total = int(sizes.sum())
+    if total == 0:
+        return starts.new_zeros(0)
+    ends = torch.cumsum(sizes, 0)
+    return torch.arange(total) + torch.repeat_interleave(starts - (ends - sizes), sizes)
+
+
+@dataclass
+class _Column:
+    """One tensor attribute of every graph, concatenated along ``cat_dim``."""
+
+    storage: Tensor
+    cat_dim: int
+    sizes: Tensor  # [G] extent of each graph along cat_dim
+    starts: Tensor  # [G] offset of each graph in storage
+    incremented: bool  # shifted by the node offset when batched (edge_index)
+    same: Tensor | None = None  # the common value when every graph holds the same one
+
+
+class CollatedGraphs(Dataset):
+    """A list of ``Data`` graphs, every attribute concatenated once over the whole list.
+
+    ``graphs[i]`` (``__getitem__``) is the original ``Data``; ``__getitems__(indices)``, which
+    ``DataLoader`` calls for a whole batch, returns the ``Batch`` of those graphs directly.
+    When every graph has the same size along an attribute (padded graphs: ``x``; per-graph
+    ``y``) a batch takes one ``index_select`` of a ``[G, size, ...]`` view; when every graph has
+    the same ``edge_index`` (padded temporal graphs) the batched one is cached per batch size.
+
+    Args:
+        graphs: graphs with the same attributes: tensors that PyG concatenates (node-level
+            ``x``, ``edge_index`` incremented by the node count, per-graph ``[1]`` tensors),
+            Python numbers and strings.
+
+    Raises:
+        ValueError: when the graphs cannot be batched here (see :func:`graph_loader`, which
+            then falls back to PyG's collation).
+    """
+
+    def __init__(self, graphs: Sequence[Data]) -> None:
+        if len(graphs) == 0:
+            raise ValueError("CollatedGraphs needs at least one graph")
+        self.graphs = graphs
+        self.keys = list(graphs[0].keys())
+        self.num_nodes = torch.tensor([g.num_nodes for g in graphs], dtype=torch.long)
+        self.same_num_nodes = bool((self.num_nodes == self.num_nodes[0]).all())
+        self.columns: dict[str, _Column] = {}
+        self.numbers: dict[str, Tensor] = {}
+        self.other: dict[str, list] = {}
+        self._cache: dict[tuple, Tensor] = {}
+        try:
+            if any(set(g.keys()) != set(self.keys) for g in graphs):
+                raise _Unsupported("graphs differ in their attributes")
+            for key in self.keys:
+                self._collate_key(key)
+        except _Unsupported as error:
+            raise ValueError(f"cannot collate these graphs once: {error}") from None
+
+    def _collate_key(self, key: str) -> None:
+        graphs = self.graphs
+        first = graphs[0][key]
+        if isinstance(first, Tensor):
+            values = [g[key] for g in graphs]
+            cat_dim = graphs[0].__cat_dim__(key, first)
+            if cat_dim is None or first.dim() == 0:
+                raise _Unsupported(f"attribute {key!r} is stacked, not concatenated")
+            cat_dim = cat_dim % first.dim()
+            incs = [g.__inc__(key, v) for g, v in zip(graphs, values, strict=True)]
+            if any(isinstance(inc, Tensor) and inc.numel() != 1 for inc in incs):
+                raise _Unsupported(f"attribute {key!r} has a tensor increment")
+            incs = [int(inc) if isinstance(inc, Tensor | int) else inc for inc in incs]
+            # Data increments index attributes (edge_index) by the node count, others by 0
+            incremented = incs[0] != 0
+            expected = self.num_nodes.tolist() if incremented else [0] * len(graphs)
+            if incs != expected:
+                raise _Unsupported(f"attribute {key!r} has an increment other than 0 or N")
+            sizes = torch.tensor([v.size(cat_dim) for v in values], dtype=torch.long)
+            column = _Column(
+                torch.cat(values, dim=cat_dim),
+                cat_dim,
+                sizes,
+                torch.cumsum(sizes, 0) - sizes,
+                incremented,
+            )
+            if incremented and self.same_num_nodes and all(torch.equal(first, v) for v in values):
+                column.same = first
+            self.columns[key] = column
+        elif isinstance(first, int | float):  # bool is an int; PyG makes torch.tensor(values)
+            values = [g[key] for g in graphs]
+            if any(type(v) is not type(first) for v in values):
+                raise _Unsupported(f"attribute {key!r} mixes number types")
+            self.numbers[key] = torch.tensor(values)
+        elif isinstance(first, str):
+            self.other[key] = [g[key] for g in graphs]
+        else:
+            raise _Unsupported(f"attribute {key!r} of type {type(first).__name__}")
+
+    def __len__(self) -> int:
+        return len(self.graphs)
+
+    def __getitem__(self, index: int) -> Data:
+        return self.graphs[index]
+
+    def __getitems__(self, indices: Sequence[int]) -> Batch:
+        return self.batch(indices)
+
+    def _select(self, key: str, column: _Column, index: Tensor, node_ptr: Tensor) -> Tensor:
+        count = index.numel()
+        selected_sizes = column.sizes[index]
+        if column.same is not None:
+            cache_key = (key, count)
+            if cache_key not in self._cache:
+                shift = node_ptr[:-1].view(*([1] * column.cat_dim), -1, 1)
+                stacked = column.same.unsqueeze(column.cat_dim) + shift
+                self._cache[cache_key] = stacked.flatten(column.cat_dim, column.cat_dim + 1)
+            return self._cache[cache_key].clone()
+        if column.cat_dim == 0 and bool((column.sizes == column.sizes[0]).all()):
+            size = int(column.sizes[0])
+            rows = column.storage.view(len(self.graphs), size, *column.storage.shape[1:])
+            return rows.index_select(0, index).flatten(0, 1)
+        value = column.storage.index_select(
+            column.cat_dim, _ranges(column.starts[index], selected_sizes)
+        )
+        if column.incremented and value.numel():
+            shift = torch.repeat_interleave(node_ptr[:-1], selected_sizes)
+            value = value + shift.view(*([1] * column.cat_dim), -1)
+        return value
+
+    def batch(self, indices: Sequence[int] | Tensor) -> Batch:
+        """``Batch.from_data_list([graphs[i] for i in indices])``, from the collated tensors."""
+        index = torch.as_tensor(indices, dtype=torch.long).view(-1)
+        count = index.numel()
+        num_nodes = self.num_nodes[index]
+        node_ptr = torch.cat([num_nodes.new_zeros(1), torch.cumsum(num_nodes, 0)])
+        values: dict = {}
+        slice_dict: dict[str, Tensor] = {}
+        inc_dict: dict[str, Tensor | None] = {}
+        graph_slices = torch.arange(count + 1)
+        for key in self.keys:
+            if key in self.columns:
+                column = self.columns[key]
+                values[key] = self._select(key, column, index, node_ptr)
+                sizes = column.sizes[index]
+                slice_dict[key] = torch.cat([sizes.new_zeros(1), torch.cumsum(sizes, 0)])
+                inc_dict[key] = (
+                    node_ptr[:-1].clone() if column.incremented else torch.zeros_like(index)
+                )
+            elif key in self.numbers:
+                values[key] = self.numbers[key][index]
+                slice_dict[key] = graph_slices
+                inc_dict[key] = torch.zeros_like(index)
+            else:
+                strings = self.other[key]
+                values[key] = [strings[i] for i in index.tolist()]
+                slice_dict[key] = graph_slices
+                inc_dict[key] = None
+        values["batch"] = torch.repeat_interleave(torch.arange(count), num_nodes)
+        values["ptr"] = node_ptr
+        batch = Batch(_base_cls=Data, **values)
+        batch._num_graphs = count
+        batch._slice_dict = slice_dict
+        batch._inc_dict = inc_dict
+        return batch
+
+
+def _first(items):
+    """``collate_fn`` of a :class:`CollatedGraphs` loader: ``__getitems__`` already batched."""
+    return items
+
+
+def graph_loader(graphs: Sequence[Data], **loader_kwargs) -> DataLoader:
+    """A ``DataLoader`` of PyG batches of ``graphs``, cut from one collation of the split.
+
+    Takes the arguments of ``torch.utils.data.DataLoader`` (``batch_size``, ``shuffle``,
+    ``generator``, ``sampler``, ``num_workers``, ``persistent_workers``, ``pin_memory``, ...)
+    except ``collate_fn``. With the same ``generator`` it yields the graphs in the order PyG's
+    ``DataLoader`` would, and each batch equals PyG's. Graphs that :class:`CollatedGraphs`
+    cannot reproduce exactly are batched by PyG's own collation instead.
+    """
+    if "collate_fn" in loader_kwargs:
+        raise TypeError("graph_loader sets collate_fn itself")
+    try:
+        dataset = CollatedGraphs(graphs)
+    except ValueError:
+        return DataLoader(graphs, collate_fn=Collater(graphs), **loader_kwargs)
+    return DataLoader(dataset, collate_fn=_first, **loader_kwargs)

@@ -1,0 +1,197 @@
+"""The ``sergraph export`` and ``sergraph predict`` verbs: inputs, outputs and messages.
+
+The work itself is in :mod:`sergraph.bundle`; this module turns command-line inputs (files,
+folders, manifest CSVs) into a list of audio files and writes the predictions as a table, CSV
+or JSON lines.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+#: File name endings searched for in folders (any file named explicitly is tried whatever its
+#: name: the format is recognised from the header).
+AUDIO_SUFFIXES = (".wav", ".wave", ".flac", ".ogg", ".oga", ".opus", ".aif", ".aiff", ".mp3")
+OUTPUT_FORMATS = ("table", "csv", "jsonl")
+
+
+def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
+    """Audio files named by command-line inputs, in the order given.
+
+    Args:
+        items: audio files; folders (searched recursively for :data:`AUDIO_SUFFIXES`, sorted);
+            CSV manifests (``.csv``) with a ``path`` column, relative paths resolved against
+            the CSV's folder (the corpus manifest format; other columns are ignored).
+
+    Returns:
+        File paths. A file listed twice is predicted twice.
+
+    Raises:
+        FileNotFoundError: an input or a manifest row's file does not exist (all are named).
+        ValueError: a folder without audio files, a manifest without a ``path`` column or
+            with empty ``path`` cells, or no inputs at all.
+    """
+    if not items:
+        raise ValueError("no audio given: name files, folders or a manifest CSV")
+    paths: list[str] = []
+    missing: list[str] = []
+    for item in items:
+        item = Path(item).expanduser()
+        if item.is_dir():
+            found = sorted(
+                str(p)
+                for p in item.rglob("*")
+                if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES
+            )
+            if not found:
+                raise ValueError(
+                    f"folder {item} holds no audio files (searched for {list(AUDIO_SUFFIXES)})"
+                )
+            paths += found
+        elif item.is_file() and item.suffix.lower() == ".csv":
+            listed, absent = _manifest_paths(item)
+            paths += listed
+            missing += absent
+        elif item.is_file():
+            paths.append(str(item))
+        else:
+            missing.append(str(item))
+    if missing:
+        shown = "; ".join(missing[:5]) + (
+            f" and {len(missing) - 5} more" if len(missing) > 5 else ""
+        )
+        raise FileNotFoundError(f"{len(missing)} input(s) do not exist: {shown}")
+    return paths
+
+
+def _manifest_paths(csv_path: Path) -> tuple[list[str], list[str]]:
+    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    frame.columns = [str(column).strip() for column in frame.columns]
+    if "path" not in frame.columns:
+        raise ValueError(
+            f"manifest {csv_path} has no 'path' column (it has {list(frame.columns)}); a "
+            "prediction manifest needs one row per audio file in a 'path' column"
+        )
+    paths, missing = [], []
+    for number, cell in enumerate(frame["path"].str.strip(), start=1):
+        if not cell:
+            raise ValueError(f"manifest {csv_path}: empty 'path' in row {number}")
+        path = (csv_path.parent / Path(cell).expanduser()).resolve()
+        (paths if path.is_file() else missing).append(
+            str(path) if path.is_file() else f"{csv_path} row {number}: {path}"
+        )
+    return paths, missing
+
+
+def write_predictions(frame: pd.DataFrame, path: str | os.PathLike) -> Path:
+    """Write predictions atomically: ``.csv`` as CSV, ``.jsonl``/``.json`` as JSON lines."""
+    from sergraph.io import atomic_write_text
+
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".csv":
+        atomic_write_text(path, frame.to_csv(index=False))
+    elif suffix in (".jsonl", ".json"):
+        atomic_write_text(path, to_jsonl(frame))
+    else:
+        raise ValueError(f"--output {path}: name a .csv, .jsonl or .json file")
+    return path
+
+
+def to_jsonl(frame: pd.DataFrame) -> str:
+    """One JSON object per row; NaN becomes null, floats keep 6 decimals."""
+    import json
+    import math
+
+    def clean(value):
+        if isinstance(value, float):
+            return None if math.isnan(value) else round(value, 6)
+        return value.item() if hasattr(value, "item") else value
+
+    return "".join(
+        json.dumps({key: clean(value) for key, value in record.items()}) + "\n"
+        for record in frame.to_dict(orient="records")
+    )
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    """Predictions as an aligned text table (probabilities to 3 decimals)."""
+    shown = frame.copy()
+    if "segment" in shown and not (shown["segment"] > 0).any():
+        shown = shown.drop(columns=["segment"])
+    if "error" in shown and not (shown["error"] != "").any():
+        shown = shown.drop(columns=["error"])
+    with pd.option_context("display.max_rows", None, "display.width", 250):
+        return shown.to_string(index=False, float_format=lambda v: f"{v:.3f}", na_rep="-")
+
+
+def run_export(args) -> int:
+    from sergraph.bundle import export_bundle
+
+    out, bundle = export_bundle(
+        args.run_dir,
+        args.output,
+        folds=args.fold,
+        seeds=args.seed,
+        data_root=args.data_root,
+        verify=not args.no_verify,
+    )
+    print(f"wrote {out}")
+    print(bundle.describe())
+    return 0
+
+
+def run_predict(args) -> int:
+    from sergraph.bundle import load_bundle
+
+    paths = expand_inputs(args.audio)  # before loading anything: bad inputs fail at once
+    if args.output is not None and Path(args.output).suffix.lower() not in (
+        ".csv",
+        ".jsonl",
+        ".json",
+    ):
+        raise ValueError(f"--output {args.output}: name a .csv, .jsonl or .json file")
+    device = None if args.device == "auto" else args.device
+    bundle = load_bundle(args.bundle, map_location=device)
+    if not args.quiet:
+        print(f"{bundle!r} on {bundle.device}; {len(paths)} file(s)", file=sys.stderr)
+    frame = bundle.predict(
+        paths,
+        batch_size=args.batch_size,
+        workers=args.workers,
+        window=args.window,
+        hop=args.hop,
+        on_error=args.on_error,
+        cache_dir=args.cache_dir,
+        progress=not args.quiet,
+    )
+    failed = frame[frame["error"] != ""]
+    if len(failed):
+        listed = "\n".join(f"  {row.path}: {row.error}" for row in failed.itertuples())
+        print(
+            f"{failed['path'].nunique()} file(s) could not be read (skipped):\n{listed}",
+            file=sys.stderr,
+        )
+    max_nodes = bundle.meta["graph"]["max_nodes"]
+    if args.window is None and max_nodes is not None:
+        cut = frame[(frame["error"] == "") & (frame["end"] < frame["duration"] - 0.5)]
+        if len(cut):
+            seconds = max_nodes * bundle.node_seconds
+            print(
+                f"{len(cut)} file(s) are longer than the {seconds:g} s the model sees; only "
+                f"their first {seconds:g} s were used (see the end column). For per-segment "
+                f"predictions use --window {seconds:g} (and --hop).",
+                file=sys.stderr,
+            )
+    text = {"table": format_table, "csv": lambda f: f.to_csv(index=False), "jsonl": to_jsonl}
+    print(text[args.format](frame).rstrip("\n"))
+    if args.output is not None:
+        written = write_predictions(frame, args.output)
+        if not args.quiet:
+            print(f"written: {written}", file=sys.stderr)
+    return 0

@@ -1,0 +1,117 @@
+"""Real DDP on CPU (gloo, 2 processes) through the real CLI: the same numbers as one process.
+
+The test set of the fold has an odd number of utterances, so a plain ``DistributedSampler``
+would pad it with a repeated utterance and count it twice in WA/UA; the evaluation must not.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+from torch.utils.data.distributed import DistributedSampler
+
+from sergraph.datamodule import EvaluationSampler
+from tests.wandb_records import run_contents
+
+# 4 speakers x 3 classes x 3 utterances: 9 test utterances (odd), 9 validation utterances;
+# batch size 4 gives each process several evaluation batches of unequal sizes.
+SMALL = [
+    "data.options.n_speakers=4",
+    "data.options.n_per_class=3",
+    "data.classes=[neutral,happy,sad]",
+    "folds.only=[0]",
+    "trainer.max_epochs=2",
+    "trainer.accelerator=cpu",
+    "optim.lr=3e-3",
+    "optim.batch_size=4",
+]
+DDP = ["trainer.devices=2", "trainer.strategy=ddp"]
+
+
+@pytest.mark.parametrize(("size", "world"), [(9, 2), (15, 4), (4, 4), (10, 3)])
+def test_evaluation_sampler_covers_every_row_once_in_order(size, world):
+    dataset = list(range(size))
+    shards = [list(EvaluationSampler(dataset, world, rank)) for rank in range(world)]
+    assert [i for shard in shards for i in shard] == dataset  # rank order = original order
+    assert max(map(len, shards)) - min(map(len, shards)) <= 1
+    assert [len(shard) for shard in shards] == [
+        len(EvaluationSampler(dataset, world, r)) for r in range(world)
+    ]
+    # What the sampler replaces: the plain one repeats rows whenever size % world != 0.
+    plain = [i for r in range(world) for i in DistributedSampler(dataset, world, r, shuffle=False)]
+    assert len(plain) - size == (-size) % world
+
+
+def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
+    tmp_path, monkeypatch
+):
+    from sergraph.runner import _study, evaluate_checkpoint, plan
+
+    env = {
+        **os.environ,
+        "SERGRAPH_CACHE": str(tmp_path / "cache"),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+    }
+    env.pop("WANDB_API_KEY", None)
+    overrides = [*SMALL, *DDP, f"run.out_dir={tmp_path / 'runs'}"]
+    wandb = ["logger.kind=wandb", "logger.offline=true", "logger.group=ddp"]
+    result = subprocess.run(
+        [sys.executable, "-m", "sergraph.cli", "train", *overrides, *wandb],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "Starting with 2 processes" in result.stderr
+    cell = tmp_path / "runs" / "synthetic" / "lstm_gin" / "seed-0" / "fold-00"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    written = (cell / "predictions.csv").read_text()
+    predictions = pd.read_csv(cell / "predictions.csv")
+    assert metrics["world_size"] == 2 and metrics["n_test"] == len(predictions) == 9
+    assert predictions["utterance"].is_unique
+    assert set(predictions["speaker"]) == set(metrics["test_speakers"])
+    # The finished cell keeps only its results and best checkpoint.
+    assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == ["best.ckpt"]
+
+    # Rank zero alone made W&B runs: the cell and the study summary, once each.
+    runs = [run_contents(p) for p in (tmp_path / "runs").rglob("offline-run-*/run-*.wandb")]
+    assert sorted(run["run"]["job_type"] for run in runs) == ["cell", "summary"]
+
+    # The same checkpoint evaluated by one process, in this process.
+    monkeypatch.setenv("SERGRAPH_CACHE", env["SERGRAPH_CACHE"])  # the run's corpus and features
+    configs, cells = plan(overrides)
+    cfg = configs[cells[0].label]
+    study = _study(cfg)
+    single, tested = evaluate_checkpoint(
+        cfg, study, study.folds[0], 0, cell / "checkpoints" / "best.ckpt"
+    )
+    assert single.to_csv(index=False) == written  # byte for byte, probabilities included
+    for key in ("wa", "ua", "recall", "confusion"):
+        assert metrics[key] == tested[key], key
+    # ... and by hand from the predictions file.
+    correct = predictions["true"] == predictions["predicted"]
+    assert metrics["wa"] == pytest.approx(correct.mean(), abs=1e-12)
+    recalls = correct.groupby(predictions["true"]).mean()
+    assert metrics["ua"] == pytest.approx(recalls.mean(), abs=1e-12)
+
+
+def test_ddp_keys_are_checked_before_any_work():
+    from sergraph.config import ConfigError, compose
+
+    for bad, named in (
+        (["trainer.strategy=ddp_spawn"], "trainer.strategy"),
+        (["trainer.num_nodes=0"], "trainer.num_nodes"),
+        (["trainer.devices=0"], "trainer.devices"),
+        (["trainer.devices=2", "run.parallel=2"], "run.parallel=2"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            compose(bad)
+    assert compose(DDP).trainer.devices == 2

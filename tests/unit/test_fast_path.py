@@ -1,0 +1,265 @@
+"""The banded fast path (sergraph.models.banded) equals PyG message passing, and is only taken
+on batches whose edges are the pipeline's temporal band.
+
+Equality is checked in float64, in training mode (BatchNorm on batch statistics) and in eval
+mode, for outputs and for the gradients of every parameter and of the input features.
+"""
+
+import numpy as np
+import pytest
+import torch
+from torch_geometric.data import Batch
+from torch_geometric.utils import degree, to_dense_adj
+
+from sergraph.graphs import build_graph
+from sergraph.models import MODELS, banded, build_model, model_parameters
+from sergraph.models.base import TemporalGNN
+
+# Every model with a fast path. A model that silently loses its fast path fails
+# test_fast_path_models_are_the_expected_ones.
+FAST_MODELS = [
+    "cheb",
+    "ga_gru",
+    "gat",
+    "gcn",
+    "gin",
+    "lstm_gat",
+    "lstm_gin",
+    "lstm_sage_mean",
+    "sage_mean",
+]
+SMALL = {"hidden": 8, "lstm_hidden": 5, "gru_hidden": 5, "classifier_hidden": 7}
+# padded: every graph has max_nodes nodes; true length: sizes 1 and 2 (fewer than k/2
+# neighbours on a side) and sizes above k
+LENGTHS = [12, 5, 1, 9, 2, 12]
+
+
+def graphs(lengths, pad, k=4, features=6, max_nodes=12, seed=0):
+    rng = np.random.default_rng(seed)
+    return [
+        build_graph(rng.normal(size=(n, features)), k, max_nodes, pad, i % 3, f"u{i}", f"s{i % 2}")
+        for i, n in enumerate(lengths)
+    ]
+
+
+def batch_of(lengths, pad, k=4, **kwargs):
+    batch = Batch.from_data_list(graphs(lengths, pad, k, **kwargs))
+    batch.x = batch.x.double()
+    return batch
+
+
+def small_model(name, **params):
+    """A float64 model with small widths, the same initialisation every time."""
+    widths = {key: value for key, value in SMALL.items() if key in model_parameters(name)}
+    torch.manual_seed(0)
+    return build_model(name, 6, 3, **{**widths, **params}).double()
+
+
+def output_and_gradients(model, batch, fast: bool):
+    """Logits, input-feature gradient and every parameter gradient of one backward pass."""
+    model.zero_grad()
+    x = batch.x.clone().requires_grad_(True)
+    data = batch.clone()
+    data.x = x
+    with banded.fast_path(fast):
+        assert model.uses_fast_path(data) is fast
+        logits = model(data)
+    # a loss that weights every logit differently, so no gradient cancels by symmetry
+    weights = torch.linspace(-1.0, 2.0, logits.numel(), dtype=logits.dtype).view_as(logits)
+    (logits * weights).sum().backward()
+    grads = {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+    return logits.detach(), x.grad.clone(), grads
+
+
+def assert_paths_equal(model, batch, rtol=1e-9, atol=1e-10):
+    fast_out, fast_dx, fast_grads = output_and_gradients(model, batch, True)
+    pyg_out, pyg_dx, pyg_grads = output_and_gradients(model, batch, False)
+    torch.testing.assert_close(fast_out, pyg_out, rtol=rtol, atol=atol)
+    torch.testing.assert_close(fast_dx, pyg_dx, rtol=rtol, atol=atol)
+    assert fast_grads.keys() == pyg_grads.keys()
+    assert len(fast_grads) == sum(1 for p in model.parameters() if p.requires_grad)
+    for name in pyg_grads:
+        torch.testing.assert_close(
+            fast_grads[name], pyg_grads[name], rtol=rtol, atol=atol, msg=name
+        )
+
+
+def test_fast_path_models_are_the_expected_ones():
+    batch = batch_of([12, 12], pad=True)
+    have = []
+    for name in sorted(MODELS):
+        model = build_model(name, 6, 3)
+        if isinstance(model, TemporalGNN) and model.uses_fast_path(batch):
+            have.append(name)
+    assert have == FAST_MODELS
+
+
+@pytest.mark.parametrize("name", FAST_MODELS)
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_fast_path_equals_pyg_output_and_gradients(name, pad, mode):
+    model = small_model(name)
+    model.train(mode == "train")
+    assert_paths_equal(model, batch_of(LENGTHS, pad))
+
+
+@pytest.mark.parametrize("k", [2, 6])
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+@pytest.mark.parametrize("name", ["lstm_gin", "gcn", "sage_mean", "gat", "cheb"])
+def test_fast_path_equals_pyg_for_other_neighbour_counts(name, pad, k):
+    assert_paths_equal(small_model(name), batch_of(LENGTHS, pad, k=k))
+
+
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("gat", {"concat": True, "heads": 2}),
+        ("gat", {"heads": 1}),
+        ("cheb", {"K": 1}),
+        ("cheb", {"K": 2}),
+        ("lstm_gin", {"readout": "mean"}),
+        ("lstm_gin", {"readout": "max", "train_eps": False}),
+        ("gcn", {"readout": "max", "batch_norm": False, "activation": "tanh"}),
+        ("sage_mean", {"readout": "mean", "num_layers": 1}),
+    ],
+)
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+def test_fast_path_equals_pyg_for_model_options(name, params, pad):
+    assert_paths_equal(small_model(name, **params), batch_of(LENGTHS, pad))
+
+
+def test_fast_path_equals_pyg_in_float32_at_paper_size():
+    torch.manual_seed(0)
+    model = build_model("lstm_gin", 76, 4)
+    batch = Batch.from_data_list(graphs([120] * 8, True, features=76, max_nodes=120))
+    with banded.fast_path(True):
+        fast = model(batch)
+    with banded.fast_path(False):
+        pyg = model(batch)
+    torch.testing.assert_close(fast, pyg, rtol=1e-4, atol=1e-4)
+
+
+def test_gat_attention_dropout_is_applied_on_the_fast_path():
+    model = small_model("gat", attn_dropout=0.5).train()
+    batch = batch_of([12, 12], pad=True)
+    with banded.fast_path(True), torch.no_grad():
+        torch.manual_seed(1)
+        first = model(batch)
+        torch.manual_seed(2)
+        second = model(batch)
+        model.eval()
+        assert torch.equal(model(batch), model(batch))
+    assert not torch.allclose(first, second)
+
+
+# --- the band itself, against an independent route (a dense adjacency from edge_index) -----
+
+
+@pytest.mark.parametrize("k", [2, 4, 8])
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+def test_band_sum_degree_and_edges_match_the_adjacency(k, pad):
+    batch = batch_of(LENGTHS, pad, k=k)
+    band = banded.detect(batch)
+    assert band is not None and band.uniform is pad and band.k == k
+    adjacency = to_dense_adj(batch.edge_index, max_num_nodes=batch.num_nodes)[0].double()
+    h = torch.randn(batch.num_nodes, 3, dtype=torch.float64)
+    torch.testing.assert_close(band.sum(h), adjacency @ h)
+    torch.testing.assert_close(
+        band.degree(torch.float64).squeeze(-1),
+        degree(batch.edge_index[1], batch.num_nodes, dtype=torch.float64),
+    )
+    assert torch.equal(band.edge_index(), batch.edge_index)
+    assert banded.band_edge_count(band.lengths, k) == batch.edge_index.size(1)
+    # the band sum is its own adjoint: its gradient is the band sum of the output gradient
+    h.requires_grad_(True)
+    g = torch.randn_like(h)
+    band.sum(h).backward(g)
+    torch.testing.assert_close(h.grad, adjacency.T @ g)
+
+
+def test_band_pool_matches_pyg_readouts():
+    from torch_geometric.nn import global_add_pool, global_mean_pool
+
+    for pad in (True, False):
+        batch = batch_of(LENGTHS, pad)
+        band = banded.detect(batch)
+        for name, pool in (("sum", global_add_pool), ("mean", global_mean_pool)):
+            torch.testing.assert_close(band.pool(batch.x, name), pool(batch.x, batch.batch))
+
+
+# --- automatic selection and the fallback ----------------------------------------------------
+
+
+def with_edges(batch, edge_index):
+    batch = batch.clone()
+    batch.edge_index = edge_index
+    return batch
+
+
+def not_banded_batches():
+    """Batches that carry the marker but whose edges are not (exactly) the band."""
+    base = batch_of([12, 12, 12], pad=True)
+    edges = base.edge_index
+    swapped = edges.clone()
+    swapped[1, 0] = (swapped[1, 0] + 5) % base.num_nodes  # same count, one edge moved
+    reversed_order = edges[:, torch.arange(edges.size(1) - 1, -1, -1)]
+    cross = edges.clone()
+    cross[1, 1] = 12  # graph 0 joined to graph 1
+    other_k = base.clone()
+    other_k.band_k = torch.tensor([4, 6, 4])
+    unmarked = base.clone()
+    del unmarked.band_k
+    no_ptr = base.clone()
+    del no_ptr.ptr
+    return {
+        "no_edges": with_edges(base, edges[:, :0]),
+        "one_edge_moved": with_edges(base, swapped),
+        "edge_order": with_edges(base, reversed_order),
+        "edge_between_graphs": with_edges(base, cross),
+        "one_edge_missing": with_edges(base, edges[:, 1:]),
+        "self_loops_added": with_edges(
+            base, torch.cat([edges, torch.arange(base.num_nodes).repeat(2, 1)], dim=1)
+        ),
+        "marker_disagrees": other_k,
+        "no_marker": unmarked,
+        "no_ptr": no_ptr,
+        "k_marker_wrong": with_edges(batch_of([12, 12, 12], pad=True, k=2), edges),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(not_banded_batches()))
+def test_non_band_edges_fall_back_to_message_passing(case):
+    batch = not_banded_batches()[case]
+    batch.x = batch.x.double()
+    assert banded.detect(batch) is None
+    model = small_model("lstm_gin").eval()
+    assert not model.uses_fast_path(batch)
+    with torch.no_grad():
+        auto = model(batch)
+        with banded.fast_path(False):
+            pyg = model(batch)
+    assert torch.equal(auto, pyg)
+
+
+def test_models_without_a_fast_path_use_message_passing():
+    batch = batch_of([12, 12], pad=True)
+    for name in ("sage_lstm", "lstm_sage_lstm"):
+        assert not build_model(name, 6, 3).uses_fast_path(batch)
+
+
+def test_switches_force_message_passing(monkeypatch):
+    batch = batch_of([12, 12], pad=True)
+    model = small_model("gin")
+    assert model.uses_fast_path(batch)
+    model.fast_path = False
+    assert not model.uses_fast_path(batch)
+    model.fast_path = True
+    monkeypatch.setenv(banded.FAST_PATH_ENV, "off")
+    assert not model.uses_fast_path(batch)
+    with banded.fast_path(True):  # the context manager wins over the environment
+        assert model.uses_fast_path(batch)
+    monkeypatch.setenv(banded.FAST_PATH_ENV, "auto")
+    assert model.uses_fast_path(batch)
+    monkeypatch.setenv(banded.FAST_PATH_ENV, "sometimes")
+    with pytest.raises(ValueError, match="SERGRAPH_FAST_PATH='sometimes'"):
+        model(batch)
