@@ -2,9 +2,10 @@
 
 Part 1: graphs per second of one training step (forward, backward, Adam step) for every
 registered model at batch sizes 32/64/128 of padded 120-node IS10 graphs (76 features, k=4),
-on CPU and on CUDA when available, with the peak memory of a step per graph (CPU: growth of
-the process's peak resident memory during the steps, with the kernel's peak counter reset
-before each configuration; CUDA: ``torch.cuda.max_memory_allocated``).
+on CPU and on CUDA when available, with the peak memory of a step per graph (CPU: each
+configuration runs in a freshly forked process whose peak resident memory counter is reset,
+and the growth of that peak over the steps is reported; CUDA:
+``torch.cuda.max_memory_allocated``).
 
 Part 2: fast path (sergraph.models.banded) against PyG message passing, alternating the two
 in one process: the graph layers alone (forward + backward of the layer stack on the hidden
@@ -17,6 +18,7 @@ features) and the whole training step. Ratio = PyG time / fast time (> 1: fast p
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -46,6 +48,34 @@ def _reset_peak() -> bool:
         return True
     except OSError:
         return False
+
+
+def in_fresh_child(fn, *args):
+    """``fn(*args)`` in a forked child (Linux), so its peak memory is its own: the parent has
+    imported everything but run nothing, and the child's allocations start from there. Falls
+    back to this process where ``fork`` is missing. Not for CUDA (CUDA does not survive fork).
+    """
+    if not hasattr(os, "fork"):
+        return fn(*args)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # child
+        os.close(read)
+        try:
+            payload = json.dumps(fn(*args)).encode()
+        except BaseException as error:  # report, never return into the parent's code
+            payload = json.dumps({"error": repr(error)}).encode()
+        with os.fdopen(write, "wb") as out:
+            out.write(payload)
+        os._exit(0)
+    os.close(write)
+    with os.fdopen(read, "rb") as source:
+        payload = source.read()
+    os.waitpid(pid, 0)
+    result = json.loads(payload) if payload else {"error": "child died without a result"}
+    if "error" in result:
+        raise RuntimeError(f"{fn.__name__}{args}: {result['error']}")
+    return result
 
 
 def make_batch(batch_size: int, nodes: int, device: str, pad: bool = True):
@@ -113,7 +143,7 @@ def layer_and_step_ratios(name: str, batch_size: int, device: str, rounds: int) 
     if not hasattr(model, "uses_fast_path") or not model.uses_fast_path(batch):
         return None
     band = banded.detect(batch)
-    width = model.convs[0].in_channels if hasattr(model.convs[0], "in_channels") else 76
+    width = model.front.out_channels if model.front is not None else 76
     hidden = torch.randn(batch.num_nodes, width, device=device, requires_grad=True)
 
     def layers(fast: bool):
@@ -245,7 +275,10 @@ def main() -> None:
         for device in devices:
             for name in names:
                 for batch_size in batch_sizes:
-                    rows.append(throughput(name, batch_size, device, steps))
+                    if device == "cpu":
+                        rows.append(in_fresh_child(throughput, name, batch_size, device, steps))
+                    else:
+                        rows.append(throughput(name, batch_size, device, steps))
                     print(table(rows[-1:]).splitlines()[-1], flush=True)
         print("\n## training step throughput (forward + backward + Adam), 120-node graphs\n")
         print(table(rows))

@@ -48,13 +48,14 @@ def test_evaluation_sampler_covers_every_row_once_in_order(size, world):
 
 
 def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
-    tmp_path, monkeypatch
+    tmp_path, tmp_path_factory, monkeypatch
 ):
     from sergraph.runner import _study, evaluate_checkpoint, plan
 
     env = {
         **os.environ,
-        "SERGRAPH_CACHE": str(tmp_path / "cache"),
+        # One synthetic corpus and feature cache for the session's tests of this kind.
+        "SERGRAPH_CACHE": str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache"),
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",
     }
@@ -115,3 +116,53 @@ def test_ddp_keys_are_checked_before_any_work():
         with pytest.raises(ConfigError, match=named):
             compose(bad)
     assert compose(DDP).trainer.devices == 2
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("devices", [1, 2])
+def test_cuda_training_equals_a_single_process_evaluation(
+    devices, tmp_path, tmp_path_factory, monkeypatch
+):
+    """On CUDA (one GPU, or DDP over two): the same scores as one process on one GPU."""
+    import torch
+
+    from sergraph.runner import _study, evaluate_checkpoint, plan
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    if torch.cuda.device_count() < devices:
+        pytest.skip(f"needs {devices} CUDA devices, found {torch.cuda.device_count()}")
+    cache = str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache")
+    overrides = [
+        *[item for item in SMALL if not item.startswith("trainer.accelerator")],
+        "trainer.accelerator=gpu",
+        f"trainer.devices={devices}",
+        *(["trainer.strategy=ddp"] if devices > 1 else []),
+        f"run.out_dir={tmp_path / 'runs'}",
+    ]
+    result = subprocess.run(
+        [sys.executable, "-m", "sergraph.cli", "train", *overrides],
+        env={**os.environ, "SERGRAPH_CACHE": cache, "WANDB_MODE": "offline"},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    cell = tmp_path / "runs" / "synthetic" / "lstm_gin" / "seed-0" / "fold-00"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    predictions = pd.read_csv(cell / "predictions.csv")
+    assert metrics["n_test"] == len(predictions) == 9 and predictions["utterance"].is_unique
+
+    monkeypatch.setenv("SERGRAPH_CACHE", cache)
+    configs, cells = plan(overrides)
+    cfg = configs[cells[0].label]
+    study = _study(cfg)
+    single, tested = evaluate_checkpoint(
+        cfg, study, study.folds[0], 0, cell / "checkpoints" / "best.ckpt"
+    )
+    for key in ("wa", "ua", "confusion"):
+        assert metrics[key] == tested[key], key
+    assert single["predicted"].tolist() == predictions["predicted"].tolist()
+    probabilities = single.filter(like="p_").to_numpy()
+    assert abs(probabilities - predictions.filter(like="p_").to_numpy()).max() < 1e-4

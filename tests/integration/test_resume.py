@@ -1,8 +1,8 @@
-"""A cell killed mid-training resumes from its end-of-epoch checkpoint with identical results.
+"""A cell interrupted mid-training resumes from its end-of-epoch checkpoint with identical results.
 
-SIGKILL (no clean-up at all) first after two epochs, then again right after the epoch in which
-early stopping fired (before the test results are written): the third start must neither train
-again nor change the epoch count, and every result equals the uninterrupted run's.
+A real ``sergraph train`` killed with SIGKILL (no clean-up at all) after two epochs, then run
+again; in this process, an interruption at an epoch boundary whose resumed run must end with
+bit-identical weights, and one right after early stopping fired, which must not train again.
 """
 
 from __future__ import annotations
@@ -15,11 +15,14 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
-# Small and quick, with an early stop well before max_epochs (patience 2).
+# Small and quick, with an early stop well before max_epochs (patience 2); dropout makes the
+# training depend on the global random state, which the resumed run must continue exactly.
 ARGS = [
     "train",
+    "model.params.dropout=0.3",
     "data.options.n_speakers=4",
     "data.options.n_per_class=3",
     "folds.only=[0]",
@@ -86,10 +89,11 @@ def results(cell: Path) -> tuple[dict, str]:
     return metrics, (cell / "predictions.csv").read_text()
 
 
-def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path):
+def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path, tmp_path_factory):
     env = {
         **os.environ,
-        "SERGRAPH_CACHE": str(tmp_path / "cache"),
+        # One synthetic corpus and feature cache for the session's tests of this kind.
+        "SERGRAPH_CACHE": str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache"),
         "OMP_NUM_THREADS": "1",
         "WANDB_MODE": "offline",
     }
@@ -102,12 +106,8 @@ def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path):
     cell = tmp_path / "interrupted" / CELL
     last = cell / "checkpoints" / "last.ckpt"
     killed = kill_at_epoch(interrupted, env, tmp_path, last, epoch=1)
-    assert 1 <= killed < epochs - 1, "the first kill should leave epochs to train"
+    assert 1 <= killed < epochs - 1, "the kill should leave epochs to train"
     assert last.is_file() and not (cell / "metrics.json").exists()
-    # Resumed, then killed again right after the last epoch's checkpoint, in which early
-    # stopping fired: the next start must not train another epoch.
-    assert kill_at_epoch(interrupted, env, tmp_path, last, epoch=epochs - 1) == epochs - 1
-    assert not (cell / "metrics.json").exists()
 
     final = run(interrupted, env, tmp_path)
     assert "resuming from checkpoints/last.ckpt" in final.stderr
@@ -128,3 +128,92 @@ def test_leftover_of_another_configuration_is_not_resumed(tmp_path):
     assert resume_checkpoint(cfg, tmp_path) is None
     (tmp_path / "config.yaml").write_text(to_yaml(compose([*ARGS[1:], "run.name=other"])))
     assert resume_checkpoint(cfg, tmp_path) == tmp_path / "checkpoints" / "last.ckpt"
+
+
+class Interrupted(Exception):
+    """Stands for a kill at the end of an epoch."""
+
+
+def test_resumed_training_continues_the_uninterrupted_run_exactly(
+    tmp_path, tmp_path_factory, monkeypatch
+):
+    """Weights and optimiser state after the last epoch: bit for bit those of the straight run.
+
+    In this process, so that the final ``last.ckpt`` can be kept and compared (the runner
+    removes it when a cell finishes). Dropout and the training shuffle both draw random numbers
+    in every epoch, so any random state not carried over by the checkpoint changes the weights.
+    """
+    import sergraph.runner as runner
+
+    monkeypatch.setenv(
+        "SERGRAPH_CACHE", str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache")
+    )
+    monkeypatch.setattr(runner, "_remove_resume_files", lambda directory: None)
+    overrides = [*ARGS[1:], "trainer.max_epochs=5", "trainer.patience=50"]  # no early stop
+    runner.run_study([*overrides, f"run.out_dir={tmp_path / 'straight'}"])
+
+    keep_early_stop = runner._keep_early_stop_callback
+
+    class KeepEarlyStopThenInterrupt(type(keep_early_stop())):
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:  # after the second epoch and its last.ckpt
+                raise Interrupted
+
+    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopThenInterrupt)
+    interrupted = [*overrides, f"run.out_dir={tmp_path / 'interrupted'}"]
+    with pytest.raises(Interrupted):
+        runner.run_study(interrupted)
+    cell = tmp_path / "interrupted" / CELL
+    assert torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    monkeypatch.setattr(runner, "_keep_early_stop_callback", keep_early_stop)
+    runner.run_study(interrupted)
+
+    straight = torch.load(
+        tmp_path / "straight" / CELL / "checkpoints" / "last.ckpt", weights_only=False
+    )
+    resumed = torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)
+    assert straight["epoch"] == resumed["epoch"] == 4
+    assert straight["state_dict"].keys() == resumed["state_dict"].keys()
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
+    for a, b in zip(
+        straight["optimizer_states"][0]["state"].values(),
+        resumed["optimizer_states"][0]["state"].values(),
+        strict=True,
+    ):
+        assert all(torch.equal(a[key], b[key]) for key in a)
+    assert results(cell) == results(tmp_path / "straight" / CELL)
+
+
+def test_cell_interrupted_after_early_stopping_does_not_train_again(
+    tmp_path, tmp_path_factory, monkeypatch
+):
+    import sergraph.runner as runner
+
+    monkeypatch.setenv(
+        "SERGRAPH_CACHE", str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache")
+    )
+    overrides = ARGS[1:]
+    runner.run_study([*overrides, f"run.out_dir={tmp_path / 'straight'}"])
+    expected = results(tmp_path / "straight" / CELL)
+    assert expected[0]["epochs"] < 12, "the settings should stop early"
+
+    keep_early_stop = runner._keep_early_stop_callback
+    trained: list[int] = []
+
+    class KeepEarlyStopThenInterrupt(type(keep_early_stop())):
+        def on_train_end(self, trainer, pl_module):  # last.ckpt of the final epoch is written
+            raise Interrupted
+
+    class KeepEarlyStopCounting(type(keep_early_stop())):
+        def on_train_epoch_start(self, trainer, pl_module):
+            trained.append(trainer.current_epoch)
+
+    interrupted = [*overrides, f"run.out_dir={tmp_path / 'interrupted'}"]
+    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopThenInterrupt)
+    with pytest.raises(Interrupted):
+        runner.run_study(interrupted)
+    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopCounting)
+    runner.run_study(interrupted)
+    assert trained == []  # early stopping had fired: nothing more to train
+    assert results(tmp_path / "interrupted" / CELL) == expected

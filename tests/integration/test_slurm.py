@@ -26,8 +26,9 @@ REPO = Path(__file__).resolve().parents[2]
 PACKAGES = ("slurmctld", "slurmd", "slurm-client", "munge")
 DAEMONS = ("sbatch", "scontrol", "sinfo", "slurmctld", "slurmd", "munged", "munge")
 
-# A study of 2 cells (2 folds); early stopping after a few epochs.
+# A study of 2 cells (2 folds); early stopping after a few epochs; dropout (random state).
 STUDY = [
+    "model.params.dropout=0.3",
     "data.options.n_speakers=4",
     "data.options.n_per_class=3",
     "folds.only=[0,1]",
@@ -228,9 +229,15 @@ def sergraph(args, env, cwd, timeout=600) -> subprocess.CompletedProcess:
     return result
 
 
-def direct_env(env: dict[str, str]) -> dict[str, str]:
-    """The same environment without SLURM: the runs done directly, for comparison."""
-    return {k: v for k, v in env.items() if k != "SLURM_CONF"}
+def direct_env(env: dict[str, str], cache: Path) -> dict[str, str]:
+    """The same environment without SLURM, for the runs done directly (with their own cache)."""
+    return {**{k: v for k, v in env.items() if k != "SLURM_CONF"}, "SERGRAPH_CACHE": str(cache)}
+
+
+@pytest.fixture(scope="module")
+def direct_cache(tmp_path_factory) -> Path:
+    """The feature cache of the direct runs, shared with the session's other CLI tests."""
+    return tmp_path_factory.getbasetemp() / "shared-sergraph-cache"
 
 
 def job_state(env, job: str) -> dict[str, str]:
@@ -263,9 +270,9 @@ def results(cell: Path) -> tuple[dict, str]:
 
 
 @pytest.fixture(scope="module")
-def direct_study(slurm, workdir) -> Path:
+def direct_study(slurm, workdir, direct_cache) -> Path:
     """The 2-cell study run directly (no SLURM), for comparison."""
-    env = direct_env(job_env(slurm, workdir))
+    env = direct_env(job_env(slurm, workdir), direct_cache)
     sergraph(["train", *STUDY, "run.out_dir=direct"], env, workdir)
     return workdir / "direct"
 
@@ -304,13 +311,11 @@ def test_features_array_and_report_chain_equals_a_direct_run(slurm, workdir, req
     assert job_state(env, ids["report"])["JobState"] == "COMPLETED"
 
     logs = workdir / "array" / "synthetic" / "slurm"
-    shards = sorted(p.read_text() for p in logs.glob("sergraph-features-*.out"))
-    assert [
-        re.search(r"shard (\d)/2 of 48 files: (\d+) files", text).groups() for text in shards
-    ] == [
-        ("0", "24"),
-        ("1", "24"),
-    ]
+    shards = sorted(
+        re.search(r"shard (\d)/2 of 48 files: (\d+) files", p.read_text()).groups()
+        for p in logs.glob("sergraph-features-*.out")
+    )
+    assert shards == [("0", "24"), ("1", "24")]  # every file extracted once, by one task
     assert len(list((workdir / "cache" / "features").rglob("*.npy"))) == 48
 
     # Each array task ran its own cell; together they equal the direct run, cell by cell.
@@ -324,8 +329,18 @@ def test_features_array_and_report_chain_equals_a_direct_run(slurm, workdir, req
 
 
 @pytest.mark.slurm
-def test_ddp_job_over_two_tasks_equals_a_direct_ddp_run(slurm, workdir):
+def test_ddp_job_over_two_tasks_equals_a_direct_ddp_run(slurm, workdir, direct_cache):
     env = job_env(slurm, workdir)
+    # The same run done directly (Lightning starts the 2 processes), alongside the job.
+    direct = [*DDP_STUDY, "trainer.devices=2", "trainer.strategy=ddp", "run.out_dir=local"]
+    local = subprocess.Popen(
+        [sys.executable, "-m", "sergraph.cli", "train", *direct],
+        env=direct_env(env, direct_cache),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     output = workdir / "ddp.out"
     result = _run(
         [
@@ -343,14 +358,14 @@ def test_ddp_job_over_two_tasks_equals_a_direct_ddp_run(slurm, workdir):
         cwd=workdir,
         timeout=900,
     )
+    _, local_errors = local.communicate(timeout=900)
+    assert local.returncode == 0, local_errors[-4000:]
     log = output.read_text() if output.is_file() else ""
     assert result.returncode == 0, (result.stderr + log)[-4000:]
     # Two processes from SLURM (not from the configuration, which says devices=1), one group.
     assert "SLURM job step: 2 process(es) per node on 1 node(s)" in log
     assert "Starting with 2 processes" in log
 
-    direct = [*DDP_STUDY, "trainer.devices=2", "trainer.strategy=ddp", "run.out_dir=local"]
-    sergraph(["train", *direct], direct_env(env), workdir)
     srun_metrics, srun_predictions = results(workdir / "srun" / CELL / "fold-00")
     local_metrics, local_predictions = results(workdir / "local" / CELL / "fold-00")
     assert srun_predictions == local_predictions
