@@ -566,6 +566,8 @@ def evaluate_checkpoint(
         precision=cfg.trainer.precision,
         deterministic=cfg.trainer.deterministic,
         logger=False,
+        enable_checkpointing=False,
+        default_root_dir=Path(checkpoint).parent,
         enable_progress_bar=False,
         enable_model_summary=False,
     )
