@@ -585,10 +585,9 @@ def export_bundle(
 
     from sergraph import __version__
     from sergraph.config import Config, identity, validate
-    from sergraph.datamodule import FoldDataModule
     from sergraph.features import _RECIPE_VERSION, feature_names, opensmile_version
     from sergraph.models import NON_NEURAL
-    from sergraph.runner import prepare
+    from sergraph.runner import fold_datamodule, prepare
 
     run_dir = Path(run_dir)
     cells = _finished_cells(run_dir, folds, seeds)
@@ -673,16 +672,8 @@ def export_bundle(
                 f"{record['test_speakers']}, now {list(fold.test_speakers)}); the corpus or its "
                 "failed files changed since training"
             )
-        datamodule = FoldDataModule(
-            study.table,
-            study.features,
-            fold,
-            study.classes,
-            k=cfg.graph.k,
-            max_nodes=cfg.graph.max_nodes,
-            pad=cfg.graph.pad,
-            normalize=cfg.graph.normalize,
-        )
+        # The same data module the training used: normalisation from this fold's training side.
+        datamodule = fold_datamodule(cfg, study, fold, record["seed"])
         datamodule.setup()
         normalizer = datamodule.normalizer
         if normalizer is None:  # graph.normalize=none

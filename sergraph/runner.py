@@ -398,7 +398,7 @@ def _fit_neural(
     from sergraph.module import SERModule
 
     L.seed_everything(seed, workers=True, verbose=False)
-    datamodule = _fold_datamodule(cfg, study, fold, seed)
+    datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule(
         model=cfg.model.name,
@@ -483,7 +483,7 @@ def _fit_neural(
     return predictions, extra
 
 
-def _fold_datamodule(cfg: DictConfig, study: Study, fold: Fold, seed: int):
+def fold_datamodule(cfg: DictConfig, study: Study, fold: Fold, seed: int):
     from sergraph.datamodule import FoldDataModule
 
     return FoldDataModule(
@@ -556,7 +556,7 @@ def evaluate_checkpoint(
 
     from sergraph.module import SERModule
 
-    datamodule = _fold_datamodule(cfg, study, fold, seed)
+    datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
     trainer = L.Trainer(
