@@ -606,6 +606,12 @@ def export_bundle(
             "bundle cannot do for unknown speakers; export a run trained with "
             "graph.normalize=train"
         )
+    if cfg.features.get("concat_functionals", False):
+        raise BundleError(
+            "features.concat_functionals=true: bundles carry node-feature statistics only and "
+            "cannot yet compute and normalise utterance functionals for new audio; export a run "
+            "trained without it"
+        )
     study_root = cells[0].parents[2]  # <out_dir>/<run.name>
     cfg.run.out_dir = str(study_root.parent)
     cfg.run.name = study_root.name

@@ -6,6 +6,8 @@ Verbs:
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
     report    tables, paired tests and figures of a run folder (``sergraph report runs/NAME``)
+    select    nested selection: per cell, the variant with the best validation UA (never test)
+    ensemble  average the class probabilities of a variant's seeds, fold by fold
     export    a self-contained model bundle from a finished run (``sergraph export runs/NAME/LABEL``)
     predict   emotions of audio files with a bundle (``sergraph predict BUNDLE AUDIO...``)
     slurm     render and submit the SLURM jobs of a study (``sergraph slurm [--ddp] [--dry-run]``)
@@ -49,6 +51,23 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     report = verbs.add_parser("report", help="summarise a finished run folder")
     report.add_argument("run_dir", help="runs/NAME (all variants) or runs/NAME/LABEL")
+    report.add_argument(
+        "--reference",
+        help="label every other label is paired with (default: the best pooled UA)",
+    )
+    select = verbs.add_parser(
+        "select",
+        help="nested selection: per (seed, fold), the variant with the best validation UA",
+    )
+    select.add_argument("study_dir", help="runs/NAME holding the variant folders")
+    select.add_argument(
+        "--candidates", help="comma-separated variant labels (default: all variants)"
+    )
+    select.add_argument("--label", default="nested", help="name of the new label folder")
+    ensemble = verbs.add_parser(
+        "ensemble", help="seed ensemble of one variant (probabilities averaged per fold)"
+    )
+    ensemble.add_argument("variant_dir", help="runs/NAME/LABEL holding seed-*/fold-*/")
     _add_export_parser(verbs)
     _add_predict_parser(verbs)
     _add_slurm_parser(verbs)
@@ -129,7 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":
-            return _report(Path(args.run_dir))
+            return _report(Path(args.run_dir), args.reference)
+        if args.verb == "select":
+            return _select(args)
+        if args.verb == "ensemble":
+            return _ensemble(args)
         if args.verb == "export":
             return _export(args)
         if args.verb == "predict":
@@ -176,10 +199,32 @@ def _cells(overrides: list[str]) -> int:
     return 0
 
 
-def _report(run_dir: Path) -> int:
+def _select(args) -> int:
+    from sergraph.select import select_nested
+
+    candidates = args.candidates.split(",") if args.candidates else None
+    chosen = select_nested(Path(args.study_dir), candidates, args.label)
+    print("seed\tfold\tselected")
+    for (seed, fold), label in chosen.items():
+        print(f"{seed}\t{fold}\t{label}")
+    print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)
+    return 0
+
+
+def _ensemble(args) -> int:
+    from sergraph.runner import format_summary, summarize
+    from sergraph.select import ensemble_seeds
+
+    variant = Path(args.variant_dir)
+    ensemble_seeds(variant)
+    print(format_summary(summarize(variant.with_name(variant.name + "_seed_ensemble"))))
+    return 0
+
+
+def _report(run_dir: Path, reference: str | None = None) -> int:
     from sergraph.report import write_report
 
-    report = write_report(run_dir)
+    report = write_report(run_dir, reference=reference)
     print(Path(report["paths"]["report"]).read_text())
     print(
         f"written: {', '.join(report['paths']['figures'] + [report['paths']['results']])}",

@@ -6,7 +6,8 @@ Composition order (later wins):
 2. ``configs/default.yaml``;
 3. one file per config group (``data``, ``model``, ``trainer``), chosen by ``group=name`` on the
    command line (defaults: ``data=synthetic model=lstm_gin trainer=default``);
-4. ``experiment=name``: a top-level file from ``configs/experiment/`` that may set any key;
+4. ``experiment=name``: a top-level file from ``configs/experiment/`` that may set any key
+   (``extends: other`` in it starts from experiment ``other``);
 5. dotted overrides ``key.sub=value`` (``data.root=/path``, ``model.params.readout=mean``).
 
 Every mistyped key or value raises :class:`ConfigError` before any work, naming the key and the
@@ -27,6 +28,8 @@ from omegaconf.errors import OmegaConfBaseException
 
 GROUPS = ("data", "model", "trainer")
 ON_ERROR_CHOICES = ("stop", "skip")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 
@@ -57,6 +60,9 @@ class FeaturesConfig:
     # "i/n": `sergraph features` extracts only shard i of n (0-based) of the corpus files, so
     # that n SLURM array tasks fill the shared cache together (each file is written atomically).
     shard: str | None = None
+    # Neural models: also give the classifier the utterance's functionals (features.functionals,
+    # normalised like the node features), concatenated with the graph embedding.
+    concat_functionals: bool = False
 
 
 @dataclass
@@ -89,6 +95,18 @@ class OptimConfig:
     batch_size: int = 32
     class_weights: bool = False
     label_smoothing: float = 0.0
+    optimizer: str = "adam"  # adam (L2 weight decay, the paper) | adamw (decoupled)
+    schedule: str = "constant"  # constant | cosine (to 0 at trainer.max_epochs), per epoch
+    warmup_epochs: int = 0  # linear warm-up from lr/(warmup+1) before the schedule
+
+
+@dataclass
+class AugmentConfig:
+    """Training-fold augmentation of the node features (never applied to val/test)."""
+
+    noise: float = 0.0  # std of Gaussian noise added to the (normalised) node features
+    time_mask: int = 0  # zero one span of up to this many nodes per training graph
+    feature_mask: int = 0  # zero one band of up to this many node features per training graph
 
 
 @dataclass
@@ -157,6 +175,7 @@ class Config:
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
@@ -216,6 +235,28 @@ def _split_overrides(overrides) -> tuple[dict[str, str], str | None, list[str]]:
     return groups, experiment, dotted
 
 
+def _load_experiment(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
+    """An experiment file; ``extends: other`` at its top merges it over experiment ``other``
+    (whose ``variants`` are not inherited)."""
+    path = config_dir() / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        where = f" (extended by {chain[-1]!r})" if chain else ""
+        raise ConfigError(
+            f"experiment={name!r}{where} is not known; choose one of {group_choices('experiment')}"
+        )
+    if name in chain:
+        raise ConfigError(
+            f"experiment files extend each other in a cycle: {' -> '.join(chain + (name,))}"
+        )
+    cfg = _load_yaml(path)
+    parent = cfg.pop("extends", None)
+    if parent is None:
+        return cfg
+    base = _load_experiment(str(parent), (*chain, name))
+    base.pop("variants", None)
+    return OmegaConf.merge(base, cfg)
+
+
 def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> DictConfig:
     """Build and validate the configuration from ``group=name`` and ``key=value`` overrides.
 
@@ -227,14 +268,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
     """
     groups, experiment, dotted = _split_overrides(overrides)
     groups = {**DEFAULT_GROUPS, **groups}
-    experiment_cfg = None
-    if experiment is not None:
-        path = config_dir() / "experiment" / f"{experiment}.yaml"
-        if not path.is_file():
-            raise ConfigError(
-                f"experiment={experiment!r} is not known; choose one of {group_choices('experiment')}"
-            )
-        experiment_cfg = _load_yaml(path)
+    experiment_cfg = _load_experiment(experiment) if experiment is not None else None
     if variant is not None:
         variants = experiment_cfg.get("variants", {}) if experiment_cfg is not None else {}
         if variant not in variants:
@@ -324,6 +358,12 @@ def validate(cfg: DictConfig) -> None:
     positive("optim.batch_size", cfg.optim.batch_size)
     if not 0 <= cfg.optim.label_smoothing < 1:
         raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
+    choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
+    choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
+    positive("augment.noise", cfg.augment.noise, strict=False)
+    positive("augment.time_mask", cfg.augment.time_mask, strict=False)
+    positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)
     positive("trainer.max_epochs", cfg.trainer.max_epochs)
     _validate_topology(cfg)
     _validate_slurm(cfg)

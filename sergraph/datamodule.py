@@ -14,6 +14,10 @@ from sergraph.folds import Fold, check_fold, split_indices
 from sergraph.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
 
 
+def _pick(normalizers: Normalizer | dict, speaker: str) -> Normalizer:
+    return normalizers[speaker] if isinstance(normalizers, dict) else normalizers
+
+
 class EvaluationSampler(DistributedSampler):
     """Contiguous, unpadded shards of an evaluation set, one per process of a DDP run.
 
@@ -60,9 +64,14 @@ class FoldDataModule(L.LightningDataModule):
         batch_size: graphs per batch.
         num_workers: DataLoader worker processes.
         seed: seeds the training shuffle.
+        utterance_features: optional ``[n_utterances, D]`` utterance-level vectors (openSMILE
+            functionals) aligned with the table rows. Each graph then carries its row as
+            ``u [1, D]`` (a batch holds ``u [B, D]``), normalised as ``normalize`` says with
+            statistics of its own (non-finite values become 0 after normalisation).
 
-    Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``class_weights``
-    (inverse training-fold class frequency, mean 1), ``normalizer`` (``train`` mode).
+    Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``num_global_features``
+    (``D``, 0 without utterance features), ``class_weights`` (inverse training-fold class
+    frequency, mean 1), ``normalizer`` and ``global_normalizer`` (``train`` mode).
 
     Under DDP the training loader is sharded by Lightning (a shuffling ``DistributedSampler``);
     validation, test and prediction loaders use :class:`EvaluationSampler` so every utterance is
@@ -83,10 +92,18 @@ class FoldDataModule(L.LightningDataModule):
         batch_size: int = 32,
         num_workers: int = 0,
         seed: int = 0,
+        utterance_features: np.ndarray | None = None,
     ) -> None:
         super().__init__()
         if len(table) != len(features):
             raise ValueError(f"{len(table)} table rows but {len(features)} feature arrays")
+        if utterance_features is not None:
+            utterance_features = np.asarray(utterance_features, dtype=np.float64)
+            if utterance_features.ndim != 2 or len(utterance_features) != len(table):
+                raise ValueError(
+                    f"utterance_features must be [n_utterances={len(table)}, D]; got shape "
+                    f"{utterance_features.shape}"
+                )
         if normalize not in NORMALIZE_CHOICES:
             raise ValueError(
                 f"graph.normalize={normalize!r}; choose one of {list(NORMALIZE_CHOICES)}"
@@ -104,8 +121,11 @@ class FoldDataModule(L.LightningDataModule):
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.num_features = int(features[0].shape[1])
         self.num_classes = len(classes)
+        self.utterance_features = utterance_features
+        self.num_global_features = 0 if utterance_features is None else utterance_features.shape[1]
         self.datasets: dict[str, list] = {}
         self.normalizer: Normalizer | None = None
+        self.global_normalizer: Normalizer | None = None
         self._train_generator: torch.Generator | None = None
         self._train_generator_state: torch.Tensor | None = None
 
@@ -123,32 +143,46 @@ class FoldDataModule(L.LightningDataModule):
         weights = counts.sum() / (self.num_classes * counts)
         self.class_weights = (weights / weights.mean()).tolist()
 
-        normalizers: dict[str, Normalizer] = {}
-        if self.normalize == "train":
-            self.normalizer = Normalizer.fit([self.features[i] for i in rows["train"]])
-        elif self.normalize == "speaker":
-            # Transductive per-speaker statistics: each speaker's own unlabelled features only.
-            for speaker, idx in self.table.groupby("speaker").indices.items():
-                normalizers[str(speaker)] = Normalizer.fit([self.features[i] for i in idx])
-        identity = Normalizer.identity(self.num_features)
+        node_norm = self._normalizers(self.features, rows["train"])
+        self.normalizer = node_norm if isinstance(node_norm, Normalizer) else None
+        global_norm = None
+        if self.utterance_features is not None:
+            vectors = [row[None, :] for row in self.utterance_features]
+            global_norm = self._normalizers(vectors, rows["train"])
+            self.global_normalizer = global_norm if isinstance(global_norm, Normalizer) else None
 
         for split, idx in rows.items():
             graphs = []
             for i in idx:
                 row = self.table.iloc[i]
-                normalizer = self.normalizer or normalizers.get(str(row["speaker"]), identity)
-                graphs.append(
-                    build_graph(
-                        normalizer(self.features[i]),
-                        self.k,
-                        self.max_nodes,
-                        self.pad,
-                        label_index[row["label"]],
-                        str(row["utterance"]),
-                        str(row["speaker"]),
-                    )
+                speaker = str(row["speaker"])
+                graph = build_graph(
+                    _pick(node_norm, speaker)(self.features[i]),
+                    self.k,
+                    self.max_nodes,
+                    self.pad,
+                    label_index[row["label"]],
+                    str(row["utterance"]),
+                    speaker,
                 )
+                if global_norm is not None:
+                    u = _pick(global_norm, speaker)(self.utterance_features[i][None, :])
+                    graph.u = torch.from_numpy(np.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0))
+                graphs.append(graph)
             self.datasets[split] = graphs
+
+    def _normalizers(self, arrays: list[np.ndarray], train_rows) -> Normalizer | dict:
+        """``train``: one Normalizer fitted on the training rows; ``speaker``: one per speaker,
+        fitted on that speaker's own (unlabelled) rows; ``none``: the identity."""
+        if self.normalize == "train":
+            return Normalizer.fit([arrays[i] for i in train_rows])
+        if self.normalize == "speaker":
+            # Transductive per-speaker statistics: each speaker's own unlabelled features only.
+            return {
+                str(speaker): Normalizer.fit([arrays[i] for i in idx])
+                for speaker, idx in self.table.groupby("speaker").indices.items()
+            }
+        return Normalizer.identity(arrays[0].shape[1])
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) of the attached Trainer; (1, 0) without one."""

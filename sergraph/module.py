@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+import math
 import random
 import warnings
 
@@ -34,6 +36,14 @@ class SERModule(L.LightningModule):
         weight_decay: Adam weight decay (paper: 1e-8).
         class_weights: optional per-class loss weights computed on the training fold only.
         label_smoothing: cross-entropy label smoothing.
+        global_channels: size of the utterance vector ``u`` each graph carries (0: none); passed
+            to models that can concatenate it with the graph embedding.
+        optimizer: ``adam`` (L2 weight decay, the paper) or ``adamw`` (decoupled weight decay).
+        schedule: ``constant`` or ``cosine`` (to 0 at the Trainer's ``max_epochs``), stepped per
+            epoch, after ``warmup_epochs`` epochs of linear warm-up.
+        warmup_epochs: epochs of linear warm-up (epoch ``e`` uses ``lr * (e + 1) / (warmup + 1)``).
+        augment: training-only node-feature augmentation (:func:`augment_nodes`): ``noise``
+            (Gaussian std), ``time_mask`` and ``feature_mask`` (largest masked span).
 
     Logged keys: ``train/loss``, ``val/loss``, ``val/wa``, ``val/ua``, ``test/wa``, ``test/ua``
     and ``{val,test}/recall_<class>``. Scores are computed from a torchmetrics confusion matrix
@@ -56,12 +66,20 @@ class SERModule(L.LightningModule):
         weight_decay: float = 1e-8,
         class_weights: list[float] | None = None,
         label_smoothing: float = 0.0,
+        global_channels: int = 0,
+        optimizer: str = "adam",
+        schedule: str = "constant",
+        warmup_epochs: int = 0,
+        augment: dict | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
-        self.model = build_model(model, in_channels, num_classes, **dict(model_params))
+        self.model = build_model(
+            model, in_channels, num_classes, global_channels=global_channels, **dict(model_params)
+        )
+        self.augment = {"noise": 0.0, "time_mask": 0, "feature_mask": 0, **dict(augment or {})}
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
         self.val_scores = EmotionScores(num_classes)
@@ -78,6 +96,11 @@ class SERModule(L.LightningModule):
         )
 
     def training_step(self, batch, batch_idx):
+        if any(self.augment.values()):
+            batch = copy.copy(batch)  # shallow: only x is replaced
+            batch.x = augment_nodes(
+                batch.x, batch.ptr, getattr(batch, "n_valid", None), **self.augment
+            )
         logits = self(batch)
         loss = self._loss(logits, batch.y)
         self.log(
@@ -142,9 +165,94 @@ class SERModule(L.LightningModule):
                 _set_rng_states(states)
 
     def configure_optimizers(self):
-        return torch.optim.Adam(
+        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
+        optimizer = kind(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
+        warmup, schedule = self.hparams.warmup_epochs, self.hparams.schedule
+        if schedule == "constant" and not warmup:
+            return optimizer
+        total = self.trainer.max_epochs if self.trainer is not None else None
+        factor = lr_factor(schedule, warmup, total)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
+        }
+
+
+def lr_factor(schedule: str, warmup: int, total: int | None):
+    """The multiplier of the base learning rate at epoch ``e`` (0-based).
+
+    Warm-up: ``(e + 1) / (warmup + 1)`` for ``e < warmup``. Then ``constant`` keeps 1 and
+    ``cosine`` decays as ``0.5 * (1 + cos(pi * (e - warmup) / (total - warmup)))``, reaching 0 at
+    epoch ``total``.
+    """
+    if schedule not in ("constant", "cosine"):
+        raise ValueError(f"optim.schedule={schedule!r}; choose one of ['constant', 'cosine']")
+    if schedule == "cosine" and (total is None or total <= warmup):
+        raise ValueError(
+            f"optim.schedule=cosine needs trainer.max_epochs ({total}) > optim.warmup_epochs "
+            f"({warmup})"
+        )
+
+    def factor(epoch: int) -> float:
+        if epoch < warmup:
+            return (epoch + 1) / (warmup + 1)
+        if schedule == "constant":
+            return 1.0
+        return 0.5 * (
+            1.0 + math.cos(math.pi * min(epoch - warmup, total - warmup) / (total - warmup))
+        )
+
+    return factor
+
+
+def augment_nodes(
+    x: torch.Tensor,
+    ptr: torch.Tensor,
+    n_valid: torch.Tensor | None = None,
+    noise: float = 0.0,
+    time_mask: int = 0,
+    feature_mask: int = 0,
+) -> torch.Tensor:
+    """A randomly perturbed copy of a batch's node features (training fold only).
+
+    Args:
+        x: node features ``[N, F]`` of a batch whose graph ``g`` holds rows
+            ``ptr[g]:ptr[g + 1]`` in time order.
+        ptr: ``[B + 1]`` graph offsets.
+        n_valid: ``[B]`` real (unpadded) nodes per graph; masks start inside them.
+        noise: add ``N(0, noise^2)`` to every feature.
+        time_mask: per graph, zero the features of ``w ~ U{0..time_mask}`` consecutive nodes
+            starting at a uniform position (SpecAugment-style time masking on graph nodes).
+        feature_mask: per graph, zero ``w ~ U{0..feature_mask}`` consecutive feature columns
+            starting at a uniform column, on all its nodes.
+
+    Draws from torch's global generator (seeded per cell, saved in checkpoints).
+    """
+    out = x.clone()
+    num_graphs = ptr.numel() - 1
+    sizes = ptr[1:] - ptr[:-1]
+    graph = torch.repeat_interleave(torch.arange(num_graphs, device=x.device), sizes)
+    if time_mask > 0:
+        lengths = sizes if n_valid is None else torch.minimum(n_valid.view(-1), sizes)
+        width = torch.randint(0, time_mask + 1, (num_graphs,), device=x.device)
+        width = torch.minimum(width, lengths)
+        start = (torch.rand(num_graphs, device=x.device) * (lengths - width + 1)).long()
+        position = torch.arange(x.size(0), device=x.device) - ptr[:-1][graph]
+        hit = (position >= start[graph]) & (position < (start + width)[graph])
+        out[hit] = 0.0
+    if feature_mask > 0:
+        features = x.size(1)
+        width = torch.randint(0, min(feature_mask, features) + 1, (num_graphs,), device=x.device)
+        start = (torch.rand(num_graphs, device=x.device) * (features - width + 1)).long()
+        column = torch.arange(features, device=x.device)
+        hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])
+        out = out.masked_fill(hit[graph], 0.0)
+    if noise > 0:
+        out = out + noise * torch.randn_like(out)
+    return out
 
 
 def _rng_states() -> dict:

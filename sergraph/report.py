@@ -524,12 +524,16 @@ def format_report(
 # entry point
 
 
-def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+def write_report(
+    run_dir: str | Path, out_dir: str | Path | None = None, reference: str | None = None
+) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
     Args:
         run_dir: one label's folder (holding ``seed-*/``) or a folder of label folders.
         out_dir: where to write; default ``run_dir/report``.
+        reference: the label every other label is paired with (an ablation's full recipe);
+            default: the label with the best pooled UA.
 
     Returns:
         ``rows`` (the table, one dict per label, fractions), ``best`` (label with the best pooled
@@ -549,7 +553,9 @@ def write_report(run_dir: str | Path, out_dir: str | Path | None = None) -> dict
     rows = [item["row"] for item in collected]
     ranked = [row for row in rows if not math.isnan(row["pooled_ua"])] or rows
     best = max(ranked, key=lambda row: row["pooled_ua"])["label"]  # first of equals wins
-    tests = comparisons(collected, best)
+    if reference is not None and reference not in labels:
+        raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
+    tests = comparisons(collected, reference or best)
     groups = k_groups(collected)
 
     figures: list[Path] = []

@@ -112,13 +112,18 @@ def prepare(cfg: DictConfig, need_features: bool = True) -> Study:
     if need_features or skip:
         cache = feature_cache(cfg)
 
+        def functionals(paths: list[str]) -> np.ndarray:
+            return np.asarray(
+                cache.functionals(
+                    paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
+                )
+            )
+
         def fetch(paths: list[str]):
             if cfg.model.name == "svm":
-                return np.asarray(
-                    cache.functionals(
-                        paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
-                    )
-                )
+                return functionals(paths)
+            if cfg.features.get("concat_functionals", False):
+                return cache.get(paths, workers=cfg.features.workers), functionals(paths)
             return cache.get(paths, workers=cfg.features.workers)
 
         try:
@@ -153,6 +158,8 @@ def prepare(cfg: DictConfig, need_features: bool = True) -> Study:
     study = Study(table=table, classes=classes, folds=folds)
     if values is not None and cfg.model.name == "svm":
         study.functionals = values
+    elif isinstance(values, tuple):
+        study.features, study.functionals = values
     elif values is not None:
         study.features = values
     return study
@@ -409,6 +416,11 @@ def _fit_neural(
         weight_decay=cfg.optim.weight_decay,
         class_weights=datamodule.class_weights if cfg.optim.class_weights else None,
         label_smoothing=cfg.optim.label_smoothing,
+        global_channels=datamodule.num_global_features,
+        optimizer=cfg.optim.optimizer,
+        schedule=cfg.optim.schedule,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        augment=OmegaConf.to_container(cfg.augment),
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
@@ -498,6 +510,9 @@ def fold_datamodule(cfg: DictConfig, study: Study, fold: Fold, seed: int):
         batch_size=cfg.optim.batch_size,
         num_workers=cfg.trainer.num_workers,
         seed=seed,
+        utterance_features=study.functionals
+        if cfg.features.get("concat_functionals", False)
+        else None,
     )
 
 
@@ -697,8 +712,24 @@ def _predictions_frame(utterances, speakers, true, scores, classes) -> pd.DataFr
 SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
+def speaker_standardized(values: np.ndarray, speakers: np.ndarray) -> np.ndarray:
+    """Each speaker's rows z-scored with that speaker's own mean and std (unlabelled; the
+    transductive ``graph.normalize=speaker`` step). Constant columns keep std 1."""
+    out = np.empty_like(values, dtype=np.float64)
+    for speaker in np.unique(speakers):
+        mask = speakers == speaker
+        block = np.asarray(values[mask], dtype=np.float64)
+        std = block.std(axis=0)
+        std[~(std > 1e-8)] = 1.0
+        out[mask] = (block - block.mean(axis=0)) / std
+    return out
+
+
 def _fit_svm(cfg: DictConfig, study: Study, fold: Fold, seed: int):
     """Linear SVM on utterance functionals, standardised with training-side statistics.
+
+    With ``graph.normalize=speaker`` every speaker's functionals are first z-scored with that
+    speaker's own statistics (the same transductive, label-free step the graph models get).
 
     The regularisation constant C is chosen from :data:`SVM_C_GRID` by mean UA of an inner
     leave-one-speaker-out loop over the fold's training and validation speakers (never the
@@ -712,11 +743,14 @@ def _fit_svm(cfg: DictConfig, study: Study, fold: Fold, seed: int):
     labels = study.table["label"].map(study.classes.index).to_numpy()
     speakers = study.table["speaker"].astype(str).to_numpy()
     train = np.sort(np.concatenate([rows["train"], rows["val"]]))
+    values = study.functionals
+    if cfg.graph.normalize == "speaker":
+        values = speaker_standardized(values, speakers)
 
     def fit_predict(c: float, fit_rows: np.ndarray, predict_rows: np.ndarray):
-        scaler = StandardScaler().fit(study.functionals[fit_rows])
-        x_fit = np.nan_to_num(scaler.transform(study.functionals[fit_rows]))
-        x_predict = np.nan_to_num(scaler.transform(study.functionals[predict_rows]))
+        scaler = StandardScaler().fit(values[fit_rows])
+        x_fit = np.nan_to_num(scaler.transform(values[fit_rows]))
+        x_predict = np.nan_to_num(scaler.transform(values[predict_rows]))
         model = LinearSVC(C=c, max_iter=20000, random_state=seed).fit(x_fit, labels[fit_rows])
         return model, model.decision_function(x_predict)
 

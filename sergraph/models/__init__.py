@@ -44,8 +44,8 @@ def get_model_class(name: str) -> type[nn.Module]:
     return MODELS[name]
 
 
-def model_parameters(name: str) -> dict[str, object]:
-    """The configurable keyword arguments of a model and their defaults."""
+def _accepted(name: str) -> dict[str, object]:
+    """Every keyword argument a model's constructor chain accepts, with its default."""
     skip = {"self", "in_channels", "num_classes"}
     params: dict[str, object] = {}
     # A subclass that forwards **kwargs to its parent accepts the parent's parameters too.
@@ -61,14 +61,41 @@ def model_parameters(name: str) -> dict[str, object]:
     return params
 
 
-def build_model(name: str, in_channels: int, num_classes: int, **params) -> nn.Module:
-    """Instantiate a registered model; unknown parameters raise with the valid ones listed."""
+def model_parameters(name: str) -> dict[str, object]:
+    """The configurable keyword arguments of a model and their defaults (``global_channels``
+    comes from the data, not from ``model.params``)."""
+    params = _accepted(name)
+    params.pop("global_channels", None)
+    return params
+
+
+def accepts_global(name: str) -> bool:
+    """Whether a model can concatenate an utterance vector ``u`` with its graph embedding."""
+    return "global_channels" in _accepted(name)
+
+
+def build_model(
+    name: str, in_channels: int, num_classes: int, global_channels: int = 0, **params
+) -> nn.Module:
+    """Instantiate a registered model; unknown parameters raise with the valid ones listed.
+
+    ``global_channels`` (from the data, like ``in_channels``) is the size of the utterance vector
+    ``u`` of each graph (``features.concat_functionals``); 0 means none.
+    """
     valid = model_parameters(name)
     unknown = sorted(set(params) - set(valid))
     if unknown:
         raise ValueError(
             f"model {name!r} has no parameter(s) {unknown}; valid model.params keys: {sorted(valid)}"
         )
+    if global_channels:
+        if not accepts_global(name):
+            able = sorted(n for n in MODELS if accepts_global(n))
+            raise ValueError(
+                f"model {name!r} cannot use utterance functionals "
+                f"(features.concat_functionals=true); models that can: {able}"
+            )
+        params["global_channels"] = global_channels
     return get_model_class(name)(in_channels, num_classes, **params)
 
 

@@ -18,7 +18,6 @@ skip PyG's gather/scatter. It is optional: without it every batch uses message p
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
@@ -56,7 +55,8 @@ class TemporalGNN(nn.Module):
         use_lstm: run the BiLSTM front end before the graph layers.
         lstm_hidden: LSTM cells per direction (paper: 128).
         hidden: output width of every graph layer.
-        num_layers: number of graph layers (paper: 5 for every graph baseline).
+        num_layers: number of graph layers (paper: 5 for every graph baseline); 0 reads out the
+            (front-end) node features directly, which ablates the graph away.
         activation: applied after each layer; one of :data:`ACTIVATIONS`.
         batch_norm: BatchNorm over the nodes after each layer (before the activation). On by
             default: LSTM-GIN normalises inside every GIN layer, and without it five attention
@@ -65,9 +65,12 @@ class TemporalGNN(nn.Module):
         readout: ``sum``, ``mean`` or ``max`` over each graph's nodes, for every layer.
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
+        global_channels: size of the utterance vector ``u`` concatenated with the graph
+            embedding (set from the data by ``features.concat_functionals``; 0: none).
 
     Shapes:
-        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
+        - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]`` (and
+          ``u [B, D]`` with ``global_channels=D``).
         - output: logits ``[B, num_classes]``.
     """
 
@@ -84,10 +87,14 @@ class TemporalGNN(nn.Module):
         readout: str = "sum",
         classifier_hidden: int = 128,
         dropout: float = 0.0,
+        global_channels: int = 0,
     ) -> None:
         super().__init__()
-        if num_layers < 1:
-            raise ValueError(f"model.params.num_layers={num_layers} must be at least 1")
+        if num_layers < 0:
+            raise ValueError(
+                f"model.params.num_layers={num_layers} must be >= 0 (0: no graph layers, the "
+                "readout of the (BiLSTM) node features alone: an ablation without the graph)"
+            )
         check_choice("activation", activation, ACTIVATIONS)
         self.front = self.make_front(in_channels, lstm_hidden) if use_lstm else None
         channels = self.front.out_channels if use_lstm else in_channels
@@ -100,7 +107,9 @@ class TemporalGNN(nn.Module):
             channels = hidden
             layer_channels.append(hidden)
         self.activation = ACTIVATIONS[activation]()
-        self.head = ReadoutHead(layer_channels, num_classes, readout, classifier_hidden, dropout)
+        self.head = ReadoutHead(
+            layer_channels, num_classes, readout, classifier_hidden, dropout, global_channels
+        )
 
     def make_front(self, in_channels: int, hidden: int) -> nn.Module:
         """The node encoder run before the graph layers when ``use_lstm`` is set.
@@ -148,7 +157,7 @@ class TemporalGNN(nn.Module):
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = self.activation(norm(conv(h, edge_index)))
             layers.append(h)
-        return self.head(layers, batch, data.num_graphs)
+        return self.head(layers, batch, data.num_graphs, getattr(data, "u", None))
 
     def _forward_band(self, data, band: banded.Band):
         """:meth:`forward` on a banded batch: the same modules, no edge gather/scatter."""
@@ -165,8 +174,8 @@ class TemporalGNN(nn.Module):
         for conv, norm in zip(self.convs, self.norms, strict=True):
             h = self.activation(norm(self.band_layer(conv)(conv, h, band)))
             layers.append(h)
+        u = getattr(data, "u", None)
         readout = _READOUT_NAMES.get(getattr(self.head, "pool", None))
         if type(self.head) is not ReadoutHead or readout is None:
-            return self.head(layers, data.batch, data.num_graphs)
-        pooled = [band.pool(h, readout) for h in layers]
-        return self.head.classifier(torch.cat(pooled, dim=-1))
+            return self.head(layers, data.batch, data.num_graphs, u)
+        return self.head.classify([band.pool(h, readout) for h in layers], u)

@@ -6,9 +6,10 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch_geometric.nn import global_add_pool, global_max_pool, global_mean_pool
-from torch_geometric.utils import to_dense_batch
+from torch_geometric.utils import softmax, to_dense_batch
 
 READOUTS = {"sum": global_add_pool, "mean": global_mean_pool, "max": global_max_pool}
+READOUT_CHOICES = (*READOUTS, "attention")
 
 
 def check_choice(key: str, value: str, choices) -> None:
@@ -59,12 +60,16 @@ class ReadoutHead(nn.Module):
     Args:
         layer_channels: feature size of each layer whose nodes are read out (input layer first).
         num_classes: number of emotion classes.
-        readout: ``sum``, ``mean`` or ``max`` over the nodes of each graph.
+        readout: ``sum``, ``mean`` or ``max`` over the nodes of each graph, or ``attention``:
+            ``sum_i softmax_i(w_l^T h_i + b_l) h_i`` with one gate ``(w_l, b_l)`` per layer
+            (gated attention pooling, softmax over the nodes of one graph).
         hidden: width of the classifier's hidden layer.
         dropout: dropout before each classifier layer.
+        global_channels: size ``D`` of an utterance vector ``u`` concatenated with the pooled
+            layers before the classifier (openSMILE functionals); 0: none.
 
     Shapes:
-        - input: list of ``[N, C_l]`` node features, ``batch`` ``[N]``.
+        - input: list of ``[N, C_l]`` node features, ``batch`` ``[N]``, ``u`` ``[B, D]``.
         - output: logits ``[B, num_classes]``.
     """
 
@@ -75,20 +80,50 @@ class ReadoutHead(nn.Module):
         readout: str = "sum",
         hidden: int = 128,
         dropout: float = 0.0,
+        global_channels: int = 0,
     ) -> None:
         super().__init__()
-        check_choice("readout", readout, READOUTS)
-        self.pool = READOUTS[readout]
+        check_choice("readout", readout, READOUT_CHOICES)
+        self.pool = READOUTS.get(readout)
+        self.gates = (
+            nn.ModuleList(nn.Linear(c, 1) for c in layer_channels)
+            if readout == "attention"
+            else None
+        )
+        self.global_channels = int(global_channels)
         self.classifier = nn.Sequential(
             nn.Dropout(dropout),
-            nn.Linear(sum(layer_channels), hidden),
+            nn.Linear(sum(layer_channels) + self.global_channels, hidden),
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 
-    def forward(
-        self, layers: list[torch.Tensor], batch: torch.Tensor, num_graphs: int
-    ) -> torch.Tensor:
-        pooled = [self.pool(h, batch, num_graphs) for h in layers]
+    def classify(self, pooled: list[torch.Tensor], u: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits from the pooled layers ``[B, C_l]`` (and ``u [B, D]`` when built with it)."""
+        if self.global_channels:
+            if u is None or u.size(-1) != self.global_channels:
+                got = None if u is None else list(u.shape)
+                raise ValueError(
+                    f"this model was built with global_channels={self.global_channels} and needs "
+                    f"each batch's utterance vectors u [B, {self.global_channels}] "
+                    f"(features.concat_functionals=true); got {got}"
+                )
+            pooled = [*pooled, u]
         return self.classifier(torch.cat(pooled, dim=-1))
+
+    def forward(
+        self,
+        layers: list[torch.Tensor],
+        batch: torch.Tensor,
+        num_graphs: int,
+        u: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        if self.gates is None:
+            pooled = [self.pool(h, batch, num_graphs) for h in layers]
+        else:
+            pooled = []
+            for gate, h in zip(self.gates, layers, strict=True):
+                alpha = softmax(gate(h), batch, num_nodes=h.size(0))
+                pooled.append(global_add_pool(alpha * h, batch, num_graphs))
+        return self.classify(pooled, u)

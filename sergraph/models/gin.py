@@ -56,6 +56,7 @@ class LSTMGIN(TemporalGNN):
         readout: str = "sum",
         classifier_hidden: int = 128,
         dropout: float = 0.0,
+        global_channels: int = 0,
     ) -> None:
         self.train_eps = train_eps  # read by make_conv during super().__init__
         # gin_mlp has its own BatchNorm and ends in a ReLU, so the base adds neither.
@@ -71,6 +72,7 @@ class LSTMGIN(TemporalGNN):
             readout=readout,
             classifier_hidden=classifier_hidden,
             dropout=dropout,
+            global_channels=global_channels,
         )
 
     def make_conv(self, in_channels: int, out_channels: int) -> GINConv:

@@ -69,6 +69,7 @@ class BiGRUAttention(nn.Module):
         attention_hidden: int = 128,
         classifier_hidden: int = 128,
         dropout: float = 0.0,
+        global_channels: int = 0,
     ) -> None:
         super().__init__()
         self.front = BiGRUFront(in_channels, gru_hidden)
@@ -78,7 +79,12 @@ class BiGRUAttention(nn.Module):
             nn.Linear(attention_hidden, 1, bias=False),
         )
         self.head = ReadoutHead(
-            [self.front.out_channels], num_classes, "sum", classifier_hidden, dropout
+            [self.front.out_channels],
+            num_classes,
+            "sum",
+            classifier_hidden,
+            dropout,
+            global_channels,
         )
 
     def _encode(self, data) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +98,9 @@ class BiGRUAttention(nn.Module):
 
     def forward(self, data):
         h, alpha = self._encode(data)
-        return self.head([alpha.unsqueeze(-1) * h], data.batch, data.num_graphs)
+        return self.head(
+            [alpha.unsqueeze(-1) * h], data.batch, data.num_graphs, getattr(data, "u", None)
+        )
 
 
 @register("ga_gru")
@@ -146,6 +154,7 @@ class GAGRU(GAT):
         readout: str = "sum",
         classifier_hidden: int = 128,
         dropout: float = 0.0,
+        global_channels: int = 0,
     ) -> None:
         super().__init__(
             in_channels,
@@ -162,6 +171,7 @@ class GAGRU(GAT):
             readout=readout,
             classifier_hidden=classifier_hidden,
             dropout=dropout,
+            global_channels=global_channels,
         )
 
     def make_front(self, in_channels: int, hidden: int) -> BiGRUFront:

@@ -92,7 +92,7 @@ def test_base_without_make_conv_and_bad_activation_are_explained():
     with pytest.raises(ValueError, match="elu"):
         build_model("gcn", 6, 3, activation="swish")
     with pytest.raises(ValueError, match="num_layers"):
-        build_model("gat", 6, 3, num_layers=0)
+        build_model("gat", 6, 3, num_layers=-1)
 
 
 def test_lstm_gin_keeps_its_parameter_names_on_the_base_class():

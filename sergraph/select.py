@@ -1,0 +1,182 @@
+"""Nested model selection and seed ensembles, built from finished cells of a study.
+
+Both write a new label folder beside the study's variants (``<study>/<label>/seed-<s>/
+fold-<XX>/{metrics.json,predictions.csv,config.yaml}``), so ``sergraph report`` tables it and
+pairs it fold by fold with every other label, like any trained variant.
+
+**Nested selection** (:func:`select_nested`): for every (seed, fold) cell, the candidate variant
+with the highest *validation* UA (``best_val_ua``: the fold's validation speakers, drawn from its
+training side) is chosen, and that variant's test predictions become the cell's. The choice is
+made by :func:`choose`, which is handed only the whitelisted validation fields of each
+candidate's ``metrics.json`` (:data:`VALIDATION_FIELDS`): test scores, test predictions and test
+speakers' data never reach it. Candidates must share the cell's validation speakers, so that
+their validation scores are comparable.
+
+**Seed ensemble** (:func:`ensemble_seeds`): for every fold, the class probabilities of all seeds
+of one variant are averaged per utterance and the arg-max is the prediction; no choice is made
+on any score.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from sergraph.metrics import scores_from_labels
+
+#: The only fields of a candidate's metrics.json that the selection rule sees.
+VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", "best_val_ua")
+
+
+def _cells(root: Path) -> dict[tuple[int, int], Path]:
+    """(seed, fold) -> cell folder holding a finished metrics.json."""
+    out = {}
+    for path in sorted(root.glob("seed-*/fold-*/metrics.json")):
+        metrics = json.loads(path.read_text())
+        out[(int(metrics["seed"]), int(metrics["fold"]))] = path.parent
+    return out
+
+
+def validation_view(metrics: dict) -> dict:
+    """The validation-side fields of one cell's metrics (see :data:`VALIDATION_FIELDS`)."""
+    return {key: metrics.get(key) for key in VALIDATION_FIELDS}
+
+
+def choose(candidates: dict[str, dict]) -> str:
+    """The label with the highest validation UA; ties go to the first label given.
+
+    Args:
+        candidates: label -> :func:`validation_view` of that label's cell (one seed and fold).
+
+    Raises:
+        ValueError: when a candidate has no validation score, or the candidates were validated
+            on different speakers (their scores would not be comparable).
+    """
+    speakers = {label: tuple(view["val_speakers"] or ()) for label, view in candidates.items()}
+    if len(set(speakers.values())) != 1:
+        raise ValueError(
+            f"candidates were validated on different speakers {speakers}; nested selection "
+            "compares validation UA on the same speakers only (leave out the variants that "
+            "change folds.val_speakers)"
+        )
+    missing = [label for label, view in candidates.items() if view["best_val_ua"] is None]
+    if missing:
+        raise ValueError(f"no validation score (best_val_ua) for {missing}: cannot select")
+    return max(candidates, key=lambda label: candidates[label]["best_val_ua"])
+
+
+def select_nested(
+    study_dir: str | Path, candidates: list[str] | None = None, label: str = "nested"
+) -> dict:
+    """Write label ``label``: per cell, the candidate variant chosen on validation UA.
+
+    Args:
+        study_dir: folder of variant folders (``<study_dir>/<variant>/seed-*/fold-*/``).
+        candidates: variant labels to choose from (default: every variant folder except
+            ``label`` and seed ensembles).
+        label: name of the new folder.
+
+    Returns:
+        ``{(seed, fold): chosen variant}`` for every cell that all candidates finished.
+    """
+    study_dir = Path(study_dir)
+    if candidates is None:
+        candidates = sorted(
+            p.name
+            for p in study_dir.iterdir()
+            if p.is_dir()
+            and p.name != label
+            and list(p.glob("seed-*/fold-*/metrics.json"))
+            and not (p / ENSEMBLE_MARKER).is_file()
+        )
+    if len(candidates) < 2:
+        raise ValueError(f"nested selection needs at least 2 candidate variants; got {candidates}")
+    cells = {name: _cells(study_dir / name) for name in candidates}
+    shared = sorted(set.intersection(*(set(c) for c in cells.values())))
+    if not shared:
+        raise FileNotFoundError(f"no (seed, fold) cell is finished by all of {candidates}")
+    chosen = {}
+    for key in shared:
+        views = {
+            name: validation_view(json.loads((cells[name][key] / "metrics.json").read_text()))
+            for name in candidates
+        }
+        pick = choose(views)
+        chosen[key] = pick
+        source = cells[pick][key]
+        metrics = json.loads((source / "metrics.json").read_text())
+        metrics["selected"] = pick
+        metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
+        target = study_dir / label / source.parent.name / source.name
+        atomic_write_csv(target / "predictions.csv", pd.read_csv(source / "predictions.csv"))
+        if (source / "config.yaml").is_file():
+            atomic_write_text(target / "config.yaml", (source / "config.yaml").read_text())
+        atomic_write_json(target / "metrics.json", metrics)
+    return chosen
+
+
+ENSEMBLE_MARKER = "ENSEMBLE"
+
+
+def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -> dict:
+    """Average each fold's class probabilities over the seeds of one variant.
+
+    Args:
+        variant_dir: ``<study>/<variant>`` holding ``seed-*/fold-*/``.
+        out_dir: default ``<study>/<variant>_seed_ensemble``; the ensemble is written as its
+            ``seed-0/fold-XX`` cells.
+
+    Returns:
+        fold -> the seeds averaged.
+
+    Raises:
+        ValueError: when the seeds of a fold did not predict the same utterances.
+    """
+    variant_dir = Path(variant_dir)
+    out_dir = (
+        Path(out_dir) if out_dir else variant_dir.with_name(variant_dir.name + "_seed_ensemble")
+    )
+    by_fold: dict[int, list[Path]] = {}
+    for (_seed, fold), cell in sorted(_cells(variant_dir).items()):
+        by_fold.setdefault(fold, []).append(cell)
+    if not by_fold:
+        raise FileNotFoundError(f"no finished cells under {variant_dir}")
+    used = {}
+    for fold, cells in by_fold.items():
+        frames = [pd.read_csv(cell / "predictions.csv") for cell in cells]
+        first = frames[0]
+        for cell, frame in zip(cells[1:], frames[1:], strict=True):
+            if frame["utterance"].tolist() != first["utterance"].tolist():
+                raise ValueError(
+                    f"{cell}/predictions.csv predicts other utterances than {cells[0]}"
+                )
+        metrics = json.loads((cells[0] / "metrics.json").read_text())
+        classes = list(metrics["classes"])
+        columns = [f"p_{name}" for name in classes]
+        probabilities = np.mean([frame[columns].to_numpy(dtype=float) for frame in frames], axis=0)
+        out = first[["utterance", "speaker", "true"]].copy()
+        out["predicted"] = [classes[i] for i in probabilities.argmax(axis=1)]
+        for i, column in enumerate(columns):
+            out[column] = np.round(probabilities[:, i], 6)
+        scores = scores_from_labels(
+            out["true"].map(classes.index), out["predicted"].map(classes.index), len(classes)
+        )
+        seeds = [json.loads((cell / "metrics.json").read_text())["seed"] for cell in cells]
+        record = {
+            key: metrics[key]
+            for key in ("config_id", "model", "fold", "train_speakers", "val_speakers")
+            + ("test_speakers", "classes")
+        }
+        record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
+        target = out_dir / "seed-0" / f"fold-{fold:02d}"
+        atomic_write_csv(target / "predictions.csv", out)
+        if (cells[0] / "config.yaml").is_file():
+            atomic_write_text(target / "config.yaml", (cells[0] / "config.yaml").read_text())
+        atomic_write_json(target / "metrics.json", record)
+        used[fold] = seeds
+    atomic_write_text(out_dir / ENSEMBLE_MARKER, f"seed ensemble of {variant_dir.name}\n")
+    return used
