@@ -361,6 +361,12 @@ def validate(cfg: DictConfig) -> None:
     choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
+    if cfg.optim.schedule == "cosine" and cfg.trainer.max_epochs <= cfg.optim.warmup_epochs:
+        raise ConfigError(
+            f"optim.schedule=cosine needs trainer.max_epochs ({cfg.trainer.max_epochs}) > "
+            f"optim.warmup_epochs ({cfg.optim.warmup_epochs}); lower the warm-up or use "
+            "optim.schedule=constant"
+        )
     positive("augment.noise", cfg.augment.noise, strict=False)
     positive("augment.time_mask", cfg.augment.time_mask, strict=False)
     positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)

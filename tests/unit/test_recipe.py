@@ -289,6 +289,8 @@ def test_bad_recipe_values_are_named():
         compose(["augment.noise=-1"])
     with pytest.raises(ConfigError, match="optim.optimizer"):
         compose(["optim.optimizer=sgd"])
+    with pytest.raises(ConfigError, match="max_epochs"):
+        compose(["experiment=best_emodb", "trainer.max_epochs=3"])  # warm-up is 3 epochs
 
 
 # ---------------------------------------------------------------------------------------------
