@@ -482,6 +482,21 @@ RUNTIME_KEYS = (
 )
 
 
+#: (section, key, default) of keys added after the first release (see :func:`identity`).
+LATER_KEYS = (
+    ("trainer", "num_nodes", 1),
+    ("trainer", "strategy", "auto"),
+    ("features", "on_error", "stop"),
+    ("features", "concat_functionals", False),
+    ("optim", "optimizer", "adam"),
+    ("optim", "schedule", "constant"),
+    ("optim", "warmup_epochs", 0),
+    ("augment", "noise", 0.0),
+    ("augment", "time_mask", 0),
+    ("augment", "feature_mask", 0),
+)
+
+
 def identity(cfg: DictConfig) -> str:
     """A short hash of everything that determines one fold's results (seed and fold excluded)."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -491,14 +506,12 @@ def identity(cfg: DictConfig) -> str:
     container.pop("logger", None)
     container.pop("variants", None)
     container.pop("slurm", None)
-    # Keys added with multi-process training: their defaults are left out so that runs made
-    # before they existed keep their id.
-    trainer = container.get("trainer", {})
-    for key, default in (("num_nodes", 1), ("strategy", "auto")):
-        if trainer.get(key) == default:
-            trainer.pop(key)
-    # The default policy is left out so that runs made before the key existed keep their id.
-    if container.get("features", {}).get("on_error") == "stop":
-        container["features"].pop("on_error")
+    # Keys added after the first release: at their defaults they are left out, so that runs
+    # made before they existed keep their id.
+    for section, key, default in LATER_KEYS:
+        if container.get(section, {}).get(key, default) == default:
+            container.get(section, {}).pop(key, None)
+    if container.get("augment") == {}:
+        container.pop("augment")
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -42,6 +42,14 @@ def test_bad_config_is_rejected_with_choices(override, message):
         compose([override])
 
 
+def test_keys_added_later_change_the_identity_only_off_their_defaults():
+    base = identity(compose([]))
+    defaults = ["optim.optimizer=adam", "optim.schedule=constant", "augment.noise=0.0"]
+    assert identity(compose([*defaults, "features.concat_functionals=false"])) == base
+    for changed in ("optim.optimizer=adamw", "augment.time_mask=5", "optim.warmup_epochs=2"):
+        assert identity(compose([changed])) != base
+
+
 def test_identity_ignores_runtime_keys_only():
     base = identity(compose([]))
     assert identity(compose(["features.workers=1", "run.seeds=[3]"])) == base
