@@ -50,7 +50,10 @@ def _parser() -> argparse.ArgumentParser:
         sub = verbs.add_parser(verb, help=text)
         sub.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     report = verbs.add_parser("report", help="summarise a finished run folder")
-    report.add_argument("run_dir", help="runs/NAME (all variants) or runs/NAME/LABEL")
+    report.add_argument(
+        "run_dir", nargs="+", help="runs/NAME (all variants) or runs/NAME/LABEL; several to compare"
+    )
+    report.add_argument("--out", help="output folder (default RUN_DIR/report; needed for several)")
     report.add_argument(
         "--reference",
         help="label every other label is paired with (default: the best pooled UA)",
@@ -148,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":
-            return _report(Path(args.run_dir), args.reference)
+            return _report([Path(d) for d in args.run_dir], args.reference, args.out)
         if args.verb == "select":
             return _select(args)
         if args.verb == "ensemble":
@@ -221,10 +224,10 @@ def _ensemble(args) -> int:
     return 0
 
 
-def _report(run_dir: Path, reference: str | None = None) -> int:
+def _report(run_dirs: list[Path], reference: str | None = None, out: str | None = None) -> int:
     from sergraph.report import write_report
 
-    report = write_report(run_dir, reference=reference)
+    report = write_report(run_dirs, out, reference=reference)
     print(Path(report["paths"]["report"]).read_text())
     print(
         f"written: {', '.join(report['paths']['figures'] + [report['paths']['results']])}",

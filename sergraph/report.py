@@ -525,12 +525,16 @@ def format_report(
 
 
 def write_report(
-    run_dir: str | Path, out_dir: str | Path | None = None, reference: str | None = None
+    run_dir: str | Path | list,
+    out_dir: str | Path | None = None,
+    reference: str | None = None,
 ) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
     Args:
-        run_dir: one label's folder (holding ``seed-*/``) or a folder of label folders.
+        run_dir: one label's folder (holding ``seed-*/``) or a folder of label folders; or a
+            list of such folders, to compare studies: each label is then prefixed with its
+            folder's name (``emodb/svm``, ``best/gin``) and ``out_dir`` is required.
         out_dir: where to write; default ``run_dir/report``.
         reference: the label every other label is paired with (an ablation's full recipe);
             default: the label with the best pooled UA.
@@ -545,11 +549,29 @@ def write_report(
     Raises:
         FileNotFoundError: naming ``run_dir`` when it holds no finished cell.
     """
-    run_dir = Path(run_dir)
-    labels = find_labels(run_dir)
+    if isinstance(run_dir, (list, tuple)) and len(run_dir) == 1:
+        run_dir = run_dir[0]
+    if isinstance(run_dir, (list, tuple)):
+        if out_dir is None:
+            raise ValueError("a report over several run folders needs an output folder (--out)")
+        dirs = [Path(d) for d in run_dir]
+        names = [d.resolve().name for d in dirs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run folders must have different names to prefix labels: {names}")
+        labels, unfinished = {}, []
+        for directory, prefix in zip(dirs, names, strict=True):
+            found = find_labels(directory)
+            labels |= {f"{prefix}/{label}": root for label, root in found.items()}
+            unfinished += [f"{prefix}/{label}" for label in unfinished_labels(directory, found)]
+        name = " + ".join(names)
+        run_dir = dirs[0]
+    else:
+        run_dir = Path(run_dir)
+        labels = find_labels(run_dir)
+        unfinished = unfinished_labels(run_dir, labels)
+        name = run_dir.resolve().name
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     collected = [collect(label, root) for label, root in labels.items()]
-    unfinished = unfinished_labels(run_dir, labels)
     rows = [item["row"] for item in collected]
     ranked = [row for row in rows if not math.isnan(row["pooled_ua"])] or rows
     best = max(ranked, key=lambda row: row["pooled_ua"])["label"]  # first of equals wins
@@ -581,7 +603,6 @@ def write_report(
     }
     atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=RESULT_COLUMNS))
     atomic_write_csv(paths["folds"], folds)
-    name = run_dir.resolve().name
     same_folds = len({frozenset(item["fold_ua"]) for item in collected}) == 1
     text = format_report(name, rows, best, tests, [f.name for f in figures], same_folds, unfinished)
     atomic_write_text(paths["report"], text)

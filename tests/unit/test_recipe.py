@@ -375,3 +375,23 @@ def test_seed_ensemble_averages_probabilities_by_hand(tmp_path):
     assert predictions["predicted"].tolist() == ["a", "a", "a", "b"]
     metrics = json.loads((cell / "metrics.json").read_text())
     assert metrics["wa"] == pytest.approx(0.75) and metrics["ua"] == pytest.approx(0.75)
+
+
+def test_report_over_several_study_folders_prefixes_labels(tmp_path):
+    from sergraph.report import write_report
+
+    for study, ua, predicted in (
+        ("one", 1.0, ["a", "a", "b", "b"]),
+        ("two", 0.75, ["a", "b", "b", "b"]),
+    ):
+        for fold in (0, 1):
+            _cell(tmp_path / study, "x", 0, fold, 0.5, ua, predicted)
+    report = write_report([tmp_path / "one", tmp_path / "two"], tmp_path / "out", reference="two/x")
+    rows = {row["label"]: row for row in report["rows"]}
+    assert set(rows) == {"one/x", "two/x"}
+    assert rows["one/x"]["pooled_ua"] == 1.0 and rows["two/x"]["pooled_ua"] == 0.75
+    (test,) = report["comparisons"]
+    assert (test["first"], test["second"]) == ("two/x", "one/x")
+    assert test["mean_difference"] == pytest.approx(-0.25)
+    with pytest.raises(ValueError, match="--out"):
+        write_report([tmp_path / "one", tmp_path / "two"])
