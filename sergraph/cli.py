@@ -216,11 +216,10 @@ def _select(args) -> int:
 
 def _ensemble(args) -> int:
     from sergraph.runner import format_summary, summarize
-    from sergraph.select import ensemble_seeds
+    from sergraph.select import ensemble_dir, ensemble_seeds
 
-    variant = Path(args.variant_dir)
-    ensemble_seeds(variant)
-    print(format_summary(summarize(variant.with_name(variant.name + "_seed_ensemble"))))
+    ensemble_seeds(args.variant_dir)
+    print(format_summary(summarize(ensemble_dir(args.variant_dir))))
     return 0
 
 

@@ -188,8 +188,10 @@ def lr_factor(schedule: str, warmup: int, total: int | None):
     ``cosine`` decays as ``0.5 * (1 + cos(pi * (e - warmup) / (total - warmup)))``, reaching 0 at
     epoch ``total``.
     """
-    if schedule not in ("constant", "cosine"):
-        raise ValueError(f"optim.schedule={schedule!r}; choose one of ['constant', 'cosine']")
+    from sergraph.config import SCHEDULES
+
+    if schedule not in SCHEDULES:
+        raise ValueError(f"optim.schedule={schedule!r}; choose one of {list(SCHEDULES)}")
     if schedule == "cosine" and (total is None or total <= warmup):
         raise ValueError(
             f"optim.schedule=cosine needs trainer.max_epochs ({total}) > optim.warmup_epochs "

@@ -32,13 +32,22 @@ from sergraph.metrics import scores_from_labels
 VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", "best_val_ua")
 
 
-def _cells(root: Path) -> dict[tuple[int, int], Path]:
-    """(seed, fold) -> cell folder holding a finished metrics.json."""
+ENSEMBLE_MARKER = "ENSEMBLE"
+
+
+def _cells(root: Path) -> dict[tuple[int, int], tuple[Path, dict]]:
+    """(seed, fold) -> (cell folder, its metrics) of every finished cell under ``root``."""
     out = {}
     for path in sorted(root.glob("seed-*/fold-*/metrics.json")):
         metrics = json.loads(path.read_text())
-        out[(int(metrics["seed"]), int(metrics["fold"]))] = path.parent
+        out[(int(metrics["seed"]), int(metrics["fold"]))] = (path.parent, metrics)
     return out
+
+
+def ensemble_dir(variant_dir: str | Path) -> Path:
+    """Where :func:`ensemble_seeds` writes by default: ``<study>/<variant>_seed_ensemble``."""
+    variant_dir = Path(variant_dir)
+    return variant_dir.with_name(variant_dir.name + "_seed_ensemble")
 
 
 def validation_view(metrics: dict) -> dict:
@@ -101,14 +110,11 @@ def select_nested(
         raise FileNotFoundError(f"no (seed, fold) cell is finished by all of {candidates}")
     chosen = {}
     for key in shared:
-        views = {
-            name: validation_view(json.loads((cells[name][key] / "metrics.json").read_text()))
-            for name in candidates
-        }
+        views = {name: validation_view(cells[name][key][1]) for name in candidates}
         pick = choose(views)
         chosen[key] = pick
-        source = cells[pick][key]
-        metrics = json.loads((source / "metrics.json").read_text())
+        source, metrics = cells[pick][key]
+        metrics = dict(metrics)
         metrics["selected"] = pick
         metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
         target = study_dir / label / source.parent.name / source.name
@@ -117,9 +123,6 @@ def select_nested(
             atomic_write_text(target / "config.yaml", (source / "config.yaml").read_text())
         atomic_write_json(target / "metrics.json", metrics)
     return chosen
-
-
-ENSEMBLE_MARKER = "ENSEMBLE"
 
 
 def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -> dict:
@@ -137,16 +140,15 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         ValueError: when the seeds of a fold did not predict the same utterances.
     """
     variant_dir = Path(variant_dir)
-    out_dir = (
-        Path(out_dir) if out_dir else variant_dir.with_name(variant_dir.name + "_seed_ensemble")
-    )
-    by_fold: dict[int, list[Path]] = {}
+    out_dir = Path(out_dir) if out_dir else ensemble_dir(variant_dir)
+    by_fold: dict[int, list[tuple[Path, dict]]] = {}
     for (_seed, fold), cell in sorted(_cells(variant_dir).items()):
         by_fold.setdefault(fold, []).append(cell)
     if not by_fold:
         raise FileNotFoundError(f"no finished cells under {variant_dir}")
     used = {}
-    for fold, cells in by_fold.items():
+    for fold, members in by_fold.items():
+        cells = [cell for cell, _ in members]
         frames = [pd.read_csv(cell / "predictions.csv") for cell in cells]
         first = frames[0]
         for cell, frame in zip(cells[1:], frames[1:], strict=True):
@@ -154,7 +156,7 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
                 raise ValueError(
                     f"{cell}/predictions.csv predicts other utterances than {cells[0]}"
                 )
-        metrics = json.loads((cells[0] / "metrics.json").read_text())
+        metrics = members[0][1]
         classes = list(metrics["classes"])
         columns = [f"p_{name}" for name in classes]
         probabilities = np.mean([frame[columns].to_numpy(dtype=float) for frame in frames], axis=0)
@@ -165,12 +167,9 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         scores = scores_from_labels(
             out["true"].map(classes.index), out["predicted"].map(classes.index), len(classes)
         )
-        seeds = [json.loads((cell / "metrics.json").read_text())["seed"] for cell in cells]
-        record = {
-            key: metrics[key]
-            for key in ("config_id", "model", "fold", "train_speakers", "val_speakers")
-            + ("test_speakers", "classes")
-        }
+        seeds = [cell_metrics["seed"] for _, cell_metrics in members]
+        keys = ("config_id", "model", "fold", "train_speakers", "val_speakers", "test_speakers")
+        record = {key: metrics[key] for key in (*keys, "classes")}
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
         target = out_dir / "seed-0" / f"fold-{fold:02d}"
         atomic_write_csv(target / "predictions.csv", out)
