@@ -50,3 +50,11 @@ def toy_features(toy_table) -> list[np.ndarray]:
         (rng.normal(size=(int(rng.integers(8, 30)), 6)) + offsets[label]).astype(np.float32)
         for label in toy_table["label"]
     ]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory) -> dict[str, str]:
+    """Environment of the CLI subprocesses of one test module: its own feature cache, W&B
+    offline."""
+    cache = tmp_path_factory.mktemp("cache")
+    return {**os.environ, "SERGRAPH_CACHE": str(cache), "WANDB_MODE": "offline"}

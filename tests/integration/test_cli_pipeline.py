@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pandas as pd
 import pytest
+
+from tests.cli import run_cli as sergraph
 
 SMALL = [
     "data.options.n_speakers=4",
@@ -18,24 +17,6 @@ SMALL = [
     "trainer.accelerator=cpu",
     "optim.lr=1e-3",
 ]
-
-
-@pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("cache")
-    return {**os.environ, "SERGRAPH_CACHE": str(cache), "WANDB_MODE": "offline"}
-
-
-def sergraph(args, env, cwd):
-    result = subprocess.run(
-        [sys.executable, "-m", "sergraph.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    return result
 
 
 def test_train_two_folds_writes_results_and_skips_on_rerun(env, tmp_path):

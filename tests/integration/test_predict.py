@@ -10,8 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -21,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from sergraph.cli import main
+from tests.cli import run_cli
 
 pytestmark = pytest.mark.slow  # trains a model and starts the CLI (about a minute on 2 cores)
 
@@ -54,14 +53,7 @@ def run(tmp_path_factory):
 
 def sergraph(args, cwd, cache):
     env = {**os.environ, "SERGRAPH_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
-    return subprocess.run(
-        [sys.executable, "-m", "sergraph.cli", *map(str, args)],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    return run_cli(args, env, cwd, timeout=600)
 
 
 @pytest.fixture(scope="module")

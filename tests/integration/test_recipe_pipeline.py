@@ -8,7 +8,8 @@ import json
 import pandas as pd
 import pytest
 
-from tests.integration.test_cli_pipeline import SMALL, env, sergraph  # noqa: F401
+from tests.cli import run_cli as sergraph
+from tests.integration.test_cli_pipeline import SMALL
 
 pytestmark = pytest.mark.slow
 
@@ -21,7 +22,7 @@ VARIANTS = {
 }
 
 
-def test_recipe_variants_select_ensemble_and_report(env, tmp_path):  # noqa: F811
+def test_recipe_variants_select_ensemble_and_report(env, tmp_path):
     base = ["train", "experiment=best_emodb", *RECIPE, f"run.out_dir={tmp_path}", "run.name=study"]
     labels = tuple(VARIANTS)
     for label, overrides in VARIANTS.items():

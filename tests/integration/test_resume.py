@@ -18,6 +18,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.cli import run_cli
+
 # Small and quick, with an early stop well before max_epochs (patience 2); dropout makes the
 # training depend on the global random state, which the resumed run must continue exactly.
 ARGS = [
@@ -36,14 +38,7 @@ CELL = Path("synthetic", "lstm_gin", "seed-0", "fold-00")
 
 
 def run(args, env, cwd) -> subprocess.CompletedProcess:
-    result = subprocess.run(
-        [sys.executable, "-m", "sergraph.cli", *args],
-        env=env,
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli(args, env, cwd, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
