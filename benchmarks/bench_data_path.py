@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from common import machine, median, repeat, table
+from common import adam_step, machine, median, repeat, table
 
 
 def emodb_like_fold(seed: int = 0, scale: int = 1):
@@ -114,20 +114,8 @@ def one_batch(batch_size: int) -> dict:
 
 def waiting_share(name: str, batch_size: int, num_workers: int, max_steps) -> list[dict]:
     """One epoch with each loader: time in next(loader) against time in the step."""
-    import torch
-
-    from sergraph.models import build_model
-
     dm = datamodule(batch_size, num_workers)
-    torch.manual_seed(0)
-    model = build_model(name, dm.num_features, dm.num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step(batch):
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(batch), batch.y).backward()
-        optimizer.step()
-
+    step = adam_step(name, dm.num_features, dm.num_classes)
     rows = []
     for label, loader in (("PyG DataLoader", pyg_loader(dm)), ("fastdata", dm.train_dataloader())):
         epoch_split(loader, step, 2 if num_workers else 1)  # start workers, warm up

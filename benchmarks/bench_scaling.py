@@ -28,7 +28,7 @@ if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.envir
 
 from bench_data_path import emodb_like_fold, epoch_split  # noqa: E402
 from bench_train_step import _reset_peak, _status_kib, make_batch, step_fn  # noqa: E402
-from common import REPO, machine, median, repeat, table  # noqa: E402
+from common import REPO, adam_step, machine, median, repeat, table  # noqa: E402
 
 
 def peak_growth_mib(fn) -> tuple[float, float]:
@@ -69,10 +69,7 @@ def nodes_scaling(model_name: str, nodes_list: list[int], steps: int) -> list[di
 
 
 def one_corpus_size(model_name: str, scale: int, max_steps: int | None) -> dict:
-    import torch
-
     from sergraph.datamodule import FoldDataModule
-    from sergraph.models import build_model
 
     table_, features, classes, fold = emodb_like_fold(scale=scale)  # not timed
     made = {"dm": FoldDataModule(table_, features, fold, classes, k=4, max_nodes=120)}
@@ -80,15 +77,7 @@ def one_corpus_size(model_name: str, scale: int, max_steps: int | None) -> dict:
     dm = made["dm"]
     collate_s, _ = peak_growth_mib(lambda: made.update(loader=dm.train_dataloader()))
     loader = made["loader"]
-    torch.manual_seed(0)
-    model = build_model(model_name, dm.num_features, dm.num_classes)
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step(batch):
-        optimizer.zero_grad(set_to_none=True)
-        torch.nn.functional.cross_entropy(model(batch), batch.y).backward()
-        optimizer.step()
-
+    step = adam_step(model_name, dm.num_features, dm.num_classes)
     _, epoch_mib = peak_growth_mib(lambda: made.update(split=epoch_split(loader, step, max_steps)))
     wait, compute, steps = made["split"]
     return {

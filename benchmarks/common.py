@@ -141,6 +141,25 @@ def synthetic_graphs(
     ]
 
 
+def adam_step(model_name: str, num_features: int, num_classes: int):
+    """A registered model (seeded with 0) and one Adam training step on a batch: ``step(batch)``
+    runs forward, cross-entropy, backward and the update."""
+    import torch
+
+    from sergraph.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model(model_name, num_features, num_classes)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(batch):
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(batch), batch.y).backward()
+        optimizer.step()
+
+    return step
+
+
 def number(value: float) -> str:
     """3 significant digits without exponent notation for everyday magnitudes."""
     if value != value:
