@@ -1,4 +1,4 @@
-"""How much of a training step waits for data, with PyG's loader and with sergraph.fastdata.
+"""How much of a training step waits for data, with PyG's loader and with sergraph.data.collate.
 
 An EmoDB-sized fold (535 utterances, 10 speakers, 7 classes, pooled IS10 lengths around 56
 nodes, padded to 120; random features, so no audio is needed) is served by the datamodule's
@@ -24,7 +24,7 @@ def emodb_like_fold(seed: int = 0, scale: int = 1):
     import numpy as np
     import pandas as pd
 
-    from sergraph.folds import make_folds
+    from sergraph.data.folds import make_folds
 
     rng = np.random.default_rng(seed)
     classes = ["anger", "boredom", "disgust", "fear", "happiness", "neutral", "sadness"]
@@ -40,7 +40,7 @@ def emodb_like_fold(seed: int = 0, scale: int = 1):
 
 
 def datamodule(batch_size: int, num_workers: int, scale: int = 1):
-    from sergraph.datamodule import FoldDataModule
+    from sergraph.data.datamodule import FoldDataModule
 
     table_, features, classes, fold = emodb_like_fold(scale=scale)
     dm = FoldDataModule(

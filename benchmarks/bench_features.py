@@ -6,7 +6,7 @@ processes. "x realtime" is seconds of audio per wall second; "per core" divides 
 count; "per CPU s" is audio seconds per CPU second actually used by the extracting processes
 (on a loaded machine wall time per core understates what a free core does, CPU time does not).
 Warm: the same files again (cache hits only). Warm start-up: a fresh Python process that loads
-the EmoDB corpus table, its cached features and the folds (``sergraph.runner.prepare``), timed
+the EmoDB corpus table, its cached features and the folds (``sergraph.data.prepared.prepare``), timed
 as a whole and inside; it needs a warm default cache (``$SERGRAPH_CACHE``), e.g. after
 ``sergraph features data=emodb data.root=...``, and is skipped otherwise.
 
@@ -36,7 +36,7 @@ def cpu_seconds() -> float:
 
 
 def extraction(paths: list[str], audio_seconds: float, workers_list: list[int]) -> list[dict]:
-    from sergraph.features import FeatureCache, FeatureConfig
+    from sergraph.data.features import FeatureCache, FeatureConfig
 
     rows = []
     for workers in workers_list:
@@ -73,8 +73,8 @@ def warm_default_cache(paths: list[str]) -> bool:
     from omegaconf import OmegaConf
 
     from sergraph.config import Config
-    from sergraph.features import file_sha256
-    from sergraph.runner import feature_cache
+    from sergraph.data.features import file_sha256
+    from sergraph.data.prepared import feature_cache
 
     cache = feature_cache(OmegaConf.structured(Config))
     key_dir = cache.key_dir("lld")
@@ -89,7 +89,7 @@ STARTUP = """
 import time
 start = time.perf_counter()
 from sergraph.config import compose
-from sergraph.runner import prepare
+from sergraph.data.prepared import prepare
 imported = time.perf_counter()
 study = prepare(compose(["data=emodb", "data.root={root}"]))
 done = time.perf_counter()

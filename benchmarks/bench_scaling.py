@@ -69,7 +69,7 @@ def nodes_scaling(model_name: str, nodes_list: list[int], steps: int) -> list[di
 
 
 def one_corpus_size(model_name: str, scale: int, max_steps: int | None) -> dict:
-    from sergraph.datamodule import FoldDataModule
+    from sergraph.data.datamodule import FoldDataModule
 
     table_, features, classes, fold = emodb_like_fold(scale=scale)  # not timed
     made = {"dm": FoldDataModule(table_, features, fold, classes, k=4, max_nodes=120)}
@@ -168,7 +168,7 @@ def main() -> None:
     if args.quick:
         nodes, scales, steps, max_steps = [60, 120], [1, 4], 2, 10
     print(machine(), flush=True)
-    import sergraph.datamodule  # noqa: F401  (imports are not part of any measurement)
+    import sergraph.data.datamodule  # noqa: F401  (imports are not part of any measurement)
 
     nodes_rows = nodes_scaling(args.nodes_model, nodes, steps)
     corpus_rows = corpus_scaling(args.corpus_model, scales, max_steps)

@@ -122,7 +122,7 @@ def synthetic_graphs(
     """
     import numpy as np
 
-    from sergraph.graphs import build_graph
+    from sergraph.data.graphs import build_graph
 
     rng = np.random.default_rng(seed)
     if lengths is None:

@@ -1,6 +1,6 @@
 """sergraph: speech emotion recognition with graph neural networks on PyTorch Lightning."""
 
-__version__ = "0.1.0"
+from sergraph.version import __version__
 
 __all__ = ["__version__", "load_bundle"]
 
@@ -8,7 +8,7 @@ __all__ = ["__version__", "load_bundle"]
 def __getattr__(name: str):
     # Lazy: feature-extraction workers re-import this package and must not pay for torch.
     if name == "load_bundle":
-        from sergraph.bundle import load_bundle
+        from sergraph.deploy.bundle import load_bundle
 
         return load_bundle
     raise AttributeError(f"module 'sergraph' has no attribute {name!r}")

@@ -182,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
 def _train(overrides: list[str]) -> int:
     import time
 
-    from sergraph.runner import format_summary, run_study
+    from sergraph.results.summary import format_summary
+    from sergraph.training.study import run_study
 
     start = time.perf_counter()
     summaries = run_study(overrides)
@@ -193,7 +194,7 @@ def _train(overrides: list[str]) -> int:
 
 
 def _cells(overrides: list[str]) -> int:
-    from sergraph.runner import plan
+    from sergraph.training.study import plan
 
     _, cells = plan(overrides)
     print("index\tlabel\tseed\tfold")
@@ -203,7 +204,7 @@ def _cells(overrides: list[str]) -> int:
 
 
 def _select(args) -> int:
-    from sergraph.select import select_nested
+    from sergraph.results.select import select_nested
 
     candidates = args.candidates.split(",") if args.candidates else None
     chosen = select_nested(Path(args.study_dir), candidates, args.label)
@@ -215,8 +216,8 @@ def _select(args) -> int:
 
 
 def _ensemble(args) -> int:
-    from sergraph.runner import format_summary, summarize
-    from sergraph.select import ensemble_dir, ensemble_seeds
+    from sergraph.results.select import ensemble_dir, ensemble_seeds
+    from sergraph.results.summary import format_summary, summarize
 
     ensemble_seeds(args.variant_dir)
     print(format_summary(summarize(ensemble_dir(args.variant_dir))))
@@ -224,7 +225,7 @@ def _ensemble(args) -> int:
 
 
 def _report(run_dirs: list[Path], reference: str | None = None, out: str | None = None) -> int:
-    from sergraph.report import write_report
+    from sergraph.results.report import write_report
 
     report = write_report(run_dirs, out, reference=reference)
     print(Path(report["paths"]["report"]).read_text())
@@ -236,19 +237,19 @@ def _report(run_dirs: list[Path], reference: str | None = None, out: str | None 
 
 
 def _export(args) -> int:
-    from sergraph.predict import run_export
+    from sergraph.deploy.predict import run_export
 
     return run_export(args)
 
 
 def _predict(args) -> int:
-    from sergraph.predict import run_predict
+    from sergraph.deploy.predict import run_predict
 
     return run_predict(args)
 
 
 def _slurm(args) -> int:
-    from sergraph.slurm import run_slurm
+    from sergraph.training.slurm import run_slurm
 
     return run_slurm(args)
 
@@ -258,7 +259,7 @@ def _features(cfg) -> None:
 
     import numpy as np
 
-    from sergraph.runner import feature_cache, load_table
+    from sergraph.data.prepared import feature_cache, load_table
 
     table, _ = load_table(cfg)
     cache = feature_cache(cfg)
@@ -282,8 +283,8 @@ def _features(cfg) -> None:
 def _folds(cfg) -> None:
     import pandas as pd
 
-    from sergraph.folds import fold_table
-    from sergraph.runner import prepare
+    from sergraph.data.folds import fold_table
+    from sergraph.data.prepared import prepare
 
     study = prepare(cfg, need_features=False)
     with pd.option_context("display.max_rows", None, "display.width", 200):

@@ -116,7 +116,7 @@ class TrainerConfig:
     patience: int = 20
     accelerator: str = "auto"
     # Processes per node and nodes. Inside a SLURM job step (srun) both are taken from SLURM
-    # (--ntasks-per-node, --nodes) instead, see sergraph.runner.trainer_topology.
+    # (--ntasks-per-node, --nodes) instead, see sergraph.training.distributed.trainer_topology.
     devices: Any = 1
     num_nodes: int = 1
     strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true | ...
@@ -324,10 +324,10 @@ def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
 
 def validate(cfg: DictConfig) -> None:
     """Reject impossible values before any work, naming the key and the accepted values."""
-    from sergraph.corpora import CORPORA
-    from sergraph.features import FEATURE_SETS, FUNCTIONAL_SETS
-    from sergraph.folds import SCHEMES
-    from sergraph.graphs import NORMALIZE_CHOICES, check_k
+    from sergraph.data.corpora import CORPORA
+    from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
+    from sergraph.data.folds import SCHEMES
+    from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
     from sergraph.models import NON_NEURAL, build_model, model_names
 
     def choice(key: str, value, choices) -> None:

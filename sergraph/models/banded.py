@@ -1,6 +1,6 @@
 """A fast path for batches of banded temporal graphs: neighbour sums as shifted adds, no scatter.
 
-Every graph that :func:`sergraph.graphs.build_graph` makes joins node ``t`` to the nodes
+Every graph that :func:`sergraph.data.graphs.build_graph` makes joins node ``t`` to the nodes
 ``t - k/2 .. t + k/2`` (itself excluded) of the same utterance. Its adjacency matrix is a band,
 so what PyG computes with a gather over ``E = k N`` edges and a scatter back to ``N`` nodes is a
 sum of ``k`` shifted copies of the node features:
@@ -218,7 +218,7 @@ class Band:
 
 @lru_cache(maxsize=64)
 def _uniform_edge_index(num_graphs: int, length: int, k: int, device: str) -> Tensor:
-    from sergraph.graphs import temporal_edge_index
+    from sergraph.data.graphs import temporal_edge_index
 
     one = temporal_edge_index(length, k).to(device)
     shift = (torch.arange(num_graphs, device=device) * length).view(-1, 1, 1)
@@ -229,7 +229,7 @@ def band_edge_index(lengths: Tensor, k: int) -> Tensor:
     """The ``edge_index`` PyG's ``Batch`` holds for ``build_graph`` graphs of these sizes.
 
     Sorted by source then target within each graph, graphs one after another, as
-    :func:`sergraph.graphs.temporal_edge_index` and ``Batch.from_data_list`` lay it out.
+    :func:`sergraph.data.graphs.temporal_edge_index` and ``Batch.from_data_list`` lay it out.
     """
     return Band(k, lengths).edge_index().clone()
 

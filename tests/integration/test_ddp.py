@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 from torch.utils.data.distributed import DistributedSampler
 
-from sergraph.datamodule import EvaluationSampler
+from sergraph.data.datamodule import EvaluationSampler
 from tests.wandb_records import run_contents
 
 # 4 speakers x 3 classes x 3 utterances: 9 test utterances (odd), 9 validation utterances;
@@ -50,7 +50,8 @@ def test_evaluation_sampler_covers_every_row_once_in_order(size, world):
 def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
     tmp_path, tmp_path_factory, monkeypatch
 ):
-    from sergraph.runner import _study, evaluate_checkpoint, plan
+    from sergraph.training.fit import evaluate_checkpoint
+    from sergraph.training.study import plan, study_data
 
     env = {
         **os.environ,
@@ -90,7 +91,7 @@ def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
     monkeypatch.setenv("SERGRAPH_CACHE", env["SERGRAPH_CACHE"])  # the run's corpus and features
     configs, cells = plan(overrides)
     cfg = configs[cells[0].label]
-    study = _study(cfg)
+    study = study_data(cfg)
     single, tested = evaluate_checkpoint(
         cfg, study, study.folds[0], 0, cell / "checkpoints" / "best.ckpt"
     )
@@ -126,7 +127,8 @@ def test_cuda_training_equals_a_single_process_evaluation(
     """On CUDA (one GPU, or DDP over two): the same scores as one process on one GPU."""
     import torch
 
-    from sergraph.runner import _study, evaluate_checkpoint, plan
+    from sergraph.training.fit import evaluate_checkpoint
+    from sergraph.training.study import plan, study_data
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
@@ -157,7 +159,7 @@ def test_cuda_training_equals_a_single_process_evaluation(
     monkeypatch.setenv("SERGRAPH_CACHE", cache)
     configs, cells = plan(overrides)
     cfg = configs[cells[0].label]
-    study = _study(cfg)
+    study = study_data(cfg)
     single, tested = evaluate_checkpoint(
         cfg, study, study.folds[0], 0, cell / "checkpoints" / "best.ckpt"
     )

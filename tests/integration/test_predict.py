@@ -26,7 +26,7 @@ pytestmark = pytest.mark.slow  # trains a model and starts the CLI (about a minu
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    from sergraph.runner import run_study
+    from sergraph.training.study import run_study
 
     root = tmp_path_factory.mktemp("predict")
     run_study(

@@ -113,7 +113,7 @@ def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path, 
 
 def test_leftover_of_another_configuration_is_not_resumed(tmp_path):
     from sergraph.config import compose, to_yaml
-    from sergraph.runner import resume_checkpoint
+    from sergraph.training.fit import resume_checkpoint
 
     cfg = compose(ARGS[1:])
     (tmp_path / "checkpoints").mkdir()
@@ -138,29 +138,30 @@ def test_resumed_training_continues_the_uninterrupted_run_exactly(
     removes it when a cell finishes). Dropout and the training shuffle both draw random numbers
     in every epoch, so any random state not carried over by the checkpoint changes the weights.
     """
-    import sergraph.runner as runner
+    import sergraph.training.fit as fit
+    import sergraph.training.study as runner
 
     monkeypatch.setenv(
         "SERGRAPH_CACHE", str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache")
     )
-    monkeypatch.setattr(runner, "_remove_resume_files", lambda directory: None)
+    monkeypatch.setattr(runner, "remove_resume_files", lambda directory: None)
     overrides = [*ARGS[1:], "trainer.max_epochs=5", "trainer.patience=50"]  # no early stop
     runner.run_study([*overrides, f"run.out_dir={tmp_path / 'straight'}"])
 
-    keep_early_stop = runner._keep_early_stop_callback
+    keep_early_stop = fit.keep_early_stop_callback
 
     class KeepEarlyStopThenInterrupt(type(keep_early_stop())):
         def on_train_epoch_start(self, trainer, pl_module):
             if trainer.current_epoch == 2:  # after the second epoch and its last.ckpt
                 raise Interrupted
 
-    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopThenInterrupt)
+    monkeypatch.setattr(fit, "keep_early_stop_callback", KeepEarlyStopThenInterrupt)
     interrupted = [*overrides, f"run.out_dir={tmp_path / 'interrupted'}"]
     with pytest.raises(Interrupted):
         runner.run_study(interrupted)
     cell = tmp_path / "interrupted" / CELL
     assert torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
-    monkeypatch.setattr(runner, "_keep_early_stop_callback", keep_early_stop)
+    monkeypatch.setattr(fit, "keep_early_stop_callback", keep_early_stop)
     runner.run_study(interrupted)
 
     straight = torch.load(
@@ -183,7 +184,8 @@ def test_resumed_training_continues_the_uninterrupted_run_exactly(
 def test_cell_interrupted_after_early_stopping_does_not_train_again(
     tmp_path, tmp_path_factory, monkeypatch
 ):
-    import sergraph.runner as runner
+    import sergraph.training.fit as fit
+    import sergraph.training.study as runner
 
     monkeypatch.setenv(
         "SERGRAPH_CACHE", str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache")
@@ -193,7 +195,7 @@ def test_cell_interrupted_after_early_stopping_does_not_train_again(
     expected = results(tmp_path / "straight" / CELL)
     assert expected[0]["epochs"] < 12, "the settings should stop early"
 
-    keep_early_stop = runner._keep_early_stop_callback
+    keep_early_stop = fit.keep_early_stop_callback
     trained: list[int] = []
 
     class KeepEarlyStopThenInterrupt(type(keep_early_stop())):
@@ -205,10 +207,10 @@ def test_cell_interrupted_after_early_stopping_does_not_train_again(
             trained.append(trainer.current_epoch)
 
     interrupted = [*overrides, f"run.out_dir={tmp_path / 'interrupted'}"]
-    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopThenInterrupt)
+    monkeypatch.setattr(fit, "keep_early_stop_callback", KeepEarlyStopThenInterrupt)
     with pytest.raises(Interrupted):
         runner.run_study(interrupted)
-    monkeypatch.setattr(runner, "_keep_early_stop_callback", KeepEarlyStopCounting)
+    monkeypatch.setattr(fit, "keep_early_stop_callback", KeepEarlyStopCounting)
     runner.run_study(interrupted)
     assert trained == []  # early stopping had fired: nothing more to train
     assert results(tmp_path / "interrupted" / CELL) == expected

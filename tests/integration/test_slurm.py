@@ -440,7 +440,7 @@ def test_dry_run_renders_the_scripts_with_the_slurm_settings(tmp_path, monkeypat
     """No SLURM needed: the scripts and sbatch commands that `sergraph slurm` would submit."""
     from argparse import Namespace
 
-    from sergraph.slurm import plan_jobs, run_slurm
+    from sergraph.training.slurm import plan_jobs, run_slurm
 
     monkeypatch.setenv("SERGRAPH_CACHE", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)

@@ -10,8 +10,8 @@ import sys
 import pytest
 
 from sergraph.config import compose
-from sergraph.folds import Fold
-from sergraph.tracking import cell_loggers
+from sergraph.data.folds import Fold
+from sergraph.training.tracking import cell_loggers
 from tests.wandb_records import run_contents
 
 pytest.importorskip("wandb")

@@ -14,9 +14,15 @@ import pandas as pd
 import pytest
 import soundfile as sf
 
-from sergraph import features
 from sergraph.config import ConfigError, compose
-from sergraph.features import FeatureCache, FeatureConfig, FeatureError, extract_llds, pool_frames
+from sergraph.data import features
+from sergraph.data.features import (
+    FeatureCache,
+    FeatureConfig,
+    FeatureError,
+    extract_llds,
+    pool_frames,
+)
 
 IS10_FRAMES_1S = 95
 
@@ -116,7 +122,7 @@ def test_shorter_than_one_analysis_frame(tmp_path):
 
 
 def test_very_long_file_is_cut_to_the_graph_length(tmp_path):
-    from sergraph.graphs import build_graph
+    from sergraph.data.graphs import build_graph
 
     long = write(tmp_path / "long.wav", tone(40.0))
     frames = extract_llds(long)
@@ -253,7 +259,7 @@ def study_overrides(csv, tmp_path, policy):
 
 
 def test_stop_policy_lists_all_failures_and_names_the_skip_option(corpus_with_bad_files, tmp_path):
-    from sergraph.runner import prepare
+    from sergraph.data.prepared import prepare
 
     cfg = compose(study_overrides(corpus_with_bad_files, tmp_path, "stop"))
     with pytest.raises(FeatureError) as caught:
@@ -269,10 +275,10 @@ def test_stop_policy_lists_all_failures_and_names_the_skip_option(corpus_with_ba
 def test_skip_policy_drops_failed_files_before_the_folds_and_lists_them(
     corpus_with_bad_files, tmp_path, capsys
 ):
-    from sergraph.runner import prepare
+    from sergraph.training.study import study_data
 
     cfg = compose(study_overrides(corpus_with_bad_files, tmp_path, "skip"))
-    study = prepare(cfg, need_features=False)  # skip needs the features to know the folds
+    study = study_data(cfg, need_features=False)  # skip needs the features to know the folds
     assert len(study.table) == 16 - 5 and len(study.features) == 11
     assert "s4" not in set(study.table["speaker"])
     assert [fold.test_speakers for fold in study.folds] == [("s1",), ("s2",), ("s3",)]
@@ -291,11 +297,11 @@ def test_skip_policy_drops_failed_files_before_the_folds_and_lists_them(
 
 
 def test_skip_policy_without_failures_writes_an_empty_list(tmp_path):
-    from sergraph.runner import prepare
+    from sergraph.training.study import study_data
 
     rows = [(f"{s}_{c}.wav", s, c) for s in ("s1", "s2", "s3") for c in ("angry", "sad")]
     csv = make_manifest(tmp_path / "corpus", rows)
-    prepare(compose(study_overrides(csv, tmp_path, "skip")))
+    study_data(compose(study_overrides(csv, tmp_path, "skip")))
     listing = pd.read_csv(tmp_path / "runs" / "bad" / "failed_files.csv")
     assert len(listing) == 0 and "reason" in listing.columns
 
@@ -305,7 +311,7 @@ def test_skip_policy_without_failures_writes_an_empty_list(tmp_path):
 
 
 def load_manifest(csv):
-    from sergraph.corpora import load_corpus
+    from sergraph.data.corpora import load_corpus
 
     return load_corpus("manifest", csv)
 
@@ -354,7 +360,7 @@ def test_row_without_speaker_or_label_is_named(tmp_path, column):
 
 
 def test_unknown_label_in_the_class_list_names_the_labels_present(tmp_path):
-    from sergraph.corpora import load_corpus
+    from sergraph.data.corpora import load_corpus
 
     csv = make_manifest(tmp_path, [("a.wav", "s1", "sad"), ("b.wav", "s2", "angry")])
     with pytest.raises(ValueError, match=r"\['happy'\] not in the table.*\['angry', 'sad'\]"):
@@ -364,8 +370,8 @@ def test_unknown_label_in_the_class_list_names_the_labels_present(tmp_path):
 
 
 def test_speaker_with_only_one_class(toy_table, toy_features):
-    from sergraph.datamodule import FoldDataModule
-    from sergraph.folds import fold_table, make_folds
+    from sergraph.data.datamodule import FoldDataModule
+    from sergraph.data.folds import fold_table, make_folds
 
     # s4 has only "sad" utterances: its fold is fine (UA over the one class it has) ...
     table = toy_table[(toy_table["speaker"] != "s4") | (toy_table["label"] == "sad")]

@@ -22,20 +22,26 @@ import soundfile as sf
 import torch
 import yaml
 
-from sergraph.bundle import (
+from sergraph.data.features import (
+    FeatureCache,
+    FeatureConfig,
+    FeatureError,
+    extract_llds,
+    pool_frames,
+)
+from sergraph.deploy.bundle import (
     BundleError,
     BundleMismatchError,
     _window_starts,
     export_bundle,
     load_bundle,
 )
-from sergraph.features import FeatureCache, FeatureConfig, FeatureError, extract_llds, pool_frames
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     """Two folds of LSTM-GIN, one epoch, on 4 synthetic speakers x 4 classes x 3 utterances."""
-    from sergraph.runner import run_study
+    from sergraph.training.study import run_study
 
     root = tmp_path_factory.mktemp("bundle")
     run_study(
@@ -172,7 +178,7 @@ def test_python_api_is_exported_lazily():
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "sergraph.bundle"
+    assert result.stdout.strip() == "sergraph.deploy.bundle"
 
 
 @pytest.mark.gpu

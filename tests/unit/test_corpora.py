@@ -13,7 +13,7 @@ import pytest
 import soundfile
 from omegaconf import OmegaConf
 
-from sergraph.corpora import (
+from sergraph.data.corpora import (
     CORPORA,
     apply_label_map,
     build_table,

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from sergraph.datamodule import FoldDataModule
-from sergraph.folds import make_folds
+from sergraph.data.datamodule import FoldDataModule
+from sergraph.data.folds import make_folds
 
 
 def test_datamodule_sizes_and_train_only_normalisation(toy_table, toy_features):

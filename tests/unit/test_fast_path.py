@@ -11,7 +11,7 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import degree, to_dense_adj
 
-from sergraph.graphs import build_graph
+from sergraph.data.graphs import build_graph
 from sergraph.models import MODELS, banded, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
 

@@ -1,4 +1,4 @@
-"""Batches cut from a collated split (sergraph.fastdata) equal PyG's, in PyG's order."""
+"""Batches cut from a collated split (sergraph.data.collate) equal PyG's, in PyG's order."""
 
 import numpy as np
 import pytest
@@ -7,10 +7,10 @@ from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader import DataLoader as PyGDataLoader
 
-from sergraph.datamodule import FoldDataModule
-from sergraph.fastdata import CollatedGraphs, graph_loader
-from sergraph.folds import make_folds
-from sergraph.graphs import build_graph
+from sergraph.data.collate import CollatedGraphs, graph_loader
+from sergraph.data.datamodule import FoldDataModule
+from sergraph.data.folds import make_folds
+from sergraph.data.graphs import build_graph
 
 
 def graphs(count, pad, seed=0, k=4, max_nodes=20):

@@ -1,4 +1,4 @@
-"""Tests for sergraph.features: pooling, length fitting, openSMILE extraction and the cache.
+"""Tests for sergraph.data.features: pooling, length fitting, openSMILE extraction and the cache.
 
 The audio is generated here (a 220 Hz sine plus a little noise, written with soundfile), so the
 expected shapes are worked out by hand from the frame layout in the module docstring. The IS10 LLD
@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from sergraph import features
-from sergraph.features import (
+from sergraph.data import features
+from sergraph.data.features import (
     FeatureCache,
     FeatureConfig,
     FeatureError,

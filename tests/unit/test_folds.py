@@ -1,7 +1,14 @@
 import pandas as pd
 import pytest
 
-from sergraph.folds import Fold, FoldLeakError, check_fold, fold_table, make_folds, split_indices
+from sergraph.data.folds import (
+    Fold,
+    FoldLeakError,
+    check_fold,
+    fold_table,
+    make_folds,
+    split_indices,
+)
 
 
 def test_loso_one_fold_per_speaker_with_rotated_validation(toy_table):

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sergraph.graphs import Normalizer, build_graph, check_k, fit_length, temporal_edge_index
+from sergraph.data.graphs import Normalizer, build_graph, check_k, fit_length, temporal_edge_index
 
 
 def adjacency(edge_index, n):

@@ -15,7 +15,7 @@ from torch_geometric.nn.aggr import MeanAggregation
 from torch_geometric.utils import scatter
 
 from sergraph.config import compose, config_dir
-from sergraph.graphs import build_graph
+from sergraph.data.graphs import build_graph
 from sergraph.models import MODELS, NON_NEURAL, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
 from sergraph.models.recurrent import BiGRUFront

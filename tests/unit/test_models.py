@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch_geometric.data import Batch
 
-from sergraph.graphs import build_graph
+from sergraph.data.graphs import build_graph
 from sergraph.models import MODELS, build_model, get_model_class, model_parameters
 
 

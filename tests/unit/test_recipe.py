@@ -12,14 +12,14 @@ import pytest
 import torch
 from torch_geometric.data import Batch, Data
 
-from sergraph import select
 from sergraph.config import ConfigError, compose, compose_study
-from sergraph.datamodule import FoldDataModule
-from sergraph.folds import make_folds
+from sergraph.data.datamodule import FoldDataModule
+from sergraph.data.folds import make_folds
 from sergraph.models import build_model
 from sergraph.models.common import ReadoutHead
-from sergraph.module import SERModule, augment_nodes, lr_factor
-from sergraph.runner import speaker_standardized
+from sergraph.results import select
+from sergraph.training.classic import speaker_standardized
+from sergraph.training.module import SERModule, augment_nodes, lr_factor
 
 # ---------------------------------------------------------------------------------------------
 # augmentation
@@ -378,7 +378,7 @@ def test_seed_ensemble_averages_probabilities_by_hand(tmp_path):
 
 
 def test_report_over_several_study_folders_prefixes_labels(tmp_path):
-    from sergraph.report import write_report
+    from sergraph.results.report import write_report
 
     for study, ua, predicted in (
         ("one", 1.0, ["a", "a", "b", "b"]),

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import soundfile
 
-from sergraph.corpora import load_corpus, synthetic
+from sergraph.data.corpora import load_corpus, synthetic
 
 N_PER_CLASS = 1  # 8 speakers x 4 emotions x 1 = 32 files, about a second to generate
 

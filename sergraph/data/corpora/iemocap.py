@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sergraph.corpora import build_table
+from sergraph.data.corpora import build_table
 
 EMOTIONS: dict[str, str] = {
     "neu": "neutral",

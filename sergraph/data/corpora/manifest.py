@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sergraph.corpora import OPTIONAL_COLUMNS, build_table
+from sergraph.data.corpora import OPTIONAL_COLUMNS, build_table
 
 MANIFEST_REQUIRED = ("path", "speaker", "label")
 MANIFEST_OPTIONAL = ("utterance", *OPTIONAL_COLUMNS)
@@ -47,7 +47,7 @@ def _check_duplicate_content(csv_path: Path, paths: list[str], numbers: list[int
     name different speakers, a copy of a test file could sit in training. Only files that share
     their size with another one are hashed, so this costs little.
     """
-    from sergraph.features import file_sha256
+    from sergraph.data.features import file_sha256
 
     by_size: dict[int, list[int]] = {}
     for index, path in enumerate(paths):

@@ -13,7 +13,7 @@ writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``wa_ua_vs_k.png``  pooled WA and UA against graph.k, only when some labels differ in
                     nothing but graph.k (read from each label's ``config.yaml``)
 
-Per-label numbers come from :func:`sergraph.runner.summarize` (which also refreshes each label's
+Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
 ``summary.json``/``summary.md``, as the runner does); all WA/UA arithmetic is
 :mod:`sergraph.metrics`'.
 """
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
-from sergraph.runner import _mean_std, summarize
+from sergraph.results.summary import mean_std, summarize
 
 CELL_PATTERN = "seed-*/fold-*/metrics.json"
 BOOTSTRAP_RESAMPLES = 10_000
@@ -111,8 +111,8 @@ def collect(label: str, root: Path) -> dict:
     first = json.loads(cells[0].read_text())
     folds = pd.DataFrame(summary["folds"])
     per_seed = summary["pooled"]["per_seed"]
-    pooled_wa, pooled_wa_std = _mean_std([p["wa"] for p in per_seed])
-    pooled_ua, pooled_ua_std = _mean_std([p["ua"] for p in per_seed])
+    pooled_wa, pooled_wa_std = mean_std([p["wa"] for p in per_seed])
+    pooled_ua, pooled_ua_std = mean_std([p["ua"] for p in per_seed])
     if len(per_seed) < 2:  # one seed: there is no spread over seeds to report
         pooled_wa_std = pooled_ua_std = math.nan
     n_folds, n_seeds = folds["fold"].nunique(), folds["seed"].nunique()

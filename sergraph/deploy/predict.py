@@ -1,6 +1,6 @@
 """The ``sergraph export`` and ``sergraph predict`` verbs: inputs, outputs and messages.
 
-The work itself is in :mod:`sergraph.bundle`; this module turns command-line inputs (files,
+The work itself is in :mod:`sergraph.deploy.bundle`; this module turns command-line inputs (files,
 folders, manifest CSVs) into a list of audio files and writes the predictions as a table, CSV
 or JSON lines.
 """
@@ -131,7 +131,7 @@ def format_table(frame: pd.DataFrame) -> str:
 
 
 def run_export(args) -> int:
-    from sergraph.bundle import export_bundle
+    from sergraph.deploy.bundle import export_bundle
 
     out, bundle = export_bundle(
         args.run_dir,
@@ -147,7 +147,7 @@ def run_export(args) -> int:
 
 
 def run_predict(args) -> int:
-    from sergraph.bundle import load_bundle
+    from sergraph.deploy.bundle import load_bundle
 
     paths = expand_inputs(args.audio)  # before loading anything: bad inputs fail at once
     if args.output is not None and Path(args.output).suffix.lower() not in (

@@ -120,7 +120,8 @@ def plan_jobs(
     overrides: list[str], ddp: bool = False, features: bool = True
 ) -> tuple[list[Job], Path]:
     """The jobs of a study and the folder for their scripts and output files."""
-    from sergraph.runner import plan, study_dir
+    from sergraph.results.layout import study_dir
+    from sergraph.training.study import plan
 
     if any(item.split("=", 1)[0] == "run.cell" for item in overrides):
         raise ValueError(

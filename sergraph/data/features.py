@@ -89,6 +89,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
+from sergraph.io import atomic_write_bytes
+
 FEATURE_SETS = ("is10", "egemaps", "compare")
 """Frame-level (LLD) feature sets accepted by :class:`FeatureConfig`."""
 
@@ -96,7 +98,7 @@ FUNCTIONAL_SETS = ("is10", "egemaps", "compare")
 """Utterance-level functional sets accepted by :func:`extract_functionals`."""
 
 # Bump when the extraction recipe changes in a way that changes the numbers (invalidates caches).
-_RECIPE_VERSION = 1
+RECIPE_VERSION = 1
 
 # name -> (opensmile FeatureSet member name, has a delta level)
 _OPENSMILE_SETS = {
@@ -157,9 +159,9 @@ class FeatureConfig:
         _check_feature_set(self.feature_set, FEATURE_SETS, "feature_set")
         if not isinstance(self.deltas, bool):
             raise ValueError(f"deltas={self.deltas!r} must be True or False")
-        _check_positive_int(self.pool, "pool")
+        check_positive_int(self.pool, "pool")
         if self.sample_rate is not None:
-            _check_positive_int(self.sample_rate, "sample_rate")
+            check_positive_int(self.sample_rate, "sample_rate")
 
     @classmethod
     def from_any(cls, config: FeatureConfig | Mapping | object) -> FeatureConfig:
@@ -198,7 +200,7 @@ def _check_feature_set(name: object, choices: Sequence[str], what: str) -> None:
         )
 
 
-def _check_positive_int(value: object, what: str) -> None:
+def check_positive_int(value: object, what: str) -> None:
     if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
         raise ValueError(f"{what}={value!r} must be a positive integer")
 
@@ -242,7 +244,7 @@ def _joined_config_path(feature_set: str) -> str:
     # Checked on every call: openSMILE re-reads the file on each run, and temp dirs get cleaned.
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path, text.encode())
+        atomic_write_bytes(path, text.encode())
     return str(path)
 
 
@@ -471,7 +473,7 @@ def extract_functionals(
     """
     _check_feature_set(feature_set, FUNCTIONAL_SETS, "feature_set")
     if sample_rate is not None:
-        _check_positive_int(sample_rate, "sample_rate")
+        check_positive_int(sample_rate, "sample_rate")
     return _extract_functionals_from(path, str(path), feature_set, sample_rate)
 
 
@@ -514,7 +516,7 @@ def pool_frames(frames: np.ndarray, pool: int) -> np.ndarray:
     Returns:
         ``[ceil(T / pool), F]`` with the dtype of ``frames`` (float64 for integer input).
     """
-    _check_positive_int(pool, "pool")
+    check_positive_int(pool, "pool")
     frames = np.asarray(frames)
     if frames.ndim != 2:
         raise ValueError(f"frames must be 2-D [T, F], got shape {frames.shape}")
@@ -569,22 +571,11 @@ def file_sha256(path: str | os.PathLike) -> str:
     return digest
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as out:
-            out.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    _atomic_write_bytes(path, buffer.getvalue())
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 # --------------------------------------------------------------------------------------------
@@ -678,7 +669,7 @@ class FeatureCache:
             "levels": levels,
             "sample_rate": self.config.sample_rate,
             "opensmile": opensmile_version(),
-            "recipe": _RECIPE_VERSION,
+            "recipe": RECIPE_VERSION,
         }
 
     def key_dir(self, kind: str = "lld", feature_set: str | None = None) -> Path:
@@ -701,7 +692,7 @@ class FeatureCache:
         if manifest.exists():
             return
         key_dir.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(manifest, (json.dumps(description, indent=2) + "\n").encode())
+        atomic_write_bytes(manifest, (json.dumps(description, indent=2) + "\n").encode())
 
     # ---- public API
 
@@ -764,7 +755,7 @@ class FeatureCache:
     ) -> list[np.ndarray]:
         if isinstance(paths, str | bytes | os.PathLike):
             raise TypeError(f"paths must be a list of files, not a single path: {paths!r}")
-        _check_positive_int(workers, "workers")
+        check_positive_int(workers, "workers")
         paths = [os.fspath(p) for p in paths]
         description = self._description(kind, feature_set)
         key_dir = self.key_dir(kind, feature_set)

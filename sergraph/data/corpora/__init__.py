@@ -128,7 +128,7 @@ def apply_label_map(
 
 
 # The loaders import build_table from this package, so they are imported after it is defined.
-from sergraph.corpora import emodb, iemocap, manifest, ravdess, synthetic  # noqa: E402
+from sergraph.data.corpora import emodb, iemocap, manifest, ravdess, synthetic  # noqa: E402
 
 _MODULES: dict[str, ModuleType] = {
     "synthetic": synthetic,

@@ -9,9 +9,9 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from sergraph.fastdata import graph_loader
-from sergraph.folds import Fold, check_fold, split_indices
-from sergraph.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
+from sergraph.data.collate import graph_loader
+from sergraph.data.folds import Fold, check_fold, split_indices
+from sergraph.data.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
 
 
 def _pick(normalizers: Normalizer | dict, speaker: str) -> Normalizer:

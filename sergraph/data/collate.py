@@ -2,7 +2,7 @@
 
 PyG's ``DataLoader`` builds each batch with ``Batch.from_data_list``: a Python loop over the
 graphs and their attributes, every step, every epoch. A fold's graphs never change after
-:meth:`~sergraph.datamodule.FoldDataModule.setup`, so :class:`CollatedGraphs` concatenates each
+:meth:`~sergraph.data.datamodule.FoldDataModule.setup`, so :class:`CollatedGraphs` concatenates each
 attribute of the whole split once; a batch is then a few ``index_select`` calls with
 vectorised index arithmetic, whatever the batch size.
 

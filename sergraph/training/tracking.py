@@ -35,7 +35,7 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
     """Lightning loggers for one cell; the W&B run (if any) is finished on exit, also on error."""
     from lightning.pytorch.loggers import CSVLogger
 
-    from sergraph.runner import is_global_zero
+    from sergraph.training.distributed import is_global_zero
 
     loggers: list = [CSVLogger(save_dir=directory, name="logs", version="")]
     wandb_logger = None
@@ -70,7 +70,7 @@ def log_test_result(loggers: list, result: dict) -> None:
     """Test scores and the confusion matrix of a finished cell, into the cell's W&B run."""
     from lightning.pytorch.loggers import WandbLogger
 
-    from sergraph.runner import is_global_zero
+    from sergraph.training.distributed import is_global_zero
 
     if not is_global_zero():
         return
@@ -99,7 +99,7 @@ def log_test_result(loggers: list, result: dict) -> None:
 
 def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
     """One W&B run per study holding the aggregated table (mean ± std over folds, pooled)."""
-    from sergraph.runner import is_global_zero
+    from sergraph.training.distributed import is_global_zero
 
     if cfg.logger.kind != "wandb" or not summaries or not is_global_zero():
         return

@@ -59,7 +59,8 @@ import pandas as pd
 import torch
 
 from sergraph.config import ON_ERROR_CHOICES
-from sergraph.features import _atomic_write_bytes, _check_positive_int
+from sergraph.data.features import check_positive_int
+from sergraph.io import atomic_write_bytes
 
 FORMAT = "sergraph-bundle"
 FORMAT_VERSION = 1
@@ -90,12 +91,12 @@ class Bundle:
     Attributes:
         meta: the bundle's metadata (classes, model, features, graph, config, provenance).
         classes: class names in the order of the probability columns.
-        feature_config: the :class:`~sergraph.features.FeatureConfig` the models were trained on.
+        feature_config: the :class:`~sergraph.data.features.FeatureConfig` the models were trained on.
         device: where the models run.
     """
 
     def __init__(self, meta: dict, members: list[dict], device: str | torch.device = "cpu"):
-        from sergraph.graphs import Normalizer
+        from sergraph.data.graphs import Normalizer
         from sergraph.models import build_model
 
         self.meta = meta
@@ -170,7 +171,7 @@ class Bundle:
 
         Args:
             config: a feature configuration in use (a
-                :class:`~sergraph.features.FeatureConfig`, the run config's ``features`` node,
+                :class:`~sergraph.data.features.FeatureConfig`, the run config's ``features`` node,
                 or a mapping); ``None`` checks the installed openSMILE only.
 
         Raises:
@@ -201,8 +202,7 @@ class Bundle:
         buffer = io.BytesIO()
         torch.save(payload, buffer)
         path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write_bytes(path, buffer.getvalue())
-        os.chmod(path, 0o644)  # a file to ship: readable by others (mkstemp makes it 0600)
+        atomic_write_bytes(path, buffer.getvalue())
         return path
 
     # ---- prediction
@@ -223,9 +223,9 @@ class Bundle:
         """
         from torch_geometric.loader import DataLoader
 
-        from sergraph.graphs import build_graph
+        from sergraph.data.graphs import build_graph
 
-        _check_positive_int(batch_size, "batch_size")
+        check_positive_int(batch_size, "batch_size")
         graph = self.meta["graph"]
         width = int(self.meta["model"]["in_channels"])
         for index, array in enumerate(features):
@@ -275,7 +275,7 @@ class Bundle:
         """Emotion of each audio file (or of each window of it).
 
         Args:
-            paths: audio files (see :func:`sergraph.predict.expand_inputs` for folders and
+            paths: audio files (see :func:`sergraph.deploy.predict.expand_inputs` for folders and
                 manifests).
             batch_size: graphs per forward pass.
             workers: feature-extraction processes.
@@ -283,7 +283,7 @@ class Bundle:
                 ``graph.max_nodes`` nodes, as in training).
             hop: seconds between segment starts (default: ``window``, adjacent segments).
             on_error: ``"stop"``: after every other file is done (and its features cached),
-                raise one :class:`~sergraph.features.FeatureError` listing each failed file
+                raise one :class:`~sergraph.data.features.FeatureError` listing each failed file
                 and its reason; ``"skip"``: give failed files a row with the reason in
                 ``error`` and no prediction.
             cache_dir: feature cache (default: ``$SERGRAPH_CACHE/features``).
@@ -302,14 +302,14 @@ class Bundle:
         """
         from tqdm import tqdm
 
-        from sergraph.features import FeatureCache, FeatureError
+        from sergraph.data.features import FeatureCache, FeatureError
 
         if isinstance(paths, str | bytes | os.PathLike):
             raise TypeError(f"paths must be a list of files, not a single path: {paths!r}")
         if on_error not in ON_ERROR_CHOICES:
             raise BundleError(f"on_error={on_error!r}; choose one of {list(ON_ERROR_CHOICES)}")
-        _check_positive_int(workers, "workers")
-        _check_positive_int(chunk_size, "chunk_size")
+        check_positive_int(workers, "workers")
+        check_positive_int(chunk_size, "chunk_size")
         window_nodes, hop_nodes = self._segment_nodes(window, hop)
         paths = [os.fspath(p) for p in paths]
         cache = FeatureCache(_cache_root(cache_dir), self.feature_config)
@@ -480,7 +480,7 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device | None
 
 
 def _feature_config(meta: dict):
-    from sergraph.features import FeatureConfig
+    from sergraph.data.features import FeatureConfig
 
     settings = meta["features"]
     try:
@@ -498,15 +498,20 @@ def _feature_config(meta: dict):
 
 def check_pipeline(meta: dict, config=None, source: str = "this bundle") -> None:
     """See :meth:`Bundle.check_pipeline`; ``meta`` is a bundle's metadata."""
-    from sergraph.features import _RECIPE_VERSION, FeatureConfig, feature_names, opensmile_version
+    from sergraph.data.features import (
+        RECIPE_VERSION,
+        FeatureConfig,
+        feature_names,
+        opensmile_version,
+    )
 
     expected = _feature_config(meta)
     settings = meta["features"]
     trained = f"openSMILE {settings['opensmile']}, sergraph feature recipe {settings['recipe']}"
-    if settings["opensmile"] != opensmile_version() or settings["recipe"] != _RECIPE_VERSION:
+    if settings["opensmile"] != opensmile_version() or settings["recipe"] != RECIPE_VERSION:
         raise BundleMismatchError(
             f"{source} was trained on features from {trained}; this environment has openSMILE "
-            f"{opensmile_version()}, recipe {_RECIPE_VERSION}. Features of another version can "
+            f"{opensmile_version()}, recipe {RECIPE_VERSION}. Features of another version can "
             "differ numerically, so its predictions would not be trustworthy. Install "
             f"opensmile=={settings['opensmile']} (pip install opensmile=={settings['opensmile']}), "
             "or re-export from a run trained with this version."
@@ -583,11 +588,12 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph import __version__
     from sergraph.config import Config, identity, validate
-    from sergraph.features import _RECIPE_VERSION, feature_names, opensmile_version
+    from sergraph.data.features import RECIPE_VERSION, feature_names, opensmile_version
+    from sergraph.data.prepared import prepare
     from sergraph.models import NON_NEURAL
-    from sergraph.runner import fold_datamodule, prepare
+    from sergraph.training.fit import fold_datamodule
+    from sergraph.version import __version__
 
     run_dir = Path(run_dir)
     cells = _finished_cells(run_dir, folds, seeds)
@@ -643,7 +649,7 @@ def export_bundle(
             "sample_rate": None,
             "levels": [],
             "opensmile": opensmile_version(),
-            "recipe": _RECIPE_VERSION,
+            "recipe": RECIPE_VERSION,
             "names": [],
         },
         "graph": {
@@ -683,7 +689,7 @@ def export_bundle(
         datamodule.setup()
         normalizer = datamodule.normalizer
         if normalizer is None:  # graph.normalize=none
-            from sergraph.graphs import Normalizer
+            from sergraph.data.graphs import Normalizer
 
             normalizer = Normalizer.identity(datamodule.num_features)
         members.append(
@@ -767,7 +773,7 @@ def _finished_cells(
 
 
 def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The encoder weights of a Lightning checkpoint of :class:`~sergraph.module.SERModule`."""
+    """The encoder weights of a Lightning checkpoint of :class:`~sergraph.training.module.SERModule`."""
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} is missing; train that fold again")
     # Our own run's checkpoint (it stores Lightning callback state, not only tensors).
@@ -787,7 +793,7 @@ def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
 def _cache_root(cache_dir) -> Path:
     if cache_dir is not None:
         return Path(cache_dir)
-    from sergraph.runner import default_cache_dir
+    from sergraph.data.prepared import default_cache_dir
 
     return default_cache_dir() / "features"
 

@@ -1,0 +1,1 @@
+"""Data, from audio to batches: corpora, features (cached), folds, graphs and the DataModule."""

@@ -1,0 +1,162 @@
+"""The prepared data of one configuration: corpus table, cached features and folds."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from sergraph.console import log
+from sergraph.data.folds import Fold, make_folds
+from sergraph.io import atomic_write_csv
+
+
+@dataclass
+class PreparedData:
+    """Everything a fold needs that does not depend on the fold."""
+
+    table: pd.DataFrame
+    classes: list[str]
+    folds: list[Fold]
+    features: list[np.ndarray] | None = None
+    functionals: np.ndarray | None = None
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("SERGRAPH_CACHE", Path.home() / ".cache" / "sergraph"))
+
+
+def feature_cache(cfg: DictConfig):
+    from sergraph.data.features import FeatureCache, FeatureConfig
+
+    root = (
+        Path(cfg.features.cache_dir) if cfg.features.cache_dir else default_cache_dir() / "features"
+    )
+    config = FeatureConfig(
+        feature_set=cfg.features.feature_set, deltas=cfg.features.deltas, pool=cfg.features.pool
+    )
+    return FeatureCache(root, config)
+
+
+def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
+    """The corpus table after the label map, and the class names in index order."""
+    from sergraph.data.corpora import load_corpus
+
+    table = load_corpus(
+        cfg.data.name,
+        root=cfg.data.root,
+        classes=list(cfg.data.classes) if cfg.data.classes is not None else None,
+        merge=dict(cfg.data.merge) if cfg.data.merge else None,
+        **OmegaConf.to_container(cfg.data.options),
+    )
+    classes = list(table.attrs["classes"])
+    return table.reset_index(drop=True), classes
+
+
+def prepare(
+    cfg: DictConfig, need_features: bool = True, failed_listing: Path | None = None
+) -> PreparedData:
+    """Load the corpus, fetch (cached) features and make the folds.
+
+    Files whose features fail are handled as ``features.on_error`` says. ``stop`` (default)
+    raises one :class:`~sergraph.data.features.FeatureError` listing every failed file with its
+    reason, after all the other files are cached. ``skip`` leaves them out of the table *before*
+    the folds are made, lists them with their reasons in ``<study dir>/failed_files.csv``
+    (header only when none failed) and on stderr. Under ``skip`` the features are fetched even
+    when ``need_features`` is false, because the folds depend on which files are left.
+    """
+    from sergraph.data.features import FeatureError
+
+    table, classes = load_table(cfg)
+
+    def folds_of(table: pd.DataFrame) -> list[Fold]:
+        return make_folds(
+            table,
+            scheme=cfg.folds.scheme,
+            val_speakers=cfg.folds.val_speakers,
+            n_groups=cfg.folds.n_groups,
+            seed=cfg.folds.seed,
+        )
+
+    folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
+    skip = cfg.features.get("on_error", "stop") == "skip"
+    values = None
+    failed = table.iloc[:0].assign(reason=[])
+    if need_features or skip:
+        cache = feature_cache(cfg)
+
+        def functionals(paths: list[str]) -> np.ndarray:
+            return np.asarray(
+                cache.functionals(
+                    paths, workers=cfg.features.workers, feature_set=cfg.features.functionals
+                )
+            )
+
+        def fetch(paths: list[str]):
+            if cfg.model.name == "svm":
+                return functionals(paths)
+            if cfg.features.get("concat_functionals", False):
+                return cache.get(paths, workers=cfg.features.workers), functionals(paths)
+            return cache.get(paths, workers=cfg.features.workers)
+
+        try:
+            values = fetch(table["path"].tolist())
+        except FeatureError as error:
+            if not skip:
+                raise FeatureError(
+                    error.failures,
+                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
+                    f"out of the study (they are then listed in "
+                    f"{failed_listing or 'the study folder'}).",
+                ) from None
+            reasons = dict(error.failures)
+            is_failed = table["path"].isin(list(reasons))
+            failed = table[is_failed].assign(reason=table.loc[is_failed, "path"].map(reasons))
+            table = table[~is_failed].reset_index(drop=True)
+        if skip:
+            listing = failed_listing or "the log above"
+            if failed_listing is not None:
+                atomic_write_csv(failed_listing, failed.reset_index(drop=True))
+            if len(failed):
+                shown = [f"  {row.path}: {row.reason}" for row in failed.head(20).itertuples()]
+                more = [f"  ... and {len(failed) - 20} more"] if len(failed) > 20 else []
+                log(
+                    f"features.on_error=skip: left out {len(failed)} of "
+                    f"{len(failed) + len(table)} file(s) whose features failed (listed in "
+                    f"{listing}):\n" + "\n".join(shown + more)
+                )
+                if table.empty:
+                    raise ValueError(f"every file of the corpus failed; see {listing}")
+                values = fetch(table["path"].tolist())  # all cache hits now
+    if len(failed):
+        folds = folds_of(table)
+    study = PreparedData(table=table, classes=classes, folds=folds)
+    if values is not None and cfg.model.name == "svm":
+        study.functionals = values
+    elif isinstance(values, tuple):
+        study.features, study.functionals = values
+    elif values is not None:
+        study.features = values
+    return study
+
+
+_PREPARED: dict[str, PreparedData] = {}
+
+
+def prepared(
+    cfg: DictConfig, need_features: bool = True, failed_listing: Path | None = None
+) -> PreparedData:
+    """:func:`prepare`, memoised per (data, features, folds) so variants share one load."""
+    sections = {key: OmegaConf.to_container(cfg[key]) for key in ("data", "features", "folds")}
+    sections["svm"] = cfg.model.name == "svm"
+    key = json.dumps(sections, sort_keys=True, default=str)
+    study = _PREPARED.get(key)
+    if study is None or (need_features and study.features is None and study.functionals is None):
+        study = prepare(cfg, need_features, failed_listing)
+        _PREPARED[key] = study
+    return study

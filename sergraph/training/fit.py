@@ -1,0 +1,260 @@
+"""Fit one neural cell: the Trainer, its checkpoints and resume, then test and predict once.
+
+A fold interrupted after at least one epoch (killed, or preempted and requeued by SLURM)
+resumes from its ``checkpoints/last.ckpt`` and ends with the same results as an uninterrupted
+run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pandas as pd
+from omegaconf import DictConfig, OmegaConf
+
+from sergraph.config import identity
+from sergraph.console import log
+from sergraph.data.folds import Fold
+from sergraph.data.prepared import PreparedData
+from sergraph.metrics import scores_from_labels
+from sergraph.results.layout import predictions_frame
+from sergraph.training.distributed import gather_from_ranks, is_global_zero, trainer_topology
+
+
+def fit_neural(
+    cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
+):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+
+    from sergraph.training.module import SERModule
+
+    L.seed_everything(seed, workers=True, verbose=False)
+    datamodule = fold_datamodule(cfg, study, fold, seed)
+    datamodule.setup()
+    module = SERModule(
+        model=cfg.model.name,
+        model_params=OmegaConf.to_container(cfg.model.params),
+        in_channels=datamodule.num_features,
+        class_names=study.classes,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        class_weights=datamodule.class_weights if cfg.optim.class_weights else None,
+        label_smoothing=cfg.optim.label_smoothing,
+        global_channels=datamodule.num_global_features,
+        optimizer=cfg.optim.optimizer,
+        schedule=cfg.optim.schedule,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        augment=OmegaConf.to_container(cfg.augment),
+    )
+    has_val = bool(fold.val_speakers)
+    # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
+    checkpoint = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="best",
+        monitor="val/ua" if has_val else None,
+        mode="max",
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
+    # written), after early stopping and best.ckpt have decided, with their states: a cell
+    # resumed from it makes the same best-checkpoint and stopping decisions.
+    resume_point = ModelCheckpoint(
+        dirpath=directory / "checkpoints",
+        filename="last",
+        monitor=None,
+        save_top_k=1,
+        enable_version_counter=False,
+    )
+    callbacks = [checkpoint, resume_point, keep_early_stop_callback()]
+    if has_val:
+        callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    devices, num_nodes = trainer_topology(cfg)
+    trainer = L.Trainer(
+        max_epochs=cfg.trainer.max_epochs,
+        min_epochs=cfg.trainer.min_epochs,
+        accelerator=cfg.trainer.accelerator,
+        devices=devices,
+        num_nodes=num_nodes,
+        strategy=cfg.trainer.strategy,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        callbacks=callbacks,
+        logger=loggers,
+        default_root_dir=attempt_dir(directory),
+        enable_progress_bar=cfg.trainer.progress_bar,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=1.0 if has_val else 0,
+    )
+    resume = resume_checkpoint(cfg, directory)
+    if resume is not None and is_global_zero():
+        log(f"{directory}: resuming from {resume.relative_to(directory)}")
+        # Lightning's CSV logger starts a new metrics.csv; keep the interrupted attempt's rows.
+        csv_log = directory / "logs" / "metrics.csv"
+        if csv_log.is_file():
+            attempt = len(list(csv_log.parent.glob("metrics.interrupted-*.csv"))) + 1
+            csv_log.rename(csv_log.with_name(f"metrics.interrupted-{attempt}.csv"))
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    best = checkpoint.best_model_path
+    predictions, tested = test_and_predict(trainer, module, datamodule, best, study.classes)
+    # Independent route: scores from the predictions file must equal the torchmetrics ones.
+    check = scores_from_labels(
+        predictions["true"].map(study.classes.index),
+        predictions["predicted"].map(study.classes.index),
+        len(study.classes),
+    )
+    if check["confusion"] != tested["confusion"]:
+        raise RuntimeError(
+            f"{directory}: torchmetrics and predictions disagree; please report this"
+        )
+    best_score = checkpoint.best_model_score
+    extra = {
+        "epochs": int(trainer.current_epoch),
+        "best_val_ua": float(best_score) if best_score is not None else None,
+        "checkpoint": str(Path(best).resolve().relative_to(directory.resolve())) if best else None,
+    }
+    if trainer.world_size > 1:
+        extra["world_size"] = int(trainer.world_size)
+    return predictions, extra
+
+
+def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
+    from sergraph.data.datamodule import FoldDataModule
+
+    return FoldDataModule(
+        study.table,
+        study.features,
+        fold,
+        study.classes,
+        k=cfg.graph.k,
+        max_nodes=cfg.graph.max_nodes,
+        pad=cfg.graph.pad,
+        normalize=cfg.graph.normalize,
+        batch_size=cfg.optim.batch_size,
+        num_workers=cfg.trainer.num_workers,
+        seed=seed,
+        utterance_features=study.functionals
+        if cfg.features.get("concat_functionals", False)
+        else None,
+    )
+
+
+def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list[str]):
+    """Test scores (torchmetrics, synchronised over ranks) and the predictions of every rank.
+
+    Returns the predictions frame in test-table order (the same on every rank) and the test
+    scores of :class:`~sergraph.training.module.SERModule`.
+    """
+    import torch
+
+    trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    tested = trainer.lightning_module.test_result
+    outputs = trainer.predict(
+        module, dataloaders=datamodule.test_dataloader(), ckpt_path=checkpoint
+    )
+    outputs = gather_from_ranks(outputs)
+    predictions = predictions_frame(
+        [u for o in outputs for u in o["utterance"]],
+        [s for o in outputs for s in o["speaker"]],
+        torch.cat([o["true"] for o in outputs]).numpy(),
+        torch.cat([o["probabilities"] for o in outputs]).numpy(),
+        classes,
+    )
+    # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
+    # every test utterance is counted exactly once whatever the sampler did.
+    predictions = predictions.drop_duplicates("utterance", ignore_index=True)
+    expected = [graph.utterance for graph in datamodule.datasets["test"]]
+    if predictions["utterance"].tolist() != expected:
+        raise RuntimeError(
+            f"{datamodule.fold.name}: predictions of {len(predictions)} utterances, expected "
+            f"the {len(expected)} test utterances in order; please report this"
+        )
+    return predictions, tested
+
+
+def evaluate_checkpoint(
+    cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, checkpoint: str | Path
+) -> tuple[pd.DataFrame, dict]:
+    """Test a fold's checkpoint in this process alone: (predictions frame, test scores).
+
+    The same evaluation as at the end of training, on one device; a DDP run's results equal it.
+    """
+    import lightning as L
+
+    from sergraph.training.module import SERModule
+
+    datamodule = fold_datamodule(cfg, study, fold, seed)
+    datamodule.setup()
+    module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    trainer = L.Trainer(
+        accelerator=cfg.trainer.accelerator,
+        devices=1,
+        num_nodes=1,
+        precision=cfg.trainer.precision,
+        deterministic=cfg.trainer.deterministic,
+        logger=False,
+        enable_checkpointing=False,
+        default_root_dir=Path(checkpoint).parent,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+    )
+    return test_and_predict(trainer, module, datamodule, str(checkpoint), study.classes)
+
+
+def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
+    """The end-of-epoch checkpoint an unfinished cell resumes from, or ``None`` to start afresh.
+
+    ``checkpoints/last.ckpt`` is written at the end of every epoch with the model, optimiser,
+    loop counters, early-stopping and best-checkpoint state, the training shuffle's and the
+    global random states; resuming from it reproduces the uninterrupted run exactly. It is used
+    only when the cell's saved configuration has the current identity.
+
+    Lightning's SLURM requeue handler (SIGUSR1) also saves ``hpc_ckpt_N.ckpt``, at whatever
+    moment the signal arrives: in the middle of an epoch, possibly inside an optimiser step.
+    Resuming there could not reproduce the uninterrupted run (the rest of the epoch would see
+    another shuffle and dropout stream), so it is not used: at most one epoch is repeated.
+    """
+    last = directory / "checkpoints" / "last.ckpt"
+    saved = directory / "config.yaml"
+    if not (last.is_file() and saved.is_file()):
+        return None
+    try:
+        same = identity(OmegaConf.load(saved)) == identity(cfg)
+    except Exception:  # noqa: BLE001 - an unreadable leftover is not resumed
+        return None
+    return last if same else None
+
+
+def attempt_dir(directory: Path) -> Path:
+    """Lightning's ``default_root_dir``: where its SLURM handler saves ``hpc_ckpt_N.ckpt``.
+
+    One folder per SLURM job attempt, so that Lightning never resumes from an earlier attempt's
+    mid-epoch checkpoint by itself (it does when it finds one in ``default_root_dir``).
+    """
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return directory
+    return directory / "hpc" / f"job-{job}-restart-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+
+
+def remove_resume_files(directory: Path) -> None:
+    """After metrics.json: the resume checkpoint and Lightning's requeue checkpoints."""
+    (directory / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
+    shutil.rmtree(directory / "hpc", ignore_errors=True)
+
+
+def keep_early_stop_callback():
+    from lightning.pytorch.callbacks import Callback
+
+    class KeepEarlyStop(Callback):
+        """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
+
+        def on_train_start(self, trainer, pl_module) -> None:
+            if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
+                trainer.should_stop = True
+
+    return KeepEarlyStop()
