@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from sergraph.config import ConfigError, compose, group_choices, to_yaml
+from sergraph.console import configure as configure_console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -38,6 +39,13 @@ def _parser() -> argparse.ArgumentParser:
             f"trainer={group_choices('trainer')}, experiment={group_choices('experiment')}"
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show library messages (Lightning, PyG, warnings) on the console; they are "
+        "always in the study's sergraph.log. Accepted anywhere on the command line.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (
@@ -148,6 +156,11 @@ def _add_predict_parser(verbs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v/--verbose may follow the verb; overrides never start with "-".
+    verbose = any(item in ("-v", "--verbose") for item in argv)
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
+    configure_console(verbose)
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":

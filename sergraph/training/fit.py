@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import identity
+from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
@@ -29,8 +30,10 @@ def fit_neural(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from sergraph.training.callbacks import CellProgress
     from sergraph.training.module import SERModule
 
+    configure_console()  # after importing Lightning, which adds its own console handler
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
@@ -69,9 +72,12 @@ def fit_neural(
         save_top_k=1,
         enable_version_counter=False,
     )
+    label = cfg.run.label or cfg.model.name
+    progress = CellProgress(f"{label} seed {seed} {fold.name}")
     callbacks = [checkpoint, resume_point, keep_early_stop_callback()]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
@@ -248,13 +254,6 @@ def remove_resume_files(directory: Path) -> None:
 
 
 def keep_early_stop_callback():
-    from lightning.pytorch.callbacks import Callback
-
-    class KeepEarlyStop(Callback):
-        """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
-                trainer.should_stop = True
+    from sergraph.training.callbacks import KeepEarlyStop
 
     return KeepEarlyStop()
