@@ -145,7 +145,9 @@ class SERModule(L.LightningModule):
         self.test_result = self._log_scores(self.test_scores, self.test_loss, "test")
 
     def predict_step(self, batch, batch_idx):
-        probabilities = torch.softmax(self(batch), dim=-1)
+        # float32 whatever the precision: fp16/bf16 logits under autocast would give
+        # probabilities numpy cannot hold (bf16) or that round to 1e-3 (fp16)
+        probabilities = torch.softmax(self(batch).float(), dim=-1)
         return {
             "utterance": list(batch.utterance),
             "speaker": list(batch.speaker),
