@@ -42,7 +42,7 @@ from sergraph.data.graphs import temporal_edge_index
 _MARK_KEY = "_sergraph_band_mark"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class BandMark:
     """What the collater knows about a batch of :func:`~sergraph.data.graphs.build_graph`
     graphs whose edges are exactly their temporal band (same ``k`` for every graph).
