@@ -135,6 +135,15 @@ def test_fast_path_equals_pyg_for_model_options(name, params, pad):
     assert_paths_equal(small_model(name, **params), batch_of(LENGTHS, pad))
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bigru_attention_front_equals_pyg(pad, mode):
+    """bigru_attn is no TemporalGNN, but its BiGRU reads the batch layout from the mark too."""
+    model = small_model("bigru_attn")
+    model.train(mode == "train")
+    assert_paths_equal(model, batch_of(LENGTHS, pad))
+
+
 def test_fast_path_equals_pyg_in_float32_at_paper_size():
     torch.manual_seed(0)
     model = build_model("lstm_gin", 76, 4)

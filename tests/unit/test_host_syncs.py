@@ -42,6 +42,8 @@ FAST_MODELS = [
     "sage_lstm",
     "sage_mean",
 ]
+# not a TemporalGNN, but its BiGRU takes the batch layout from the mark
+FAST_MODELS.append("bigru_attn")
 
 # calls that read a device tensor's value on the host
 READS = {
@@ -208,3 +210,24 @@ def test_the_decision_from_the_edges_read_back():
 def test_a_true_length_training_step_reads_nothing_back(name):
     batch = collated_batch(pad=False)
     assert syncs_of_a_step(name, batch, fast=True) == {}
+
+
+@pytest.mark.parametrize("augment", [False, True], ids=["plain", "augmented"])
+def test_the_lightning_training_step_reads_nothing_back(augment):
+    """SERModule.training_step (augmentation, loss with class weights, logging) on a padded
+    batch, outside a Trainer."""
+    from sergraph.training.module import SERModule
+
+    torch.manual_seed(0)
+    module = SERModule(
+        "lstm_gin",
+        {"hidden": 8, "lstm_hidden": 5, "num_layers": 2},
+        in_channels=6,
+        class_names=["a", "b", "c"],
+        class_weights=[1.0, 2.0, 0.5],
+        augment={"noise": 0.1, "time_mask": 3, "feature_mask": 2} if augment else None,
+    )
+    batch = collated_batch(pad=True)
+    with HostSyncCounter(host=(band_mark(batch).lengths,)) as counter:
+        module.training_step(batch, 0).backward()
+    assert counter.calls == {}
