@@ -36,6 +36,9 @@ Two differences that are not differences of the function computed:
   differences of order 1e-13;
 * GAT's attention dropout (``attn_dropout > 0``, training only) draws its mask in another
   layout, so with dropout on the two paths draw different (equally distributed) masks.
+
+(Above the usual 450 lines: the band, its recognition and the closed form of each graph layer
+are one piece of reasoning, read against each other and against PyG's layers.)
 """
 
 from __future__ import annotations

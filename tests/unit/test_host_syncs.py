@@ -231,3 +231,24 @@ def test_the_lightning_training_step_reads_nothing_back(augment):
     with HostSyncCounter(host=(band_mark(batch).lengths,)) as counter:
         module.training_step(batch, 0).backward()
     assert counter.calls == {}
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+@pytest.mark.parametrize("name", FAST_MODELS)
+def test_a_cuda_training_step_does_not_synchronise(name, pad):
+    """On a GPU, the same claim checked by CUDA itself: torch raises on a synchronising call."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    torch.manual_seed(0)
+    widths = {key: v for key, v in SMALL.items() if key in model_parameters(name)}
+    model = build_model(name, 6, 3, **widths).cuda().train()
+    batch = collated_batch(pad).to("cuda")
+    assert model.uses_fast_path(batch)
+    F.cross_entropy(model(batch), batch.y).backward()  # warm-up: cuDNN plans, allocator
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        F.cross_entropy(model(batch), batch.y).backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
