@@ -20,6 +20,7 @@ without the sort, the scatter and the read-backs of packing.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch_geometric.nn import SAGEConv
@@ -85,20 +86,24 @@ def sage_lstm_band(conv: SAGEConv, h: torch.Tensor, band: banded.Band) -> torch.
     a band: each node reads ``t - before .. t - 1, t + 1 .. t + after`` (time order), where
     ``before``/``after`` are its neighbours on each side, zero-padded to ``k`` steps."""
     aggregation = conv.aggr_module
-    num_nodes, k = h.size(0), band.k
-    before = band.position.clamp(max=band.radius)
+    k, r = band.k, band.radius
+    before = band.position.clamp(max=r)
     count = band.degree(torch.long).squeeze(-1)  # before + after
     step = torch.arange(k, device=h.device)
-    # step j reads node n - before + j, skipping n itself
-    source = (torch.arange(num_nodes, device=h.device) - before)[:, None] + step[None, :]
-    source = source + (step[None, :] >= before[:, None]).long()
+    # step j reads the neighbour at offset j - before (j < before) or j - before + 1, that is
+    # window slot offset + r of the node's window t - r .. t + r; steps past count read nothing
+    slot = step[None, :] - before[:, None] + (step[None, :] >= before[:, None]).long() + r
     valid = step[None, :] < count[:, None]
-    source = torch.where(valid, source, torch.zeros_like(source))
-    dense = h[source] * valid.unsqueeze(-1).to(h.dtype)  # [N, k, C]
+    slots = torch.arange(2 * r + 1, device=h.device)
+    selector = ((slot.unsqueeze(-1) == slots) & valid.unsqueeze(-1)).to(h.dtype)  # [N, k, W]
+    windows = F.pad(h, (0, 0, r, r)).unfold(0, 2 * r + 1, 1)  # [N, C, W]: slot i = node n+i-r
+    # a product with 0/1 weights: exact, and its backward is another product (no scatter)
+    dense = torch.einsum("nkw,ncw->nkc", selector, windows)
     states, _ = aggregation.lstm(dense)  # [N, k, C_out]
-    last = (count - 1).clamp(min=0).view(-1, 1, 1).expand(-1, 1, states.size(-1))
-    aggregate = states.gather(1, last).squeeze(1)
-    aggregate = aggregate * (count > 0).unsqueeze(-1).to(aggregate.dtype)
+    # the state after the node's last neighbour (an LSTM is causal: the packed result);
+    # nodes without neighbours get 0
+    last = (step[None, :] == (count - 1)[:, None]).to(states.dtype)  # [N, k]
+    aggregate = (states * last.unsqueeze(-1)).sum(dim=1)
     out = conv.lin_l(aggregate)
     if conv.root_weight:
         out = out + conv.lin_r(h)
