@@ -210,7 +210,8 @@ class FoldDataModule(L.LightningDataModule):
                 )
             sampler = EvaluationSampler(self.datasets[split], world_size, rank)
         # Same batches, in the same order, as PyG's DataLoader; cut from one collation of the
-        # split instead of rebuilt from Data objects every step (sergraph/fastdata.py).
+        # split instead of rebuilt from Data objects every step, and marked for the models'
+        # fast path on the CPU (sergraph/data/collate.py).
         return graph_loader(
             self.datasets[split],
             batch_size=self.batch_size,

@@ -221,8 +221,7 @@ class Bundle:
         Returns:
             ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
         """
-        from torch_geometric.loader import DataLoader
-
+        from sergraph.data.collate import graph_loader
         from sergraph.data.graphs import build_graph
 
         check_positive_int(batch_size, "batch_size")
@@ -253,7 +252,8 @@ class Bundle:
                 for position, array in enumerate(features)
             ]
             outputs = []
-            for batch in DataLoader(graphs, batch_size=batch_size, shuffle=False):
+            # batches marked for the models' fast path, as in training
+            for batch in graph_loader(graphs, batch_size=batch_size, shuffle=False):
                 logits = self.models[index](batch.to(self.device))
                 outputs.append(torch.softmax(logits.double(), dim=-1).cpu())
             total += torch.cat(outputs).numpy()

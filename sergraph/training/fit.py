@@ -79,6 +79,7 @@ def fit_neural(
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
     callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         min_epochs=cfg.trainer.min_epochs,
@@ -128,6 +129,27 @@ def fit_neural(
     return predictions, extra
 
 
+def pin_rnn_math(deterministic: bool) -> str | None:
+    """With ``trainer.deterministic=true``, cuDNN's recurrent layers compute in IEEE fp32.
+
+    Lightning's ``deterministic=True`` picks deterministic kernels but leaves cuDNN RNNs free
+    to use TF32 on Ampere and newer GPUs (``torch.backends.cudnn.rnn.fp32_precision``, "tf32"
+    by default in recent torch), which moves BiLSTM probabilities by ~3e-4: the same seed would
+    then give different numbers on different GPU generations and on the CPU. Returns the
+    setting applied, or ``None`` (not deterministic, or a torch without that attribute).
+    Without ``deterministic`` torch's default is left alone.
+    """
+    if not deterministic:
+        return None
+    import torch
+
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        return None
+    rnn.fp32_precision = "ieee"
+    return rnn.fp32_precision
+
+
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     from sergraph.data.datamodule import FoldDataModule
 
@@ -167,7 +189,7 @@ def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list
         [u for o in outputs for u in o["utterance"]],
         [s for o in outputs for s in o["speaker"]],
         torch.cat([o["true"] for o in outputs]).numpy(),
-        torch.cat([o["probabilities"] for o in outputs]).numpy(),
+        torch.cat([o["probabilities"] for o in outputs]).float().numpy(),
         classes,
     )
     # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
@@ -196,6 +218,7 @@ def evaluate_checkpoint(
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,

@@ -75,3 +75,30 @@ def test_missing_training_class_is_an_error(toy_table, toy_features):
     dm = FoldDataModule(table, features, fold, ["angry", "neutral", "sad"], k=2, max_nodes=20)
     with pytest.raises(ValueError, match="sad"):
         dm.setup()
+
+
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+def test_every_batch_is_marked_for_the_fast_path(toy_table, toy_features, pad):
+    from sergraph.data.collate import band_mark
+    from sergraph.models import build_model
+
+    fold = make_folds(toy_table, "loso")[1]
+    dm = FoldDataModule(
+        toy_table,
+        toy_features,
+        fold,
+        ["angry", "neutral", "sad"],
+        k=4,
+        max_nodes=20,
+        pad=pad,
+        batch_size=5,
+    )
+    dm.setup()
+    model = build_model("lstm_gin", 6, 3, hidden=8, lstm_hidden=4)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            mark = band_mark(batch)
+            lengths = batch.ptr.diff().tolist()
+            assert mark is not None and mark.k == 4 and mark.lengths.tolist() == lengths
+            assert mark.uniform is (len(set(lengths)) == 1) and (mark.uniform or not pad)
+            assert model.uses_fast_path(batch)
