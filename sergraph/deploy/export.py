@@ -124,6 +124,11 @@ def export_bundle(
                 )
     provenance = first["provenance"]
     precision = provenance["precision"]
+    if "unsupported" in provenance["features"]:
+        raise BundleError(
+            f"{cells[0]}: bundles cannot reproduce this run's audio pipeline "
+            f"({provenance['features']['unsupported']}); they support openSMILE feature sets"
+        )
     meta = {
         "sergraph": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -145,7 +145,9 @@ class SERModule(L.LightningModule):
         self.test_result = self._log_scores(self.test_scores, self.test_loss, "test")
 
     def predict_step(self, batch, batch_idx):
-        probabilities = torch.softmax(self(batch), dim=-1)
+        # Softmax in float32: under bf16/16-mixed the logits are 16-bit, and 16-bit
+        # probabilities would tie (and disagree with the test scores' argmax of the logits).
+        probabilities = torch.softmax(self(batch).float(), dim=-1)
         return {
             "utterance": list(batch.utterance),
             "speaker": list(batch.speaker),

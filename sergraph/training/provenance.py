@@ -52,10 +52,18 @@ def feature_pipeline(features) -> dict:
 
 
 def run_provenance(cfg: DictConfig) -> dict:
-    """The run's resolved configuration, its identity, training precision and audio pipeline."""
+    """The run's resolved configuration, its identity, training precision and audio pipeline.
+
+    A feature pipeline that bundles cannot describe does not stop training: ``features`` is
+    then ``{"unsupported": reason}``, and export refuses with that reason.
+    """
+    try:
+        features = feature_pipeline(cfg.features)
+    except Exception as error:  # noqa: BLE001 - recorded for export, never fatal to training
+        features = {"unsupported": f"{type(error).__name__}: {error}"}
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_id": identity(cfg),
         "precision": str(cfg.trainer.precision),
-        "features": feature_pipeline(cfg.features),
+        "features": features,
     }
