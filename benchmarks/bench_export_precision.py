@@ -30,6 +30,11 @@ def main() -> None:
     parser.add_argument("--folds", default="[0,1]")
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--speakers", type=int, default=4)
+    parser.add_argument(
+        "--pipeline-changes",
+        action="store_true",
+        help="also print the differences a wrong pipeline gives: another fold's statistics, k=2",
+    )
     parser.add_argument("overrides", nargs="*", help="more config overrides, e.g. data=emodb")
     args = parser.parse_args()
     print(machine())
@@ -73,8 +78,15 @@ def main() -> None:
                 ]
             )
             model_dir = next((root / "runs").glob(f"*/{model}"))
-            _, bundle = export_bundle(model_dir, root / f"{model}.sergraph", verify=False)
+            path, bundle = export_bundle(model_dir, root / f"{model}.sergraph", verify=False)
             import torch
+
+            from sergraph.deploy.bundle import Bundle
+
+            payload = torch.load(path, weights_only=True)
+            other_k = Bundle(
+                {**bundle.meta, "graph": {**bundle.meta["graph"], "k": 2}}, payload["members"]
+            )
 
             for index, member in enumerate(bundle.members):
                 cell = model_dir / Path(member["checkpoint"]).parents[1]
@@ -95,6 +107,21 @@ def main() -> None:
                     f"{args.precision} {model} seed {member['seed']} fold {member['fold']}: "
                     f"{len(saved)} test utterances, max |p_csv - p_bundle| = {difference:.2e}"
                 )
+                if args.pipeline_changes:
+                    arrays = [inputs[str(u)] for u in saved["utterance"]]
+                    changes = {"k=2": other_k.predict_features(arrays, member=index)}
+                    if len(bundle.members) > 1:
+                        other = Bundle(bundle.meta, payload["members"])
+                        swap = (index + 1) % len(bundle.members)
+                        other.normalizers[index] = bundle.normalizers[swap]
+                        changes["another fold's statistics"] = other.predict_features(
+                            arrays, member=index
+                        )
+                    for name, changed in changes.items():
+                        print(
+                            f"    wrong pipeline ({name}): max |p_csv - p| = "
+                            f"{float(np.abs(changed - theirs).max()):.2e}"
+                        )
     print(
         f"largest {largest:.2e}; tolerance for {args.precision}: "
         f"{verify_tolerance(args.precision):g} (float32: {VERIFY_TOLERANCE:g})"
