@@ -92,6 +92,7 @@ def export_bundle(
 
     from sergraph.config import Config, identity, validate
     from sergraph.models import NON_NEURAL
+    from sergraph.training.provenance import run_provenance
     from sergraph.version import __version__
 
     run_dir = Path(run_dir)
@@ -124,7 +125,8 @@ def export_bundle(
                     f"{cell}: its checkpoint has {key}={state[key]!r} but {cells[0]} has "
                     f"{first[key]!r}; export folds of one configuration together"
                 )
-    provenance = first["provenance"]
+    # A data module made outside training may carry no provenance: the run's config.yaml then.
+    provenance = first["provenance"] or run_provenance(cfg)
     precision = provenance["precision"]
     if "unsupported" in provenance["features"]:
         raise BundleError(
@@ -330,7 +332,8 @@ def _read_checkpoint(cell: Path, record: dict) -> dict:
     if state is not None:
         recorded = [record[f"{split}_speakers"] for split in ("train", "val", "test")]
         stored = [state["fold"][f"{split}_speakers"] for split in ("train", "val", "test")]
-        if recorded != stored or state["provenance"]["config_id"] != record["config_id"]:
+        stored_id = (state.get("provenance") or {}).get("config_id", record["config_id"])
+        if recorded != stored or stored_id != record["config_id"]:
             raise BundleError(
                 f"{path} does not belong to {cell}/metrics.json (its speakers or configuration "
                 "differ); train that fold again"
