@@ -110,14 +110,19 @@ def _add_export_parser(verbs) -> None:
         "export",
         help="write a self-contained model bundle from a finished run",
         description="Write a model bundle (weights, configuration, feature settings, "
-        "normalisation statistics, class names, fold provenance) from a finished run. A model "
-        "folder runs/NAME/LABEL gives an ensemble of its fold models (recommended).",
+        "normalisation statistics, class names, fold provenance) from a finished run; needs only "
+        "the run folder. A model folder runs/NAME/LABEL gives an ensemble of its fold models "
+        "(recommended).",
     )
     export.add_argument("run_dir", help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX")
     export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
     export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
     export.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
-    export.add_argument("--data-root", help="the corpus location, if it moved since training")
+    export.add_argument(
+        "--data-root",
+        help="the training corpus, only for checkpoints of an older sergraph that do not carry "
+        "their normalisation statistics (export needs only the run folder otherwise)",
+    )
     export.add_argument(
         "--no-verify", action="store_true", help="skip re-predicting the test speakers"
     )

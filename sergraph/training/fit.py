@@ -151,7 +151,9 @@ def pin_rnn_math(deterministic: bool) -> str | None:
 
 
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
+    """The fold's data module; its checkpointed state carries what export needs."""
     from sergraph.data.datamodule import FoldDataModule
+    from sergraph.training.provenance import run_provenance
 
     return FoldDataModule(
         study.table,
@@ -168,6 +170,7 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         utterance_features=study.functionals
         if cfg.features.get("concat_functionals", False)
         else None,
+        provenance=run_provenance(cfg),
     )
 
 
@@ -189,6 +192,7 @@ def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list
         [u for o in outputs for u in o["utterance"]],
         [s for o in outputs for s in o["speaker"]],
         torch.cat([o["true"] for o in outputs]).numpy(),
+        # float32 first: under bf16-mixed the probabilities are bf16, which numpy cannot hold.
         torch.cat([o["probabilities"] for o in outputs]).float().numpy(),
         classes,
     )

@@ -145,8 +145,8 @@ class SERModule(L.LightningModule):
         self.test_result = self._log_scores(self.test_scores, self.test_loss, "test")
 
     def predict_step(self, batch, batch_idx):
-        # float32 whatever the precision: fp16/bf16 logits under autocast would give
-        # probabilities numpy cannot hold (bf16) or that round to 1e-3 (fp16)
+        # Softmax in float32: under bf16/16-mixed the logits are 16-bit, and 16-bit
+        # probabilities would tie (and disagree with the test scores' argmax of the logits).
         probabilities = torch.softmax(self(batch).float(), dim=-1)
         return {
             "utterance": list(batch.utterance),
