@@ -67,6 +67,11 @@ FORMAT_VERSION = 1
 SUFFIX = ".sergraph"
 #: openSMILE frame hop (seconds); a node is ``pool`` frames.
 FRAME_SECONDS = 0.010
+#: The ``error`` of a prediction whose probabilities are not finite.
+NON_FINITE_ERROR = (
+    "the model gave non-finite probabilities (nan or inf): no emotion; the bundle's weights "
+    "are broken (re-export it from a run whose training converged)"
+)
 #: Largest |difference| of a probability between the bundle and the run's predictions.csv.
 VERIFY_TOLERANCE = 1e-3
 
@@ -398,6 +403,9 @@ class Bundle:
                 {f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, scores, strict=True)}
             )
             row["error"] = ""
+            if not np.isfinite(scores).all():  # a broken model: no class is better than a guess
+                row["emotion"] = ""
+                row["error"] = NON_FINITE_ERROR
             predicted.setdefault(path, []).append(row)
         rows = []
         for path in chunk:
@@ -597,7 +605,9 @@ def export_bundle(
 
     run_dir = Path(run_dir)
     cells = _finished_cells(run_dir, folds, seeds)
-    records = [json.loads((cell / "metrics.json").read_text()) for cell in cells]
+    from sergraph.results.layout import read_json, read_predictions
+
+    records = [read_json(cell / "metrics.json") for cell in cells]  # verified above
     ids = sorted({record["config_id"] for record in records})
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
@@ -718,7 +728,7 @@ def export_bundle(
 
     if verify:
         for index, cell in enumerate(cells):
-            saved = pd.read_csv(cell / "predictions.csv")
+            saved = read_predictions(cell)
             rows = study.table.reset_index(drop=True)
             position = {u: i for i, u in enumerate(rows["utterance"].astype(str))}
             arrays = [study.features[position[str(u)]] for u in saved["utterance"]]
@@ -742,23 +752,26 @@ def export_bundle(
 def _finished_cells(
     run_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[Path]:
-    """Fold folders with a metrics.json under ``run_dir`` (one fold folder or a model folder)."""
+    """Fold folders with a verified metrics.json under ``run_dir`` (one fold folder or a model
+    folder), their predictions finite."""
+    from sergraph.results.layout import finished_cells, read_metrics, variant_dirs
+
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     if (run_dir / "metrics.json").is_file():
-        cells = [run_dir]
+        records = {run_dir: read_metrics(run_dir, checkpoint=True)}
     else:
-        cells = sorted(p.parent for p in run_dir.glob("seed-*/fold-*/metrics.json"))
+        records = {cell: read_metrics(cell, checkpoint=True) for cell, _ in finished_cells(run_dir)}
+    cells = list(records)
     if not cells:
-        models = sorted(p.parents[2].name for p in run_dir.glob("*/seed-*/fold-*/metrics.json"))
+        models = [p.relative_to(run_dir).as_posix() for p in variant_dirs(run_dir) if p != run_dir]
         if models:
-            choices = [str(run_dir / name) for name in dict.fromkeys(models)]
+            choices = [str(run_dir / name) for name in models]
             raise BundleError(f"{run_dir} holds several models; export one of them: {choices}")
         raise FileNotFoundError(
             f"no finished folds under {run_dir}: expected RUN_DIR/seed-S/fold-XX/metrics.json "
             "(a model folder runs/NAME/LABEL) or RUN_DIR/metrics.json (one fold folder)"
         )
-    records = {cell: json.loads((cell / "metrics.json").read_text()) for cell in cells}
     if folds is not None:
         cells = [c for c in cells if records[c]["fold"] in set(folds)]
     if seeds is not None:
@@ -769,7 +782,25 @@ def _finished_cells(
             f"no finished fold of {run_dir} matches folds={folds} seeds={seeds}; "
             f"finished (seed, fold): {found}"
         )
+    for cell in cells:
+        _check_finite_predictions(cell, records[cell]["classes"])
     return cells
+
+
+def _check_finite_predictions(cell: Path, classes: Sequence[str]) -> None:
+    """A fold whose test probabilities are not all finite came from a diverged model."""
+    from sergraph.results.layout import read_predictions
+
+    saved = read_predictions(cell)
+    columns = [f"p_{name}" for name in classes]
+    values = saved.reindex(columns=columns).apply(pd.to_numeric, errors="coerce").to_numpy()
+    bad = int((~np.isfinite(values)).any(axis=1).sum())
+    if bad:
+        raise BundleError(
+            f"{cell / 'predictions.csv'}: {bad} of {len(saved)} test predictions have no finite "
+            "probabilities (nan, inf or empty): this fold's model diverged and cannot be "
+            "exported. Train it again with a lower optim.lr, or leave it out (--fold, --seed)."
+        )
 
 
 def _checkpoint_weights(path: Path) -> dict[str, torch.Tensor]:
