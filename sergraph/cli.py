@@ -198,7 +198,9 @@ def _add_predict_parser(verbs) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return _run(args)
+        code = _run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
     except BrokenPipeError:
         # The reader went away (`sergraph predict ... | head`): stop quietly, as Unix tools do.
         # Python would report the pipe again when flushing stdout at exit; point it at null.

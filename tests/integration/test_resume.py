@@ -117,7 +117,7 @@ def test_leftover_of_another_configuration_is_not_resumed(tmp_path):
 
     cfg = compose(ARGS[1:])
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    torch.save({"state_dict": {}, "epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(cfg, tmp_path) is None  # no config.yaml: unknown origin
     (tmp_path / "config.yaml").write_text(to_yaml(compose([*ARGS[1:], "optim.lr=1e-2"])))
     assert resume_checkpoint(cfg, tmp_path) is None
