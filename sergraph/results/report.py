@@ -33,6 +33,7 @@ import pandas as pd
 
 from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
 from sergraph.results.layout import (
+    ResultFileError,
     cell_dirs,
     finished_cells,
     unfinished_cells,
@@ -161,7 +162,14 @@ def _load_config(path: Path) -> dict | None:
         return None
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResultFileError(path, f"not a readable YAML configuration ({reason})") from None
+    if not isinstance(config, dict):
+        raise ResultFileError(path, "not a YAML mapping of configuration keys")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------

@@ -3,9 +3,10 @@
 Before a process runs a cell it creates ``seed-S/.fold-XX.lock`` beside the cell folder (so the
 cleaning of an interrupted attempt's folder leaves it alone) with ``O_EXCL``, holding its host
 name and PID; the lock is removed when the cell ends, however it ends. A lock whose process is
-gone (same host, PID no longer running) is stale and is taken over with a note. A lock of
-another host cannot be checked and is respected; its message names the file to delete if that
-run is known to be dead.
+gone (same host, PID no longer running) or of an earlier attempt of the same SLURM job (a
+requeued job keeps its id and counts its restarts) is stale and is taken over with a note. A
+lock of another host cannot be checked and is respected; its message names the file to delete
+if that run is known to be dead.
 """
 
 from __future__ import annotations
@@ -61,8 +62,21 @@ def read_owner(path: Path) -> dict | None:
     return owner if isinstance(owner, dict) else {}
 
 
+def _slurm_attempt() -> dict:
+    """This SLURM job's id and restart count (a requeued job keeps its id), or nothing."""
+    job = os.environ.get("SLURM_JOB_ID")
+    if job is None:
+        return {}
+    return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
+
+
 def is_stale(owner: dict) -> bool:
-    """The owner is a process of this host that no longer runs."""
+    """The owner is a process of this host that no longer runs, or an earlier attempt of this
+    SLURM job (requeued after preemption or a time limit, possibly on another node)."""
+    mine = _slurm_attempt()
+    if mine and owner.get("slurm_job") == mine["slurm_job"]:
+        if int(owner.get("slurm_restart", 0)) < mine["slurm_restart"]:
+            return True
     if owner.get("host") != socket.gethostname():
         return False
     pid = owner.get("pid")
@@ -74,6 +88,7 @@ def acquire(directory: Path) -> Path:
     path = lock_path(directory)
     ensure_folder(path.parent)
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.strftime("%F %T")}
+    me |= _slurm_attempt()
     # Written in full under a private name, then linked to the lock's name: the link fails when
     # the lock exists (as O_EXCL would), and a reader never sees a half-written lock.
     mine = path.with_name(f"{path.name}.{socket.gethostname()}-{os.getpid()}.tmp")

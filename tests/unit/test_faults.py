@@ -400,3 +400,25 @@ def test_non_finite_probabilities_give_no_class(tmp_path):
     write_cell(directory, frame, read_metrics(directory))
     with pytest.raises(BundleError, match="3 of 4 test predictions have no finite"):
         export_bundle(tmp_path / "x")
+
+
+def test_lock_of_an_earlier_attempt_of_a_requeued_slurm_job_is_taken_over(tmp_path, monkeypatch):
+    directory = tmp_path / "seed-0" / "fold-00"
+    path = lock.lock_path(directory)
+    path.parent.mkdir(parents=True)
+    earlier = {"host": "node-a", "pid": 1, "slurm_job": "77", "slurm_restart": 0}
+    path.write_text(json.dumps(earlier))
+    monkeypatch.setenv("SLURM_JOB_ID", "77")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(lock.CellLocked):  # the same attempt on another node: a live claim
+        lock.acquire(directory)
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # requeued
+    assert lock.acquire(directory) == path
+    assert json.loads(path.read_text())["slurm_restart"] == 1
+
+
+def test_damaged_config_yaml_of_a_cell_is_named_by_the_report(study):
+    path = study / "x" / "seed-0" / "fold-00" / "config.yaml"
+    path.write_text("graph: [k: 4\n  : :")
+    with pytest.raises(ResultFileError, match="config.yaml: not a readable YAML"):
+        write_report(study)
