@@ -103,13 +103,11 @@ def fit_neural(
         limit_val_batches=1.0 if has_val else 0,
     )
     resume = resume_checkpoint(cfg, directory)
-    earlier_log = None
     if resume is not None and is_global_zero():
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
-        earlier_log = set_aside_csv_log(directory / "logs" / "metrics.csv")
+        # merged back by restore_csv_log once the cell's loggers are closed
+        set_aside_csv_log(directory / "logs" / "metrics.csv")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
-    if earlier_log is not None:
-        merge_csv_logs(earlier_log, directory / "logs" / "metrics.csv")
     best = checkpoint.best_model_path
     predictions, tested = test_and_predict(trainer, module, datamodule, best, study.classes)
     # Independent route: scores from the predictions file must equal the torchmetrics ones.
@@ -334,7 +332,8 @@ def set_aside_csv_log(csv_log: Path) -> Path | None:
 
     Lightning's CSV logger starts a new file; the earlier rows are kept in
     ``metrics.before-resume.csv`` (merged with any left by an attempt interrupted again) and
-    put back in front of the new rows by :func:`merge_csv_logs` when the fit ends.
+    put back in front of the new rows by :func:`restore_csv_log` when the cell ends (after its
+    loggers are closed: Lightning's CSV writer rewrites the file with the columns it knows).
     """
     aside = csv_log.with_name("metrics.before-resume.csv")
     if csv_log.is_file():
@@ -342,6 +341,14 @@ def set_aside_csv_log(csv_log: Path) -> Path | None:
             merge_csv_logs(aside, csv_log)
         os.replace(csv_log, aside)
     return aside if aside.is_file() else None
+
+
+def restore_csv_log(directory: Path) -> None:
+    """After a resumed cell's loggers are closed: one ``logs/metrics.csv`` with every epoch."""
+    csv_log = directory / "logs" / "metrics.csv"
+    earlier = csv_log.with_name("metrics.before-resume.csv")
+    if earlier.is_file():
+        merge_csv_logs(earlier, csv_log)
 
 
 def merge_csv_logs(earlier: Path, csv_log: Path) -> None:

@@ -43,7 +43,12 @@ from sergraph.results.layout import (
 from sergraph.results.summary import summarize
 from sergraph.training.classic import fit_svm
 from sergraph.training.distributed import is_global_zero
-from sergraph.training.fit import fit_neural, remove_resume_files, resume_checkpoint
+from sergraph.training.fit import (
+    fit_neural,
+    remove_resume_files,
+    restore_csv_log,
+    resume_checkpoint,
+)
 from sergraph.training.lock import CellLocked, cell_lock
 
 SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."
@@ -228,6 +233,7 @@ def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, direct
         result, predictions = fit_cell(cfg, study, fold, seed, directory, loggers)
         log_test_result(loggers, result)
     if is_global_zero():
+        restore_csv_log(directory)  # a resumed cell: the earlier epochs' rows back in front
         # predictions.csv, then metrics.json (last) with the hashes of it and of the checkpoint
         result = write_cell(directory, predictions, result, result.get("checkpoint"))
         remove_resume_files(directory)

@@ -106,3 +106,11 @@ def test_two_processes_share_the_cells_of_one_study(env, tmp_path):
         ours = pd.read_csv(root / "seed-0" / fold / "predictions.csv")
         theirs = pd.read_csv(tmp_path / "one" / CELL / fold / "predictions.csv")
         pd.testing.assert_frame_equal(ours, theirs)
+
+
+def test_unwritable_runs_folder_is_named(env, tmp_path):
+    """/sys: a folder no process can write to on Linux, root included."""
+    args = ["train", *SMALL, "folds.only=[0]", "run.out_dir=/sys/sergraph-test"]
+    result = sergraph(args, env, tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "folder /sys is not writable" in result.stderr.strip().splitlines()[-1]
