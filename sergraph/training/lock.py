@@ -5,8 +5,10 @@ cleaning of an interrupted attempt's folder leaves it alone) with ``O_EXCL``, ho
 name and PID; the lock is removed when the cell ends, however it ends. A lock whose process is
 gone (same host, PID no longer running) or of an earlier attempt of the same SLURM job (a
 requeued job keeps its id and counts its restarts) is stale and is taken over with a note. A
-lock of another host cannot be checked and is respected; its message names the file to delete
-if that run is known to be dead.
+lock of another host cannot be checked for its PID; instead its owner touches it every
+:data:`HEARTBEAT_SECONDS`, and one not touched for :data:`STALE_AFTER_SECONDS` (a job killed at
+its time limit on another node, then resubmitted) is stale as well. The message of a live lock
+names the file to delete if that run is known to be dead.
 """
 
 from __future__ import annotations
@@ -15,12 +17,19 @@ import contextlib
 import json
 import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from sergraph.console import log
 from sergraph.io import ensure_folder
+
+#: How often the owner of a lock touches it.
+HEARTBEAT_SECONDS = 60.0
+#: A lock of another host not touched for this long is stale (generous: clocks of cluster nodes
+#: and file servers differ, and a stalled file system delays the heartbeat).
+STALE_AFTER_SECONDS = 15 * 60.0
 
 
 class CellLocked(RuntimeError):
@@ -70,15 +79,23 @@ def _slurm_attempt() -> dict:
     return {"slurm_job": job, "slurm_restart": int(os.environ.get("SLURM_RESTART_COUNT", "0"))}
 
 
-def is_stale(owner: dict) -> bool:
-    """The owner is a process of this host that no longer runs, or an earlier attempt of this
-    SLURM job (requeued after preemption or a time limit, possibly on another node)."""
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return 0.0
+
+
+def is_stale(owner: dict, age: float = 0.0) -> bool:
+    """The owner is a process of this host that no longer runs, an earlier attempt of this
+    SLURM job (requeued after preemption or a time limit, possibly on another node), or a
+    process of another host whose lock (``age`` seconds since last touched) has no heartbeat."""
     mine = _slurm_attempt()
     if mine and owner.get("slurm_job") == mine["slurm_job"]:
         if int(owner.get("slurm_restart", 0)) < mine["slurm_restart"]:
             return True
     if owner.get("host") != socket.gethostname():
-        return False
+        return age > STALE_AFTER_SECONDS
     pid = owner.get("pid")
     return not (isinstance(pid, int) and _alive(pid))
 
@@ -101,7 +118,7 @@ def acquire(directory: Path) -> Path:
                 owner = read_owner(path)
                 if owner is None:
                     continue  # released meanwhile: try again
-                if owner and not is_stale(owner):
+                if owner and not is_stale(owner, _age(path)):
                     raise CellLocked(path, owner) from None
                 _break(path, owner)
                 continue
@@ -141,7 +158,18 @@ def release(path: Path) -> None:
 def cell_lock(directory: Path) -> Iterator[Path]:
     """Hold the cell's lock for the ``with`` block (released however it ends)."""
     path = acquire(directory)
+    stop = threading.Event()
+
+    def heartbeat() -> None:
+        while not stop.wait(HEARTBEAT_SECONDS):
+            with contextlib.suppress(OSError):
+                os.utime(path)
+
+    beating = threading.Thread(target=heartbeat, name=f"lock {path.name}", daemon=True)
+    beating.start()
     try:
         yield path
     finally:
+        stop.set()
+        beating.join()
         release(path)

@@ -14,6 +14,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pandas as pd
@@ -422,3 +423,24 @@ def test_damaged_config_yaml_of_a_cell_is_named_by_the_report(study):
     path.write_text("graph: [k: 4\n  : :")
     with pytest.raises(ResultFileError, match="config.yaml: not a readable YAML"):
         write_report(study)
+
+
+def test_lock_of_another_host_without_heartbeat_is_stale_and_a_held_lock_beats(
+    tmp_path, monkeypatch
+):
+    directory = tmp_path / "seed-0" / "fold-00"
+    path = lock.lock_path(directory)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({"host": "node-elsewhere", "pid": 1}))
+    old = path.stat().st_mtime - lock.STALE_AFTER_SECONDS - 60
+    os.utime(path, (old, old))  # killed at a time limit long ago: no heartbeat since
+    monkeypatch.setattr(lock, "HEARTBEAT_SECONDS", 0.01)
+    with lock.cell_lock(directory):
+        assert json.loads(path.read_text())["pid"] == os.getpid()
+        os.utime(path, (old, old))
+        for _ in range(1000):  # the heartbeat touches it again
+            if path.stat().st_mtime > old:
+                break
+            threading.Event().wait(0.01)
+        assert path.stat().st_mtime > old
+    assert not path.exists()
