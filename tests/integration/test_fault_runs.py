@@ -40,6 +40,13 @@ def test_diverging_model_stops_its_cell_naming_the_learning_rate(env, tmp_path):
     assert not (cell / "metrics.json").exists() and not (cell / "predictions.csv").exists()
     assert not (tmp_path / "hugelr" / "lstm_gin" / "summary.json").exists()
 
+    # Without validation speakers (said explicitly) the training loss is the one caught.
+    no_val = [*args, "folds.val_speakers=0", "trainer.early_stopping=false", "run.name=noval"]
+    result = sergraph([*no_val, f"run.out_dir={tmp_path}"], env, tmp_path)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "the training loss is nan at epoch 0" in result.stderr
+    assert not list((tmp_path / "noval").rglob("metrics.json"))
+
 
 def test_damaged_results_and_corrupt_resume_checkpoint(env, tmp_path):
     args = ["train", *SMALL, "folds.only=[0]", f"run.out_dir={tmp_path}"]
