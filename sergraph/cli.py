@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -48,8 +49,18 @@ def _parser() -> argparse.ArgumentParser:
         "always in the study's sergraph.log. Accepted anywhere on the command line.",
     )
     verbs = parser.add_subparsers(dest="verb", required=True)
+    train = verbs.add_parser(
+        "train",
+        help="cross-validated training and testing",
+        description="Cross-validated training and testing: every (variant, seed, fold) cell of "
+        "the study is trained with early stopping on its validation speakers and tested once "
+        "on its held-out speakers. Results go to run.out_dir/run.name/LABEL/seed-S/fold-XX/; "
+        "a rerun skips finished cells and resumes interrupted ones.",
+        epilog=_train_epilog(),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    train.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     for verb, text in (
-        ("train", "cross-validated training and testing"),
         ("features", "extract and cache openSMILE features"),
         ("folds", "print the speaker-held-out fold table"),
         ("cells", "list the (variant, seed, fold) cells of a study with their indices"),
@@ -83,6 +94,43 @@ def _parser() -> argparse.ArgumentParser:
     _add_predict_parser(verbs)
     _add_slurm_parser(verbs)
     return parser
+
+
+#: The keys most often changed on the command line, with what they do.
+COMMON_KEYS = (
+    ("data.root=PATH", "where the corpus (or, for data=manifest, its CSV) is"),
+    ("run.name=NAME", "the study folder under run.out_dir (default runs/)"),
+    ("run.seeds=[0,1,2]", "seeds; each is a full cross-validation"),
+    ("run.parallel=N", "cells run at once in separate processes"),
+    ("folds.only=[0,1]", "a subset of the folds"),
+    ("folds.val_speakers=N", "validation speakers drawn from each fold's training side"),
+    ("optim.lr=1e-4", "learning rate (a diverging loss stops the cell and names it)"),
+    ("optim.batch_size=32", "graphs per batch"),
+    ("trainer.max_epochs=200", "most epochs; trainer.patience=20 stops earlier"),
+    ("trainer.accelerator=gpu", "auto, cpu, gpu; trainer.devices=N for several"),
+    ("graph.k=4", "temporal neighbours per node"),
+    ("features.on_error=skip", "leave out unreadable audio files (listed)"),
+    ("logger.kind=wandb", "csv (default), wandb or none"),
+)
+
+
+def _train_epilog() -> str:
+    groups = "\n".join(
+        f"  {group}={{{','.join(group_choices(group))}}}"
+        for group in ("data", "model", "trainer", "experiment")
+    )
+    width = max(len(key) for key, _ in COMMON_KEYS)
+    keys = "\n".join(f"  {key.ljust(width)}  {text}" for key, text in COMMON_KEYS)
+    return (
+        f"config groups:\n{groups}\n\nmost used keys (all: sergraph config):\n{keys}\n\n"
+        "examples:\n"
+        "  sergraph train                                   # LSTM-GIN on the synthetic corpus\n"
+        "  sergraph train data=emodb data.root=PATH/emodb   # leave-one-speaker-out on EmoDB\n"
+        "  sergraph train model=svm data=emodb data.root=PATH/emodb\n"
+        "  sergraph train experiment=quickstart run.name=first\n"
+        "  sergraph train optim.lr=3e-4 run.seeds=[0,1,2] run.parallel=3\n"
+        "  sergraph config data=emodb                       # every key with its value"
+    )
 
 
 def _add_slurm_parser(verbs) -> None:
@@ -168,6 +216,19 @@ def main(argv: list[str] | None = None) -> int:
     configure_console(verbose)
     args = _parser().parse_args(argv)
     try:
+        code = _run(args)
+        sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
+        return code
+    except BrokenPipeError:
+        # The reader went away (`sergraph predict ... | head`): stop quietly, as Unix tools do.
+        # Python would report the pipe again when flushing stdout at exit; point it at null.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, what a shell reports for a tool ended by a closed pipe
+
+
+def _run(args) -> int:
+    try:
         if args.verb == "report":
             return _report([Path(d) for d in args.run_dir], args.reference, args.out)
         if args.verb == "select":
@@ -191,8 +252,18 @@ def main(argv: list[str] | None = None) -> int:
             _features(cfg)
         elif args.verb == "folds":
             _folds(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, RuntimeError) as error:
+    except BrokenPipeError:
+        raise
+    except (ConfigError, ValueError, FileNotFoundError, RuntimeError, PermissionError) as error:
         print(f"sergraph {args.verb}: error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a disk that is full, a folder that vanished: name the file
+        where = (
+            f"{error.filename}: "
+            if error.filename and str(error.filename) not in str(error)
+            else ""
+        )
+        print(f"sergraph {args.verb}: error: {where}{error}", file=sys.stderr)
         return 2
     return 0
 

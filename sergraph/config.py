@@ -114,6 +114,9 @@ class TrainerConfig:
     max_epochs: int = 200
     min_epochs: int = 1
     patience: int = 20
+    # false: no early stopping; the last epoch's model is tested (needed with
+    # folds.val_speakers=0, where there is no validation to stop on or to choose the best epoch)
+    early_stopping: bool = True
     accelerator: str = "auto"
     # Processes per node and nodes. Inside a SLURM job step (srun) both are taken from SLURM
     # (--ntasks-per-node, --nodes) instead, see sergraph.training.distributed.trainer_topology.
@@ -353,6 +356,16 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(error)) from None
     choice("folds.scheme", cfg.folds.scheme, SCHEMES)
     positive("folds.val_speakers", cfg.folds.val_speakers, strict=False)
+    if (
+        cfg.folds.val_speakers == 0
+        and cfg.trainer.early_stopping
+        and cfg.model.name not in NON_NEURAL
+    ):
+        raise ConfigError(
+            "folds.val_speakers=0 leaves no validation speakers: nothing to stop early on or to "
+            "choose the best epoch with, so the model of the last epoch would be tested. Keep "
+            "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
+        )
     positive("optim.lr", cfg.optim.lr)
     positive("optim.weight_decay", cfg.optim.weight_decay, strict=False)
     positive("optim.batch_size", cfg.optim.batch_size)
@@ -533,6 +546,7 @@ LATER_KEYS = (
     ("augment", "noise", 0.0),
     ("augment", "time_mask", 0),
     ("augment", "feature_mask", 0),
+    ("trainer", "early_stopping", True),
 )
 
 

@@ -1,13 +1,51 @@
-"""Atomic file writes: a reader (or a re-run after a kill) never sees a half-written file."""
+"""Atomic file writes: a reader (or a re-run after a kill) never sees a half-written file.
+
+A folder that cannot be written to raises :class:`NotWritableError`, which names the folder.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import tempfile
 from pathlib import Path
 
 import pandas as pd
+
+#: errno values that mean "this folder cannot be written to".
+NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+class NotWritableError(PermissionError):
+    """A folder that cannot be created or written to; the message names it."""
+
+    def __init__(self, target: Path, error: OSError):
+        folder = Path(target)
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent  # the folder that refused: the nearest existing one
+        reason = "read-only file system" if error.errno == errno.EROFS else "permission denied"
+        super().__init__(
+            error.errno,
+            f"cannot write {target}: folder {folder} is not writable ({reason}); fix its "
+            "permissions or write elsewhere (run.out_dir=..., --out, -o, $SERGRAPH_CACHE)",
+        )
+        self.filename = str(folder)
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def ensure_folder(path: str | Path) -> Path:
+    """Create ``path`` (and its parents) if needed; :class:`NotWritableError` if it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in NOT_WRITABLE:
+            raise NotWritableError(path, error) from None
+        raise
+    return path
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -16,8 +54,13 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     The one atomic writer of the project: a killed process leaves the old file or the new one,
     never a partial one."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    ensure_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        if error.errno in NOT_WRITABLE:
+            raise NotWritableError(path, error) from None
+        raise
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would (umask honoured),
         # so that a lab sharing a results folder can read it.

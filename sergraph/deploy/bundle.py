@@ -56,13 +56,21 @@ from pathlib import Path
 
 import torch
 
-from sergraph.deploy.ensemble import FORMAT, FORMAT_VERSION, SUFFIX, Bundle, window_starts
+from sergraph.deploy.ensemble import (
+    FORMAT,
+    FORMAT_VERSION,
+    NON_FINITE_ERROR,
+    SUFFIX,
+    Bundle,
+    window_starts,
+)
 from sergraph.deploy.export import VERIFY_TOLERANCE, export_bundle, verify_tolerance
 from sergraph.deploy.pipeline import BundleError, BundleMismatchError, check_pipeline
 
 __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
+    "NON_FINITE_ERROR",
     "SUFFIX",
     "VERIFY_TOLERANCE",
     "Bundle",

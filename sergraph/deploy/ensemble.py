@@ -40,6 +40,13 @@ SUFFIX = ".sergraph"
 FRAME_SECONDS = 0.010
 
 
+#: The ``error`` of a prediction whose probabilities are not finite.
+NON_FINITE_ERROR = (
+    "the model gave non-finite probabilities (nan or inf): no emotion; the bundle's weights "
+    "are broken (re-export it from a run whose training converged)"
+)
+
+
 class Bundle:
     """A loaded bundle: one or more fold models with their normalisation statistics.
 
@@ -362,6 +369,9 @@ class Bundle:
                 {f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, scores, strict=True)}
             )
             row["error"] = ""
+            if not np.isfinite(scores).all():  # a broken model: no class is better than a guess
+                row["emotion"] = ""
+                row["error"] = NON_FINITE_ERROR
             predicted.setdefault(path, []).append(row)
         rows = []
         for path in chunk:

@@ -19,7 +19,6 @@ above float32's tolerance but within the precision's is reported with ``cause: "
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
@@ -31,6 +30,13 @@ import torch
 
 from sergraph.deploy.ensemble import SUFFIX, Bundle
 from sergraph.deploy.pipeline import BundleError
+from sergraph.results.layout import (
+    finished_cells,
+    read_json,
+    read_metrics,
+    read_predictions,
+    variant_dirs,
+)
 
 #: Largest |difference| of a probability between the bundle and the predictions.csv of a run
 #: trained in float32 (``32-true``, ``64-true``).
@@ -97,7 +103,7 @@ def export_bundle(
 
     run_dir = Path(run_dir)
     cells = _finished_cells(run_dir, folds, seeds)
-    records = [json.loads((cell / "metrics.json").read_text()) for cell in cells]
+    records = [read_json(cell / "metrics.json") for cell in cells]  # verified above
     ids = sorted({record["config_id"] for record in records})
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
@@ -200,7 +206,7 @@ def verify_bundle(
     classes = bundle.classes
     total, largest = 0, 0.0
     for index, (cell, state) in enumerate(zip(cells, states, strict=True)):
-        saved = pd.read_csv(cell / "predictions.csv")
+        saved = read_predictions(cell)
         inputs = stored_test_inputs(state)
         missing = [u for u in saved["utterance"].astype(str) if u not in inputs]
         if missing:
@@ -275,23 +281,24 @@ def _check_exportable(cfg, non_neural) -> None:
 def _finished_cells(
     run_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
 ) -> list[Path]:
-    """Fold folders with a metrics.json under ``run_dir`` (one fold folder or a model folder)."""
+    """Fold folders with a verified metrics.json under ``run_dir`` (one fold folder or a model
+    folder), their predictions finite."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     if (run_dir / "metrics.json").is_file():
-        cells = [run_dir]
+        records = {run_dir: read_metrics(run_dir, checkpoint=True)}
     else:
-        cells = sorted(p.parent for p in run_dir.glob("seed-*/fold-*/metrics.json"))
+        records = {cell: read_metrics(cell, checkpoint=True) for cell, _ in finished_cells(run_dir)}
+    cells = list(records)
     if not cells:
-        models = sorted(p.parents[2].name for p in run_dir.glob("*/seed-*/fold-*/metrics.json"))
+        models = [p.relative_to(run_dir).as_posix() for p in variant_dirs(run_dir) if p != run_dir]
         if models:
-            choices = [str(run_dir / name) for name in dict.fromkeys(models)]
+            choices = [str(run_dir / name) for name in models]
             raise BundleError(f"{run_dir} holds several models; export one of them: {choices}")
         raise FileNotFoundError(
             f"no finished folds under {run_dir}: expected RUN_DIR/seed-S/fold-XX/metrics.json "
             "(a model folder runs/NAME/LABEL) or RUN_DIR/metrics.json (one fold folder)"
         )
-    records = {cell: json.loads((cell / "metrics.json").read_text()) for cell in cells}
     if folds is not None:
         cells = [c for c in cells if records[c]["fold"] in set(folds)]
     if seeds is not None:
@@ -302,7 +309,23 @@ def _finished_cells(
             f"no finished fold of {run_dir} matches folds={folds} seeds={seeds}; "
             f"finished (seed, fold): {found}"
         )
+    for cell in cells:
+        _check_finite_predictions(cell, records[cell]["classes"])
     return cells
+
+
+def _check_finite_predictions(cell: Path, classes: Sequence[str]) -> None:
+    """A fold whose test probabilities are not all finite came from a diverged model."""
+    saved = read_predictions(cell)
+    columns = [f"p_{name}" for name in classes]
+    values = saved.reindex(columns=columns).apply(pd.to_numeric, errors="coerce").to_numpy()
+    bad = int((~np.isfinite(values)).any(axis=1).sum())
+    if bad:
+        raise BundleError(
+            f"{cell / 'predictions.csv'}: {bad} of {len(saved)} test predictions have no finite "
+            "probabilities (nan, inf or empty): this fold's model diverged and cannot be "
+            "exported. Train it again with a lower optim.lr, or leave it out (--fold, --seed)."
+        )
 
 
 def _read_checkpoint(cell: Path, record: dict) -> dict:

@@ -70,8 +70,9 @@ def expand_inputs(items: Sequence[str | os.PathLike]) -> list[str]:
 
 
 def _manifest_paths(csv_path: Path) -> tuple[list[str], list[str]]:
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    frame.columns = [str(column).strip() for column in frame.columns]
+    from sergraph.data.corpora.manifest import read_manifest_csv
+
+    frame = read_manifest_csv(csv_path)
     if "path" not in frame.columns:
         raise ValueError(
             f"manifest {csv_path} has no 'path' column (it has {list(frame.columns)}); a "
@@ -170,7 +171,10 @@ def run_predict(args) -> int:
         cache_dir=args.cache_dir,
         progress=not args.quiet,
     )
-    failed = frame[frame["error"] != ""]
+    from sergraph.deploy.bundle import NON_FINITE_ERROR
+
+    broken = frame[frame["error"] == NON_FINITE_ERROR]
+    failed = frame[(frame["error"] != "") & (frame["error"] != NON_FINITE_ERROR)]
     if len(failed):
         listed = "\n".join(f"  {row.path}: {row.error}" for row in failed.itertuples())
         print(
@@ -180,7 +184,7 @@ def run_predict(args) -> int:
     max_nodes = bundle.meta["graph"]["max_nodes"]
     if args.window is None and max_nodes is not None:
         cut = frame[(frame["error"] == "") & (frame["end"] < frame["duration"] - 0.5)]
-        if len(cut):
+        if len(cut) and not args.quiet:
             seconds = max_nodes * bundle.node_seconds
             print(
                 f"{len(cut)} file(s) are longer than the {seconds:g} s the model sees; only "
@@ -194,4 +198,11 @@ def run_predict(args) -> int:
         written = write_predictions(frame, args.output)
         if not args.quiet:
             print(f"written: {written}", file=sys.stderr)
+    if len(broken):
+        print(
+            f"sergraph predict: error: {len(broken)} prediction(s) of {args.bundle} are not "
+            f"finite, so no emotion was given for them (see the error column): {NON_FINITE_ERROR}",
+            file=sys.stderr,
+        )
+        return 2
     return 0

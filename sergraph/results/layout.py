@@ -6,14 +6,23 @@ Layout of a run (``run.out_dir/run.name/label/``)::
     seed-0/fold-00/predictions.csv    utterance, speaker, true, predicted, p_<class> ...
     seed-0/fold-00/metrics.json       written last: its presence marks the fold finished
     seed-0/fold-00/checkpoints/best.ckpt
+    seed-0/fold-00/.lock              while a process runs the cell (host, PID)
     summary.json, summary.md          per-fold, mean +- std over folds and pooled WA/UA
 
 and beside the label folders of a study: ``sergraph.log`` (the study's log file) and
 ``failed_files.csv`` (files left out under ``features.on_error=skip``).
+
+``metrics.json`` records the SHA-256, size and row count of ``predictions.csv`` and of the
+checkpoint it was tested from (``files``). :func:`read_metrics` checks them each time a cell is
+read, so that a damaged or edited result file stops ``train``, ``report``, ``select``,
+``ensemble`` and ``export`` with a message naming the file, instead of silently changing a
+pooled result. A cell folder without ``metrics.json`` is unfinished.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 from pathlib import Path
 
@@ -22,6 +31,23 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from sergraph.config import identity
+from sergraph.io import atomic_write_bytes, atomic_write_json
+
+METRICS = "metrics.json"
+PREDICTIONS = "predictions.csv"
+CELL_GLOB = "seed-*/fold-*"
+
+
+class ResultFileError(RuntimeError):
+    """A result file that is unreadable or no longer matches what its metrics.json recorded."""
+
+    def __init__(self, path: Path, problem: str):
+        self.path = Path(path)
+        cell = self.path.parent if self.path.name != "best.ckpt" else self.path.parents[1]
+        super().__init__(
+            f"{self.path}: {problem}. The cell's result files are damaged; delete the cell "
+            f"folder {cell} to compute it again (sergraph train), or restore it from a backup"
+        )
 
 
 def study_dir(cfg: DictConfig) -> Path:
@@ -46,18 +72,168 @@ def fold_dir(cfg: DictConfig, seed: int, fold) -> Path:
     return run_root(cfg) / f"seed-{seed}" / fold.name
 
 
+# ---------------------------------------------------------------------------------------------
+# cells
+
+
+def cell_dirs(root: str | Path) -> list[Path]:
+    """Every cell folder (``seed-*/fold-*``) of a variant folder, finished or not, sorted."""
+    return sorted(path for path in Path(root).glob(CELL_GLOB) if path.is_dir())
+
+
+def is_cell(directory: str | Path) -> bool:
+    directory = Path(directory)
+    return directory.parent.name.startswith("seed-") and directory.name.startswith("fold-")
+
+
+def variant_dirs(run_dir: str | Path) -> list[Path]:
+    """Folders under ``run_dir`` (itself included) that hold cell folders, sorted."""
+    run_dir = Path(run_dir)
+    return sorted({cell.parents[1] for cell in run_dir.rglob("fold-*") if is_cell(cell)})
+
+
+def finished_cells(root: str | Path) -> list[tuple[Path, dict]]:
+    """(cell folder, verified metrics) of every finished cell of a variant folder."""
+    return [(cell, read_metrics(cell)) for cell in cell_dirs(root) if (cell / METRICS).is_file()]
+
+
+def unfinished_cells(root: str | Path) -> list[Path]:
+    """Cell folders of a variant folder that have no metrics.json (yet)."""
+    return [cell for cell in cell_dirs(root) if not (cell / METRICS).is_file()]
+
+
 def finished(cfg: DictConfig, directory: Path) -> bool:
-    """True if the fold has results for this configuration; raises if they are for another."""
-    metrics = directory / "metrics.json"
-    if not metrics.is_file():
+    """True if the fold has verified results for this configuration.
+
+    Raises:
+        RuntimeError: the results are of another configuration.
+        ResultFileError: a result file is unreadable or differs from what metrics.json recorded.
+    """
+    if not (directory / METRICS).is_file():
         return False
-    saved = json.loads(metrics.read_text()).get("config_id")
+    saved = read_metrics(directory).get("config_id")
     if saved != identity(cfg):
         raise RuntimeError(
             f"{directory} holds results of a different configuration (id {saved}, now "
             f"{identity(cfg)}); choose another run.name or remove that folder"
         )
     return True
+
+
+# ---------------------------------------------------------------------------------------------
+# reading and verifying
+
+
+def read_json(path: str | Path) -> dict:
+    """A JSON result file; a decode error names the file."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as error:
+        raise ResultFileError(path, f"not UTF-8 text ({error.reason})") from None
+    except json.JSONDecodeError as error:
+        raise ResultFileError(path, f"not valid JSON ({error})") from None
+    if not isinstance(value, dict):
+        raise ResultFileError(path, f"expected a JSON object, found {type(value).__name__}")
+    return value
+
+
+def read_metrics(directory: str | Path, checkpoint: bool = False) -> dict:
+    """A finished cell's metrics.json, its predictions.csv (and checkpoint) verified.
+
+    The predictions file must have ``n_test`` rows and, when metrics.json recorded them
+    (results written since this check exists), the recorded SHA-256 and size. With
+    ``checkpoint`` the recorded checkpoint is hashed too (it can be large: export does it).
+    """
+    directory = Path(directory)
+    metrics = read_json(directory / METRICS)
+    missing = [key for key in ("seed", "fold", "classes", "n_test") if key not in metrics]
+    if missing:
+        raise ResultFileError(directory / METRICS, f"has no {missing}")
+    recorded = metrics.get("files", {})
+    if PREDICTIONS in recorded:
+        verify_file(directory / PREDICTIONS, recorded[PREDICTIONS])
+    else:  # written before the files record: its row count is all there is to check
+        rows = predictions_rows(directory / PREDICTIONS)
+        if rows != metrics["n_test"]:
+            raise ResultFileError(
+                directory / PREDICTIONS,
+                f"has {rows} rows, metrics.json recorded {metrics['n_test']}",
+            )
+    if checkpoint:
+        for name, record in recorded.items():
+            if name != PREDICTIONS:
+                verify_file(directory / name, record)
+    return metrics
+
+
+def read_predictions(directory: str | Path) -> pd.DataFrame:
+    """A cell's predictions.csv; a parse error names the file."""
+    path = Path(directory) / PREDICTIONS
+    try:
+        return pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ResultFileError(path, f"not a readable CSV file ({error})") from None
+
+
+def predictions_rows(path: Path) -> int:
+    if not path.is_file():
+        raise ResultFileError(path, "is missing")
+    try:
+        return len(pd.read_csv(path))
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as error:
+        raise ResultFileError(path, f"not a readable CSV file ({error})") from None
+
+
+def file_record(path: Path, data: bytes | None = None) -> dict:
+    """SHA-256 and size of a file (and its data rows for a CSV file)."""
+    data = Path(path).read_bytes() if data is None else data
+    record = {"sha256": hashlib.sha256(data).hexdigest(), "bytes": len(data)}
+    if Path(path).suffix == ".csv":
+        record["rows"] = len(pd.read_csv(io.BytesIO(data)))
+    return record
+
+
+def verify_file(path: Path, record: dict) -> None:
+    if not path.is_file():
+        raise ResultFileError(path, "is missing (metrics.json records it)")
+    data = path.read_bytes()
+    if len(data) != record.get("bytes", len(data)) or (
+        hashlib.sha256(data).hexdigest() != record["sha256"]
+    ):
+        rows = ""
+        if "rows" in record:
+            try:
+                rows = f", {len(pd.read_csv(io.BytesIO(data)))} rows instead of {record['rows']}"
+            except Exception:  # noqa: BLE001 - the row count only adds detail to the message
+                rows = ", not a readable CSV file"
+        raise ResultFileError(
+            path,
+            f"changed since metrics.json was written ({len(data)} bytes instead of "
+            f"{record.get('bytes')}{rows}; SHA-256 differs)",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def write_cell(
+    directory: Path, predictions: pd.DataFrame, metrics: dict, checkpoint: str | None = None
+) -> dict:
+    """Write predictions.csv, then metrics.json (last) recording its hash and row count.
+
+    ``checkpoint`` (relative to ``directory``) is hashed into the record too. Returns the
+    metrics as written.
+    """
+    data = predictions.to_csv(index=False).encode("utf-8")
+    atomic_write_bytes(directory / PREDICTIONS, data)
+    files = {PREDICTIONS: file_record(directory / PREDICTIONS, data)}
+    if checkpoint is not None and (directory / checkpoint).is_file():
+        files[checkpoint] = file_record(directory / checkpoint)
+    metrics = {**metrics, "files": files}
+    atomic_write_json(directory / METRICS, metrics)
+    return metrics
 
 
 def predictions_frame(utterances, speakers, true, scores, classes) -> pd.DataFrame:

@@ -32,9 +32,15 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from sergraph.results.layout import (
+    ResultFileError,
+    cell_dirs,
+    finished_cells,
+    unfinished_cells,
+    variant_dirs,
+)
 from sergraph.results.summary import mean_std, summarize
 
-CELL_PATTERN = "seed-*/fold-*/metrics.json"
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
 #: Above this many labels only the comparisons against the best label are tabulated.
@@ -57,6 +63,7 @@ RESULT_COLUMNS = [
     "pooled_ua",
     "pooled_ua_std",
     "predictions",
+    "missing",
 ]
 FOLD_COLUMNS = ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
 
@@ -74,7 +81,7 @@ def find_labels(run_dir: str | Path) -> dict[str, Path]:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist or is not a folder")
-    roots = sorted({path.parents[2] for path in run_dir.rglob(CELL_PATTERN)})
+    roots = [root for root in variant_dirs(run_dir) if finished_cells(root)]
     if not roots:
         raise FileNotFoundError(
             f"no finished cells under {run_dir}: expected {run_dir}/<label>/seed-<s>/fold-<XX>/"
@@ -91,7 +98,7 @@ def find_labels(run_dir: str | Path) -> dict[str, Path]:
 def unfinished_labels(run_dir: Path, labels: dict[str, Path]) -> list[str]:
     """Folders holding ``seed-*/`` but no finished cell yet (left out of the report, but named)."""
     finished = set(labels.values())
-    roots = {seed.parent for seed in run_dir.rglob("seed-*") if seed.is_dir()} - finished
+    roots = {root for root in variant_dirs(run_dir) if cell_dirs(root)} - finished
     names = [
         run_dir.resolve().name if root == run_dir else root.relative_to(run_dir).as_posix()
         for root in roots
@@ -107,8 +114,9 @@ def _natural_key(text: str) -> list:
 def collect(label: str, root: Path) -> dict:
     """Summary, table row, per-fold UA and pooled confusion of one label."""
     summary = summarize(root)
-    cells = sorted(root.glob(CELL_PATTERN))
-    first = json.loads(cells[0].read_text())
+    (first_cell, first), *_ = finished_cells(root)
+    # Cell folders without metrics.json: still running, interrupted or their results deleted.
+    missing = [cell.relative_to(root).as_posix() for cell in unfinished_cells(root)]
     folds = pd.DataFrame(summary["folds"])
     per_seed = summary["pooled"]["per_seed"]
     pooled_wa, pooled_wa_std = mean_std([p["wa"] for p in per_seed])
@@ -122,7 +130,7 @@ def collect(label: str, root: Path) -> dict:
         "folds": int(n_folds),
         "seeds": int(n_seeds),
         "cells": len(folds),
-        "complete": bool(len(folds) == n_folds * n_seeds),
+        "complete": bool(len(folds) == n_folds * n_seeds and not missing),
         "wa_mean": summary["fold_mean"]["wa"],
         "wa_std": summary["fold_std"]["wa"],
         "ua_mean": summary["fold_mean"]["ua"],
@@ -132,6 +140,7 @@ def collect(label: str, root: Path) -> dict:
         "pooled_ua": pooled_ua,
         "pooled_ua_std": pooled_ua_std,
         "predictions": int(sum(p["n"] for p in per_seed)),
+        "missing": " ".join(missing),
     }
     # A fold is identified by its number and its test speakers: the same number with other
     # speakers (another fold scheme) is not the same fold and must not be paired.
@@ -144,7 +153,7 @@ def collect(label: str, root: Path) -> dict:
         "fold_ua": {(int(fold), speakers): float(ua) for (fold, speakers), ua in fold_ua.items()},
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
-        "config": _load_config(cells[0].parent / "config.yaml"),
+        "config": _load_config(first_cell / "config.yaml"),
     }
 
 
@@ -153,7 +162,14 @@ def _load_config(path: Path) -> dict | None:
         return None
     from omegaconf import OmegaConf
 
-    return OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    try:
+        config = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    except Exception as error:  # noqa: BLE001 - yaml and omegaconf raise many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ResultFileError(path, f"not a readable YAML configuration ({reason})") from None
+    if not isinstance(config, dict):
+        raise ResultFileError(path, "not a YAML mapping of configuration keys")
+    return config
 
 
 # ---------------------------------------------------------------------------------------------
@@ -448,7 +464,10 @@ def format_report(
     for row in rows:
         cells = f"{row['folds']} × {row['seeds']}"
         if not row["complete"]:
-            cells += f" ({row['cells']} cells, incomplete)"
+            cells += f" ({row['cells']} cells, incomplete"
+            if row.get("missing"):
+                cells += f"; missing {row['missing'].replace(' ', ', ')}"
+            cells += ")"
         label = f"**{row['label']}**" if row["label"] == best else row["label"]
         lines.append(
             f"| {label} | {row['model']} | {cells} | {_percent(row['wa_mean'], row['wa_std'])} | "
@@ -463,6 +482,14 @@ def format_report(
         "(compare it with the fold-to-fold std and the paired tests below), not a ranking.",
         "",
     ]
+    incomplete = [row["label"] for row in rows if not row["complete"]]
+    if incomplete:
+        lines += [
+            f"INCOMPLETE: {', '.join(incomplete)} lack(s) some fold x seed cells, so their "
+            "numbers are not final and not comparable with complete rows; finish them with "
+            "`sergraph train` (same command) before reporting.",
+            "",
+        ]
     if unfinished:
         lines += [f"No finished fold yet, so not in the table: {', '.join(unfinished)}.", ""]
     if not same_folds:

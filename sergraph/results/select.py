@@ -19,14 +19,13 @@ on any score.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from sergraph.io import atomic_write_text
 from sergraph.metrics import scores_from_labels
+from sergraph.results.layout import finished_cells, read_predictions, write_cell
 
 #: The only fields of a candidate's metrics.json that the selection rule sees.
 VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", "best_val_ua")
@@ -36,12 +35,11 @@ ENSEMBLE_MARKER = "ENSEMBLE"
 
 
 def _cells(root: Path) -> dict[tuple[int, int], tuple[Path, dict]]:
-    """(seed, fold) -> (cell folder, its metrics) of every finished cell under ``root``."""
-    out = {}
-    for path in sorted(root.glob("seed-*/fold-*/metrics.json")):
-        metrics = json.loads(path.read_text())
-        out[(int(metrics["seed"]), int(metrics["fold"]))] = (path.parent, metrics)
-    return out
+    """(seed, fold) -> (cell folder, its verified metrics) of every finished cell under ``root``."""
+    return {
+        (int(metrics["seed"]), int(metrics["fold"])): (cell, metrics)
+        for cell, metrics in finished_cells(root)
+    }
 
 
 def ensemble_dir(variant_dir: str | Path) -> Path:
@@ -99,7 +97,7 @@ def select_nested(
             for p in study_dir.iterdir()
             if p.is_dir()
             and p.name != label
-            and list(p.glob("seed-*/fold-*/metrics.json"))
+            and finished_cells(p)
             and not (p / ENSEMBLE_MARKER).is_file()
         )
     if len(candidates) < 2:
@@ -114,14 +112,14 @@ def select_nested(
         pick = choose(views)
         chosen[key] = pick
         source, metrics = cells[pick][key]
-        metrics = dict(metrics)
+        # The checkpoint stays with its variant: only the copied predictions are recorded.
+        metrics = {key: value for key, value in metrics.items() if key != "files"}
         metrics["selected"] = pick
         metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
         target = study_dir / label / source.parent.name / source.name
-        atomic_write_csv(target / "predictions.csv", pd.read_csv(source / "predictions.csv"))
         if (source / "config.yaml").is_file():
             atomic_write_text(target / "config.yaml", (source / "config.yaml").read_text())
-        atomic_write_json(target / "metrics.json", metrics)
+        write_cell(target, read_predictions(source), metrics)
     return chosen
 
 
@@ -149,7 +147,7 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
     used = {}
     for fold, members in by_fold.items():
         cells = [cell for cell, _ in members]
-        frames = [pd.read_csv(cell / "predictions.csv") for cell in cells]
+        frames = [read_predictions(cell) for cell in cells]
         first = frames[0]
         for cell, frame in zip(cells[1:], frames[1:], strict=True):
             if frame["utterance"].tolist() != first["utterance"].tolist():
@@ -172,10 +170,9 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         record = {key: metrics[key] for key in (*keys, "classes")}
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
         target = out_dir / "seed-0" / f"fold-{fold:02d}"
-        atomic_write_csv(target / "predictions.csv", out)
         if (cells[0] / "config.yaml").is_file():
             atomic_write_text(target / "config.yaml", (cells[0] / "config.yaml").read_text())
-        atomic_write_json(target / "metrics.json", record)
+        write_cell(target, out, record)
         used[fold] = seeds
     atomic_write_text(out_dir / ENSEMBLE_MARKER, f"seed ensemble of {variant_dir.name}\n")
     return used

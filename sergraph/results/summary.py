@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ import pandas as pd
 
 from sergraph.io import atomic_write_json, atomic_write_text
 from sergraph.metrics import pooled_scores
+from sergraph.results.layout import finished_cells, read_predictions
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -25,13 +25,13 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     over seeds when there are several).
     """
     root = Path(root)
-    cells = sorted(root.glob("seed-*/fold-*/metrics.json"))
+    cells = finished_cells(root)  # verified: a damaged file stops here, naming it
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
-    rows, pooled = [], []
-    for path in cells:
-        metrics = json.loads(path.read_text())
+    rows, pooled, folders = [], [], {}
+    for directory, metrics in cells:
         classes = classes or metrics["classes"]
+        folders[(metrics["seed"], metrics["fold"])] = directory
         rows.append(
             {
                 "seed": metrics["seed"],
@@ -44,10 +44,7 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
         )
     folds = pd.DataFrame(rows)
     for seed, group in folds.groupby("seed"):
-        predictions = pd.concat(
-            pd.read_csv(root / f"seed-{seed}" / f"fold-{fold:02d}" / "predictions.csv")
-            for fold in group["fold"]
-        )
+        predictions = pd.concat(read_predictions(folders[(seed, fold)]) for fold in group["fold"])
         pooled.append(
             pooled_scores(predictions, classes) | {"seed": int(seed), "n": len(predictions)}
         )

@@ -2,7 +2,12 @@
 
 A fold interrupted after at least one epoch (killed, or preempted and requeued by SLURM)
 resumes from its ``checkpoints/last.ckpt`` and ends with the same results as an uninterrupted
-run.
+run. Checkpoints are written to a temporary file and renamed (:func:`atomic_checkpoint_io`), so a
+kill never leaves a partial one; a ``last.ckpt`` that cannot be read anyway (a disk that filled
+up, a file copied in part) is moved aside and the cell starts afresh.
+
+A training or validation loss that is not finite stops the cell at the end of that epoch
+(:func:`non_finite_guard`), before any checkpoint or result of the diverged model is written.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
+from sergraph.io import atomic_write_bytes
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import predictions_frame
 from sergraph.training.distributed import gather_from_ranks, is_global_zero, trainer_topology
@@ -74,8 +80,13 @@ def fit_neural(
     )
     label = cfg.run.label or cfg.model.name
     progress = CellProgress(f"{label} seed {seed} {fold.name}")
-    callbacks = [checkpoint, resume_point, keep_early_stop_callback()]
-    if has_val:
+    callbacks = [
+        non_finite_guard(cfg, directory),
+        checkpoint,
+        resume_point,
+        keep_early_stop_callback(),
+    ]
+    if has_val and cfg.trainer.early_stopping:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
     callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
@@ -90,6 +101,7 @@ def fit_neural(
         precision=cfg.trainer.precision,
         deterministic=cfg.trainer.deterministic,
         callbacks=callbacks,
+        plugins=[atomic_checkpoint_io()],
         logger=loggers,
         default_root_dir=attempt_dir(directory),
         enable_progress_bar=cfg.trainer.progress_bar,
@@ -100,11 +112,8 @@ def fit_neural(
     resume = resume_checkpoint(cfg, directory)
     if resume is not None and is_global_zero():
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
-        # Lightning's CSV logger starts a new metrics.csv; keep the interrupted attempt's rows.
-        csv_log = directory / "logs" / "metrics.csv"
-        if csv_log.is_file():
-            attempt = len(list(csv_log.parent.glob("metrics.interrupted-*.csv"))) + 1
-            csv_log.rename(csv_log.with_name(f"metrics.interrupted-{attempt}.csv"))
+        # merged back by restore_csv_log once the cell's loggers are closed
+        set_aside_csv_log(directory / "logs" / "metrics.csv")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
     predictions, tested = test_and_predict(trainer, module, datamodule, best, study.classes)
@@ -188,12 +197,19 @@ def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list
         module, dataloaders=datamodule.test_dataloader(), ckpt_path=checkpoint
     )
     outputs = gather_from_ranks(outputs)
+    probabilities = torch.cat([o["probabilities"] for o in outputs]).float()
+    if not bool(torch.isfinite(probabilities).all()):
+        bad = int((~torch.isfinite(probabilities)).any(dim=1).sum())
+        raise NonFiniteLossError(
+            f"{datamodule.fold.name}: {bad} of {len(probabilities)} test predictions of "
+            f"{checkpoint} are not finite (nan or inf); the model diverged. No metrics.json was "
+            "written. Lower optim.lr (or use trainer.precision=32) and train again."
+        )
     predictions = predictions_frame(
         [u for o in outputs for u in o["utterance"]],
         [s for o in outputs for s in o["speaker"]],
         torch.cat([o["true"] for o in outputs]).numpy(),
-        # float32 first: under bf16-mixed the probabilities are bf16, which numpy cannot hold.
-        torch.cat([o["probabilities"] for o in outputs]).float().numpy(),
+        probabilities.numpy(),
         classes,
     )
     # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
@@ -250,6 +266,9 @@ def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
     moment the signal arrives: in the middle of an epoch, possibly inside an optimiser step.
     Resuming there could not reproduce the uninterrupted run (the rest of the epoch would see
     another shuffle and dropout stream), so it is not used: at most one epoch is repeated.
+
+    A ``last.ckpt`` that cannot be read is moved aside, out of the cell folder
+    (``seed-S/corrupt-fold-XX-last-N.ckpt``), with a note, and the cell starts afresh.
     """
     last = directory / "checkpoints" / "last.ckpt"
     saved = directory / "config.yaml"
@@ -259,7 +278,150 @@ def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
         same = identity(OmegaConf.load(saved)) == identity(cfg)
     except Exception:  # noqa: BLE001 - an unreadable leftover is not resumed
         return None
-    return last if same else None
+    if not same:
+        return None
+    problem = unreadable_checkpoint(last)
+    if problem is None:
+        return last
+    if is_global_zero():  # the other ranks of a DDP run read the same file and also start afresh
+        aside = move_aside(last, directory)
+        log(
+            f"NOTE: {last} cannot be read ({problem}); moved aside to {aside}. The cell "
+            "starts again from its first epoch."
+        )
+    return None
+
+
+def unreadable_checkpoint(path: Path) -> str | None:
+    """Why a checkpoint file cannot be loaded, or ``None`` when it loads."""
+    import torch
+
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as error:  # noqa: BLE001 - any failure to load means: do not resume
+        return f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+    if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
+        return "not a Lightning checkpoint (no state_dict)"
+    return None
+
+
+def move_aside(path: Path, directory: Path) -> Path:
+    number = 1
+    while (aside := directory.parent / f"corrupt-{directory.name}-last-{number}.ckpt").exists():
+        number += 1
+    os.replace(path, aside)
+    return aside
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training or validation loss of a cell is nan or infinite: the model diverged."""
+
+
+def non_finite_guard(cfg: DictConfig, directory: Path):
+    """A callback that stops the cell when an epoch's training or validation loss is not finite.
+
+    It runs before the checkpoint callbacks of that epoch, so that no checkpoint, prediction or
+    metrics.json of a diverged model is written; the error names the cell, the epoch and the
+    settings most likely at fault.
+    """
+    import torch
+    from lightning.pytorch.callbacks import Callback
+
+    def suspects() -> str:
+        lr = float(cfg.optim.lr)
+        text = f"optim.lr={lr:g} is the most likely cause (try optim.lr={lr / 10:g})"
+        if str(cfg.trainer.precision).startswith("16"):
+            text += f", or trainer.precision={cfg.trainer.precision} overflowed (try 32)"
+        if cfg.optim.warmup_epochs == 0:
+            text += "; a warm-up (optim.warmup_epochs) can also help"
+        return text
+
+    class StopOnNonFiniteLoss(Callback):
+        def on_train_epoch_end(self, trainer, pl_module) -> None:
+            self.check(trainer, "train/loss")
+
+        def on_validation_end(self, trainer, pl_module) -> None:
+            if not trainer.sanity_checking:
+                self.check(trainer, "val/loss")
+
+        def check(self, trainer, key: str) -> None:
+            value = trainer.callback_metrics.get(key)
+            if value is None or bool(torch.isfinite(torch.as_tensor(value)).all()):
+                return
+            stage = {"train/loss": "training", "val/loss": "validation"}[key]
+            raise NonFiniteLossError(
+                f"{directory}: the {stage} loss is {float(value)} at epoch "
+                f"{trainer.current_epoch}; the model diverged and the cell was stopped (no "
+                f"metrics.json, nothing to report or export). {suspects()}. A changed setting "
+                "is a new configuration: rerun with it and this cell starts afresh."
+            )
+
+    return StopOnNonFiniteLoss()
+
+
+def set_aside_csv_log(csv_log: Path) -> Path | None:
+    """Before a resumed fit: keep the earlier attempts' rows of ``logs/metrics.csv``.
+
+    Lightning's CSV logger starts a new file; the earlier rows are kept in
+    ``metrics.before-resume.csv`` (merged with any left by an attempt interrupted again) and
+    put back in front of the new rows by :func:`restore_csv_log` when the cell ends (after its
+    loggers are closed: Lightning's CSV writer rewrites the file with the columns it knows).
+    """
+    aside = csv_log.with_name("metrics.before-resume.csv")
+    if csv_log.is_file():
+        if aside.is_file():
+            merge_csv_logs(aside, csv_log)
+        os.replace(csv_log, aside)
+    return aside if aside.is_file() else None
+
+
+def restore_csv_log(directory: Path) -> None:
+    """After a resumed cell's loggers are closed: one ``logs/metrics.csv`` with every epoch."""
+    csv_log = directory / "logs" / "metrics.csv"
+    earlier = csv_log.with_name("metrics.before-resume.csv")
+    if earlier.is_file():
+        merge_csv_logs(earlier, csv_log)
+
+
+def merge_csv_logs(earlier: Path, csv_log: Path) -> None:
+    """One ``metrics.csv``: the earlier rows of the epochs before the new rows, then the new.
+
+    The epoch a run was interrupted in is trained again after the resume; its earlier rows
+    are dropped so that each epoch appears once. ``earlier`` is removed.
+    """
+    from sergraph.io import atomic_write_csv
+
+    before = pd.read_csv(earlier)
+    if csv_log.is_file():
+        after = pd.read_csv(csv_log)
+        if len(after) and "epoch" in after and "epoch" in before:
+            before = before[before["epoch"] < after["epoch"].min()]
+        merged = pd.concat([before, after], ignore_index=True)
+        columns = sorted(merged.columns, key=lambda c: (c not in ("epoch", "step"), c))
+        atomic_write_csv(csv_log, merged[columns])
+        earlier.unlink()
+    else:
+        os.replace(earlier, csv_log)
+
+
+def atomic_checkpoint_io():
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+    class AtomicIO(TorchCheckpointIO):
+        """Checkpoints written to a temporary file and renamed (the project's atomic writer):
+        a kill or a full disk during a save leaves the previous checkpoint, never a partial one.
+        """
+
+        def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+            import io
+
+            import torch
+
+            buffer = io.BytesIO()
+            torch.save(checkpoint, buffer)
+            atomic_write_bytes(path, buffer.getvalue())
+
+    return AtomicIO()
 
 
 def attempt_dir(directory: Path) -> Path:

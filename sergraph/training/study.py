@@ -4,7 +4,12 @@ checkpoint once on the held-out speakers and writes its result files (see
 :mod:`sergraph.results.layout`).
 
 Re-running the same command skips finished cells; a cell whose saved configuration differs
-from the current one is refused instead of silently mixed into the summary.
+from the current one is refused instead of silently mixed into the summary, and one whose
+result files were damaged stops the run naming the file (see :mod:`sergraph.results.layout`).
+
+A cell is claimed with a lock before it runs (:mod:`sergraph.training.lock`), so that two
+``sergraph train`` processes on one study (a study submitted twice, ``run.parallel`` beside an
+array job) share its cells; the process that finishes the last cell writes the summaries.
 
 Multi-process (DDP) runs: every process runs the same command; only global rank zero writes
 files, see :func:`sergraph.training.distributed.is_global_zero`.
@@ -18,6 +23,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 from omegaconf import DictConfig
 
 from sergraph.config import compose_study, identity, to_yaml
@@ -25,7 +31,7 @@ from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData, prepared
-from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
+from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import (
     failed_files_path,
@@ -34,11 +40,18 @@ from sergraph.results.layout import (
     log_file_path,
     run_root,
     study_dir,
+    write_cell,
 )
 from sergraph.results.summary import summarize
 from sergraph.training.classic import fit_svm
 from sergraph.training.distributed import is_global_zero
-from sergraph.training.fit import fit_neural, remove_resume_files, resume_checkpoint
+from sergraph.training.fit import (
+    fit_neural,
+    remove_resume_files,
+    restore_csv_log,
+    resume_checkpoint,
+)
+from sergraph.training.lock import CellLocked, cell_lock
 
 SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."
 
@@ -90,11 +103,27 @@ def cell_dir(cfg: DictConfig, cell: Cell) -> Path:
 
 
 def run_cell(cfg: DictConfig, cell: Cell) -> str | None:
-    """Run one cell unless it is finished; returns its one-line result (``None`` when skipped)."""
+    """Run one cell unless it is finished or another process runs it; returns its one-line
+    result (``None`` when skipped)."""
     directory = cell_dir(cfg, cell)
+    name = f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
     if finished(cfg, directory):
-        log(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}: finished earlier, skipped")
+        log(f"{name}: finished earlier, skipped")
         return None
+    if not is_global_zero():  # the other ranks of a DDP run follow rank zero's claim
+        return _run_claimed(cfg, cell, directory)
+    try:
+        with cell_lock(directory):
+            if finished(cfg, directory):  # by another process, between the check and the lock
+                log(f"{name}: finished by another process, skipped")
+                return None
+            return _run_claimed(cfg, cell, directory)
+    except CellLocked as error:
+        log(f"{name}: skipped, {error}")
+        return None
+
+
+def _run_claimed(cfg: DictConfig, cell: Cell, directory: Path) -> str:
     study = study_data(cfg)
     fold = study.folds[cell.fold]
     result = run_fold(cfg, study, fold, cell.seed, directory)
@@ -177,6 +206,13 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
                     progress.cell_finished()
     if not is_global_zero():
         return {}  # the other processes of a DDP run: rank zero writes the summaries
+    left = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
+    if left:
+        log(
+            f"{len(left)} cell(s) are not finished (run by another process, see above); the "
+            "process that finishes the last one writes the summaries (or run this command again)"
+        )
+        return {}
     summaries = {
         label: summarize(run_root(cfg), study_data(cfg, need_features=False).classes)
         for label, cfg in configs.items()
@@ -205,21 +241,23 @@ def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, direct
     if is_global_zero():
         if directory.exists() and resume_checkpoint(cfg, directory) is None:
             shutil.rmtree(directory)  # leftovers of an attempt that cannot be resumed
-        directory.mkdir(parents=True, exist_ok=True)
+        ensure_folder(directory)
         atomic_write_text(directory / "config.yaml", to_yaml(cfg))
     label = cfg.run.label or cfg.model.name
     with cell_loggers(cfg, directory, label, seed, fold) as loggers:
-        result = fit_cell(cfg, study, fold, seed, directory, loggers)
+        result, predictions = fit_cell(cfg, study, fold, seed, directory, loggers)
         log_test_result(loggers, result)
     if is_global_zero():
-        atomic_write_json(directory / "metrics.json", result)
+        restore_csv_log(directory)  # a resumed cell: the earlier epochs' rows back in front
+        # predictions.csv, then metrics.json (last) with the hashes of it and of the checkpoint
+        result = write_cell(directory, predictions, result, result.get("checkpoint"))
         remove_resume_files(directory)
     return result
 
 
 def fit_cell(
     cfg, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
-) -> dict:
+) -> tuple[dict, pd.DataFrame]:
     start = time.perf_counter()
     if cfg.model.name == "svm":
         predictions, extra = fit_svm(cfg, study, fold, seed)
@@ -230,8 +268,6 @@ def fit_cell(
         predictions["predicted"].map(study.classes.index),
         len(study.classes),
     )
-    if is_global_zero():
-        atomic_write_csv(directory / "predictions.csv", predictions)
     result = {
         "config_id": identity(cfg),
         "model": cfg.model.name,
@@ -246,4 +282,4 @@ def fit_cell(
         **extra,
         "seconds": time.perf_counter() - start,
     }
-    return result
+    return result, predictions

@@ -15,6 +15,7 @@ import sys
 import time
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -81,6 +82,9 @@ def kill_at_epoch(args, env, cwd, last: Path, epoch: int) -> int:
 def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
+    # The checkpoint's bytes hold its own folder's path (best_model_path): its recorded hash
+    # differs between two run folders; the predictions file's must not.
+    metrics["files"].pop("checkpoints/best.ckpt")
     return metrics, (cell / "predictions.csv").read_text()
 
 
@@ -107,6 +111,15 @@ def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path, 
     final = run(interrupted, env, tmp_path)
     assert "resuming from checkpoints/last.ckpt" in final.stderr
     assert results(cell) == expected
+    # One training log with every epoch once, the ones before the kill included: the same
+    # epochs and losses as the uninterrupted run's.
+    logs = [
+        pd.read_csv(root / "logs" / "metrics.csv").dropna(subset=["train/loss"])
+        for root in (tmp_path / "straight" / CELL, cell)
+    ]
+    assert logs[1]["epoch"].tolist() == logs[0]["epoch"].tolist() == list(range(len(logs[0])))
+    assert logs[1]["train/loss"].tolist() == logs[0]["train/loss"].tolist()
+    assert not list((cell / "logs").glob("metrics.*.csv"))
     # Finished: the resume checkpoint is gone, the best one stays.
     assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == ["best.ckpt"]
 
@@ -117,7 +130,7 @@ def test_leftover_of_another_configuration_is_not_resumed(tmp_path):
 
     cfg = compose(ARGS[1:])
     (tmp_path / "checkpoints").mkdir()
-    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"a checkpoint")
+    torch.save({"state_dict": {}, "epoch": 0}, tmp_path / "checkpoints" / "last.ckpt")
     assert resume_checkpoint(cfg, tmp_path) is None  # no config.yaml: unknown origin
     (tmp_path / "config.yaml").write_text(to_yaml(compose([*ARGS[1:], "optim.lr=1e-2"])))
     assert resume_checkpoint(cfg, tmp_path) is None

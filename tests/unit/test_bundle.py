@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -35,6 +36,7 @@ from sergraph.deploy.bundle import (
     export_bundle,
     load_bundle,
 )
+from sergraph.results.layout import read_metrics, write_cell
 
 
 @pytest.fixture(scope="module")
@@ -344,13 +346,80 @@ def test_export_names_what_it_needs(run, tmp_path):
 
 def test_export_verification_catches_a_changed_pipeline(run, tmp_path):
     model_dir = copy_run(run, tmp_path)
-    saved = model_dir / "seed-0" / "fold-01" / "predictions.csv"
-    frame = pd.read_csv(saved)
+    cell = model_dir / "seed-0" / "fold-01"
+    frame = pd.read_csv(cell / "predictions.csv")
     frame["p_sad"], frame["p_angry"] = frame["p_angry"], frame["p_sad"]
-    frame.to_csv(saved, index=False)
+    # Rewritten with the layout's writer (as a changed pipeline would): the file record matches.
+    metrics = read_metrics(cell)
+    write_cell(cell, frame, metrics, metrics["checkpoint"])
     out = tmp_path / "bundle.sergraph"
     with pytest.raises(BundleError, match="fold-01.*differ from predictions.csv"):
         export_bundle(model_dir, out)
     assert not out.exists()  # nothing written
     export_bundle(model_dir, out, verify=False)
     assert "verification" not in load_bundle(out, map_location="cpu").meta
+
+
+# ---------------------------------------------------------------------------------------------
+# faults (see also tests/unit/test_faults.py)
+
+
+def test_non_finite_probabilities_give_no_emotion_but_an_error(run, tmp_path, capsys):
+    from sergraph.deploy.bundle import NON_FINITE_ERROR, Bundle
+    from sergraph.deploy.predict import run_predict
+
+    bundle = load_bundle(run.fold0, map_location="cpu")
+    for parameter in bundle.models[0].parameters():
+        parameter.data.fill_(float("nan"))  # a diverged model
+    members = [
+        {"state_dict": model.state_dict(), "mean": norm.mean, "std": norm.std}
+        for model, norm in zip(bundle.models, bundle.normalizers, strict=True)
+    ]
+    broken = Bundle(bundle.meta, members).save(tmp_path / "broken.sergraph")
+    paths = list(run.audio.values())[:2]
+    frame = load_bundle(broken, map_location="cpu").predict(paths, progress=False)
+    assert (frame["emotion"] == "").all() and (frame["error"] == NON_FINITE_ERROR).all()
+    args = SimpleNamespace(
+        bundle=str(broken),
+        audio=paths,
+        output=None,
+        format="csv",
+        batch_size=8,
+        workers=1,
+        window=None,
+        hop=None,
+        on_error="stop",
+        device="cpu",
+        cache_dir=None,
+        quiet=True,
+    )
+    assert run_predict(args) == 2
+    assert "2 prediction(s)" in capsys.readouterr().err
+
+
+def test_quiet_predict_prints_no_notes(run, tmp_path, capsys):
+    from sergraph.deploy.predict import run_predict
+
+    pieces = [sf.read(p)[0] for p in list(run.audio.values())[:4]]
+    long = tmp_path / "long.wav"
+    sf.write(long, np.concatenate(pieces), 16000)  # longer than the 6 s the model sees
+    args = SimpleNamespace(
+        bundle=str(run.fold0),
+        audio=[str(long)],
+        output=None,
+        format="csv",
+        batch_size=8,
+        workers=1,
+        window=None,
+        hop=None,
+        on_error="stop",
+        device="cpu",
+        cache_dir=str(tmp_path / "c"),
+        quiet=False,
+    )
+    assert run_predict(args) == 0
+    assert "longer than the 6 s" in capsys.readouterr().err
+    args.quiet = True
+    assert run_predict(args) == 0
+    captured = capsys.readouterr()
+    assert captured.err == "" and str(long) in captured.out

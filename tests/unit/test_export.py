@@ -27,6 +27,21 @@ from sergraph.deploy.export import (
 )
 
 
+def save_checkpoint(checkpoint: dict, path: Path) -> None:
+    """Rewrite a fold's checkpoint as if training had written it so: its metrics.json records
+    the new file (result files are verified against what metrics.json recorded)."""
+    from sergraph.io import atomic_write_json
+    from sergraph.results.layout import file_record, read_json
+
+    torch.save(checkpoint, path)
+    cell = path.parents[1]
+    metrics = read_json(cell / "metrics.json")
+    name = path.relative_to(cell).as_posix()
+    if name in metrics.get("files", {}):
+        metrics["files"][name] = file_record(path)
+        atomic_write_json(cell / "metrics.json", metrics)
+
+
 @pytest.fixture
 def model_dir(bundle_run, tmp_path) -> Path:
     """A copy of the run's model folder, free to edit."""
@@ -45,7 +60,11 @@ def shift_probabilities(cell: Path, amount: float) -> None:
     frame = pd.read_csv(saved)
     frame["p_sad"] -= amount
     frame["p_angry"] += amount
-    frame.to_csv(saved, index=False)
+    # Rewritten with the layout's writer, as a training that gave these numbers would have.
+    from sergraph.results.layout import read_metrics, write_cell
+
+    metrics = read_metrics(cell)
+    write_cell(cell, frame, metrics, metrics["checkpoint"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -104,7 +123,7 @@ def test_old_checkpoints_say_what_to_do_and_export_from_the_corpus(bundle_run, m
         path = best_checkpoint(cell)
         checkpoint = torch.load(path, weights_only=False)
         del checkpoint["FoldDataModule"]["export"]  # as written before checkpoints carried it
-        torch.save(checkpoint, path)
+        save_checkpoint(checkpoint, path)
     with pytest.raises(BundleError, match=r"older sergraph.*Train those folds again.*--data-root"):
         export_bundle(model_dir, tmp_path / "old.sergraph")
     assert not (tmp_path / "old.sergraph").exists()
@@ -128,7 +147,7 @@ def test_verification_catches_a_graph_that_differs_from_training(model_dir, tmp_
     path = best_checkpoint(model_dir / "seed-0" / "fold-01")
     checkpoint = torch.load(path, weights_only=False)
     checkpoint["FoldDataModule"]["export"]["graph"]["k"] = 2
-    torch.save(checkpoint, path)
+    save_checkpoint(checkpoint, path)
     out = tmp_path / "x.sergraph"
     with pytest.raises(BundleError, match=r"fold-01: its checkpoint has graph=.*'k': 2"):
         export_bundle(model_dir, out)

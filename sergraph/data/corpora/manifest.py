@@ -33,6 +33,22 @@ DEFAULT_MERGE: dict[str, str] = {}
 _SHOW = 5  # how many offending rows an error message lists
 
 
+def read_manifest_csv(csv_path: Path) -> pd.DataFrame:
+    """The manifest's cells as stripped strings; an empty or unparsable file is named."""
+    example = "a header row path,speaker,label and one row per audio file"
+    if csv_path.stat().st_size == 0:
+        raise ValueError(f"manifest {csv_path} is empty (0 bytes); expected {example}")
+    try:
+        frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise ValueError(f"manifest {csv_path} holds no CSV header; expected {example}") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        reason = str(error).strip().splitlines()[-1]
+        raise ValueError(f"manifest {csv_path} is not a readable CSV file ({reason})") from None
+    frame.columns = [str(column).strip() for column in frame.columns]
+    return frame
+
+
 def _rows(numbers: list[int]) -> str:
     """'rows 2, 5, 9 and 3 more' for 1-based data row numbers."""
     shown = ", ".join(str(n) for n in numbers[:_SHOW])
@@ -96,8 +112,7 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
     csv_path = Path(root).expanduser().resolve()
     if not csv_path.is_file():
         raise FileNotFoundError(f"manifest {csv_path} does not exist or is not a file")
-    frame = pd.read_csv(csv_path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
-    frame.columns = [str(column).strip() for column in frame.columns]
+    frame = read_manifest_csv(csv_path)
     missing_columns = [column for column in MANIFEST_REQUIRED if column not in frame.columns]
     if missing_columns:
         raise ValueError(
