@@ -84,8 +84,17 @@ class FoldsConfig:
 
 @dataclass
 class ModelConfig:
+    # The run's model name (run folders, labels); a registered family or a preset's own name.
     name: str = "lstm_gin"
+    # The registered family that builds it (null: the family named ``name``). A preset in
+    # configs/model/ names its family here and writes out the defaults it changes in params.
+    family: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+
+
+def model_family(cfg: DictConfig) -> str:
+    """The registered model family of a configuration (``model.family``, else ``model.name``)."""
+    return cfg.model.get("family") or cfg.model.name
 
 
 @dataclass
@@ -283,9 +292,18 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
     cfg = _merge(cfg, _load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
     for group, choice in groups.items():
         path = config_dir() / group / f"{choice}.yaml"
+        if group == "model" and not path.is_file() and _is_family(choice):
+            # A family without a preset file (e.g. from another package): its own defaults.
+            cfg = _merge(cfg, {"model": {"name": choice}}, f"model={choice}")
+            continue
         if not path.is_file():
+            more = ""
+            if group == "model":
+                from sergraph.models import model_names
+
+                more = f" or a registered model family {model_names()}"
             raise ConfigError(
-                f"{group}={choice!r} is not known; choose one of {group_choices(group)}"
+                f"{group}={choice!r} is not known; choose one of {group_choices(group)}{more}"
             )
         cfg = _merge(cfg, {group: _load_yaml(path)}, f"configs/{group}/{choice}.yaml")
     if experiment_cfg is not None:
@@ -317,6 +335,41 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
     return {label: compose(overrides, variant=label) for label in base.variants}
 
 
+def resolve_model(name: str, params: dict, family: str | None = None) -> tuple[str, dict]:
+    """``(family, params)`` that build a saved model (a checkpoint's or a bundle's).
+
+    Models saved before presets named their family (``gin``, ``lstm_gat``, ``lstm_sage_mean``,
+    ``lstm_sage_lstm``, ``sage_lstm`` were classes then) carry only a name: a name that is no
+    registered family but a preset in ``configs/model/`` takes that preset's family, with the
+    preset's params under the saved ones.
+    """
+    if family or _is_family(name):
+        return family or name, dict(params)
+    path = config_dir() / "model" / f"{name}.yaml"
+    preset = _load_yaml(path) if path.is_file() else None
+    if preset is None or not preset.get("family"):
+        from sergraph.models import model_names
+
+        raise ConfigError(
+            f"saved model {name!r} is neither a registered model family {model_names()} nor a "
+            "preset with a family in configs/model/"
+        )
+    return str(preset.family), {**OmegaConf.to_container(preset.get("params", {})), **params}
+
+
+def _is_family(name: str) -> bool:
+    """Whether ``name`` is a registered model family (loading its plugin if it is one)."""
+    from sergraph.models import PluginError, get_model_class
+
+    try:
+        get_model_class(name)
+    except PluginError as error:
+        raise ConfigError(str(error)) from None
+    except ValueError:
+        return False
+    return True
+
+
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
     """Keys under these nodes are free-form (checked later against the model/corpus)."""
     return dotted in ("model.params", "data.options", "data.merge")
@@ -328,7 +381,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
-    from sergraph.models import NON_NEURAL, build_model, model_names
+    from sergraph.models import build_baseline, build_model, is_classic, model_names
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -379,12 +432,21 @@ def validate(cfg: DictConfig) -> None:
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
-    choice("model.name", cfg.model.name, model_names())
-    if cfg.model.name not in NON_NEURAL:
-        try:  # a tiny instance checks parameter names and values without touching data
-            build_model(cfg.model.name, 4, 2, **OmegaConf.to_container(cfg.model.params))
-        except (ValueError, TypeError) as error:
-            raise ConfigError(str(error)) from None
+    family = model_family(cfg)
+    if not _is_family(family):
+        key = "model.family" if cfg.model.get("family") else "model.name"
+        raise ConfigError(
+            f"{key}={family!r} is not a registered model family; choose one of {model_names()} "
+            f"(presets: model=NAME with NAME one of {group_choices('model')})"
+        )
+    params = OmegaConf.to_container(cfg.model.params)
+    try:  # a tiny instance checks parameter names and values without touching data
+        if is_classic(family):
+            build_baseline(family, **params)
+        else:
+            build_model(family, 4, 2, **params)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
 
 
 # Strategies whose processes all run the whole command (Lightning's own launcher or srun), so
@@ -513,5 +575,9 @@ def identity(cfg: DictConfig) -> str:
             container.get(section, {}).pop(key, None)
     if container.get("augment") == {}:
         container.pop("augment")
+    # model.family (added later too): left out when it names the model itself.
+    model = container.get("model", {})
+    if model.get("family") in (None, model.get("name")):
+        model.pop("family", None)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

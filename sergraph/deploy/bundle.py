@@ -18,7 +18,8 @@ with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. I
     meta            JSON text:
         sergraph        version that wrote the bundle; created (UTC, ISO 8601)
         classes         class names, in the order of the probability columns
-        model           {"name", "params", "in_channels"}
+        model           {"name", "family", "params", "in_channels"} (no "family" before presets
+                         had one: see ``sergraph.config.resolve_model``)
         features        {"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile",
                          "recipe", "names"}: the audio pipeline the model was trained on
         graph           {"k", "max_nodes", "pad", "normalize"}
@@ -96,6 +97,7 @@ class Bundle:
     """
 
     def __init__(self, meta: dict, members: list[dict], device: str | torch.device = "cpu"):
+        from sergraph.config import resolve_model
         from sergraph.data.graphs import Normalizer
         from sergraph.models import build_model
 
@@ -107,10 +109,9 @@ class Bundle:
         self.models = []
         self.normalizers = []
         model = meta["model"]
+        family, params = resolve_model(model["name"], model["params"], model.get("family"))
         for index, member in enumerate(members):
-            network = build_model(
-                model["name"], int(model["in_channels"]), len(self.classes), **model["params"]
-            )
+            network = build_model(family, int(model["in_channels"]), len(self.classes), **params)
             try:
                 network.load_state_dict(member["state_dict"])
             except RuntimeError as error:
@@ -588,10 +589,10 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, validate
+    from sergraph.config import Config, identity, model_family, validate
     from sergraph.data.features import RECIPE_VERSION, feature_names, opensmile_version
     from sergraph.data.prepared import prepare
-    from sergraph.models import NON_NEURAL
+    from sergraph.models import is_classic
     from sergraph.training.fit import fold_datamodule
     from sergraph.version import __version__
 
@@ -602,9 +603,10 @@ def export_bundle(
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
-    if cfg.model.name in NON_NEURAL:
+    if is_classic(model_family(cfg)):
         raise BundleError(
-            f"model {cfg.model.name!r} cannot be exported: bundles hold neural models only"
+            f"model {cfg.model.name!r} cannot be exported: it is a classic baseline, and bundles "
+            "hold neural models only"
         )
     if cfg.graph.normalize == "speaker":
         raise BundleError(
@@ -639,6 +641,7 @@ def export_bundle(
         "classes": list(study.classes),
         "model": {
             "name": cfg.model.name,
+            "family": model_family(cfg),
             "params": OmegaConf.to_container(cfg.model.params, resolve=True),
             "in_channels": int(study.features[0].shape[1]),
         },

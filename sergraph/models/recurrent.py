@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torch_geometric.utils import softmax
 
-from sergraph.models import register
 from sergraph.models.common import BiLSTMFront, ReadoutHead
 from sergraph.models.gat import GAT
+from sergraph.models.registry import register
 
 
 class BiGRUFront(BiLSTMFront):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity
+from sergraph.config import identity, model_family
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
@@ -35,7 +35,7 @@ def fit_neural(
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule(
-        model=cfg.model.name,
+        model=model_family(cfg),
         model_params=OmegaConf.to_container(cfg.model.params),
         in_channels=datamodule.num_features,
         class_names=study.classes,
