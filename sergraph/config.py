@@ -92,11 +92,6 @@ class ModelConfig:
     params: dict[str, Any] = field(default_factory=dict)
 
 
-def model_family(cfg: DictConfig) -> str:
-    """The registered model family of a configuration (``model.family``, else ``model.name``)."""
-    return cfg.model.get("family") or cfg.model.name
-
-
 @dataclass
 class OptimConfig:
     lr: float = 1e-4
@@ -336,25 +331,45 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
 
 
 def resolve_model(name: str, params: dict, family: str | None = None) -> tuple[str, dict]:
-    """``(family, params)`` that build a saved model (a checkpoint's or a bundle's).
+    """``(family, params)`` that build model ``name`` (of a config, a checkpoint or a bundle).
 
-    Models saved before presets named their family (``gin``, ``lstm_gat``, ``lstm_sage_mean``,
-    ``lstm_sage_lstm``, ``sage_lstm`` were classes then) carry only a name: a name that is no
-    registered family but a preset in ``configs/model/`` takes that preset's family, with the
-    preset's params under the saved ones.
+    With ``family`` given (``model.family``) or ``name`` a registered family, that family and
+    ``params``. Otherwise ``name`` must be a preset in ``configs/model/`` that names its family:
+    that family, with the preset's params under ``params``. This keeps configs, checkpoints and
+    bundles written before presets existed (``model.name: gin`` without a family, when ``gin``,
+    ``lstm_gat``, ``lstm_sage_mean``, ``lstm_sage_lstm`` and ``sage_lstm`` were classes) building
+    the same model with the same config id.
     """
-    if family or _is_family(name):
-        return family or name, dict(params)
+    from sergraph.models import model_names
+
+    if family:
+        if not _is_family(family):
+            raise ConfigError(
+                f"model.family={family!r} is not a registered model family; choose one of "
+                f"{model_names()}"
+            )
+        return family, dict(params)
+    if _is_family(name):
+        return name, dict(params)
     path = config_dir() / "model" / f"{name}.yaml"
     preset = _load_yaml(path) if path.is_file() else None
-    if preset is None or not preset.get("family"):
-        from sergraph.models import model_names
-
+    if preset is None or not preset.get("family") or not _is_family(str(preset.family)):
         raise ConfigError(
-            f"saved model {name!r} is neither a registered model family {model_names()} nor a "
-            "preset with a family in configs/model/"
+            f"model.name={name!r} is not a registered model family; choose one of "
+            f"{model_names()}, or a preset of configs/model/ {group_choices('model')} (model=NAME)"
         )
-    return str(preset.family), {**OmegaConf.to_container(preset.get("params", {})), **params}
+    return str(preset.family), {**OmegaConf.to_container(preset.get("params") or {}), **params}
+
+
+def model_spec(cfg: DictConfig) -> tuple[str, dict]:
+    """``(family, params)`` of a configuration's model (see :func:`resolve_model`)."""
+    params = OmegaConf.to_container(cfg.model.params, resolve=True)
+    return resolve_model(cfg.model.name, params, cfg.model.get("family"))
+
+
+def model_family(cfg: DictConfig) -> str:
+    """The registered model family of a configuration (see :func:`resolve_model`)."""
+    return model_spec(cfg)[0]
 
 
 def _is_family(name: str) -> bool:
@@ -381,7 +396,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
-    from sergraph.models import build_baseline, build_model, is_classic, model_names
+    from sergraph.models import build_baseline, build_model, is_classic
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -432,14 +447,7 @@ def validate(cfg: DictConfig) -> None:
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
-    family = model_family(cfg)
-    if not _is_family(family):
-        key = "model.family" if cfg.model.get("family") else "model.name"
-        raise ConfigError(
-            f"{key}={family!r} is not a registered model family; choose one of {model_names()} "
-            f"(presets: model=NAME with NAME one of {group_choices('model')})"
-        )
-    params = OmegaConf.to_container(cfg.model.params)
+    family, params = model_spec(cfg)
     try:  # a tiny instance checks parameter names and values without touching data
         if is_classic(family):
             build_baseline(family, **params)

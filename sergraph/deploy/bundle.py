@@ -589,7 +589,7 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, model_family, validate
+    from sergraph.config import Config, identity, model_spec, validate
     from sergraph.data.features import RECIPE_VERSION, feature_names, opensmile_version
     from sergraph.data.prepared import prepare
     from sergraph.models import is_classic
@@ -603,7 +603,8 @@ def export_bundle(
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
-    if is_classic(model_family(cfg)):
+    family, model_params = model_spec(cfg)
+    if is_classic(family):
         raise BundleError(
             f"model {cfg.model.name!r} cannot be exported: it is a classic baseline, and bundles "
             "hold neural models only"
@@ -641,8 +642,8 @@ def export_bundle(
         "classes": list(study.classes),
         "model": {
             "name": cfg.model.name,
-            "family": model_family(cfg),
-            "params": OmegaConf.to_container(cfg.model.params, resolve=True),
+            "family": family,
+            "params": model_params,
             "in_channels": int(study.features[0].shape[1]),
         },
         "features": {

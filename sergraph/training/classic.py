@@ -9,9 +9,9 @@ predictions frame.
 from __future__ import annotations
 
 import numpy as np
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from sergraph.config import model_family
+from sergraph.config import model_spec
 from sergraph.data.folds import Fold, split_indices
 from sergraph.data.prepared import PreparedData
 from sergraph.models import build_baseline
@@ -25,7 +25,8 @@ __all__ = ["SVM_C_GRID", "fit_classic", "speaker_standardized"]
 def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     """Fit the configured classic baseline on the fold's training and validation rows and score
     its test rows; returns ``(predictions frame, extra metrics fields)``."""
-    baseline = build_baseline(model_family(cfg), **OmegaConf.to_container(cfg.model.params))
+    family, params = model_spec(cfg)
+    baseline = build_baseline(family, **params)
     rows = split_indices(study.table, fold)
     labels = study.table["label"].map(study.classes.index).to_numpy()
     speakers = study.table["speaker"].astype(str).to_numpy()

@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity, model_family
+from sergraph.config import identity, model_spec
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
@@ -34,9 +34,10 @@ def fit_neural(
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
+    family, model_params = model_spec(cfg)
     module = SERModule(
-        model=model_family(cfg),
-        model_params=OmegaConf.to_container(cfg.model.params),
+        model=family,
+        model_params=model_params,
         in_channels=datamodule.num_features,
         class_names=study.classes,
         lr=cfg.optim.lr,

@@ -11,9 +11,11 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import degree, to_dense_adj
 
+from sergraph.config import resolve_model
 from sergraph.data.graphs import build_graph
-from sergraph.models import MODELS, banded, build_model, model_parameters
+from sergraph.models import banded, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
+from tests.models import build_named, neural_names
 
 # Every model with a fast path. A model that silently loses its fast path fails
 # test_fast_path_models_are_the_expected_ones.
@@ -50,9 +52,10 @@ def batch_of(lengths, pad, k=4, **kwargs):
 
 def small_model(name, **params):
     """A float64 model with small widths, the same initialisation every time."""
-    widths = {key: value for key, value in SMALL.items() if key in model_parameters(name)}
+    family, params = resolve_model(name, params)  # a family or a preset (gin, lstm_gat, ...)
+    widths = {key: value for key, value in SMALL.items() if key in model_parameters(family)}
     torch.manual_seed(0)
-    return build_model(name, 6, 3, **{**widths, **params}).double()
+    return build_model(family, 6, 3, **{**widths, **params}).double()
 
 
 def output_and_gradients(model, batch, fast: bool):
@@ -87,8 +90,8 @@ def assert_paths_equal(model, batch, rtol=1e-9, atol=1e-10):
 def test_fast_path_models_are_the_expected_ones():
     batch = batch_of([12, 12], pad=True)
     have = []
-    for name in sorted(MODELS):
-        model = build_model(name, 6, 3)
+    for name in neural_names():
+        model = build_named(name, 6, 3)
         if isinstance(model, TemporalGNN) and model.uses_fast_path(batch):
             have.append(name)
     assert have == FAST_MODELS
@@ -244,7 +247,7 @@ def test_non_band_edges_fall_back_to_message_passing(case):
 def test_models_without_a_fast_path_use_message_passing():
     batch = batch_of([12, 12], pad=True)
     for name in ("sage_lstm", "lstm_sage_lstm"):
-        assert not build_model(name, 6, 3).uses_fast_path(batch)
+        assert not build_named(name, 6, 3).uses_fast_path(batch)
 
 
 def test_switches_force_message_passing(monkeypatch):
