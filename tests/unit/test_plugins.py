@@ -170,3 +170,14 @@ def test_unknown_family_and_unknown_saved_name_list_the_families():
         resolve_model("gcnn", {})
     with pytest.raises(ConfigError, match="model.params"):
         compose(["model=svm", "model.params.C=1"])
+
+
+def test_a_checkpoint_naming_a_preset_rebuilds_the_preset():
+    # Checkpoints written while GIN was a class store model="gin" and the config's params only.
+    from sergraph.training.module import SERModule
+
+    module = SERModule(
+        model="gin", model_params={"hidden": 8, "num_layers": 2}, in_channels=6, class_names="ab"
+    )
+    assert type(module.model).__name__ == "LSTMGIN" and module.model.front is None
+    assert len(module.model.convs) == 2 and module.model.convs[0].nn[0].out_features == 8
