@@ -28,7 +28,7 @@ if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.envir
 
 from bench_data_path import emodb_like_fold, epoch_split  # noqa: E402
 from bench_train_step import _reset_peak, _status_kib, make_batch, step_fn  # noqa: E402
-from common import REPO, adam_step, machine, median, repeat, table  # noqa: E402
+from common import REPO, adam_step, build_named, machine, median, repeat, table  # noqa: E402
 
 
 def peak_growth_mib(fn) -> tuple[float, float]:
@@ -44,12 +44,10 @@ def peak_growth_mib(fn) -> tuple[float, float]:
 def nodes_scaling(model_name: str, nodes_list: list[int], steps: int) -> list[dict]:
     import torch
 
-    from sergraph.models import build_model
-
     rows = []
     for nodes in nodes_list:
         torch.manual_seed(0)
-        model = build_model(model_name, 76, 4)
+        model = build_named(model_name, 76, 4)
         batch = make_batch(32, nodes, "cpu")
         step = step_fn(model, batch, torch.optim.Adam(model.parameters(), lr=1e-4))
         step()

@@ -29,7 +29,15 @@ if sys.platform.startswith("linux") and "MALLOC_MMAP_THRESHOLD_" not in os.envir
     os.environ["MALLOC_MMAP_THRESHOLD_"] = "131072"
     os.execv(sys.executable, [sys.executable, *sys.argv])
 
-from common import machine, median, paired_ratio, repeat, synthetic_graphs, table  # noqa: E402
+from common import (  # noqa: E402
+    build_named,
+    machine,
+    median,
+    paired_ratio,
+    repeat,
+    synthetic_graphs,
+    table,
+)
 
 
 def _status_kib(field: str) -> int | None:
@@ -101,10 +109,8 @@ def step_fn(model, batch, optimizer):
 def throughput(name: str, batch_size: int, device: str, steps: int, nodes: int = 120) -> dict:
     import torch
 
-    from sergraph.models import build_model
-
     torch.manual_seed(0)
-    model = build_model(name, 76, 4).to(device)
+    model = build_named(name, 76, 4).to(device)
     batch = make_batch(batch_size, nodes, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
     step = step_fn(model, batch, optimizer)
@@ -137,10 +143,10 @@ def throughput(name: str, batch_size: int, device: str, steps: int, nodes: int =
 def layer_and_step_ratios(name: str, batch_size: int, device: str, rounds: int) -> dict | None:
     import torch
 
-    from sergraph.models import banded, build_model
+    from sergraph.models import banded
 
     torch.manual_seed(0)
-    model = build_model(name, 76, 4).to(device)
+    model = build_named(name, 76, 4).to(device)
     batch = make_batch(batch_size, 120, device)
     if not hasattr(model, "uses_fast_path") or not model.uses_fast_path(batch):
         return None
@@ -247,7 +253,9 @@ def padded_vs_packed(batch_size: int, steps: int) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch size 32, fewer steps")
-    parser.add_argument("--models", help="comma-separated model names (default: all)")
+    parser.add_argument(
+        "--models", help="comma-separated model names or presets (default: every family)"
+    )
     parser.add_argument("--batch-sizes", default="32,64,128")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per ratio")
@@ -267,7 +275,7 @@ def main() -> None:
     steps, rounds = args.steps, args.rounds
     if args.quick:
         batch_sizes, steps, rounds = [32], 2, 3
-    names = args.models.split(",") if args.models else sorted(MODELS)
+    names = args.models.split(",") if args.models else sorted(MODELS)  # families; presets by name
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     print(machine(), flush=True)
 

@@ -141,15 +141,23 @@ def synthetic_graphs(
     ]
 
 
-def adam_step(model_name: str, num_features: int, num_classes: int):
-    """A registered model (seeded with 0) and one Adam training step on a batch: ``step(batch)``
-    runs forward, cross-entropy, backward and the update."""
-    import torch
-
+def build_named(model_name: str, num_features: int, num_classes: int):
+    """The model ``model=NAME`` trains: a registered family or a preset of ``configs/model/``
+    (``gin``, ``lstm_gat``, ...) with its defaults."""
+    from sergraph.config import resolve_model
     from sergraph.models import build_model
 
+    family, params = resolve_model(model_name, {})
+    return build_model(family, num_features, num_classes, **params)
+
+
+def adam_step(model_name: str, num_features: int, num_classes: int):
+    """A registered model or preset (seeded with 0) and one Adam training step on a batch:
+    ``step(batch)`` runs forward, cross-entropy, backward and the update."""
+    import torch
+
     torch.manual_seed(0)
-    model = build_model(model_name, num_features, num_classes)
+    model = build_named(model_name, num_features, num_classes)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(batch):

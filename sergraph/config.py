@@ -84,7 +84,11 @@ class FoldsConfig:
 
 @dataclass
 class ModelConfig:
+    # The run's model name (run folders, labels); a registered family or a preset's own name.
     name: str = "lstm_gin"
+    # The registered family that builds it (null: the family named ``name``). A preset in
+    # configs/model/ names its family here and writes out the defaults it changes in params.
+    family: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -286,9 +290,18 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
     cfg = _merge(cfg, _load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
     for group, choice in groups.items():
         path = config_dir() / group / f"{choice}.yaml"
+        if group == "model" and not path.is_file() and _is_family(choice):
+            # A family without a preset file (e.g. from another package): its own defaults.
+            cfg = _merge(cfg, {"model": {"name": choice}}, f"model={choice}")
+            continue
         if not path.is_file():
+            more = ""
+            if group == "model":
+                from sergraph.models import model_names
+
+                more = f" or a registered model family {model_names()}"
             raise ConfigError(
-                f"{group}={choice!r} is not known; choose one of {group_choices(group)}"
+                f"{group}={choice!r} is not known; choose one of {group_choices(group)}{more}"
             )
         cfg = _merge(cfg, {group: _load_yaml(path)}, f"configs/{group}/{choice}.yaml")
     if experiment_cfg is not None:
@@ -320,6 +333,61 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
     return {label: compose(overrides, variant=label) for label in base.variants}
 
 
+def resolve_model(name: str, params: dict, family: str | None = None) -> tuple[str, dict]:
+    """``(family, params)`` that build model ``name`` (of a config, a checkpoint or a bundle).
+
+    With ``family`` given (``model.family``) or ``name`` a registered family, that family and
+    ``params``. Otherwise ``name`` must be a preset in ``configs/model/`` that names its family:
+    that family, with the preset's params under ``params``. This keeps configs, checkpoints and
+    bundles written before presets existed (``model.name: gin`` without a family, when ``gin``,
+    ``lstm_gat``, ``lstm_sage_mean``, ``lstm_sage_lstm`` and ``sage_lstm`` were classes) building
+    the same model with the same config id.
+    """
+    from sergraph.models import model_names
+
+    if family:
+        if not _is_family(family):
+            raise ConfigError(
+                f"model.family={family!r} is not a registered model family; choose one of "
+                f"{model_names()}"
+            )
+        return family, dict(params)
+    if _is_family(name):
+        return name, dict(params)
+    path = config_dir() / "model" / f"{name}.yaml"
+    preset = _load_yaml(path) if path.is_file() else None
+    if preset is None or not preset.get("family") or not _is_family(str(preset.family)):
+        raise ConfigError(
+            f"model.name={name!r} is not a registered model family; choose one of "
+            f"{model_names()}, or a preset of configs/model/ {group_choices('model')} (model=NAME)"
+        )
+    return str(preset.family), {**OmegaConf.to_container(preset.get("params") or {}), **params}
+
+
+def model_spec(cfg: DictConfig) -> tuple[str, dict]:
+    """``(family, params)`` of a configuration's model (see :func:`resolve_model`)."""
+    params = OmegaConf.to_container(cfg.model.params, resolve=True)
+    return resolve_model(cfg.model.name, params, cfg.model.get("family"))
+
+
+def model_family(cfg: DictConfig) -> str:
+    """The registered model family of a configuration (see :func:`resolve_model`)."""
+    return model_spec(cfg)[0]
+
+
+def _is_family(name: str) -> bool:
+    """Whether ``name`` is a registered model family (loading its plugin if it is one)."""
+    from sergraph.models import PluginError, get_model_class
+
+    try:
+        get_model_class(name)
+    except PluginError as error:
+        raise ConfigError(str(error)) from None
+    except ValueError:
+        return False
+    return True
+
+
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
     """Keys under these nodes are free-form (checked later against the model/corpus)."""
     return dotted in ("model.params", "data.options", "data.merge")
@@ -331,7 +399,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
-    from sergraph.models import NON_NEURAL, build_model, model_names
+    from sergraph.models import build_baseline, build_model, is_classic
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -356,16 +424,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(str(error)) from None
     choice("folds.scheme", cfg.folds.scheme, SCHEMES)
     positive("folds.val_speakers", cfg.folds.val_speakers, strict=False)
-    if (
-        cfg.folds.val_speakers == 0
-        and cfg.trainer.early_stopping
-        and cfg.model.name not in NON_NEURAL
-    ):
-        raise ConfigError(
-            "folds.val_speakers=0 leaves no validation speakers: nothing to stop early on or to "
-            "choose the best epoch with, so the model of the last epoch would be tested. Keep "
-            "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
-        )
     positive("optim.lr", cfg.optim.lr)
     positive("optim.weight_decay", cfg.optim.weight_decay, strict=False)
     positive("optim.batch_size", cfg.optim.batch_size)
@@ -393,12 +451,20 @@ def validate(cfg: DictConfig) -> None:
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
-    choice("model.name", cfg.model.name, model_names())
-    if cfg.model.name not in NON_NEURAL:
-        try:  # a tiny instance checks parameter names and values without touching data
-            build_model(cfg.model.name, 4, 2, **OmegaConf.to_container(cfg.model.params))
-        except (ValueError, TypeError) as error:
-            raise ConfigError(str(error)) from None
+    family, params = model_spec(cfg)
+    if cfg.folds.val_speakers == 0 and cfg.trainer.early_stopping and not is_classic(family):
+        raise ConfigError(
+            "folds.val_speakers=0 leaves no validation speakers: nothing to stop early on or to "
+            "choose the best epoch with, so the model of the last epoch would be tested. Keep "
+            "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
+        )
+    try:  # a tiny instance checks parameter names and values without touching data
+        if is_classic(family):
+            build_baseline(family, **params)
+        else:
+            build_model(family, 4, 2, **params)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
 
 
 #: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.
@@ -566,5 +632,9 @@ def identity(cfg: DictConfig) -> str:
             container.get(section, {}).pop(key, None)
     if container.get("augment") == {}:
         container.pop("augment")
+    # model.family (added later too): left out when it names the model itself.
+    model = container.get("model", {})
+    if model.get("family") in (None, model.get("name")):
+        model.pop("family", None)
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

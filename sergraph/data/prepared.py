@@ -58,10 +58,23 @@ def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
     return table.reset_index(drop=True), classes
 
 
+#: What a model is fitted on (the model registry says which, see
+#: ``sergraph.models.model_inputs``): frame-level node features (plus the utterance functionals
+#: with ``features.concat_functionals``) or the utterance functionals alone.
+INPUTS = ("frames", "functionals")
+
+
 def prepare(
-    cfg: DictConfig, need_features: bool = True, failed_listing: Path | None = None
+    cfg: DictConfig,
+    need_features: bool = True,
+    failed_listing: Path | None = None,
+    inputs: str = "frames",
 ) -> PreparedData:
     """Load the corpus, fetch (cached) features and make the folds.
+
+    ``inputs`` (one of :data:`INPUTS`) says which features: ``frames`` fills
+    :attr:`PreparedData.features` (and :attr:`PreparedData.functionals` with
+    ``features.concat_functionals``), ``functionals`` fills :attr:`PreparedData.functionals` only.
 
     Files whose features fail are handled as ``features.on_error`` says. ``stop`` (default)
     raises one :class:`~sergraph.data.features.FeatureError` listing every failed file with its
@@ -72,6 +85,8 @@ def prepare(
     """
     from sergraph.data.features import FeatureError
 
+    if inputs not in INPUTS:
+        raise ValueError(f"inputs={inputs!r} is not valid; choose one of {list(INPUTS)}")
     table, classes = load_table(cfg)
 
     def folds_of(table: pd.DataFrame) -> list[Fold]:
@@ -98,7 +113,7 @@ def prepare(
             )
 
         def fetch(paths: list[str]):
-            if cfg.model.name == "svm":
+            if inputs == "functionals":
                 return functionals(paths)
             if cfg.features.get("concat_functionals", False):
                 return cache.get(paths, workers=cfg.features.workers), functionals(paths)
@@ -136,7 +151,7 @@ def prepare(
     if len(failed):
         folds = folds_of(table)
     study = PreparedData(table=table, classes=classes, folds=folds)
-    if values is not None and cfg.model.name == "svm":
+    if values is not None and inputs == "functionals":
         study.functionals = values
     elif isinstance(values, tuple):
         study.features, study.functionals = values
@@ -149,14 +164,17 @@ _PREPARED: dict[str, PreparedData] = {}
 
 
 def prepared(
-    cfg: DictConfig, need_features: bool = True, failed_listing: Path | None = None
+    cfg: DictConfig,
+    need_features: bool = True,
+    failed_listing: Path | None = None,
+    inputs: str = "frames",
 ) -> PreparedData:
-    """:func:`prepare`, memoised per (data, features, folds) so variants share one load."""
+    """:func:`prepare`, memoised per (data, features, folds, inputs) so variants share one load."""
     sections = {key: OmegaConf.to_container(cfg[key]) for key in ("data", "features", "folds")}
-    sections["svm"] = cfg.model.name == "svm"
+    sections["inputs"] = inputs
     key = json.dumps(sections, sort_keys=True, default=str)
     study = _PREPARED.get(key)
     if study is None or (need_features and study.features is None and study.functionals is None):
-        study = prepare(cfg, need_features, failed_listing)
+        study = prepare(cfg, need_features, failed_listing, inputs)
         _PREPARED[key] = study
     return study

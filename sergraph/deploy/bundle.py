@@ -19,7 +19,8 @@ with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. I
     meta            JSON text:
         sergraph        version that wrote the bundle; created (UTC, ISO 8601)
         classes         class names, in the order of the probability columns
-        model           {"name", "params", "in_channels"}
+        model           {"name", "family", "params", "in_channels"} (no "family" before presets
+                         had one: see ``sergraph.config.resolve_model``)
         features        {"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile",
                          "recipe", "names"}: the audio pipeline the model was trained on
         graph           {"k", "max_nodes", "pad", "normalize"}

@@ -61,6 +61,7 @@ class Bundle:
     """
 
     def __init__(self, meta: dict, members: list[dict], device: str | torch.device = "cpu"):
+        from sergraph.config import resolve_model
         from sergraph.data.graphs import Normalizer
         from sergraph.models import build_model
 
@@ -72,10 +73,9 @@ class Bundle:
         self.models = []
         self.normalizers = []
         model = meta["model"]
+        family, params = resolve_model(model["name"], model["params"], model.get("family"))
         for index, member in enumerate(members):
-            network = build_model(
-                model["name"], int(model["in_channels"]), len(self.classes), **model["params"]
-            )
+            network = build_model(family, int(model["in_channels"]), len(self.classes), **params)
             try:
                 network.load_state_dict(member["state_dict"])
             except RuntimeError as error:

@@ -96,8 +96,7 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, validate
-    from sergraph.models import NON_NEURAL
+    from sergraph.config import Config, identity, model_spec, validate
     from sergraph.training.provenance import run_provenance
     from sergraph.version import __version__
 
@@ -108,7 +107,8 @@ def export_bundle(
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
-    _check_exportable(cfg, NON_NEURAL)
+    family, model_params = model_spec(cfg)
+    _check_exportable(cfg, family)
     study_root = cells[0].parents[2]  # <out_dir>/<run.name>
     cfg.run.out_dir = str(study_root.parent)
     cfg.run.name = study_root.name
@@ -145,7 +145,8 @@ def export_bundle(
         "classes": list(first["classes"]),
         "model": {
             "name": cfg.model.name,
-            "params": OmegaConf.to_container(cfg.model.params, resolve=True),
+            "family": family,
+            "params": model_params,
             "in_channels": int(first["num_features"]),
         },
         "features": dict(provenance["features"]),
@@ -259,10 +260,13 @@ def stored_test_inputs(state: dict) -> dict[str, np.ndarray]:
 # reading the run
 
 
-def _check_exportable(cfg, non_neural) -> None:
-    if cfg.model.name in non_neural:
+def _check_exportable(cfg, family: str) -> None:
+    from sergraph.models import is_classic
+
+    if is_classic(family):
         raise BundleError(
-            f"model {cfg.model.name!r} cannot be exported: bundles hold neural models only"
+            f"model {cfg.model.name!r} cannot be exported: it is a classic baseline, and bundles "
+            "hold neural models only"
         )
     if cfg.graph.normalize == "speaker":
         raise BundleError(

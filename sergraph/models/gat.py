@@ -1,11 +1,13 @@
-"""Graph attention networks (Veličković et al., 2018): GAT and LSTM-GAT from the paper's Table 1."""
+"""Graph attention networks (Veličković et al., 2018): GAT from the paper's Table 1; LSTM-GAT is
+its preset ``configs/model/lstm_gat.yaml`` (``use_lstm: true``)."""
 
 from __future__ import annotations
 
 from torch_geometric.nn import GATConv
 
-from sergraph.models import banded, register
+from sergraph.models import banded
 from sergraph.models.base import TemporalGNN
+from sergraph.models.registry import register
 
 
 @register("gat")
@@ -67,11 +69,3 @@ class GAT(TemporalGNN):
 
     def band_layer(self, conv):
         return banded.gat if banded.gat_supported(conv) else None
-
-
-@register("lstm_gat")
-class LSTMGAT(GAT):
-    """GAT after the BiLSTM front end (paper: BiLSTM 128 per direction + 5 GAT layers)."""
-
-    def __init__(self, in_channels: int, num_classes: int, use_lstm: bool = True, **kwargs) -> None:
-        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from torch_geometric.nn import ChebConv, GCNConv
 
-from sergraph.models import banded, register
+from sergraph.models import banded
 from sergraph.models.base import TemporalGNN
+from sergraph.models.registry import register
 
 
 @register("gcn")

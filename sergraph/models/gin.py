@@ -1,12 +1,14 @@
-"""LSTM-GIN (Liu & Wang, Interspeech 2021) and plain GIN."""
+"""LSTM-GIN (Liu & Wang, Interspeech 2021); plain GIN is its preset ``configs/model/gin.yaml``
+(``use_lstm: false``)."""
 
 from __future__ import annotations
 
 from torch import nn
 from torch_geometric.nn import GINConv
 
-from sergraph.models import banded, register
+from sergraph.models import banded
 from sergraph.models.base import TemporalGNN
+from sergraph.models.registry import register
 
 
 def gin_mlp(in_channels: int, out_channels: int) -> nn.Sequential:
@@ -80,13 +82,3 @@ class LSTMGIN(TemporalGNN):
 
     def band_layer(self, conv):
         return banded.gin if banded.gin_supported(conv) else None
-
-
-@register("gin")
-class GIN(LSTMGIN):
-    """GIN without the BiLSTM front end (same layers, readout and classifier as LSTM-GIN)."""
-
-    def __init__(
-        self, in_channels: int, num_classes: int, use_lstm: bool = False, **kwargs
-    ) -> None:
-        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)

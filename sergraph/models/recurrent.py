@@ -13,9 +13,10 @@ import torch
 from torch import nn
 from torch_geometric.utils import softmax
 
-from sergraph.models import banded, register
+from sergraph.models import banded
 from sergraph.models.common import BiLSTMFront, ReadoutHead
 from sergraph.models.gat import GAT
+from sergraph.models.registry import register
 
 
 class BiGRUFront(BiLSTMFront):

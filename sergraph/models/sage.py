@@ -1,5 +1,7 @@
 """GraphSAGE (Hamilton et al., 2017) with the mean and the LSTM aggregator, with and without the
-BiLSTM front end (the paper's Table 1: "GraphSAGE, mean aggregator" and "LSTM aggregator").
+BiLSTM front end (the paper's Table 1: "GraphSAGE, mean aggregator" and "LSTM aggregator"): one
+family, registered as ``sage_mean`` (its default aggregator); ``sage_lstm``, ``lstm_sage_mean``
+and ``lstm_sage_lstm`` are its presets in ``configs/model/`` (``aggr``, ``use_lstm``).
 
 The LSTM aggregator reads each node's neighbours as a sequence. Hamilton et al. feed a random
 permutation; here the neighbours come in time order (earliest first), which is the natural order
@@ -27,8 +29,10 @@ from torch_geometric.nn import SAGEConv
 from torch_geometric.nn.aggr import Aggregation
 from torch_geometric.utils import to_dense_batch
 
-from sergraph.models import banded, register
+from sergraph.models import banded
 from sergraph.models.base import TemporalGNN
+from sergraph.models.common import check_choice
+from sergraph.models.registry import register
 
 
 class PackedLSTMAggregation(Aggregation):
@@ -121,16 +125,22 @@ def sage_lstm_supported(conv) -> bool:
     )
 
 
-@register("sage_mean")
-class SAGEMean(TemporalGNN):
-    """GraphSAGE layers (:class:`~torch_geometric.nn.SAGEConv`) with the mean aggregator.
+AGGREGATORS = ("mean", "lstm")
 
-    ``h_i^(l) = act(W_1 h_i^(l-1) + W_2 agg_{u in N(i)} h_u^(l-1))``; subclasses change the
-    aggregator through the class attribute ``aggr`` (``mean`` or ``lstm``).
+
+@register("sage_mean")
+class GraphSAGE(TemporalGNN):
+    """GraphSAGE layers (:class:`~torch_geometric.nn.SAGEConv`) with the mean or LSTM aggregator.
+
+    ``h_i^(l) = act(W_1 h_i^(l-1) + W_2 agg_{u in N(i)} h_u^(l-1))``. Registered as
+    ``sage_mean``: the family's name since before ``aggr`` was a parameter, kept so that runs of
+    ``model=sage_mean`` keep their config id.
 
     Args:
         in_channels: node feature size F (from the data).
         num_classes: number of emotion classes (from the data).
+        aggr: ``mean``, or ``lstm``: :class:`PackedLSTMAggregation` (neighbours in time order;
+            the paper's slowest model).
         **kwargs: the :class:`~sergraph.models.base.TemporalGNN` parameters (``use_lstm``,
             ``hidden``, ``num_layers``, ``activation``, ``batch_norm``, ``readout``, ...).
 
@@ -139,7 +149,10 @@ class SAGEMean(TemporalGNN):
         - output: logits ``[B, num_classes]``.
     """
 
-    aggr = "mean"
+    def __init__(self, in_channels: int, num_classes: int, aggr: str = "mean", **kwargs) -> None:
+        check_choice("aggr", aggr, AGGREGATORS)
+        self.aggr = aggr  # read by make_conv during super().__init__
+        super().__init__(in_channels, num_classes, **kwargs)
 
     def make_conv(self, in_channels: int, out_channels: int) -> SAGEConv:
         if self.aggr == "lstm":
@@ -152,27 +165,3 @@ class SAGEMean(TemporalGNN):
         if banded.sage_mean_supported(conv):
             return banded.sage_mean
         return sage_lstm_band if sage_lstm_supported(conv) else None
-
-
-@register("sage_lstm")
-class SAGELSTM(SAGEMean):
-    """GraphSAGE with the LSTM aggregator (:class:`PackedLSTMAggregation`, neighbours in time
-    order); the paper's slowest model."""
-
-    aggr = "lstm"
-
-
-@register("lstm_sage_mean")
-class LSTMSAGEMean(SAGEMean):
-    """GraphSAGE-mean after the BiLSTM front end."""
-
-    def __init__(self, in_channels: int, num_classes: int, use_lstm: bool = True, **kwargs) -> None:
-        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)
-
-
-@register("lstm_sage_lstm")
-class LSTMSAGELSTM(SAGELSTM):
-    """GraphSAGE-LSTM after the BiLSTM front end."""
-
-    def __init__(self, in_channels: int, num_classes: int, use_lstm: bool = True, **kwargs) -> None:
-        super().__init__(in_channels, num_classes, use_lstm=use_lstm, **kwargs)

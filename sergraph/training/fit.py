@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity
+from sergraph.config import identity, model_spec
 from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.folds import Fold
@@ -43,9 +43,10 @@ def fit_neural(
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
+    family, model_params = model_spec(cfg)
     module = SERModule(
-        model=cfg.model.name,
-        model_params=OmegaConf.to_container(cfg.model.params),
+        model=family,
+        model_params=model_params,
         in_channels=datamodule.num_features,
         class_names=study.classes,
         lr=cfg.optim.lr,

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
+from sergraph.config import resolve_model
 from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
 
@@ -28,7 +29,7 @@ class SERModule(L.LightningModule):
     """Wraps a registered encoder for training and evaluation.
 
     Args:
-        model: registered model name (see ``sergraph.models.MODELS``).
+        model: registered model family (see ``sergraph.models.MODELS``).
         model_params: keyword arguments of that model.
         in_channels: node feature size, taken from the data module.
         class_names: emotion names in class-index order (their count sizes the classifier).
@@ -76,8 +77,10 @@ class SERModule(L.LightningModule):
         self.save_hyperparameters()
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
+        # A checkpoint written before presets had families names the preset (e.g. "gin").
+        family, params = resolve_model(model, dict(model_params))
         self.model = build_model(
-            model, in_channels, num_classes, global_channels=global_channels, **dict(model_params)
+            family, in_channels, num_classes, global_channels=global_channels, **params
         )
         self.augment = {"noise": 0.0, "time_mask": 0, "feature_mask": 0, **dict(augment or {})}
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None

@@ -26,13 +26,14 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from sergraph.config import compose_study, identity, to_yaml
+from sergraph.config import compose_study, identity, model_family, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData, prepared
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
+from sergraph.models import is_classic, model_inputs
 from sergraph.results.layout import (
     failed_files_path,
     finished,
@@ -43,7 +44,7 @@ from sergraph.results.layout import (
     write_cell,
 )
 from sergraph.results.summary import summarize
-from sergraph.training.classic import fit_svm
+from sergraph.training.classic import fit_classic
 from sergraph.training.distributed import is_global_zero
 from sergraph.training.fit import (
     fit_neural,
@@ -58,7 +59,12 @@ SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its nu
 
 def study_data(cfg: DictConfig, need_features: bool = True) -> PreparedData:
     """The prepared data of a study's variant (memoised), files that failed listed in its folder."""
-    return prepared(cfg, need_features, failed_listing=failed_files_path(cfg))
+    return prepared(
+        cfg,
+        need_features,
+        failed_listing=failed_files_path(cfg),
+        inputs=model_inputs(model_family(cfg)),
+    )
 
 
 def selected_folds(cfg: DictConfig, folds: list[Fold]) -> list[Fold]:
@@ -259,8 +265,8 @@ def fit_cell(
     cfg, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ) -> tuple[dict, pd.DataFrame]:
     start = time.perf_counter()
-    if cfg.model.name == "svm":
-        predictions, extra = fit_svm(cfg, study, fold, seed)
+    if is_classic(model_family(cfg)):
+        predictions, extra = fit_classic(cfg, study, fold, seed)
     else:
         predictions, extra = fit_neural(cfg, study, fold, seed, directory, loggers)
     scores = scores_from_labels(

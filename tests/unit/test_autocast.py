@@ -13,9 +13,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from sergraph.config import resolve_model
 from sergraph.data.collate import graph_loader
 from sergraph.data.graphs import build_graph
-from sergraph.models import MODELS, banded, build_model, model_parameters
+from sergraph.models import banded, model_parameters
+from tests.models import build_named, neural_names
 
 SMALL = {"hidden": 8, "lstm_hidden": 5, "gru_hidden": 5, "classifier_hidden": 7, "num_layers": 2}
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -32,8 +34,10 @@ def collated_batch(pad: bool):
 
 def step_under_autocast(name: str, pad: bool, fast: bool, dtype: torch.dtype):
     torch.manual_seed(0)
-    widths = {key: v for key, v in SMALL.items() if key in model_parameters(name)}
-    model = build_model(name, 6, 3, **widths).train()
+    widths = {
+        key: v for key, v in SMALL.items() if key in model_parameters(resolve_model(name, {})[0])
+    }
+    model = build_named(name, 6, 3, **widths).train()
     batch = collated_batch(pad)
     with banded.fast_path(fast), torch.autocast("cpu", dtype=dtype):
         logits = model(batch)
@@ -45,7 +49,7 @@ def step_under_autocast(name: str, pad: bool, fast: bool, dtype: torch.dtype):
 @pytest.mark.parametrize("fast", [True, False], ids=["fast", "pyg"])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
 @pytest.mark.parametrize("dtype", sorted(DTYPES))
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", neural_names())
 def test_every_model_trains_under_autocast_with_cuda_recurrent_dtypes(
     name, dtype, pad, fast, cuda_like_rnn
 ):

@@ -11,11 +11,13 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import degree, to_dense_adj
 
+from sergraph.config import resolve_model
 from sergraph.data.collate import band_mark, mark_band, set_band_mark
 from sergraph.data.graphs import build_graph
-from sergraph.models import MODELS, banded, build_model, model_parameters
+from sergraph.models import banded, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
-from sergraph.models.sage import SAGEMean
+from sergraph.models.sage import GraphSAGE
+from tests.models import build_named, neural_names
 
 # Every model with a fast path. A model that silently loses its fast path fails
 # test_fast_path_models_are_the_expected_ones.
@@ -57,9 +59,10 @@ def batch_of(lengths, pad, k=4, **kwargs):
 
 def small_model(name, **params):
     """A float64 model with small widths, the same initialisation every time."""
-    widths = {key: value for key, value in SMALL.items() if key in model_parameters(name)}
+    family, params = resolve_model(name, params)  # a family or a preset (gin, lstm_gat, ...)
+    widths = {key: value for key, value in SMALL.items() if key in model_parameters(family)}
     torch.manual_seed(0)
-    return build_model(name, 6, 3, **{**widths, **params}).double()
+    return build_model(family, 6, 3, **{**widths, **params}).double()
 
 
 def output_and_gradients(model, batch, fast: bool):
@@ -94,8 +97,8 @@ def assert_paths_equal(model, batch, rtol=1e-9, atol=1e-10):
 def test_fast_path_models_are_the_expected_ones():
     batch = batch_of([12, 12], pad=True)
     have = []
-    for name in sorted(MODELS):
-        model = build_model(name, 6, 3)
+    for name in neural_names():
+        model = build_named(name, 6, 3)
         if isinstance(model, TemporalGNN) and model.uses_fast_path(batch):
             have.append(name)
     assert have == FAST_MODELS
@@ -294,14 +297,17 @@ def test_a_marked_batch_whose_edges_changed():
     assert not model.uses_fast_path(edited)
 
 
-class MaxSAGE(SAGEMean):
-    aggr = "max"
+class MaxSAGE(GraphSAGE):
+    def make_conv(self, in_channels: int, out_channels: int):
+        from torch_geometric.nn import SAGEConv
+
+        return SAGEConv(in_channels, out_channels, aggr="max")
 
 
 def test_models_without_a_fast_path_use_message_passing():
     batch = batch_of([12, 12], pad=True)
     assert not MaxSAGE(6, 3).uses_fast_path(batch)
-    assert not build_model("gin", 6, 3).uses_fast_path(Batch.from_data_list(graphs([12], True)))
+    assert not build_named("gin", 6, 3).uses_fast_path(Batch.from_data_list(graphs([12], True)))
 
 
 def test_switches_force_message_passing(monkeypatch):

@@ -24,9 +24,11 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from sergraph.config import resolve_model
 from sergraph.data.collate import band_mark, graph_loader
 from sergraph.data.graphs import build_graph
-from sergraph.models import banded, build_model, model_parameters
+from sergraph.models import banded, model_parameters
+from tests.models import build_named
 
 # the models with a fast path (test_fast_path.py pins the same list)
 FAST_MODELS = [
@@ -180,8 +182,10 @@ def collated_batch(pad: bool, lengths=(12, 5, 1, 9, 2, 12), k: int = 4):
 def syncs_of_a_step(name: str, batch, fast: bool) -> Counter:
     """Read-backs of forward, loss and backward of one training step (train mode)."""
     torch.manual_seed(0)
-    widths = {key: v for key, v in SMALL.items() if key in model_parameters(name)}
-    model = build_model(name, 6, 3, **widths).train()
+    widths = {
+        key: v for key, v in SMALL.items() if key in model_parameters(resolve_model(name, {})[0])
+    }
+    model = build_named(name, 6, 3, **widths).train()
     with banded.fast_path(fast):
         assert model.uses_fast_path(batch) is fast
         with HostSyncCounter(host=(band_mark(batch).lengths,)) as counter:
@@ -241,8 +245,10 @@ def test_a_cuda_training_step_does_not_synchronise(name, pad):
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     torch.manual_seed(0)
-    widths = {key: v for key, v in SMALL.items() if key in model_parameters(name)}
-    model = build_model(name, 6, 3, **widths).cuda().train()
+    widths = {
+        key: v for key, v in SMALL.items() if key in model_parameters(resolve_model(name, {})[0])
+    }
+    model = build_named(name, 6, 3, **widths).cuda().train()
     batch = collated_batch(pad).to("cuda")
     assert model.uses_fast_path(batch)
     F.cross_entropy(model(batch), batch.y).backward()  # warm-up: cuDNN plans, allocator

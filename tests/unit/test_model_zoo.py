@@ -4,6 +4,8 @@ Shape, backward, one-step and batch-independence checks for every registered mod
 ``test_models.py``; here each model is checked for what makes it that model.
 """
 
+import hashlib
+
 import numpy as np
 import pytest
 import torch
@@ -14,12 +16,13 @@ from torch_geometric.nn import ChebConv, GATConv, GCNConv, GINConv, GraphConv, S
 from torch_geometric.nn.aggr import MeanAggregation
 from torch_geometric.utils import scatter
 
-from sergraph.config import compose, config_dir
+from sergraph.config import compose, config_dir, model_family
 from sergraph.data.graphs import build_graph
-from sergraph.models import MODELS, NON_NEURAL, build_model, model_parameters
+from sergraph.models import CLASSIC, MODELS, build_model, is_classic, model_parameters
 from sergraph.models.base import TemporalGNN
 from sergraph.models.recurrent import BiGRUFront
 from sergraph.models.sage import PackedLSTMAggregation
+from tests.models import build_named
 
 MODEL_YAMLS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 
@@ -52,22 +55,71 @@ def without_edges(batch):
 # --- configs ---------------------------------------------------------------------------------
 
 
-def test_every_model_has_a_config_file_and_every_file_a_model():
-    assert MODEL_YAMLS == sorted(list(MODELS) + list(NON_NEURAL))
+# The presets: a family with other defaults, written out in the file (and nothing else changed).
+PRESETS = {
+    "gin": ("lstm_gin", {"use_lstm": False}),
+    "lstm_gat": ("gat", {"use_lstm": True}),
+    "lstm_sage_mean": ("sage_mean", {"use_lstm": True}),
+    "lstm_sage_lstm": ("sage_mean", {"use_lstm": True, "aggr": "lstm"}),
+    "sage_lstm": ("sage_mean", {"aggr": "lstm"}),
+}
+
+
+def test_every_family_has_a_config_file_and_every_file_a_family():
+    files_of: dict[str, list[str]] = {}
+    for name in MODEL_YAMLS:
+        files_of.setdefault(model_family(compose([f"model={name}"])), []).append(name)
+    assert sorted(files_of) == sorted([*MODELS, *CLASSIC])
+    # each family has a file of its own name; the other files are the presets above
+    assert all(family in names for family, names in files_of.items())
+    presets = {name: family for family, names in files_of.items() for name in names}
+    assert {name: family for name, family in presets.items() if name != family} == {
+        name: family for name, (family, _) in PRESETS.items()
+    }
 
 
 @pytest.mark.parametrize("name", MODEL_YAMLS)
 def test_model_config_composes_and_writes_out_the_defaults(name):
     cfg = compose([f"model={name}"])
-    assert cfg.model.name == name
+    family, changed = PRESETS.get(name, (name, {}))
+    assert cfg.model.name == name and model_family(cfg) == family
+    assert cfg.model.family == (family if name in PRESETS else None)
     params = OmegaConf.to_container(cfg.model.params)
-    if name in NON_NEURAL:
+    if is_classic(family):
         assert params == {}
         return
-    defaults = model_parameters(name)
-    assert {key: defaults[key] for key in params} == params
-    if name not in ("gin", "lstm_gin"):  # the zoo's files list every parameter
-        assert set(params) == set(defaults)
+    defaults = model_parameters(family)
+    assert {key: value for key, value in params.items() if defaults[key] != value} == changed
+    if name not in ("gin", "lstm_gin"):  # the zoo's files list every parameter ...
+        # ... but sage_mean's file predates its aggr parameter (writing it would change the
+        # config id of its runs)
+        assert set(params) | ({"aggr"} if name == "sage_mean" else set()) == set(defaults)
+
+
+# Recorded with the classes the presets replaced (GIN, LSTMGAT, LSTMSAGEMean, LSTMSAGELSTM,
+# SAGELSTM, all gone now): torch.manual_seed(0), then the class with the file's params at 6
+# features and 3 classes; the state_dict's number of entries and the first 16 hex digits of the
+# sha256 of its names and bytes, in order. Same modules, same order of creation: same weights.
+OLD_CLASS_WEIGHTS = {
+    "gin": (54, "c0984610d92942d6"),
+    "lstm_gat": (57, "080ea213265e9739"),
+    "lstm_sage_mean": (52, "7453843c08a3592f"),
+    "lstm_sage_lstm": (72, "72b53c5eaea9b44a"),
+    "sage_lstm": (64, "ac3553e0f7a254fb"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_builds_the_initial_weights_of_the_class_it_replaced(name):
+    cfg = compose([f"model={name}"])
+    torch.manual_seed(0)
+    model = build_model(model_family(cfg), 6, 3, **OmegaConf.to_container(cfg.model.params))
+    state = model.state_dict()
+    digest = hashlib.sha256()
+    for key, tensor in state.items():
+        digest.update(key.encode())
+        digest.update(tensor.detach().contiguous().numpy().tobytes())
+    assert (len(state), digest.hexdigest()[:16]) == OLD_CLASS_WEIGHTS[name]
 
 
 # --- the shared base class -------------------------------------------------------------------
@@ -154,7 +206,7 @@ def test_gat_heads_average_to_hidden_width():
 
 
 def test_lstm_gat_has_the_paper_bilstm_front():
-    model = build_model("lstm_gat", 76, 4)
+    model = build_named("lstm_gat", 76, 4)
     assert model.front.lstm.hidden_size == 128 and model.front.lstm.bidirectional
     assert model.convs[0].in_channels == 256
     assert model.head.classifier[1].in_features == 256 + 5 * 128
@@ -173,7 +225,7 @@ def test_lstm_gat_has_the_paper_bilstm_front():
     ],
 )
 def test_sage_aggregator_and_front(name, aggregator, front):
-    model = build_model(name, 6, 3)
+    model = build_named(name, 6, 3)
     assert all(isinstance(conv, SAGEConv) for conv in model.convs) and len(model.convs) == 5
     assert all(type(conv.aggr_module) is aggregator for conv in model.convs)
     assert (model.front is not None) is front
@@ -203,7 +255,7 @@ def test_sage_lstm_graph_with_fewer_neighbours_is_batch_independent():
     # A 3-node graph has degree <= 2; batched with a 12-node graph (degree 4), PyG's own
     # LSTMAggregation would feed it two padding steps and change its output.
     torch.manual_seed(0)
-    model = build_model("sage_lstm", 6, 3).eval()
+    model = build_named("sage_lstm", 6, 3).eval()
     together = batch_of([3, 12])
     with torch.no_grad():
         alone = model(batch_of([3]))[0]

@@ -38,7 +38,7 @@ def test_lstm_gin_matches_paper_sizes():
     assert len(model.convs) == 5 and all(conv.eps.requires_grad for conv in model.convs)
     # readout of the input layer (256) and five GIN layers (128 each) is concatenated
     assert model.head.classifier[1].in_features == 256 + 5 * 128
-    assert model_parameters("gin")["use_lstm"] is False
+    assert model_parameters("lstm_gin")["use_lstm"] is True
 
 
 @pytest.mark.parametrize("name", sorted(MODELS))

@@ -16,11 +16,11 @@ from sergraph.config import ConfigError, compose, compose_study
 from sergraph.data.collate import mark_band
 from sergraph.data.datamodule import FoldDataModule
 from sergraph.data.folds import make_folds
-from sergraph.models import build_model
 from sergraph.models.common import ReadoutHead
 from sergraph.results import select
 from sergraph.training.classic import speaker_standardized
 from sergraph.training.module import SERModule, augment_nodes, lr_factor
+from tests.models import build_named
 
 # ---------------------------------------------------------------------------------------------
 # augmentation
@@ -172,7 +172,7 @@ def test_models_take_the_utterance_vector_on_both_paths(name):
         )
     batch = mark_band(Batch.from_data_list(graphs), graphs)
     params = {"gru_hidden": 8} if name == "bigru_attn" else {"hidden": 8, "num_layers": 2}
-    model = build_model(name, 3, 4, global_channels=5, **params).eval()
+    model = build_named(name, 3, 4, global_channels=5, **params).eval()
     out = model(batch)
     assert out.shape == (3, 4)
     if hasattr(model, "fast_path"):
@@ -185,14 +185,14 @@ def test_models_take_the_utterance_vector_on_both_paths(name):
 
 
 def test_zero_graph_layers_reads_out_the_node_features():
-    model = build_model("gin", 3, 2, num_layers=0, readout="mean").eval()
+    model = build_named("gin", 3, 2, num_layers=0, readout="mean").eval()
     assert len(model.convs) == 0
     data = Batch.from_data_list(
         [Data(x=torch.randn(4, 3), edge_index=torch.empty(2, 0, dtype=torch.long))]
     )
     assert model(data).shape == (1, 2)
     with pytest.raises(ValueError, match=">= 0"):
-        build_model("gin", 3, 2, num_layers=-1)
+        build_named("gin", 3, 2, num_layers=-1)
 
 
 # ---------------------------------------------------------------------------------------------
