@@ -132,13 +132,34 @@ def make_folds(
     return folds
 
 
-def split_indices(table: pd.DataFrame, fold: Fold) -> dict[str, np.ndarray]:
-    """Row positions of the table in each split of the fold (rows of unused speakers dropped)."""
+def split_indices(
+    table: pd.DataFrame, fold: Fold, enrolled: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Row positions of the table in each split of the fold (rows of unused speakers dropped).
+
+    Args:
+        enrolled: row positions held aside for enrollment (``eval.protocol=enrollment``, see
+            :func:`sergraph.data.protocol.enrollment_rows`): they are left out of ``val`` and
+            ``test``, which then hold only the scored rows. Enrollment rows of training speakers
+            are refused.
+    """
     speaker = table["speaker"].astype(str).to_numpy()
-    return {
+    rows = {
         split: np.flatnonzero(np.isin(speaker, list(getattr(fold, f"{split}_speakers"))))
         for split in ("train", "val", "test")
     }
+    if enrolled is None:
+        return rows
+    enrolled = np.asarray(enrolled, dtype=np.int64)
+    trained = np.intersect1d(rows["train"], enrolled)
+    if len(trained):
+        raise FoldLeakError(
+            f"{fold.name}: enrollment rows of training speakers {sorted(set(speaker[trained]))}; "
+            "only validation and test speakers have enrollment utterances"
+        )
+    for split in ("val", "test"):
+        rows[split] = np.setdiff1d(rows[split], enrolled)
+    return rows
 
 
 def check_fold(fold: Fold, table: pd.DataFrame) -> None:

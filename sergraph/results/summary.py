@@ -28,10 +28,12 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     cells = sorted(root.glob("seed-*/fold-*/metrics.json"))
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
-    rows, pooled = [], []
+    rows, pooled, protocols = [], [], {}
     for path in cells:
         metrics = json.loads(path.read_text())
         classes = classes or metrics["classes"]
+        protocol = metrics.get("protocol") or {"name": "unknown", "note": "protocol not recorded"}
+        protocols[json.dumps(protocol, sort_keys=True)] = protocol
         rows.append(
             {
                 "seed": metrics["seed"],
@@ -56,6 +58,7 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     summary = {
         "model": root.name,
         "classes": classes,
+        "protocol": protocols.popitem()[1] if len(protocols) == 1 else mixed_protocol(protocols),
         "folds": folds.to_dict(orient="records"),
         "fold_mean": {"wa": wa_mean, "ua": ua_mean},
         "fold_std": {"wa": wa_std, "ua": ua_std},
@@ -70,10 +73,17 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     return summary
 
 
+def mixed_protocol(protocols: dict) -> dict:
+    names = sorted({p["name"] for p in protocols.values()})
+    return {"name": "mixed", "note": f"MIXED protocols across cells ({', '.join(names)})"}
+
+
 def format_summary(summary: dict) -> str:
     """A Markdown table: one row per fold, then mean +- std over folds and pooled."""
     lines = [
         f"## {summary['model']}: speaker-held-out results (%)",
+        "",
+        f"Protocol: {summary['protocol']['note']}.",
         "",
         "| seed | fold | test speakers | n | WA | UA |",
         "| ---: | ---: | --- | ---: | ---: | ---: |",

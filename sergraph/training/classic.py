@@ -13,24 +13,54 @@ from sergraph.results.layout import predictions_frame
 SVM_C_GRID = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
-def speaker_standardized(values: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """Each speaker's rows z-scored with that speaker's own mean and std (unlabelled; the
-    transductive ``graph.normalize=speaker`` step). Constant columns keep std 1."""
+def speaker_standardized(
+    values: np.ndarray, speakers: np.ndarray, statistics: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Each speaker's rows z-scored with that speaker's mean and std (unlabelled), computed
+    over ``statistics[speaker]`` (row positions) or, without it, over all of its rows (the
+    transductive step). Constant columns keep std 1."""
     out = np.empty_like(values, dtype=np.float64)
     for speaker in np.unique(speakers):
         mask = speakers == speaker
-        block = np.asarray(values[mask], dtype=np.float64)
-        std = block.std(axis=0)
+        rows = np.flatnonzero(mask) if statistics is None else statistics.get(str(speaker))
+        if rows is None or not len(rows):
+            out[mask] = np.nan  # a speaker outside the fold: never used
+            continue
+        fitted = np.asarray(values[rows], dtype=np.float64)
+        std = fitted.std(axis=0)
         std[~(std > 1e-8)] = 1.0
-        out[mask] = (block - block.mean(axis=0)) / std
+        out[mask] = (np.asarray(values[mask], dtype=np.float64) - fitted.mean(axis=0)) / std
     return out
+
+
+def protocol_rows(table, fold: Fold, protocol: str, normalize: str, enrollment: float, seed: int):
+    """The SVM's rows under an evaluation protocol: ``(fit rows, scored test rows, statistic
+    rows, enrolled rows)``.
+
+    The SVM fits on the training and validation speakers together, so only the test speakers
+    are held out: under ``enrollment`` their enrollment part is held aside (statistics only,
+    never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
+    """
+    from sergraph.data.protocol import check_protocol, enrollment_rows, statistic_rows
+
+    enrolled = None
+    if protocol == "enrollment":
+        enrolled = enrollment_rows(table, fold.test_speakers, enrollment, seed)
+    rows = split_indices(table, fold, enrolled)
+    fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
+    sides = {"train": fit_rows, "test": rows["test"]}
+    statistics = statistic_rows(table, sides, protocol, normalize, enrolled)
+    check_protocol(protocol, rows["test"], statistics, enrolled, where=fold.name)
+    return fit_rows, rows["test"], statistics, enrolled
 
 
 def fit_svm(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     """Linear SVM on utterance functionals, standardised with training-side statistics.
 
     With ``graph.normalize=speaker`` every speaker's functionals are first z-scored with that
-    speaker's own statistics (the same transductive, label-free step the graph models get).
+    speaker's own statistics (the same label-free step the graph models get); a test speaker's
+    statistics come from the protocol (:func:`protocol_rows`): its enrollment part, or under
+    ``transductive`` all its utterances.
 
     The regularisation constant C is chosen from :data:`SVM_C_GRID` by mean UA of an inner
     leave-one-speaker-out loop over the fold's training and validation speakers (never the
@@ -40,13 +70,21 @@ def fit_svm(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
 
-    rows = split_indices(study.table, fold)
+    from sergraph.config import protocol_of
+
+    train, test_rows, statistics, _ = protocol_rows(
+        study.table,
+        fold,
+        protocol_of(cfg),
+        cfg.graph.normalize,
+        cfg.eval.enrollment,
+        cfg.eval.enrollment_seed,
+    )
     labels = study.table["label"].map(study.classes.index).to_numpy()
     speakers = study.table["speaker"].astype(str).to_numpy()
-    train = np.sort(np.concatenate([rows["train"], rows["val"]]))
     values = study.functionals
     if cfg.graph.normalize == "speaker":
-        values = speaker_standardized(values, speakers)
+        values = speaker_standardized(values, speakers, statistics)
 
     def fit_predict(c: float, fit_rows: np.ndarray, predict_rows: np.ndarray):
         scaler = StandardScaler().fit(values[fit_rows])
@@ -69,17 +107,17 @@ def fit_svm(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
         mean_ua = float(np.nanmean(inner))
         if best_ua is None or mean_ua > best_ua:
             best_c, best_ua = c, mean_ua
-    model, decision = fit_predict(best_c, train, rows["test"])
+    model, decision = fit_predict(best_c, train, test_rows)
     decision = decision - decision.max(axis=1, keepdims=True)
     scores = np.exp(decision) / np.exp(decision).sum(axis=1, keepdims=True)
     # Classes never seen in training have no column in the SVM; place scores by class index.
-    full = np.zeros((len(rows["test"]), len(study.classes)))
+    full = np.zeros((len(test_rows), len(study.classes)))
     full[:, model.classes_] = scores
-    test_rows = study.table.iloc[rows["test"]]
+    tested = study.table.iloc[test_rows]
     predictions = predictions_frame(
-        test_rows["utterance"].tolist(),
-        test_rows["speaker"].astype(str).tolist(),
-        labels[rows["test"]],
+        tested["utterance"].tolist(),
+        tested["speaker"].astype(str).tolist(),
+        labels[test_rows],
         full,
         study.classes,
     )

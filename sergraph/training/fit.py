@@ -14,7 +14,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity
+from sergraph.config import identity, protocol_of
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
@@ -140,6 +140,9 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         utterance_features=study.functionals
         if cfg.features.get("concat_functionals", False)
         else None,
+        protocol=protocol_of(cfg),
+        enrollment=cfg.eval.enrollment,
+        enrollment_seed=cfg.eval.enrollment_seed,
     )
 
 

@@ -20,13 +20,15 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
-from sergraph.config import compose_study, identity, to_yaml
+from sergraph.config import compose_study, identity, protocol_of, to_yaml
 from sergraph.console import log
-from sergraph.data.folds import Fold
+from sergraph.data.folds import Fold, check_fold
 from sergraph.data.prepared import PreparedData, prepared
+from sergraph.data.protocol import protocol_record
 from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import failed_files_path, finished, fold_dir, run_root, study_dir
+from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
 from sergraph.training.classic import fit_svm
 from sergraph.training.distributed import is_global_zero
@@ -199,7 +201,8 @@ def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, direct
 def fit_cell(
     cfg, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ) -> dict:
-    start = time.perf_counter()
+    start, started = time.perf_counter(), now()
+    check_fold(fold, study.table)  # in the runner itself, for neural and classic cells alike
     if cfg.model.name == "svm":
         predictions, extra = fit_svm(cfg, study, fold, seed)
     else:
@@ -221,8 +224,12 @@ def fit_cell(
         "test_speakers": list(fold.test_speakers),
         "classes": study.classes,
         "n_test": len(predictions),
+        "protocol": protocol_record(
+            protocol_of(cfg), cfg.eval.enrollment, cfg.eval.enrollment_seed
+        ),
         **scores,
         **extra,
         "seconds": time.perf_counter() - start,
     }
+    result["provenance"] = provenance(cfg, started)
     return result
