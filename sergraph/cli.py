@@ -56,7 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default RUN_DIR/report; needed for several)")
     report.add_argument(
         "--reference",
-        help="label every other label is paired with (default: the best pooled UA)",
+        help="label every other label is paired with (default: the experiment's declared "
+        "`reference`; never chosen by a test score)",
+    )
+    report.add_argument(
+        "--cross-protocol",
+        action="store_true",
+        help="also pair labels of different evaluation protocols (labelled in the report)",
     )
     select = verbs.add_parser(
         "select",
@@ -67,6 +73,16 @@ def _parser() -> argparse.ArgumentParser:
         "--candidates", help="comma-separated variant labels (default: all variants)"
     )
     select.add_argument("--label", default="nested", help="name of the new label folder")
+    select.add_argument(
+        "--criterion",
+        choices=("cell", "fold"),
+        default="cell",
+        help="cell: per (seed, fold) on that seed's validation UA; fold: per fold on the "
+        "validation UA averaged over all seeds (less noisy)",
+    )
+    select.add_argument(
+        "--reference", help="the fixed recipe's label: print both pooled UAs seed by seed"
+    )
     ensemble = verbs.add_parser(
         "ensemble", help="seed ensemble of one variant (probabilities averaged per fold)"
     )
@@ -151,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":
-            return _report([Path(d) for d in args.run_dir], args.reference, args.out)
+            return _report(
+                [Path(d) for d in args.run_dir], args.reference, args.out, args.cross_protocol
+            )
         if args.verb == "select":
             return _select(args)
         if args.verb == "ensemble":
@@ -207,10 +225,17 @@ def _select(args) -> int:
     from sergraph.results.select import select_nested
 
     candidates = args.candidates.split(",") if args.candidates else None
-    chosen = select_nested(Path(args.study_dir), candidates, args.label)
+    chosen = select_nested(Path(args.study_dir), candidates, args.label, args.criterion)
     print("seed\tfold\tselected")
     for (seed, fold), label in chosen.items():
         print(f"{seed}\t{fold}\t{label}")
+    if args.reference:
+        from sergraph.results.select import compare_per_seed
+
+        table = compare_per_seed(Path(args.study_dir), args.label, args.reference)
+        print(f"\npooled UA per seed, {args.label} against the fixed recipe {args.reference}:")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"mean difference over {len(table)} seed(s): {table['difference'].mean():+.4f}")
     print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)
     return 0
 
@@ -224,10 +249,20 @@ def _ensemble(args) -> int:
     return 0
 
 
-def _report(run_dirs: list[Path], reference: str | None = None, out: str | None = None) -> int:
+def _report(
+    run_dirs: list[Path],
+    reference: str | None = None,
+    out: str | None = None,
+    cross_protocol: bool = False,
+) -> int:
     from sergraph.results.report import write_report
 
-    report = write_report(run_dirs, out, reference=reference)
+    report = write_report(run_dirs, out, reference=reference, cross_protocol=cross_protocol)
+    for label, files in report["changed_sources"].items():
+        print(
+            f"WARNING: {label}: config files changed since its cells ran: {'; '.join(files)}",
+            file=sys.stderr,
+        )
     print(Path(report["paths"]["report"]).read_text())
     print(
         f"written: {', '.join(report['paths']['figures'] + [report['paths']['results']])}",

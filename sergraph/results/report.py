@@ -25,19 +25,20 @@ import json
 import math
 import re
 import warnings
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from sergraph.io import atomic_write_csv, atomic_write_text
+from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
+from sergraph.results.provenance import changed_sources, row_provenance
 from sergraph.results.summary import mean_std, summarize
 
 CELL_PATTERN = "seed-*/fold-*/metrics.json"
 BOOTSTRAP_RESAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-#: Above this many labels only the comparisons against the best label are tabulated.
+#: Above this many labels only the comparisons against the reference label are tabulated.
 MAX_LABELS_ALL_PAIRS = 8
 K_FIGURE = "wa_ua_vs_k.png"
 
@@ -57,6 +58,8 @@ RESULT_COLUMNS = [
     "pooled_ua",
     "pooled_ua_std",
     "predictions",
+    "protocol",
+    "provenance",
 ]
 FOLD_COLUMNS = ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
 
@@ -108,7 +111,9 @@ def collect(label: str, root: Path) -> dict:
     """Summary, table row, per-fold UA and pooled confusion of one label."""
     summary = summarize(root)
     cells = sorted(root.glob(CELL_PATTERN))
-    first = json.loads(cells[0].read_text())
+    records = [json.loads(cell.read_text()) for cell in cells]
+    first = records[0]
+    origin = row_provenance(records)
     folds = pd.DataFrame(summary["folds"])
     per_seed = summary["pooled"]["per_seed"]
     pooled_wa, pooled_wa_std = mean_std([p["wa"] for p in per_seed])
@@ -132,6 +137,8 @@ def collect(label: str, root: Path) -> dict:
         "pooled_ua": pooled_ua,
         "pooled_ua_std": pooled_ua_std,
         "predictions": int(sum(p["n"] for p in per_seed)),
+        "protocol": summary["protocol"]["name"],
+        "provenance": origin["text"],
     }
     # A fold is identified by its number and its test speakers: the same number with other
     # speakers (another fold scheme) is not the same fold and must not be paired.
@@ -145,6 +152,9 @@ def collect(label: str, root: Path) -> dict:
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
         "config": _load_config(cells[0].parent / "config.yaml"),
+        "protocol": summary["protocol"],
+        "provenance": origin,
+        "changed_sources": changed_sources(records),
     }
 
 
@@ -223,18 +233,58 @@ def paired_test(
     return out
 
 
-def comparisons(collected: list[dict], best: str) -> list[dict]:
-    """Every label against the best; also every other pair when there are few labels."""
+def comparisons(
+    collected: list[dict], reference: str | None, cross_protocol: bool = False
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every label against the declared ``reference``; also every other pair when there are
+    few labels (all pairs when there is no reference).
+
+    Labels of different protocols are not paired unless ``cross_protocol``; then the test's
+    ``kind`` says so.
+
+    Returns:
+        (the tests, the pairs refused because their protocols differ).
+    """
     by_label = {c["label"]: c for c in collected}
-    pairs = [(best, c["label"], "vs best") for c in collected if c["label"] != best]
-    if len(collected) <= MAX_LABELS_ALL_PAIRS:
-        others = [c["label"] for c in collected if c["label"] != best]
+    labels = [c["label"] for c in collected]
+    pairs = []
+    if reference is not None:
+        pairs += [(reference, label, "vs reference") for label in labels if label != reference]
+    others = [label for label in labels if label != reference]
+    if len(labels) <= MAX_LABELS_ALL_PAIRS:
         pairs += [(a, b, "pair") for a, b in itertools.combinations(others, 2)]
-    out = []
+    out, refused = [], []
     for a, b, kind in pairs:
+        protocols = by_label[a]["protocol"]["name"], by_label[b]["protocol"]["name"]
+        if protocols[0] != protocols[1]:
+            if not cross_protocol:
+                refused.append((a, b))
+                continue
+            kind = f"{kind}, CROSS-PROTOCOL ({protocols[0]} vs {protocols[1]})"
         test = paired_test(by_label[a]["fold_ua"], by_label[b]["fold_ua"])
         out.append({"first": a, "second": b, "kind": kind, **test})
-    return out
+    return out, refused
+
+
+def declared_reference(collected: list[dict]) -> str | None:
+    """The baseline the labels' experiment file declares (key ``reference``), if one label of
+    that name is here. Different declarations raise."""
+    declared = {
+        (item["config"] or {}).get("reference")
+        for item in collected
+        if (item["config"] or {}).get("reference")
+    }
+    if len(declared) > 1:
+        raise ValueError(
+            f"the labels declare different references {sorted(declared)}; give one with --reference"
+        )
+    if not declared:
+        return None
+    name = declared.pop()
+    matches = [
+        c["label"] for c in collected if c["label"] == name or c["label"].endswith(f"/{name}")
+    ]
+    return matches[0] if len(matches) == 1 else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,7 +309,9 @@ def k_groups(collected: list[dict]) -> list[dict]:
         rest = {
             key: value
             for key, value in flat.items()
-            if key not in ignored and not key.startswith(("logger.", "variants."))
+            if key not in ignored
+            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm."))
+            and key != "reference"
         }
         signature = json.dumps(rest, sort_keys=True, default=str)
         groups.setdefault(signature, []).append((int(flat["graph.k"]), item["label"]))
@@ -279,134 +331,6 @@ def _flatten(node, prefix: str = "") -> dict:
     for key, value in node.items():
         flat.update(_flatten(value, f"{prefix}{key}."))
     return {key.rstrip("."): value for key, value in flat.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-
-
-def _new_figure(width: float, height: float):
-    # Figure + the Agg canvas directly: no pyplot state, no GUI backend, safe on a cluster node.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure, path: Path) -> Path:
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=150)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def plot_confusion(confusion, classes: list[str], title: str):
-    """Row-normalised confusion matrix (rows = true) with the value printed in each cell."""
-    counts = np.asarray(confusion, dtype=float)
-    support = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rates = np.where(support > 0, counts / support, np.nan)
-    size = 1.5 + 0.9 * len(classes)
-    figure = _new_figure(size + 1.8, size)
-    axes = figure.add_subplot()
-    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axes.set_yticks(
-        range(len(classes)),
-        [f"{c} ({int(n)})" for c, n in zip(classes, support[:, 0], strict=True)],
-    )
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true (utterances)")
-    axes.set_title(title, fontsize=10)
-    for i, j in itertools.product(range(len(classes)), repeat=2):
-        value = rates[i, j]
-        axes.text(
-            j,
-            i,
-            "–" if np.isnan(value) else f"{value:.2f}",
-            ha="center",
-            va="center",
-            color="white" if value > 0.5 else "black",
-        )
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    return figure
-
-
-def plot_folds(collected: list[dict]):
-    """Grouped bars: UA (%) per fold (averaged over seeds), one bar per label."""
-    speakers: dict[int, str] = {}
-    for item in collected:
-        for fold, test_speakers in item["fold_ua"]:
-            speakers.setdefault(fold, test_speakers)
-    folds = sorted(speakers)
-    width = 0.8 / len(collected)
-    figure = _new_figure(max(6.0, 0.35 * len(folds) * len(collected) + 2.0), 4.0)
-    axes = figure.add_subplot()
-    for index, item in enumerate(collected):
-        by_fold = {fold: ua for (fold, _), ua in item["fold_ua"].items()}
-        positions = [folds.index(f) + (index - (len(collected) - 1) / 2) * width for f in by_fold]
-        axes.bar(
-            positions,
-            [100 * ua for ua in by_fold.values()],
-            width=width,
-            label=f"{item['label']} (mean {100 * np.mean(list(by_fold.values())):.1f})",
-        )
-    short = all(len(speakers[f]) <= 12 for f in folds)
-    axes.set_xticks(range(len(folds)), [f"{f}\n{speakers[f]}" if short else str(f) for f in folds])
-    axes.set_xlabel("fold (test speakers)" if short else "fold")
-    axes.set_ylabel("UA (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title("UA per speaker-held-out fold (averaged over seeds)", fontsize=10)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return figure
-
-
-def plot_k(groups: list[dict], rows: dict[str, dict]):
-    """Pooled WA and UA (%) against graph.k, one pair of lines per group of labels."""
-    figure = _new_figure(5.5, 4.0)
-    axes = figure.add_subplot()
-    for number, group in enumerate(groups):
-        ks = sorted(set(group["k"]))
-        prefix = f"{' / '.join(group['labels'])}: " if len(groups) > 1 else ""
-        for metric, style in (("wa", "s--"), ("ua", "o-")):
-            # Labels sharing a k have the same configuration; plot their mean.
-            values = [
-                100
-                * np.mean(
-                    [
-                        rows[label][f"pooled_{metric}"]
-                        for label, k in zip(group["labels"], group["k"], strict=True)
-                        if k == key
-                    ]
-                )
-                for key in ks
-            ]
-            line = axes.plot(
-                ks,
-                values,
-                style,
-                label=f"{prefix}{metric.upper()}",
-                color=f"C{2 * number + (metric == 'ua')}",
-            )
-            for k, value in zip(ks, values, strict=True):
-                axes.annotate(
-                    f"{value:.2f}",
-                    (k, value),
-                    textcoords="offset points",
-                    xytext=(0, 7 if metric == "ua" else -13),  # apart when WA ~ UA
-                    ha="center",
-                    fontsize=8,
-                    color=line[0].get_color(),
-                )
-    axes.margins(x=0.1, y=0.2)  # room for the printed values
-    axes.set_xticks(sorted({k for group in groups for k in group["k"]}))
-    axes.set_xlabel("k (temporal neighbours per node)")
-    axes.set_ylabel("pooled accuracy (%)")
-    axes.set_title("WA and UA (pooled over folds) against k", fontsize=10)
-    axes.legend(fontsize=8)
-    return figure
 
 
 def _slug(label: str) -> str:
@@ -432,29 +356,33 @@ def _fold_list(keys: list[tuple[int, str]]) -> str:
 
 def format_report(
     name: str,
-    rows: list[dict],
-    best: str,
+    collected: list[dict],
+    reference: str | None,
     tests: list[dict],
     figures: list[str],
     same_folds: bool = True,
     unfinished: list[str] = (),
+    refused: list[tuple[str, str]] = (),
 ) -> str:
+    rows = [item["row"] for item in collected]
     lines = [
         f"# {name}: speaker-held-out results (%)",
         "",
-        "| label | model | folds × seeds | WA mean ± std | UA mean ± std | pooled WA | pooled UA |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| label | model | protocol | folds × seeds | WA mean ± std | UA mean ± std | pooled WA "
+        "| pooled UA | provenance |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         cells = f"{row['folds']} × {row['seeds']}"
         if not row["complete"]:
             cells += f" ({row['cells']} cells, incomplete)"
-        label = f"**{row['label']}**" if row["label"] == best else row["label"]
+        label = f"{row['label']} (reference)" if row["label"] == reference else row["label"]
         lines.append(
-            f"| {label} | {row['model']} | {cells} | {_percent(row['wa_mean'], row['wa_std'])} | "
+            f"| {label} | {row['model']} | {row['protocol']} | {cells} | "
+            f"{_percent(row['wa_mean'], row['wa_std'])} | "
             f"{_percent(row['ua_mean'], row['ua_std'])} | "
             f"{_percent(row['pooled_wa'], row['pooled_wa_std'])} | "
-            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} |"
+            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} | {row['provenance']} |"
         )
     n_folds = max(row["folds"] for row in rows)
     lines += [
@@ -463,6 +391,13 @@ def format_report(
         "(compare it with the fold-to-fold std and the paired tests below), not a ranking.",
         "",
     ]
+    notes = {item["protocol"]["name"]: item["protocol"]["note"] for item in collected}
+    lines += [f"Protocol {name_}: {note}." for name_, note in sorted(notes.items())] + [""]
+    changed = [(item["label"], item["changed_sources"]) for item in collected]
+    changed = [(label, files) for label, files in changed if files]
+    if changed:
+        lines += ["WARNING: config files changed since their cells ran:"]
+        lines += [f"- {label}: {'; '.join(files)}" for label, files in changed] + [""]
     if unfinished:
         lines += [f"No finished fold yet, so not in the table: {', '.join(unfinished)}.", ""]
     if not same_folds:
@@ -475,13 +410,29 @@ def format_report(
         "WA = accuracy over utterances; UA = mean recall over classes present in the targets. "
         "Mean ± std: over all fold × seed cells (sample std). Pooled: WA/UA over all test "
         "predictions of a seed, averaged over seeds (± sample std over seeds when there are "
-        "several). Bold: best pooled UA. Machine-readable: results.csv, folds.csv (fractions).",
+        "several). Provenance: 'clean @ commit' when every cell of the row ran from that one "
+        "commit of a clean tree. No row is marked best: a reference is declared (experiment key "
+        "`reference` or --reference), never chosen by a test score. Machine-readable: "
+        "results.csv, folds.csv (fractions).",
         "",
         "## Paired comparisons (UA per fold, seeds averaged first)",
         "",
+        f"Reference: {reference}."
+        if reference
+        else "No reference declared (experiment key `reference` or --reference): pairs only.",
+        "",
     ]
+    if refused:
+        shown = ", ".join(f"{a} / {b}" for a, b in refused)
+        lines += [
+            f"Not compared, their protocols differ (--cross-protocol to test anyway): {shown}.",
+            "",
+        ]
     if not tests:
-        lines += ["One label only: nothing to compare.", ""]
+        lines += [
+            "One label only: nothing to compare." if len(rows) == 1 else "No pair to compare.",
+            "",
+        ]
     else:
         lines += [
             "Δ UA = A − B in points over the folds both labels have; 95% CI: percentile "
@@ -495,6 +446,8 @@ def format_report(
         ]
         for test in tests:
             notes = [test["note"]] if test["note"] else []
+            if "CROSS-PROTOCOL" in test["kind"]:
+                notes.insert(0, test["kind"].split(", ", 1)[1])
             if test["only_first"]:
                 notes.append(f"unpaired, only in {test['first']}: {_fold_list(test['only_first'])}")
             if test["only_second"]:
@@ -528,6 +481,7 @@ def write_report(
     run_dir: str | Path | list,
     out_dir: str | Path | None = None,
     reference: str | None = None,
+    cross_protocol: bool = False,
 ) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
@@ -537,11 +491,16 @@ def write_report(
             folder's name (``emodb/svm``, ``best/gin``) and ``out_dir`` is required.
         out_dir: where to write; default ``run_dir/report``.
         reference: the label every other label is paired with (an ablation's full recipe);
-            default: the label with the best pooled UA.
+            default: the one the experiment file declares (key ``reference``), else none (never
+            a label chosen by a test score).
+        cross_protocol: also pair labels evaluated under different protocols (labelled
+            CROSS-PROTOCOL); refused by default.
 
     Returns:
-        ``rows`` (the table, one dict per label, fractions), ``best`` (label with the best pooled
-        UA), ``comparisons`` (see :func:`paired_test`; plus ``first``, ``second``, ``kind``),
+        ``rows`` (the table, one dict per label, fractions), ``reference`` (the label paired with
+        all others, or ``None``), ``comparisons`` (see :func:`paired_test`; plus ``first``,
+        ``second``, ``kind``), ``refused`` (pairs not tested: different protocols),
+        ``changed_sources`` (label -> config files changed since its cells ran),
         ``k_groups`` (see :func:`k_groups`), ``unfinished`` (label folders without a finished
         cell) and ``paths`` (``report``, ``results``, ``folds``,
         ``figures``: strings).
@@ -573,22 +532,21 @@ def write_report(
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
     collected = [collect(label, root) for label, root in labels.items()]
     rows = [item["row"] for item in collected]
-    ranked = [row for row in rows if not math.isnan(row["pooled_ua"])] or rows
-    best = max(ranked, key=lambda row: row["pooled_ua"])["label"]  # first of equals wins
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
-    tests = comparisons(collected, reference or best)
+    reference = reference or declared_reference(collected)
+    tests, refused = comparisons(collected, reference, cross_protocol)
     groups = k_groups(collected)
 
     figures: list[Path] = []
     for item in collected:
         title = f"{item['label']}: pooled predictions, row-normalised"
         figure = plot_confusion(item["confusion"], item["classes"], title)
-        figures.append(_save_png(figure, out_dir / f"confusion_{_slug(item['label'])}.png"))
-    figures.append(_save_png(plot_folds(collected), out_dir / "folds.png"))
+        figures.append(save_png(figure, out_dir / f"confusion_{_slug(item['label'])}.png"))
+    figures.append(save_png(plot_folds(collected), out_dir / "folds.png"))
     if groups:
         figures.append(
-            _save_png(plot_k(groups, {row["label"]: row for row in rows}), out_dir / K_FIGURE)
+            save_png(plot_k(groups, {row["label"]: row for row in rows}), out_dir / K_FIGURE)
         )
     else:  # a figure left from an earlier report would describe labels no longer compared
         (out_dir / K_FIGURE).unlink(missing_ok=True)
@@ -604,14 +562,27 @@ def write_report(
     atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=RESULT_COLUMNS))
     atomic_write_csv(paths["folds"], folds)
     same_folds = len({frozenset(item["fold_ua"]) for item in collected}) == 1
-    text = format_report(name, rows, best, tests, [f.name for f in figures], same_folds, unfinished)
+    text = format_report(
+        name,
+        collected,
+        reference,
+        tests,
+        [f.name for f in figures],
+        same_folds,
+        unfinished,
+        refused,
+    )
     atomic_write_text(paths["report"], text)
     return {
         "run_dir": str(run_dir),
         "out_dir": str(out_dir),
         "rows": rows,
-        "best": best,
+        "reference": reference,
         "comparisons": tests,
+        "refused": refused,
+        "changed_sources": {
+            i["label"]: i["changed_sources"] for i in collected if i["changed_sources"]
+        },
         "k_groups": groups,
         "unfinished": unfinished,
         "paths": {key: str(path) for key, path in paths.items()}
