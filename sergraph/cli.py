@@ -157,6 +157,19 @@ def _add_predict_parser(verbs) -> None:
         "predict the others)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument(
+        "--enroll",
+        action="append",
+        default=[],
+        metavar="SPEAKER=DIR_OR_FILES",
+        help="unlabelled enrollment audio of a speaker (files comma-separated, or a folder), or "
+        "a manifest CSV with path and speaker columns; for bundles trained with "
+        "eval.protocol=enrollment (repeatable)",
+    )
+    predict.add_argument(
+        "--speaker",
+        help="the speaker of the audio to predict (a manifest's speaker column wins)",
+    )
     predict.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
     predict.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or notes on stderr"

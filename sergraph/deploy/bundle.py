@@ -153,6 +153,8 @@ class Bundle:
             f"utterances, {len(meta['source']['speakers'])} speakers) in "
             f"{meta['source']['run_dir']}",
         ]
+        if meta.get("protocol"):
+            lines.append(f"protocol: {meta['protocol']['note']}")
         verification = meta.get("verification")
         if verification:
             lines.append(
@@ -209,7 +211,11 @@ class Bundle:
 
     @torch.inference_mode()
     def predict_features(
-        self, features: Sequence[np.ndarray], batch_size: int = 32, member: int | None = None
+        self,
+        features: Sequence[np.ndarray],
+        batch_size: int = 32,
+        member: int | None = None,
+        normalizers: Sequence | None = None,
     ) -> np.ndarray:
         """Class probabilities of pooled feature arrays ``[T_i, F]`` (as the cache gives them).
 
@@ -217,6 +223,9 @@ class Bundle:
             features: one array per utterance or segment.
             batch_size: graphs per forward pass.
             member: use only this member (default: the mean over all members).
+            normalizers: per array, a :class:`~sergraph.data.graphs.Normalizer` of its
+                speaker's enrollment audio, or ``None`` for the member's training statistics
+                (see :mod:`sergraph.deploy.enroll`).
 
         Returns:
             ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
@@ -239,10 +248,10 @@ class Bundle:
         chosen = range(len(self.models)) if member is None else [member]
         total = np.zeros((len(features), len(self.classes)))
         for index in chosen:
-            normalizer = self.normalizers[index]
+            own = self.normalizers[index]
             graphs = [
                 build_graph(
-                    normalizer(array),
+                    ((normalizers[position] if normalizers else None) or own)(array),
                     graph["k"],
                     graph["max_nodes"],
                     graph["pad"],
@@ -271,6 +280,8 @@ class Bundle:
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         chunk_size: int = 512,
+        speakers: Sequence[str | None] | None = None,
+        enrollment: dict[str, Sequence[str | os.PathLike]] | None = None,
     ) -> pd.DataFrame:
         """Emotion of each audio file (or of each window of it).
 
@@ -290,11 +301,17 @@ class Bundle:
             progress: show a progress bar on stderr.
             chunk_size: files whose features are extracted (in parallel) and classified at a
                 time, which bounds memory for long lists.
+            speakers: the speaker of each file (``None`` where unknown); used by bundles trained
+                with ``eval.protocol=enrollment`` to pick the speaker's enrollment statistics.
+            enrollment: speaker -> enrollment audio files (unlabelled), for such bundles only.
+                A file whose speaker has none is normalised with the training statistics, and
+                its ``normalised_with`` column says so.
 
         Returns:
             One row per file (per segment with ``window``): ``path``, ``segment``, ``start``
             and ``end`` (seconds of the file the prediction used), ``duration`` (seconds),
-            ``emotion``, ``p_<class>`` for each class, ``error`` (empty when it worked).
+            ``emotion``, ``p_<class>`` for each class, ``error`` (empty when it worked); for
+            bundles trained with enrollment also ``speaker`` and ``normalised_with``.
 
         Raises:
             FeatureError: ``on_error="stop"`` and some files failed.
@@ -314,6 +331,7 @@ class Bundle:
         paths = [os.fspath(p) for p in paths]
         cache = FeatureCache(_cache_root(cache_dir), self.feature_config)
         self.check_pipeline(cache.config)
+        by_path = self._enrollment(cache, paths, speakers, enrollment, workers)
 
         rows: list[dict] = []
         failures: list[tuple[str, str]] = []
@@ -331,7 +349,7 @@ class Bundle:
                     arrays = cache.get(good, workers=1, progress=False)  # cache hits
                 good = [p for p in chunk if p not in reasons]
                 rows += self._chunk_rows(
-                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size
+                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, by_path
                 )
                 bar.update(len(chunk))
         finally:
@@ -345,6 +363,8 @@ class Bundle:
             )
         columns = ["path", "segment", "start", "end", "duration", "emotion"]
         columns += [f"p_{name}" for name in self.classes] + ["error"]
+        if by_path is not None:
+            columns += ["speaker", "normalised_with"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"segment": "int64"}) if len(frame) else frame
 
@@ -367,7 +387,35 @@ class Bundle:
             )
         return window_nodes, hop_nodes
 
-    def _chunk_rows(self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size):
+    def _enrollment(self, cache, paths, speakers, enrollment, workers) -> dict | None:
+        """path -> (speaker, Normalizer or None, words) for per-speaker bundles, else None."""
+        from sergraph.deploy.enroll import NO_ENROLLMENT, enrollment_note, speaker_normalizers
+
+        if speakers is not None and len(speakers) != len(paths):
+            raise BundleError(f"{len(speakers)} speakers given for {len(paths)} files")
+        if self.meta["graph"]["normalize"] != "speaker":
+            if enrollment:
+                raise BundleError(
+                    "this bundle normalises with its training speakers' statistics "
+                    f"(graph.normalize={self.meta['graph']['normalize']}); it takes no "
+                    "enrollment audio"
+                )
+            return None
+        enrollment = enrollment or {}
+        fitted = speaker_normalizers(cache, enrollment, workers)
+        speakers = list(speakers) if speakers is not None else [None] * len(paths)
+        out = {}
+        for path, speaker in zip(paths, speakers, strict=True):
+            if speaker in fitted:
+                note = enrollment_note(speaker, len(enrollment[speaker]))
+                out[path] = (speaker, fitted[speaker], note)
+            else:
+                out[path] = (speaker or "", None, NO_ENROLLMENT)
+        return out
+
+    def _chunk_rows(
+        self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled=None
+    ):
         node = self.node_seconds
         max_nodes = self.meta["graph"]["max_nodes"]
         by_path = dict(zip(good, arrays, strict=True))  # a file listed twice is computed once
@@ -380,7 +428,9 @@ class Bundle:
             for number, first in enumerate(_window_starts(len(array), window_nodes, hop_nodes)):
                 segments.append((path, number, first, min(first + window_nodes, len(array))))
         probabilities = self.predict_features(
-            [by_path[p][first:end] for p, _, first, end in segments], batch_size
+            [by_path[p][first:end] for p, _, first, end in segments],
+            batch_size,
+            normalizers=[enrolled[p][1] for p, *_ in segments] if enrolled else None,
         )
         durations = {p: _duration(p) for p in by_path}
         predicted: dict[str, list[dict]] = {}
@@ -398,6 +448,8 @@ class Bundle:
                 {f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, scores, strict=True)}
             )
             row["error"] = ""
+            if enrolled is not None:
+                row["speaker"], row["normalised_with"] = enrolled[path][0], enrolled[path][2]
             predicted.setdefault(path, []).append(row)
         rows = []
         for path in chunk:
@@ -406,6 +458,8 @@ class Bundle:
                 failed.update({"duration": _duration(path), "emotion": ""})
                 failed.update({f"p_{c}": np.nan for c in self.classes})
                 failed["error"] = reasons[path]
+                if enrolled is not None:
+                    failed["speaker"], failed["normalised_with"] = enrolled[path][0], ""
                 rows.append(failed)
             else:
                 rows += predicted[path]
@@ -588,9 +642,10 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, validate
+    from sergraph.config import Config, identity, protocol_of, validate
     from sergraph.data.features import RECIPE_VERSION, feature_names, opensmile_version
     from sergraph.data.prepared import prepare
+    from sergraph.data.protocol import protocol_record
     from sergraph.models import NON_NEURAL
     from sergraph.training.fit import fold_datamodule
     from sergraph.version import __version__
@@ -606,11 +661,13 @@ def export_bundle(
         raise BundleError(
             f"model {cfg.model.name!r} cannot be exported: bundles hold neural models only"
         )
-    if cfg.graph.normalize == "speaker":
+    protocol = protocol_of(cfg)
+    if cfg.graph.normalize == "speaker" and protocol != "enrollment":
         raise BundleError(
-            "graph.normalize=speaker normalises each speaker with its own features, which a "
-            "bundle cannot do for unknown speakers; export a run trained with "
-            "graph.normalize=train"
+            f"graph.normalize=speaker under eval.protocol={protocol} normalises each held-out "
+            "speaker with the very utterances it scores, which a bundle cannot do for new "
+            "speakers; export a run trained with eval.protocol=enrollment (speakers then bring "
+            "enrollment audio) or graph.normalize=train"
         )
     if cfg.features.get("concat_functionals", False):
         raise BundleError(
@@ -633,6 +690,7 @@ def export_bundle(
         ) from None
 
     members, provenance, verification = [], [], {"n": 0, "max_abs_diff": 0.0}
+    enrolled_stats: list[dict] = []
     meta = {
         "sergraph": __version__,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -660,6 +718,7 @@ def export_bundle(
         },
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_id": identity(cfg),
+        "protocol": protocol_record(protocol, cfg.eval.enrollment, cfg.eval.enrollment_seed),
         "source": {
             "run_dir": str(run_dir.resolve()),
             "corpus": cfg.data.name,
@@ -688,6 +747,11 @@ def export_bundle(
         datamodule = fold_datamodule(cfg, study, fold, record["seed"])
         datamodule.setup()
         normalizer = datamodule.normalizer
+        if datamodule.speaker_normalizers is not None:
+            # Per-speaker bundle: the training speakers' statistics, for speakers who bring no
+            # enrollment audio; speakers with enrollment audio use their own.
+            normalizer = training_statistics(study, fold)
+            enrolled_stats.append(datamodule.speaker_normalizers)
         if normalizer is None:  # graph.normalize=none
             from sergraph.data.graphs import Normalizer
 
@@ -722,7 +786,12 @@ def export_bundle(
             rows = study.table.reset_index(drop=True)
             position = {u: i for i, u in enumerate(rows["utterance"].astype(str))}
             arrays = [study.features[position[str(u)]] for u in saved["utterance"]]
-            mine = bundle.predict_features(arrays, member=index)
+            own = (
+                [enrolled_stats[index][str(s)] for s in saved["speaker"]]
+                if enrolled_stats
+                else None
+            )
+            mine = bundle.predict_features(arrays, member=index, normalizers=own)
             theirs = saved[[f"p_{c}" for c in study.classes]].to_numpy(dtype=np.float64)
             difference = float(np.abs(mine - theirs).max()) if len(saved) else 0.0
             if difference > VERIFY_TOLERANCE:
@@ -737,6 +806,15 @@ def export_bundle(
     out = Path(out) if out is not None else run_dir / f"bundle{SUFFIX}"
     bundle.save(out)
     return out, bundle
+
+
+def training_statistics(study, fold):
+    """The Normalizer of a fold's training rows (the fallback of a per-speaker bundle)."""
+    from sergraph.data.folds import split_indices
+    from sergraph.data.graphs import Normalizer
+
+    rows = split_indices(study.table, fold)["train"]
+    return Normalizer.fit([study.features[i] for i in rows])
 
 
 def _finished_cells(
