@@ -13,7 +13,7 @@ speaker of each file to predict comes from a manifest's ``speaker`` column or ``
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -27,16 +27,19 @@ def enrollment_note(speaker: str, n_files: int) -> str:
     return f"enrollment audio of {speaker} ({n_files} file(s))"
 
 
-def parse_enroll(items: Sequence[str]) -> dict[str, list[str]]:
+def parse_enroll(items: Sequence[str], expand: Callable) -> dict[str, list[str]]:
     """``SPEAKER=DIR_OR_FILES`` items (files comma-separated, folders searched for audio) or
     manifest CSVs with ``path`` and ``speaker`` columns -> speaker -> audio files.
+
+    Args:
+        items: the ``--enroll`` values.
+        expand: turns files and folders into audio files
+            (:func:`sergraph.deploy.predict.expand_inputs`).
 
     Raises:
         ValueError: an item of neither form, a manifest without a ``speaker`` column.
         FileNotFoundError: a named file or folder that does not exist.
     """
-    from sergraph.deploy.predict import expand_inputs
-
     out: dict[str, list[str]] = {}
     for item in items:
         if "=" in item:
@@ -44,7 +47,7 @@ def parse_enroll(items: Sequence[str]) -> dict[str, list[str]]:
             if not speaker.strip() or not files.strip():
                 raise ValueError(f"--enroll {item!r}: write SPEAKER=DIR_OR_FILES")
             parts = [part.strip() for part in files.split(",") if part.strip()]
-            out.setdefault(speaker.strip(), []).extend(expand_inputs(parts))
+            out.setdefault(speaker.strip(), []).extend(expand(parts))
         elif item.lower().endswith(".csv"):
             for speaker, paths in manifest_speakers(Path(item)).items():
                 out.setdefault(speaker, []).extend(paths)

@@ -158,7 +158,7 @@ def run_predict(args) -> int:
         raise ValueError(f"--output {args.output}: name a .csv, .jsonl or .json file")
     from sergraph.deploy.enroll import NO_ENROLLMENT, input_speakers, parse_enroll
 
-    enrollment = parse_enroll(getattr(args, "enroll", None) or [])
+    enrollment = parse_enroll(getattr(args, "enroll", None) or [], expand_inputs)
     speakers = input_speakers(args.audio, paths, getattr(args, "speaker", None))
     device = None if args.device == "auto" else args.device
     bundle = load_bundle(args.bundle, map_location=device)

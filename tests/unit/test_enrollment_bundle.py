@@ -16,6 +16,7 @@ import yaml
 from sergraph.data.protocol import enrollment_rows
 from sergraph.deploy.bundle import BundleError, export_bundle, load_bundle
 from sergraph.deploy.enroll import NO_ENROLLMENT, parse_enroll
+from sergraph.deploy.predict import expand_inputs
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +99,9 @@ def test_cli_predict_with_enroll(run, tmp_path, monkeypatch, capsys):
     path_of = dict(zip(run.table["utterance"], run.table["path"], strict=True))
     manifest = tmp_path / "enroll.csv"
     pd.DataFrame({"path": run.enrollment, "speaker": "spk01"}).to_csv(manifest, index=False)
-    assert parse_enroll([str(manifest)]) == {"spk01": run.enrollment}
-    assert parse_enroll(["spk01=" + ",".join(run.enrollment)]) == {"spk01": run.enrollment}
+    assert parse_enroll([str(manifest)], expand_inputs) == {"spk01": run.enrollment}
+    joined = "spk01=" + ",".join(run.enrollment)
+    assert parse_enroll([joined], expand_inputs) == {"spk01": run.enrollment}
     out = tmp_path / "out.csv"
     paths = [path_of[u] for u in saved["utterance"]]
     args = ["predict", str(run.bundle), *paths, "--speaker", "spk01", "--workers", "1", "-q"]
