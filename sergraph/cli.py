@@ -64,6 +64,11 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also pair labels of different evaluation protocols (labelled in the report)",
     )
+    report.add_argument(
+        "--folds",
+        help="only these fold indices, comma-separated (e.g. the folds never looked at while "
+        "shaping a recipe); the labels' summary files are left alone",
+    )
     select = verbs.add_parser(
         "select",
         help="nested selection: per (seed, fold), the variant with the best validation UA",
@@ -180,8 +185,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":
+            folds = [int(f) for f in args.folds.split(",")] if args.folds else None
             return _report(
-                [Path(d) for d in args.run_dir], args.reference, args.out, args.cross_protocol
+                [Path(d) for d in args.run_dir],
+                args.reference,
+                args.out,
+                args.cross_protocol,
+                folds,
             )
         if args.verb == "select":
             return _select(args)
@@ -267,10 +277,13 @@ def _report(
     reference: str | None = None,
     out: str | None = None,
     cross_protocol: bool = False,
+    folds: list[int] | None = None,
 ) -> int:
     from sergraph.results.report import write_report
 
-    report = write_report(run_dirs, out, reference=reference, cross_protocol=cross_protocol)
+    report = write_report(
+        run_dirs, out, reference=reference, cross_protocol=cross_protocol, folds=folds
+    )
     for label, files in report["changed_sources"].items():
         print(
             f"WARNING: {label}: config files changed since its cells ran: {'; '.join(files)}",

@@ -107,11 +107,15 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def collect(label: str, root: Path) -> dict:
-    """Summary, table row, per-fold UA and pooled confusion of one label."""
-    summary = summarize(root)
+def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
+    """Summary, table row, per-fold UA and pooled confusion of one label (``folds``: only
+    these fold indices)."""
+    summary = summarize(root, folds=folds, write=folds is None)
     cells = sorted(root.glob(CELL_PATTERN))
     records = [json.loads(cell.read_text()) for cell in cells]
+    if folds is not None:
+        kept = [i for i, r in enumerate(records) if int(r["fold"]) in folds]
+        cells, records = [cells[i] for i in kept], [records[i] for i in kept]
     first = records[0]
     origin = row_provenance(records)
     folds = pd.DataFrame(summary["folds"])
@@ -156,6 +160,12 @@ def collect(label: str, root: Path) -> dict:
         "provenance": origin,
         "changed_sources": changed_sources(records),
     }
+
+
+def _has_folds(root: Path, folds: list[int]) -> bool:
+    return any(
+        int(json.loads(path.read_text())["fold"]) in folds for path in root.glob(CELL_PATTERN)
+    )
 
 
 def _load_config(path: Path) -> dict | None:
@@ -482,6 +492,7 @@ def write_report(
     out_dir: str | Path | None = None,
     reference: str | None = None,
     cross_protocol: bool = False,
+    folds: list[int] | None = None,
 ) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
@@ -495,6 +506,8 @@ def write_report(
             a label chosen by a test score).
         cross_protocol: also pair labels evaluated under different protocols (labelled
             CROSS-PROTOCOL); refused by default.
+        folds: only these fold indices (e.g. the folds never looked at while shaping a
+            recipe); the report says so, and the labels' own summary files are left alone.
 
     Returns:
         ``rows`` (the table, one dict per label, fractions), ``reference`` (the label paired with
@@ -530,7 +543,14 @@ def write_report(
         unfinished = unfinished_labels(run_dir, labels)
         name = run_dir.resolve().name
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    collected = [collect(label, root) for label, root in labels.items()]
+    if folds is not None:
+        found = {label: root for label, root in labels.items() if _has_folds(root, folds)}
+        unfinished += [label for label in labels if label not in found]
+        labels = found
+        if not labels:
+            raise FileNotFoundError(f"no label under {run_dir} finished any of folds {folds}")
+        name += f" (folds {','.join(map(str, sorted(folds)))} only)"
+    collected = [collect(label, root, folds) for label, root in labels.items()]
     rows = [item["row"] for item in collected]
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
@@ -551,7 +571,7 @@ def write_report(
     else:  # a figure left from an earlier report would describe labels no longer compared
         (out_dir / K_FIGURE).unlink(missing_ok=True)
 
-    folds = pd.concat(
+    fold_rows = pd.concat(
         [item["folds"].assign(label=item["label"]) for item in collected], ignore_index=True
     )[FOLD_COLUMNS]
     paths = {
@@ -560,7 +580,7 @@ def write_report(
         "folds": out_dir / "folds.csv",
     }
     atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=RESULT_COLUMNS))
-    atomic_write_csv(paths["folds"], folds)
+    atomic_write_csv(paths["folds"], fold_rows)
     same_folds = len({frozenset(item["fold_ua"]) for item in collected}) == 1
     text = format_report(
         name,

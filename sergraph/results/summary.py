@@ -17,12 +17,18 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
+def summarize(
+    root: str | Path,
+    classes: list[str] | None = None,
+    folds: list[int] | None = None,
+    write: bool = True,
+) -> dict:
     """Collect ``metrics.json``/``predictions.csv`` of a model's folds; write summary.json/.md.
 
     Returns a dict with per-fold rows, the mean +- std over folds of WA and UA (sample std over
     all seed x fold cells) and WA/UA pooled over every test prediction of each seed (averaged
-    over seeds when there are several).
+    over seeds when there are several). ``folds``: only these fold indices (a subset report;
+    then pass ``write=False`` to leave the variant's summary files alone).
     """
     root = Path(root)
     cells = sorted(root.glob("seed-*/fold-*/metrics.json"))
@@ -31,6 +37,8 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     rows, pooled, protocols = [], [], {}
     for path in cells:
         metrics = json.loads(path.read_text())
+        if folds is not None and int(metrics["fold"]) not in folds:
+            continue
         classes = classes or metrics["classes"]
         protocol = metrics.get("protocol") or {"name": "unknown", "note": "protocol not recorded"}
         protocols[json.dumps(protocol, sort_keys=True)] = protocol
@@ -44,6 +52,8 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
                 "ua": metrics["ua"],
             }
         )
+    if not rows:
+        raise FileNotFoundError(f"no finished cell of folds {folds} under {root}")
     folds = pd.DataFrame(rows)
     for seed, group in folds.groupby("seed"):
         predictions = pd.concat(
@@ -68,8 +78,9 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
             "per_seed": pooled,
         },
     }
-    atomic_write_json(root / "summary.json", summary)
-    atomic_write_text(root / "summary.md", format_summary(summary))
+    if write:
+        atomic_write_json(root / "summary.json", summary)
+        atomic_write_text(root / "summary.md", format_summary(summary))
     return summary
 
 

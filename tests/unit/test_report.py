@@ -324,3 +324,17 @@ def test_rows_show_provenance_and_changed_config_files(run_dir, tmp_path):
     assert list(result["changed_sources"]) == ["B"]
     assert result["changed_sources"]["B"][0].startswith("experiment/quickstart.yaml (recorded 000")
     assert "WARNING: config files changed" in (study / "report" / "report.md").read_text()
+
+
+def test_a_report_over_some_folds_only(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    before = (study / "B" / "summary.json").read_text()
+    result = write_report(study, folds=[1, 2, 3])
+    rows = {row["label"]: row for row in result["rows"]}
+    # B over folds 1-3: seed 0 UA .75, .75, .5 and seed 1 perfect
+    assert rows["B"]["ua_mean"] == pytest.approx((0.75 + 0.75 + 0.5 + 3) / 6)
+    assert (rows["B"]["folds"], rows["C"]["folds"]) == (3, 3)
+    assert {t["paired"] for t in result["comparisons"]} == {3}
+    assert "(folds 1,2,3 only)" in (study / "report" / "report.md").read_text()
+    assert (study / "B" / "summary.json").read_text() == before  # left alone
