@@ -548,7 +548,7 @@ def protocol_of(cfg: DictConfig) -> str:
     from sergraph.data.protocol import resolve_protocol
 
     protocol = OmegaConf.select(cfg, "eval.protocol", default=None)
-    return resolve_protocol(protocol, cfg.graph.normalize)
+    return resolve_protocol(protocol, OmegaConf.select(cfg, "graph.normalize", default="train"))
 
 
 def identity(cfg: DictConfig) -> str:

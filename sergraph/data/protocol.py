@@ -189,6 +189,31 @@ def check_protocol(
         )
 
 
+def check_predictions(
+    table: pd.DataFrame,
+    utterances,
+    test_speakers,
+    protocol: str,
+    amount: float,
+    seed: int = 0,
+    where: str = "",
+) -> None:
+    """The guard at the output: under ``enrollment`` no enrollment utterance of the test
+    speakers is among the predicted ``utterances`` (what goes into ``predictions.csv``)."""
+    if protocol != "enrollment":
+        return
+    enrolled = set(
+        table["utterance"].astype(str).iloc[enrollment_rows(table, test_speakers, amount, seed)]
+    )
+    scored = enrolled & {str(u) for u in utterances}
+    if scored:
+        prefix = f"{where}: " if where else ""
+        raise ProtocolLeakError(
+            f"{prefix}{len(scored)} enrollment utterance(s) among the predictions, e.g. "
+            f"{sorted(scored)[:3]}; enrollment utterances are never scored"
+        )
+
+
 def protocol_record(protocol: str, amount: float | None = None, seed: int = 0) -> dict:
     """What every result file says about its protocol (``note`` in words)."""
     record: dict = {"name": protocol}

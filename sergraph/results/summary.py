@@ -40,7 +40,7 @@ def summarize(
         if folds is not None and int(metrics["fold"]) not in folds:
             continue
         classes = classes or metrics["classes"]
-        protocol = metrics.get("protocol") or {"name": "unknown", "note": "protocol not recorded"}
+        protocol = metrics.get("protocol") or saved_protocol(path.parent / "config.yaml")
         protocols[json.dumps(protocol, sort_keys=True)] = protocol
         rows.append(
             {
@@ -82,6 +82,23 @@ def summarize(
         atomic_write_json(root / "summary.json", summary)
         atomic_write_text(root / "summary.md", format_summary(summary))
     return summary
+
+
+def saved_protocol(config_path: Path) -> dict:
+    """The protocol of a cell made before cells recorded it, from its saved config.yaml."""
+    from omegaconf import OmegaConf
+
+    from sergraph.config import protocol_of
+    from sergraph.data.protocol import protocol_record
+
+    try:
+        cfg = OmegaConf.load(config_path)
+        name = protocol_of(cfg)
+        enrollment = OmegaConf.select(cfg, "eval.enrollment", default=None)
+        seed = OmegaConf.select(cfg, "eval.enrollment_seed", default=0)
+    except Exception:  # noqa: BLE001 - no or an unreadable config: say so
+        return {"name": "unknown", "note": "protocol not recorded"}
+    return protocol_record(name, enrollment, seed)
 
 
 def mixed_protocol(protocols: dict) -> dict:

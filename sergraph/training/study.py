@@ -24,7 +24,7 @@ from sergraph.config import compose_study, identity, protocol_of, to_yaml
 from sergraph.console import log
 from sergraph.data.folds import Fold, check_fold
 from sergraph.data.prepared import PreparedData, prepared
-from sergraph.data.protocol import protocol_record
+from sergraph.data.protocol import check_predictions, protocol_record
 from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import failed_files_path, finished, fold_dir, run_root, study_dir
@@ -207,6 +207,15 @@ def fit_cell(
         predictions, extra = fit_svm(cfg, study, fold, seed)
     else:
         predictions, extra = fit_neural(cfg, study, fold, seed, directory, loggers)
+    check_predictions(
+        study.table,
+        predictions["utterance"],
+        fold.test_speakers,
+        protocol_of(cfg),
+        cfg.eval.enrollment,
+        cfg.eval.enrollment_seed,
+        where=str(directory),
+    )
     scores = scores_from_labels(
         predictions["true"].map(study.classes.index),
         predictions["predicted"].map(study.classes.index),

@@ -17,6 +17,7 @@ from sergraph.data.prepared import PreparedData
 from sergraph.data.protocol import (
     TRANSDUCTIVE_NOTE,
     ProtocolLeakError,
+    check_predictions,
     check_protocol,
     enrollment_count,
     enrollment_rows,
@@ -232,6 +233,14 @@ def test_guard_raises_on_a_scored_enrollment_row_or_a_scored_row_in_a_statistic(
     with pytest.raises(ProtocolLeakError, match="entered a normalisation statistic"):
         check_protocol("enrollment", np.array([1, 2]), {"s1": np.array([1]), "s3": np.array([4])})
     check_protocol("transductive", np.array([1, 2]), {"s1": np.array([1, 2])})  # allowed
+    table = table_of()
+    enrolled = table["utterance"].iloc[enrollment_rows(table, ["s1"], 2)].tolist()
+    scored = table["utterance"][table["speaker"] == "s1"].tolist()
+    with pytest.raises(ProtocolLeakError, match="among the predictions"):
+        check_predictions(table, scored, ["s1"], "enrollment", 2)
+    rest = [u for u in scored if u not in enrolled]
+    check_predictions(table, rest, ["s1"], "enrollment", 2)
+    check_predictions(table, scored, ["s1"], "inductive", 2)
 
 
 def test_transductive_is_said_in_words():

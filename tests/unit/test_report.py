@@ -338,3 +338,17 @@ def test_a_report_over_some_folds_only(run_dir, tmp_path):
     assert {t["paired"] for t in result["comparisons"]} == {3}
     assert "(folds 1,2,3 only)" in (study / "report" / "report.md").read_text()
     assert (study / "B" / "summary.json").read_text() == before  # left alone
+
+
+def test_cells_made_before_protocols_take_theirs_from_config_yaml(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    for config in (study / "B").glob("seed-*/fold-*/config.yaml"):
+        config.write_text(config.read_text().replace("  k: 4\n", "  k: 4\n  normalize: speaker\n"))
+    result = write_report(study)
+    assert {row["label"]: row["protocol"] for row in result["rows"]} == {
+        "A": "inductive",
+        "B": "transductive",  # graph.normalize=speaker alone, as before protocols had names
+        "C": "inductive",
+    }
+    assert sorted(result["refused"]) == [("A", "B"), ("B", "C")]
