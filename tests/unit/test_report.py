@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from sergraph.results.report import paired_test, write_report
+from sergraph.results.compare import paired_test
+from sergraph.results.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["ang", "neu"]
