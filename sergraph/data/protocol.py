@@ -220,7 +220,7 @@ def protocol_record(protocol: str, amount: float | None = None, seed: int = 0) -
     if protocol == "enrollment":
         record |= {"enrollment": amount, "enrollment_seed": seed}
         record["note"] = (
-            f"enrollment: {_amount_words(amount)} of each validation and test speaker's "
+            f"enrollment: {_amount_words(amount)} of each held-out speaker's "
             "utterances were held aside, used unlabelled for that speaker's normalisation and "
             "never scored"
         )

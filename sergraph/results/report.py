@@ -282,8 +282,8 @@ def format_report(
         "(compare it with the fold-to-fold std and the paired tests below), not a ranking.",
         "",
     ]
-    notes = {item["protocol"]["name"]: item["protocol"]["note"] for item in collected}
-    lines += [f"Protocol {name_}: {note}." for name_, note in sorted(notes.items())] + [""]
+    notes = sorted({item["protocol"]["note"] for item in collected})
+    lines += ["Protocols:"] + [f"- {note}." for note in notes] + [""]
     changed = [(item["label"], item["changed_sources"]) for item in collected]
     changed = [(label, files) for label, files in changed if files]
     if changed:
