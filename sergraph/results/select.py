@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from sergraph.console import log
 from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from sergraph.metrics import pooled_scores, scores_from_labels
 
@@ -125,6 +126,12 @@ def select_nested(
     shared = sorted(set.intersection(*(set(c) for c in cells.values())))
     if not shared:
         raise FileNotFoundError(f"no (seed, fold) cell is finished by all of {candidates}")
+    left_out = sorted(set.union(*(set(c) for c in cells.values())) - set(shared))
+    if left_out:
+        log(
+            f"nested selection over {len(shared)} (seed, fold) cells that every candidate "
+            f"finished; left out {len(left_out)} that some did not: {left_out[:10]}"
+        )
     protocols = {
         name: (cell[1].get("protocol") or {}).get("name", "unknown")
         for name in candidates
