@@ -344,12 +344,23 @@ def _features(cfg) -> None:
 def _folds(cfg) -> None:
     import pandas as pd
 
+    from sergraph.config import protocol_of
     from sergraph.data.folds import fold_table
     from sergraph.data.prepared import prepare
+    from sergraph.data.protocol import enrollment_rows
 
     study = prepare(cfg, need_features=False)
+    enroll = None
+    if protocol_of(cfg) == "enrollment":
+        # as the neural runner does: validation and test speakers (the SVM enrolls test only)
+        def enroll(fold):
+            held_out = fold.val_speakers + fold.test_speakers
+            return enrollment_rows(
+                study.table, held_out, cfg.eval.enrollment, cfg.eval.enrollment_seed
+            )
+
     with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(fold_table(study.table, study.folds, study.classes).to_string(index=False))
+        print(fold_table(study.table, study.folds, study.classes, enroll).to_string(index=False))
 
 
 if __name__ == "__main__":

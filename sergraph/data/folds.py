@@ -196,11 +196,20 @@ def check_fold(fold: Fold, table: pd.DataFrame) -> None:
             raise FoldLeakError(f"{fold.name}: the {split} split has no utterances")
 
 
-def fold_table(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> pd.DataFrame:
-    """One row per fold and split: speakers and utterance counts per class (for ``sergraph folds``)."""
+def fold_table(
+    table: pd.DataFrame, folds: list[Fold], classes: list[str], enroll=None
+) -> pd.DataFrame:
+    """One row per fold and split: speakers and utterance counts per class (for ``sergraph folds``).
+
+    Args:
+        enroll: under ``eval.protocol=enrollment``, a function ``fold -> enrolled row
+            positions``; the counts are then of the scored rows and column ``enrollment`` gives
+            the rows held aside in each split.
+    """
     records = []
     for fold in folds:
-        for split, idx in split_indices(table, fold).items():
+        enrolled = None if enroll is None else enroll(fold)
+        for split, idx in split_indices(table, fold, enrolled).items():
             counts = table["label"].iloc[idx].value_counts()
             record = {
                 "fold": fold.name,
@@ -208,6 +217,10 @@ def fold_table(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> pd
                 "speakers": ",".join(getattr(fold, f"{split}_speakers")),
                 "n": len(idx),
             }
+            if enrolled is not None:
+                speakers = getattr(fold, f"{split}_speakers")
+                held = table["speaker"].astype(str).iloc[enrolled].isin(speakers)
+                record["enrollment"] = int(held.sum())
             record.update({c: int(counts.get(c, 0)) for c in classes})
             records.append(record)
     return pd.DataFrame.from_records(records)

@@ -152,6 +152,13 @@ def test_split_indices_leave_enrollment_rows_out_of_scoring():
     assert not set(enrolled) & (set(rows["test"]) | set(rows["val"]))
     with pytest.raises(FoldLeakError, match="training speakers"):
         split_indices(table, FOLD, enrollment_rows(table, ["s3"], 2))
+    from sergraph.data.folds import fold_table
+
+    shown = fold_table(table, [FOLD], ["angry", "neutral", "sad"], lambda fold: enrolled)
+    shown = shown.set_index("split")
+    assert shown.loc["test", "n"] == 7 and shown.loc["test", "enrollment"] == 3
+    assert shown.loc["train", "enrollment"] == 0
+    assert shown.loc["val", ["angry", "neutral", "sad"]].sum() == 7  # scored rows counted
 
 
 # ---------------------------------------------------------------------------------------------
