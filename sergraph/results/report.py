@@ -17,7 +17,8 @@ writes into ``RUN_DIR/report/`` (or ``out_dir``):
 
 Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
 ``summary.json``/``summary.md``, as the runner does); all WA/UA arithmetic is
-:mod:`sergraph.metrics`'.
+:mod:`sergraph.metrics`'. (About 490 lines: collecting the labels, grouping graph.k studies and
+writing the Markdown stay together, as one reader of the result files.)
 """
 
 from __future__ import annotations
