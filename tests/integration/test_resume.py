@@ -81,6 +81,8 @@ def kill_at_epoch(args, env, cwd, last: Path, epoch: int) -> int:
 def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
+    for clock in ("started", "ended"):  # when a cell ran is provenance, not a result
+        metrics["provenance"].pop(clock)
     return metrics, (cell / "predictions.csv").read_text()
 
 
