@@ -75,7 +75,18 @@ def _parser() -> argparse.ArgumentParser:
     report.add_argument("--out", help="output folder (default RUN_DIR/report; needed for several)")
     report.add_argument(
         "--reference",
-        help="label every other label is paired with (default: the best pooled UA)",
+        help="label every other label is paired with (default: the experiment's declared "
+        "`reference`; never chosen by a test score)",
+    )
+    report.add_argument(
+        "--cross-protocol",
+        action="store_true",
+        help="also pair labels of different evaluation protocols (labelled in the report)",
+    )
+    report.add_argument(
+        "--folds",
+        help="only these fold indices, comma-separated (e.g. the folds never looked at while "
+        "shaping a recipe); the labels' summary files are left alone",
     )
     select = verbs.add_parser(
         "select",
@@ -86,6 +97,16 @@ def _parser() -> argparse.ArgumentParser:
         "--candidates", help="comma-separated variant labels (default: all variants)"
     )
     select.add_argument("--label", default="nested", help="name of the new label folder")
+    select.add_argument(
+        "--criterion",
+        choices=("cell", "fold"),
+        default="cell",
+        help="cell: per (seed, fold) on that seed's validation UA; fold: per fold on the "
+        "validation UA averaged over all seeds (less noisy)",
+    )
+    select.add_argument(
+        "--reference", help="the fixed recipe's label: print both pooled UAs seed by seed"
+    )
     ensemble = verbs.add_parser(
         "ensemble", help="seed ensemble of one variant (probabilities averaged per fold)"
     )
@@ -202,6 +223,19 @@ def _add_predict_parser(verbs) -> None:
         "predict the others)",
     )
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    predict.add_argument(
+        "--enroll",
+        action="append",
+        default=[],
+        metavar="SPEAKER=DIR_OR_FILES",
+        help="unlabelled enrollment audio of a speaker (files comma-separated, or a folder), or "
+        "a manifest CSV with path and speaker columns; for bundles trained with "
+        "eval.protocol=enrollment (repeatable)",
+    )
+    predict.add_argument(
+        "--speaker",
+        help="the speaker of the audio to predict (a manifest's speaker column wins)",
+    )
     predict.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
     predict.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or notes on stderr"
@@ -230,7 +264,14 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args) -> int:
     try:
         if args.verb == "report":
-            return _report([Path(d) for d in args.run_dir], args.reference, args.out)
+            folds = [int(f) for f in args.folds.split(",")] if args.folds else None
+            return _report(
+                [Path(d) for d in args.run_dir],
+                args.reference,
+                args.out,
+                args.cross_protocol,
+                folds,
+            )
         if args.verb == "select":
             return _select(args)
         if args.verb == "ensemble":
@@ -296,10 +337,17 @@ def _select(args) -> int:
     from sergraph.results.select import select_nested
 
     candidates = args.candidates.split(",") if args.candidates else None
-    chosen = select_nested(Path(args.study_dir), candidates, args.label)
+    chosen = select_nested(Path(args.study_dir), candidates, args.label, args.criterion)
     print("seed\tfold\tselected")
     for (seed, fold), label in chosen.items():
         print(f"{seed}\t{fold}\t{label}")
+    if args.reference:
+        from sergraph.results.select import compare_per_seed
+
+        table = compare_per_seed(Path(args.study_dir), args.label, args.reference)
+        print(f"\npooled UA per seed, {args.label} against the fixed recipe {args.reference}:")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        print(f"mean difference over {len(table)} seed(s): {table['difference'].mean():+.4f}")
     print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)
     return 0
 
@@ -313,10 +361,23 @@ def _ensemble(args) -> int:
     return 0
 
 
-def _report(run_dirs: list[Path], reference: str | None = None, out: str | None = None) -> int:
+def _report(
+    run_dirs: list[Path],
+    reference: str | None = None,
+    out: str | None = None,
+    cross_protocol: bool = False,
+    folds: list[int] | None = None,
+) -> int:
     from sergraph.results.report import write_report
 
-    report = write_report(run_dirs, out, reference=reference)
+    report = write_report(
+        run_dirs, out, reference=reference, cross_protocol=cross_protocol, folds=folds
+    )
+    for label, files in report["changed_sources"].items():
+        print(
+            f"WARNING: {label}: config files changed since its cells ran: {'; '.join(files)}",
+            file=sys.stderr,
+        )
     print(Path(report["paths"]["report"]).read_text())
     print(
         f"written: {', '.join(report['paths']['figures'] + [report['paths']['results']])}",
@@ -372,12 +433,23 @@ def _features(cfg) -> None:
 def _folds(cfg) -> None:
     import pandas as pd
 
+    from sergraph.config import protocol_of
     from sergraph.data.folds import fold_table
     from sergraph.data.prepared import prepare
+    from sergraph.data.protocol import enrollment_rows
 
     study = prepare(cfg, need_features=False)
+    enroll = None
+    if protocol_of(cfg) == "enrollment":
+        # as the neural runner does: validation and test speakers (the SVM enrolls test only)
+        def enroll(fold):
+            held_out = fold.val_speakers + fold.test_speakers
+            return enrollment_rows(
+                study.table, held_out, cfg.eval.enrollment, cfg.eval.enrollment_seed
+            )
+
     with pd.option_context("display.max_rows", None, "display.width", 200):
-        print(fold_table(study.table, study.folds, study.classes).to_string(index=False))
+        print(fold_table(study.table, study.folds, study.classes, enroll).to_string(index=False))
 
 
 if __name__ == "__main__":

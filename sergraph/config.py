@@ -74,6 +74,19 @@ class GraphConfig:
 
 
 @dataclass
+class EvalConfig:
+    """The evaluation protocol (see :mod:`sergraph.data.protocol`)."""
+
+    # inductive | enrollment | transductive; null: inductive, or transductive when
+    # graph.normalize=speaker is given alone (its meaning before protocols were named).
+    protocol: str | None = None
+    # enrollment: per validation/test speaker, a fraction in (0, 1) or a count >= 1 of its
+    # utterances held aside (label-free, seeded), used unlabelled for its statistics, never scored.
+    enrollment: float = 0.2
+    enrollment_seed: int = 0
+
+
+@dataclass
 class FoldsConfig:
     scheme: str = "loso"
     val_speakers: int = 1
@@ -141,6 +154,9 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     parallel: int = 1
     cell: int | None = None
+    # Set by compose (never by hand): config file (relative to the config folder) -> SHA-256 of
+    # every file that composed this configuration; recorded in each result's provenance.
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +195,7 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeaturesConfig = field(default_factory=FeaturesConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -188,6 +205,9 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     variants: dict[str, list[str]] = field(default_factory=dict)
+    # The study's declared baseline label: `sergraph report` pairs every row with it (never a
+    # row chosen by a test score). Not part of any run's identity.
+    reference: str | None = None
 
 
 def config_dir() -> Path:
@@ -242,7 +262,19 @@ def _split_overrides(overrides) -> tuple[dict[str, str], str | None, list[str]]:
     return groups, experiment, dotted
 
 
-def _load_experiment(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _source(path: Path, sources: dict[str, str] | None) -> None:
+    """Record a composing file's SHA-256 under its path relative to the config folder."""
+    if sources is not None:
+        sources[path.relative_to(config_dir()).as_posix()] = file_sha256(path)
+
+
+def _load_experiment(
+    name: str, chain: tuple[str, ...] = (), sources: dict[str, str] | None = None
+) -> DictConfig:
     """An experiment file; ``extends: other`` at its top merges it over experiment ``other``
     (whose ``variants`` are not inherited)."""
     path = config_dir() / "experiment" / f"{name}.yaml"
@@ -256,10 +288,11 @@ def _load_experiment(name: str, chain: tuple[str, ...] = ()) -> DictConfig:
             f"experiment files extend each other in a cycle: {' -> '.join(chain + (name,))}"
         )
     cfg = _load_yaml(path)
+    _source(path, sources)
     parent = cfg.pop("extends", None)
     if parent is None:
         return cfg
-    base = _load_experiment(str(parent), (*chain, name))
+    base = _load_experiment(str(parent), (*chain, name), sources)
     base.pop("variants", None)
     return OmegaConf.merge(base, cfg)
 
@@ -275,7 +308,8 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
     """
     groups, experiment, dotted = _split_overrides(overrides)
     groups = {**DEFAULT_GROUPS, **groups}
-    experiment_cfg = _load_experiment(experiment) if experiment is not None else None
+    sources: dict[str, str] = {}
+    experiment_cfg = _load_experiment(experiment, (), sources) if experiment is not None else None
     if variant is not None:
         variants = experiment_cfg.get("variants", {}) if experiment_cfg is not None else {}
         if variant not in variants:
@@ -288,6 +322,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
 
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, _load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
+    _source(config_dir() / "default.yaml", sources)
     for group, choice in groups.items():
         path = config_dir() / group / f"{choice}.yaml"
         if group == "model" and not path.is_file() and _is_family(choice):
@@ -304,6 +339,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
                 f"{group}={choice!r} is not known; choose one of {group_choices(group)}{more}"
             )
         cfg = _merge(cfg, {group: _load_yaml(path)}, f"configs/{group}/{choice}.yaml")
+        _source(path, sources)
     if experiment_cfg is not None:
         cfg = _merge(cfg, experiment_cfg, f"configs/experiment/{experiment}.yaml")
     for item in dotted:
@@ -317,6 +353,7 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
                 f"{_valid_keys(cfg, parent) or sorted(cfg.keys())}"
             )
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    cfg.run.sources = dict(sorted(sources.items()))
     validate(cfg)
     return cfg
 
@@ -399,6 +436,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
+    from sergraph.data.protocol import check_enrollment_amount, resolve_protocol
     from sergraph.models import build_baseline, build_model, is_classic
 
     def choice(key: str, value, choices) -> None:
@@ -416,6 +454,11 @@ def validate(cfg: DictConfig) -> None:
     positive("features.workers", cfg.features.workers)
     choice("features.on_error", cfg.features.on_error, ON_ERROR_CHOICES)
     choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
+    try:
+        resolve_protocol(cfg.eval.protocol, cfg.graph.normalize)
+        check_enrollment_amount(cfg.eval.enrollment)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if cfg.graph.max_nodes is not None:
         positive("graph.max_nodes", cfg.graph.max_nodes)
     try:
@@ -597,6 +640,7 @@ RUNTIME_KEYS = (
     "run.cell",
     "folds.only",
     "features.shard",
+    "run.sources",
 )
 
 
@@ -616,6 +660,16 @@ LATER_KEYS = (
 )
 
 
+def protocol_of(cfg: DictConfig) -> str:
+    """The evaluation protocol a configuration runs under (``eval.protocol`` resolved; see
+    :func:`sergraph.data.protocol.resolve_protocol`). Configurations saved before protocols
+    were named have no ``eval`` section and resolve from ``graph.normalize``."""
+    from sergraph.data.protocol import resolve_protocol
+
+    protocol = OmegaConf.select(cfg, "eval.protocol", default=None)
+    return resolve_protocol(protocol, OmegaConf.select(cfg, "graph.normalize", default="train"))
+
+
 def identity(cfg: DictConfig) -> str:
     """A short hash of everything that determines one fold's results (seed and fold excluded)."""
     container = OmegaConf.to_container(cfg, resolve=True)
@@ -625,6 +679,14 @@ def identity(cfg: DictConfig) -> str:
     container.pop("logger", None)
     container.pop("variants", None)
     container.pop("slurm", None)
+    container.pop("reference", None)
+    # The protocol enters the identity only where it changes behaviour: a configuration that
+    # runs as it did before protocols were named (inductive, or graph.normalize=speaker alone,
+    # now spelled transductive) keeps its id.
+    if protocol_of(cfg) != "enrollment":
+        container.pop("eval", None)
+    else:
+        container["eval"]["protocol"] = "enrollment"
     # Keys added after the first release: at their defaults they are left out, so that runs
     # made before they existed keep their id.
     for section, key, default in LATER_KEYS:

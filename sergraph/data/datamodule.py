@@ -12,6 +12,13 @@ from torch_geometric.loader import DataLoader
 from sergraph.data.collate import graph_loader
 from sergraph.data.folds import Fold, check_fold, split_indices
 from sergraph.data.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
+from sergraph.data.protocol import (
+    check_enrollment_amount,
+    check_protocol,
+    enrollment_rows,
+    resolve_protocol,
+    statistic_rows,
+)
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout.
 EXPORT_STATE_FORMAT = 1
@@ -62,8 +69,14 @@ class FoldDataModule(L.LightningDataModule):
         max_nodes: nodes per graph (cut/pad length; the paper: 120).
         pad: zero-pad to ``max_nodes`` (paper) or keep true lengths.
         normalize: ``train`` (z-score with training-fold statistics, default), ``speaker``
-            (each speaker z-scored with its own unlabelled features, a transductive option that
-            is off by default) or ``none``.
+            (each speaker z-scored with its own unlabelled features; for held-out speakers the
+            protocol says which) or ``none``.
+        protocol: ``inductive``, ``enrollment`` or ``transductive`` (see
+            :mod:`sergraph.data.protocol`); ``None``: ``transductive`` under
+            ``normalize="speaker"``, else ``inductive``.
+        enrollment, enrollment_seed: the enrollment subset of each validation and test speaker
+            (a fraction or a count; its seed), held aside under ``protocol="enrollment"``:
+            used unlabelled for that speaker's statistics and never in a val/test dataset.
         batch_size: graphs per batch.
         num_workers: DataLoader worker processes.
         seed: seeds the training shuffle.
@@ -76,7 +89,9 @@ class FoldDataModule(L.LightningDataModule):
 
     Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``num_global_features``
     (``D``, 0 without utterance features), ``class_weights`` (inverse training-fold class
-    frequency, mean 1), ``normalizer`` and ``global_normalizer`` (``train`` mode).
+    frequency, mean 1), ``normalizer`` and ``global_normalizer`` (``train`` mode),
+    ``speaker_normalizers`` (``speaker`` mode: speaker -> Normalizer of the node features) and
+    ``enrolled`` (row positions held aside for enrollment, ``None`` outside ``enrollment``).
 
     Under DDP the training loader is sharded by Lightning (a shuffling ``DistributedSampler``);
     validation, test and prediction loaders use :class:`EvaluationSampler` so every utterance is
@@ -103,6 +118,9 @@ class FoldDataModule(L.LightningDataModule):
         seed: int = 0,
         utterance_features: np.ndarray | None = None,
         provenance: dict | None = None,
+        protocol: str | None = None,
+        enrollment: float = 0.2,
+        enrollment_seed: int = 0,
     ) -> None:
         super().__init__()
         if len(table) != len(features):
@@ -119,6 +137,11 @@ class FoldDataModule(L.LightningDataModule):
                 f"graph.normalize={normalize!r}; choose one of {list(NORMALIZE_CHOICES)}"
             )
         check_k(k, max_nodes)
+        self.protocol = resolve_protocol(protocol, normalize)
+        check_enrollment_amount(enrollment)
+        self.enrollment, self.enrollment_seed = enrollment, enrollment_seed
+        self.enrolled: np.ndarray | None = None
+        self.speaker_normalizers: dict[str, Normalizer] | None = None
         unknown = sorted(set(table["label"]) - set(classes))
         if unknown:
             raise ValueError(f"labels {unknown} are not among the classes {classes}")
@@ -145,7 +168,15 @@ class FoldDataModule(L.LightningDataModule):
         if self.datasets:
             return
         check_fold(self.fold, self.table)
-        rows = split_indices(self.table, self.fold)
+        if self.protocol == "enrollment":
+            held_out = self.fold.val_speakers + self.fold.test_speakers
+            self.enrolled = enrollment_rows(
+                self.table, held_out, self.enrollment, self.enrollment_seed
+            )
+        rows = split_indices(self.table, self.fold, self.enrolled)
+        statistics = statistic_rows(self.table, rows, self.protocol, self.normalize, self.enrolled)
+        scored = np.concatenate([rows["val"], rows["test"]])
+        check_protocol(self.protocol, scored, statistics, self.enrolled, where=self.fold.name)
         label_index = {c: i for i, c in enumerate(self.classes)}
         train_labels = self.table["label"].iloc[rows["train"]].map(label_index).to_numpy()
         counts = np.bincount(train_labels, minlength=self.num_classes).astype(np.float64)
@@ -155,12 +186,13 @@ class FoldDataModule(L.LightningDataModule):
         weights = counts.sum() / (self.num_classes * counts)
         self.class_weights = (weights / weights.mean()).tolist()
 
-        node_norm = self._normalizers(self.features, rows["train"])
+        node_norm = self._normalizers(self.features, statistics)
         self.normalizer = node_norm if isinstance(node_norm, Normalizer) else None
+        self.speaker_normalizers = node_norm if isinstance(node_norm, dict) else None
         global_norm = None
         if self.utterance_features is not None:
             vectors = [row[None, :] for row in self.utterance_features]
-            global_norm = self._normalizers(vectors, rows["train"])
+            global_norm = self._normalizers(vectors, statistics)
             self.global_normalizer = global_norm if isinstance(global_norm, Normalizer) else None
 
         for split, idx in rows.items():
@@ -183,18 +215,19 @@ class FoldDataModule(L.LightningDataModule):
                 graphs.append(graph)
             self.datasets[split] = graphs
 
-    def _normalizers(self, arrays: list[np.ndarray], train_rows) -> Normalizer | dict:
-        """``train``: one Normalizer fitted on the training rows; ``speaker``: one per speaker,
-        fitted on that speaker's own (unlabelled) rows; ``none``: the identity."""
-        if self.normalize == "train":
-            return Normalizer.fit([arrays[i] for i in train_rows])
-        if self.normalize == "speaker":
-            # Transductive per-speaker statistics: each speaker's own unlabelled features only.
+    @staticmethod
+    def _normalizers(arrays: list[np.ndarray], statistics) -> Normalizer | dict:
+        """One Normalizer fitted on the rows of ``statistics`` (``train``), one per speaker
+        fitted on that speaker's rows (``speaker``: see
+        :func:`sergraph.data.protocol.statistic_rows`) or the identity (``None``)."""
+        if statistics is None:
+            return Normalizer.identity(arrays[0].shape[1])
+        if isinstance(statistics, dict):
             return {
-                str(speaker): Normalizer.fit([arrays[i] for i in idx])
-                for speaker, idx in self.table.groupby("speaker").indices.items()
+                speaker: Normalizer.fit([arrays[i] for i in rows])
+                for speaker, rows in statistics.items()
             }
-        return Normalizer.identity(arrays[0].shape[1])
+        return Normalizer.fit([arrays[i] for i in statistics])
 
     def _world(self) -> tuple[int, int]:
         """(world size, global rank) of the attached Trainer; (1, 0) without one."""

@@ -132,13 +132,34 @@ def make_folds(
     return folds
 
 
-def split_indices(table: pd.DataFrame, fold: Fold) -> dict[str, np.ndarray]:
-    """Row positions of the table in each split of the fold (rows of unused speakers dropped)."""
+def split_indices(
+    table: pd.DataFrame, fold: Fold, enrolled: np.ndarray | None = None
+) -> dict[str, np.ndarray]:
+    """Row positions of the table in each split of the fold (rows of unused speakers dropped).
+
+    Args:
+        enrolled: row positions held aside for enrollment (``eval.protocol=enrollment``, see
+            :func:`sergraph.data.protocol.enrollment_rows`): they are left out of ``val`` and
+            ``test``, which then hold only the scored rows. Enrollment rows of training speakers
+            are refused.
+    """
     speaker = table["speaker"].astype(str).to_numpy()
-    return {
+    rows = {
         split: np.flatnonzero(np.isin(speaker, list(getattr(fold, f"{split}_speakers"))))
         for split in ("train", "val", "test")
     }
+    if enrolled is None:
+        return rows
+    enrolled = np.asarray(enrolled, dtype=np.int64)
+    trained = np.intersect1d(rows["train"], enrolled)
+    if len(trained):
+        raise FoldLeakError(
+            f"{fold.name}: enrollment rows of training speakers {sorted(set(speaker[trained]))}; "
+            "only validation and test speakers have enrollment utterances"
+        )
+    for split in ("val", "test"):
+        rows[split] = np.setdiff1d(rows[split], enrolled)
+    return rows
 
 
 def check_fold(fold: Fold, table: pd.DataFrame) -> None:
@@ -175,11 +196,20 @@ def check_fold(fold: Fold, table: pd.DataFrame) -> None:
             raise FoldLeakError(f"{fold.name}: the {split} split has no utterances")
 
 
-def fold_table(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> pd.DataFrame:
-    """One row per fold and split: speakers and utterance counts per class (for ``sergraph folds``)."""
+def fold_table(
+    table: pd.DataFrame, folds: list[Fold], classes: list[str], enroll=None
+) -> pd.DataFrame:
+    """One row per fold and split: speakers and utterance counts per class (for ``sergraph folds``).
+
+    Args:
+        enroll: under ``eval.protocol=enrollment``, a function ``fold -> enrolled row
+            positions``; the counts are then of the scored rows and column ``enrollment`` gives
+            the rows held aside in each split.
+    """
     records = []
     for fold in folds:
-        for split, idx in split_indices(table, fold).items():
+        enrolled = None if enroll is None else enroll(fold)
+        for split, idx in split_indices(table, fold, enrolled).items():
             counts = table["label"].iloc[idx].value_counts()
             record = {
                 "fold": fold.name,
@@ -187,6 +217,10 @@ def fold_table(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> pd
                 "speakers": ",".join(getattr(fold, f"{split}_speakers")),
                 "n": len(idx),
             }
+            if enrolled is not None:
+                speakers = getattr(fold, f"{split}_speakers")
+                held = table["speaker"].astype(str).iloc[enrolled].isin(speakers)
+                record["enrollment"] = int(held.sum())
             record.update({c: int(counts.get(c, 0)) for c in classes})
             records.append(record)
     return pd.DataFrame.from_records(records)

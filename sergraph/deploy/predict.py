@@ -157,6 +157,10 @@ def run_predict(args) -> int:
         ".json",
     ):
         raise ValueError(f"--output {args.output}: name a .csv, .jsonl or .json file")
+    from sergraph.deploy.enroll import NO_ENROLLMENT, input_speakers, parse_enroll
+
+    enrollment = parse_enroll(getattr(args, "enroll", None) or [], expand_inputs)
+    speakers = input_speakers(args.audio, paths, getattr(args, "speaker", None))
     device = None if args.device == "auto" else args.device
     bundle = load_bundle(args.bundle, map_location=device)
     if not args.quiet:
@@ -170,7 +174,19 @@ def run_predict(args) -> int:
         on_error=args.on_error,
         cache_dir=args.cache_dir,
         progress=not args.quiet,
+        speakers=speakers,
+        enrollment=enrollment,
     )
+    if "normalised_with" in frame:
+        bare = frame[frame["normalised_with"] == NO_ENROLLMENT]
+        if len(bare):
+            names = sorted({s or "(speaker unknown)" for s in bare["speaker"]})
+            print(
+                f"{bare['path'].nunique()} file(s) of {', '.join(names)}: no enrollment audio "
+                "for this speaker, normalised with the training speakers' statistics instead "
+                "(give --enroll SPEAKER=FILES and --speaker or a manifest speaker column)",
+                file=sys.stderr,
+            )
     from sergraph.deploy.bundle import NON_FINITE_ERROR
 
     broken = frame[frame["error"] == NON_FINITE_ERROR]

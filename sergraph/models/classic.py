@@ -42,6 +42,7 @@ class ClassicBaseline:
         num_classes: int,
         seed: int,
         normalize: str,
+        statistics: dict[str, np.ndarray] | None = None,
     ) -> tuple[np.ndarray, dict]:
         """Fit on ``train_rows`` (training and validation speakers of the fold) and score
         ``test_rows`` (never seen before).
@@ -54,8 +55,12 @@ class ClassicBaseline:
             test_rows: indices of the rows to score, in the order of the returned scores.
             num_classes: number of classes (columns of the scores).
             seed: the cell's seed.
-            normalize: ``graph.normalize`` (``train``, ``speaker`` (transductive, label-free)
+            normalize: ``graph.normalize`` (``train``, ``speaker`` (per-speaker, label-free)
                 or ``none``).
+            statistics: under ``normalize="speaker"``, for each speaker the rows its
+                statistics may come from (the evaluation protocol's choice: a held-out
+                speaker's enrollment part, or all its rows under ``transductive``); ``None``:
+                all of a speaker's rows. A baseline that normalises per speaker must use it.
 
         Returns:
             ``(scores [len(test_rows), num_classes], extra)``: rows of class scores that sum to
@@ -64,14 +69,21 @@ class ClassicBaseline:
         raise NotImplementedError(f"{type(self).__name__} must define fit_predict")
 
 
-def speaker_standardized(values: np.ndarray, speakers: np.ndarray) -> np.ndarray:
-    """Each speaker's rows z-scored with that speaker's own mean and std (unlabelled; the
-    transductive ``graph.normalize=speaker`` step). Constant columns keep std 1."""
+def speaker_standardized(
+    values: np.ndarray, speakers: np.ndarray, statistics: dict[str, np.ndarray] | None = None
+) -> np.ndarray:
+    """Each speaker's rows z-scored with that speaker's mean and std (unlabelled), computed
+    over ``statistics[speaker]`` (row positions) or, without it, over all of its rows (the
+    transductive step). Constant columns keep std 1."""
     out = np.empty_like(values, dtype=np.float64)
     for speaker in np.unique(speakers):
         mask = speakers == speaker
-        block = np.asarray(values[mask], dtype=np.float64)
-        std = block.std(axis=0)
+        rows = np.flatnonzero(mask) if statistics is None else statistics.get(str(speaker))
+        if rows is None or not len(rows):
+            out[mask] = np.nan  # a speaker outside the fold: never used
+            continue
+        fitted = np.asarray(values[rows], dtype=np.float64)
+        std = fitted.std(axis=0)
         std[~(std > 1e-8)] = 1.0
-        out[mask] = (block - block.mean(axis=0)) / std
+        out[mask] = (np.asarray(values[mask], dtype=np.float64) - fitted.mean(axis=0)) / std
     return out

@@ -17,7 +17,8 @@ class LinearSVM(ClassicBaseline):
     """Linear SVM on utterance functionals, standardised with training-side statistics.
 
     With ``normalize="speaker"`` every speaker's functionals are first z-scored with that
-    speaker's own statistics (the same transductive, label-free step the graph models get).
+    speaker's own statistics (the same label-free step the graph models get), computed over the
+    rows the evaluation protocol allows (``statistics``).
 
     The regularisation constant C is chosen from :data:`SVM_C_GRID` by mean UA of an inner
     leave-one-speaker-out loop over the training rows' speakers (the fold's training and
@@ -27,14 +28,24 @@ class LinearSVM(ClassicBaseline):
     """
 
     def fit_predict(
-        self, values, labels, speakers, train_rows, test_rows, *, num_classes, seed, normalize
+        self,
+        values,
+        labels,
+        speakers,
+        train_rows,
+        test_rows,
+        *,
+        num_classes,
+        seed,
+        normalize,
+        statistics=None,
     ):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
         train = train_rows
         if normalize == "speaker":
-            values = speaker_standardized(values, speakers)
+            values = speaker_standardized(values, speakers, statistics)
 
         def fit_predict(c: float, fit_rows: np.ndarray, predict_rows: np.ndarray):
             scaler = StandardScaler().fit(values[fit_rows])

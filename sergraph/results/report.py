@@ -4,8 +4,10 @@
 folder of variants (``RUN_DIR/<label>/seed-<s>/fold-<XX>/metrics.json``). :func:`write_report`
 writes into ``RUN_DIR/report/`` (or ``out_dir``):
 
-- ``report.md``     one row per label (mean +- std over fold x seed cells, pooled WA/UA), then
-                    paired comparisons over folds (Wilcoxon signed-rank, bootstrap CI)
+- ``report.md``     one row per label (protocol, mean +- std over fold x seed cells, pooled
+                    WA/UA, provenance), then paired comparisons over folds (Wilcoxon
+                    signed-rank, bootstrap CI; :mod:`sergraph.results.compare`) against the
+                    declared reference, within one protocol unless asked
 - ``results.csv``   that table, machine-readable (fractions in [0, 1], not %)
 - ``folds.csv``     every cell: label, seed, fold, test_speakers, n, wa, ua (fractions)
 - ``confusion_<label>.png``  row-normalised confusion matrix of the pooled predictions
@@ -13,25 +15,30 @@ writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``wa_ua_vs_k.png``  pooled WA and UA against graph.k, only when some labels differ in
                     nothing but graph.k (read from each label's ``config.yaml``)
 
-Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
+Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
 ``summary.json``/``summary.md``, as the runner does); all WA/UA arithmetic is
-:mod:`sergraph.metrics`'.
+:mod:`sergraph.metrics`'. (About 490 lines: collecting the labels, grouping graph.k studies and
+writing the Markdown stay together, as one reader of the result files.)
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import math
 import re
-import warnings
-from io import BytesIO
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from sergraph.io import atomic_write_bytes, atomic_write_csv, atomic_write_text
+from sergraph.io import atomic_write_csv, atomic_write_text
+from sergraph.results.compare import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    comparisons,
+    declared_reference,
+)
+from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
 from sergraph.results.layout import (
     ResultFileError,
     cell_dirs,
@@ -39,12 +46,9 @@ from sergraph.results.layout import (
     unfinished_cells,
     variant_dirs,
 )
+from sergraph.results.provenance import changed_sources, row_provenance
 from sergraph.results.summary import mean_std, summarize
 
-BOOTSTRAP_RESAMPLES = 10_000
-BOOTSTRAP_SEED = 0
-#: Above this many labels only the comparisons against the best label are tabulated.
-MAX_LABELS_ALL_PAIRS = 8
 K_FIGURE = "wa_ua_vs_k.png"
 
 RESULT_COLUMNS = [
@@ -64,6 +68,8 @@ RESULT_COLUMNS = [
     "pooled_ua_std",
     "predictions",
     "missing",
+    "protocol",
+    "provenance",
 ]
 FOLD_COLUMNS = ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
 
@@ -111,10 +117,16 @@ def _natural_key(text: str) -> list:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", text)]
 
 
-def collect(label: str, root: Path) -> dict:
-    """Summary, table row, per-fold UA and pooled confusion of one label."""
-    summary = summarize(root)
-    (first_cell, first), *_ = finished_cells(root)
+def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
+    """Summary, table row, per-fold UA and pooled confusion of one label (``folds``: only
+    these fold indices)."""
+    summary = summarize(root, folds=folds, write=folds is None)
+    cells = finished_cells(root)  # verified: a damaged file stops here, naming it
+    if folds is not None:
+        cells = [(cell, record) for cell, record in cells if int(record["fold"]) in folds]
+    records = [record for _, record in cells]
+    first_cell, first = cells[0]
+    origin = row_provenance(records)
     # Cell folders without metrics.json: still running, interrupted or their results deleted.
     missing = [cell.relative_to(root).as_posix() for cell in unfinished_cells(root)]
     folds = pd.DataFrame(summary["folds"])
@@ -141,6 +153,8 @@ def collect(label: str, root: Path) -> dict:
         "pooled_ua_std": pooled_ua_std,
         "predictions": int(sum(p["n"] for p in per_seed)),
         "missing": " ".join(missing),
+        "protocol": summary["protocol"]["name"],
+        "provenance": origin["text"],
     }
     # A fold is identified by its number and its test speakers: the same number with other
     # speakers (another fold scheme) is not the same fold and must not be paired.
@@ -154,7 +168,14 @@ def collect(label: str, root: Path) -> dict:
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
         "config": _load_config(first_cell / "config.yaml"),
+        "protocol": summary["protocol"],
+        "provenance": origin,
+        "changed_sources": changed_sources(records),
     }
+
+
+def _has_folds(root: Path, folds: list[int]) -> bool:
+    return any(int(record["fold"]) in folds for _, record in finished_cells(root))
 
 
 def _load_config(path: Path) -> dict | None:
@@ -170,87 +191,6 @@ def _load_config(path: Path) -> dict | None:
     if not isinstance(config, dict):
         raise ResultFileError(path, "not a YAML mapping of configuration keys")
     return config
-
-
-# ---------------------------------------------------------------------------------------------
-# paired comparisons
-
-
-def paired_test(
-    first: dict,
-    second: dict,
-    resamples: int = BOOTSTRAP_RESAMPLES,
-    seed: int = BOOTSTRAP_SEED,
-) -> dict:
-    """Paired comparison of two labels' per-fold scores (``first - second``).
-
-    Args:
-        first, second: fold key -> score (UA averaged over seeds); only keys in both are paired.
-        resamples: bootstrap resamples of the paired folds.
-        seed: seed of the bootstrap.
-
-    Returns:
-        ``paired`` (number of folds in both), ``only_first``/``only_second`` (unpaired keys),
-        ``differences``, ``mean_difference``, ``ci_low``/``ci_high`` (percentile bootstrap 95%
-        interval of the mean difference), ``nonzero`` (differences that are not zero),
-        ``p_value`` (two-sided Wilcoxon signed-rank, ``None`` when there is nothing to test) and
-        ``note`` (why the test says little, or "").
-    """
-    from scipy.stats import wilcoxon
-
-    shared = sorted(set(first) & set(second))
-    differences = np.array([first[key] - second[key] for key in shared], dtype=float)
-    # Seed-averaged scores reached by different summation orders can differ by an ulp; such a
-    # difference is a tie, not evidence.
-    differences[np.abs(differences) < 1e-12] = 0.0
-    out = {
-        "paired": len(shared),
-        "only_first": sorted(set(first) - set(second)),
-        "only_second": sorted(set(second) - set(first)),
-        "differences": differences.tolist(),
-        "mean_difference": math.nan,
-        "ci_low": math.nan,
-        "ci_high": math.nan,
-        "nonzero": int(np.count_nonzero(differences)),
-        "p_value": None,
-        "note": "",
-    }
-    if not len(shared):
-        out["note"] = "no fold in common: nothing to pair"
-        return out
-    out["mean_difference"] = float(differences.mean())
-    rng = np.random.default_rng(seed)
-    means = differences[rng.integers(0, len(shared), size=(resamples, len(shared)))].mean(axis=1)
-    out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(means, [2.5, 97.5]))
-    nonzero = out["nonzero"]
-    if nonzero == 0:
-        out["note"] = "all paired differences are zero: nothing to test"
-        return out
-    with warnings.catch_warnings():  # small-sample and tie warnings; the note says it plainly
-        warnings.simplefilter("ignore")
-        out["p_value"] = float(wilcoxon(differences, alternative="two-sided").pvalue)
-    if nonzero < 6:
-        # Zeros are dropped; with n nonzero differences of one sign the exact two-sided p is
-        # 2 / 2**n, which is above 0.05 for n <= 5.
-        out["note"] = (
-            f"only {nonzero} nonzero difference(s): the signed-rank test cannot go below "
-            f"p = {2.0 ** (1 - nonzero):.3g}, so it has no power at the 0.05 level"
-        )
-    return out
-
-
-def comparisons(collected: list[dict], best: str) -> list[dict]:
-    """Every label against the best; also every other pair when there are few labels."""
-    by_label = {c["label"]: c for c in collected}
-    pairs = [(best, c["label"], "vs best") for c in collected if c["label"] != best]
-    if len(collected) <= MAX_LABELS_ALL_PAIRS:
-        others = [c["label"] for c in collected if c["label"] != best]
-        pairs += [(a, b, "pair") for a, b in itertools.combinations(others, 2)]
-    out = []
-    for a, b, kind in pairs:
-        test = paired_test(by_label[a]["fold_ua"], by_label[b]["fold_ua"])
-        out.append({"first": a, "second": b, "kind": kind, **test})
-    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -275,7 +215,9 @@ def k_groups(collected: list[dict]) -> list[dict]:
         rest = {
             key: value
             for key, value in flat.items()
-            if key not in ignored and not key.startswith(("logger.", "variants."))
+            if key not in ignored
+            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm."))
+            and key != "reference"
         }
         signature = json.dumps(rest, sort_keys=True, default=str)
         groups.setdefault(signature, []).append((int(flat["graph.k"]), item["label"]))
@@ -295,134 +237,6 @@ def _flatten(node, prefix: str = "") -> dict:
     for key, value in node.items():
         flat.update(_flatten(value, f"{prefix}{key}."))
     return {key.rstrip("."): value for key, value in flat.items()}
-
-
-# ---------------------------------------------------------------------------------------------
-# figures
-
-
-def _new_figure(width: float, height: float):
-    # Figure + the Agg canvas directly: no pyplot state, no GUI backend, safe on a cluster node.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def _save_png(figure, path: Path) -> Path:
-    buffer = BytesIO()
-    figure.savefig(buffer, format="png", dpi=150)
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
-
-
-def plot_confusion(confusion, classes: list[str], title: str):
-    """Row-normalised confusion matrix (rows = true) with the value printed in each cell."""
-    counts = np.asarray(confusion, dtype=float)
-    support = counts.sum(axis=1, keepdims=True)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rates = np.where(support > 0, counts / support, np.nan)
-    size = 1.5 + 0.9 * len(classes)
-    figure = _new_figure(size + 1.8, size)
-    axes = figure.add_subplot()
-    image = axes.imshow(rates, cmap="Blues", vmin=0.0, vmax=1.0)
-    axes.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    axes.set_yticks(
-        range(len(classes)),
-        [f"{c} ({int(n)})" for c, n in zip(classes, support[:, 0], strict=True)],
-    )
-    axes.set_xlabel("predicted")
-    axes.set_ylabel("true (utterances)")
-    axes.set_title(title, fontsize=10)
-    for i, j in itertools.product(range(len(classes)), repeat=2):
-        value = rates[i, j]
-        axes.text(
-            j,
-            i,
-            "–" if np.isnan(value) else f"{value:.2f}",
-            ha="center",
-            va="center",
-            color="white" if value > 0.5 else "black",
-        )
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04)
-    return figure
-
-
-def plot_folds(collected: list[dict]):
-    """Grouped bars: UA (%) per fold (averaged over seeds), one bar per label."""
-    speakers: dict[int, str] = {}
-    for item in collected:
-        for fold, test_speakers in item["fold_ua"]:
-            speakers.setdefault(fold, test_speakers)
-    folds = sorted(speakers)
-    width = 0.8 / len(collected)
-    figure = _new_figure(max(6.0, 0.35 * len(folds) * len(collected) + 2.0), 4.0)
-    axes = figure.add_subplot()
-    for index, item in enumerate(collected):
-        by_fold = {fold: ua for (fold, _), ua in item["fold_ua"].items()}
-        positions = [folds.index(f) + (index - (len(collected) - 1) / 2) * width for f in by_fold]
-        axes.bar(
-            positions,
-            [100 * ua for ua in by_fold.values()],
-            width=width,
-            label=f"{item['label']} (mean {100 * np.mean(list(by_fold.values())):.1f})",
-        )
-    short = all(len(speakers[f]) <= 12 for f in folds)
-    axes.set_xticks(range(len(folds)), [f"{f}\n{speakers[f]}" if short else str(f) for f in folds])
-    axes.set_xlabel("fold (test speakers)" if short else "fold")
-    axes.set_ylabel("UA (%)")
-    axes.set_ylim(0, 100)
-    axes.set_title("UA per speaker-held-out fold (averaged over seeds)", fontsize=10)
-    axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return figure
-
-
-def plot_k(groups: list[dict], rows: dict[str, dict]):
-    """Pooled WA and UA (%) against graph.k, one pair of lines per group of labels."""
-    figure = _new_figure(5.5, 4.0)
-    axes = figure.add_subplot()
-    for number, group in enumerate(groups):
-        ks = sorted(set(group["k"]))
-        prefix = f"{' / '.join(group['labels'])}: " if len(groups) > 1 else ""
-        for metric, style in (("wa", "s--"), ("ua", "o-")):
-            # Labels sharing a k have the same configuration; plot their mean.
-            values = [
-                100
-                * np.mean(
-                    [
-                        rows[label][f"pooled_{metric}"]
-                        for label, k in zip(group["labels"], group["k"], strict=True)
-                        if k == key
-                    ]
-                )
-                for key in ks
-            ]
-            line = axes.plot(
-                ks,
-                values,
-                style,
-                label=f"{prefix}{metric.upper()}",
-                color=f"C{2 * number + (metric == 'ua')}",
-            )
-            for k, value in zip(ks, values, strict=True):
-                axes.annotate(
-                    f"{value:.2f}",
-                    (k, value),
-                    textcoords="offset points",
-                    xytext=(0, 7 if metric == "ua" else -13),  # apart when WA ~ UA
-                    ha="center",
-                    fontsize=8,
-                    color=line[0].get_color(),
-                )
-    axes.margins(x=0.1, y=0.2)  # room for the printed values
-    axes.set_xticks(sorted({k for group in groups for k in group["k"]}))
-    axes.set_xlabel("k (temporal neighbours per node)")
-    axes.set_ylabel("pooled accuracy (%)")
-    axes.set_title("WA and UA (pooled over folds) against k", fontsize=10)
-    axes.legend(fontsize=8)
-    return figure
 
 
 def _slug(label: str) -> str:
@@ -448,18 +262,21 @@ def _fold_list(keys: list[tuple[int, str]]) -> str:
 
 def format_report(
     name: str,
-    rows: list[dict],
-    best: str,
+    collected: list[dict],
+    reference: str | None,
     tests: list[dict],
     figures: list[str],
     same_folds: bool = True,
     unfinished: list[str] = (),
+    refused: list[tuple[str, str]] = (),
 ) -> str:
+    rows = [item["row"] for item in collected]
     lines = [
         f"# {name}: speaker-held-out results (%)",
         "",
-        "| label | model | folds × seeds | WA mean ± std | UA mean ± std | pooled WA | pooled UA |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| label | model | protocol | folds × seeds | WA mean ± std | UA mean ± std | pooled WA "
+        "| pooled UA | provenance |",
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for row in rows:
         cells = f"{row['folds']} × {row['seeds']}"
@@ -468,12 +285,13 @@ def format_report(
             if row.get("missing"):
                 cells += f"; missing {row['missing'].replace(' ', ', ')}"
             cells += ")"
-        label = f"**{row['label']}**" if row["label"] == best else row["label"]
+        label = f"{row['label']} (reference)" if row["label"] == reference else row["label"]
         lines.append(
-            f"| {label} | {row['model']} | {cells} | {_percent(row['wa_mean'], row['wa_std'])} | "
+            f"| {label} | {row['model']} | {row['protocol']} | {cells} | "
+            f"{_percent(row['wa_mean'], row['wa_std'])} | "
             f"{_percent(row['ua_mean'], row['ua_std'])} | "
             f"{_percent(row['pooled_wa'], row['pooled_wa_std'])} | "
-            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} |"
+            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} | {row['provenance']} |"
         )
     n_folds = max(row["folds"] for row in rows)
     lines += [
@@ -490,6 +308,13 @@ def format_report(
             "`sergraph train` (same command) before reporting.",
             "",
         ]
+    notes = sorted({item["protocol"]["note"] for item in collected})
+    lines += ["Protocols:"] + [f"- {note}." for note in notes] + [""]
+    changed = [(item["label"], item["changed_sources"]) for item in collected]
+    changed = [(label, files) for label, files in changed if files]
+    if changed:
+        lines += ["WARNING: config files changed since their cells ran:"]
+        lines += [f"- {label}: {'; '.join(files)}" for label, files in changed] + [""]
     if unfinished:
         lines += [f"No finished fold yet, so not in the table: {', '.join(unfinished)}.", ""]
     if not same_folds:
@@ -502,13 +327,29 @@ def format_report(
         "WA = accuracy over utterances; UA = mean recall over classes present in the targets. "
         "Mean ± std: over all fold × seed cells (sample std). Pooled: WA/UA over all test "
         "predictions of a seed, averaged over seeds (± sample std over seeds when there are "
-        "several). Bold: best pooled UA. Machine-readable: results.csv, folds.csv (fractions).",
+        "several). Provenance: 'clean @ commit' when every cell of the row ran from that one "
+        "commit of a clean tree. No row is marked best: a reference is declared (experiment key "
+        "`reference` or --reference), never chosen by a test score. Machine-readable: "
+        "results.csv, folds.csv (fractions).",
         "",
         "## Paired comparisons (UA per fold, seeds averaged first)",
         "",
+        f"Reference: {reference}."
+        if reference
+        else "No reference declared (experiment key `reference` or --reference): pairs only.",
+        "",
     ]
+    if refused:
+        shown = ", ".join(f"{a} / {b}" for a, b in refused)
+        lines += [
+            f"Not compared, their protocols differ (--cross-protocol to test anyway): {shown}.",
+            "",
+        ]
     if not tests:
-        lines += ["One label only: nothing to compare.", ""]
+        lines += [
+            "One label only: nothing to compare." if len(rows) == 1 else "No pair to compare.",
+            "",
+        ]
     else:
         lines += [
             "Δ UA = A − B in points over the folds both labels have; 95% CI: percentile "
@@ -522,6 +363,8 @@ def format_report(
         ]
         for test in tests:
             notes = [test["note"]] if test["note"] else []
+            if "CROSS-PROTOCOL" in test["kind"]:
+                notes.insert(0, test["kind"].split(", ", 1)[1])
             if test["only_first"]:
                 notes.append(f"unpaired, only in {test['first']}: {_fold_list(test['only_first'])}")
             if test["only_second"]:
@@ -555,6 +398,8 @@ def write_report(
     run_dir: str | Path | list,
     out_dir: str | Path | None = None,
     reference: str | None = None,
+    cross_protocol: bool = False,
+    folds: list[int] | None = None,
 ) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
@@ -564,11 +409,18 @@ def write_report(
             folder's name (``emodb/svm``, ``best/gin``) and ``out_dir`` is required.
         out_dir: where to write; default ``run_dir/report``.
         reference: the label every other label is paired with (an ablation's full recipe);
-            default: the label with the best pooled UA.
+            default: the one the experiment file declares (key ``reference``), else none (never
+            a label chosen by a test score).
+        cross_protocol: also pair labels evaluated under different protocols (labelled
+            CROSS-PROTOCOL); refused by default.
+        folds: only these fold indices (e.g. the folds never looked at while shaping a
+            recipe); the report says so, and the labels' own summary files are left alone.
 
     Returns:
-        ``rows`` (the table, one dict per label, fractions), ``best`` (label with the best pooled
-        UA), ``comparisons`` (see :func:`paired_test`; plus ``first``, ``second``, ``kind``),
+        ``rows`` (the table, one dict per label, fractions), ``reference`` (the label paired with
+        all others, or ``None``), ``comparisons`` (see :func:`paired_test`; plus ``first``,
+        ``second``, ``kind``), ``refused`` (pairs not tested: different protocols),
+        ``changed_sources`` (label -> config files changed since its cells ran),
         ``k_groups`` (see :func:`k_groups`), ``unfinished`` (label folders without a finished
         cell) and ``paths`` (``report``, ``results``, ``folds``,
         ``figures``: strings).
@@ -598,29 +450,35 @@ def write_report(
         unfinished = unfinished_labels(run_dir, labels)
         name = run_dir.resolve().name
     out_dir = Path(out_dir) if out_dir is not None else run_dir / "report"
-    collected = [collect(label, root) for label, root in labels.items()]
+    if folds is not None:
+        found = {label: root for label, root in labels.items() if _has_folds(root, folds)}
+        unfinished += [label for label in labels if label not in found]
+        labels = found
+        if not labels:
+            raise FileNotFoundError(f"no label under {run_dir} finished any of folds {folds}")
+        name += f" (folds {','.join(map(str, sorted(folds)))} only)"
+    collected = [collect(label, root, folds) for label, root in labels.items()]
     rows = [item["row"] for item in collected]
-    ranked = [row for row in rows if not math.isnan(row["pooled_ua"])] or rows
-    best = max(ranked, key=lambda row: row["pooled_ua"])["label"]  # first of equals wins
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
-    tests = comparisons(collected, reference or best)
+    reference = reference or declared_reference(collected)
+    tests, refused = comparisons(collected, reference, cross_protocol)
     groups = k_groups(collected)
 
     figures: list[Path] = []
     for item in collected:
         title = f"{item['label']}: pooled predictions, row-normalised"
         figure = plot_confusion(item["confusion"], item["classes"], title)
-        figures.append(_save_png(figure, out_dir / f"confusion_{_slug(item['label'])}.png"))
-    figures.append(_save_png(plot_folds(collected), out_dir / "folds.png"))
+        figures.append(save_png(figure, out_dir / f"confusion_{_slug(item['label'])}.png"))
+    figures.append(save_png(plot_folds(collected), out_dir / "folds.png"))
     if groups:
         figures.append(
-            _save_png(plot_k(groups, {row["label"]: row for row in rows}), out_dir / K_FIGURE)
+            save_png(plot_k(groups, {row["label"]: row for row in rows}), out_dir / K_FIGURE)
         )
     else:  # a figure left from an earlier report would describe labels no longer compared
         (out_dir / K_FIGURE).unlink(missing_ok=True)
 
-    folds = pd.concat(
+    fold_rows = pd.concat(
         [item["folds"].assign(label=item["label"]) for item in collected], ignore_index=True
     )[FOLD_COLUMNS]
     paths = {
@@ -629,16 +487,29 @@ def write_report(
         "folds": out_dir / "folds.csv",
     }
     atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=RESULT_COLUMNS))
-    atomic_write_csv(paths["folds"], folds)
+    atomic_write_csv(paths["folds"], fold_rows)
     same_folds = len({frozenset(item["fold_ua"]) for item in collected}) == 1
-    text = format_report(name, rows, best, tests, [f.name for f in figures], same_folds, unfinished)
+    text = format_report(
+        name,
+        collected,
+        reference,
+        tests,
+        [f.name for f in figures],
+        same_folds,
+        unfinished,
+        refused,
+    )
     atomic_write_text(paths["report"], text)
     return {
         "run_dir": str(run_dir),
         "out_dir": str(out_dir),
         "rows": rows,
-        "best": best,
+        "reference": reference,
         "comparisons": tests,
+        "refused": refused,
+        "changed_sources": {
+            i["label"]: i["changed_sources"] for i in collected if i["changed_sources"]
+        },
         "k_groups": groups,
         "unfinished": unfinished,
         "paths": {key: str(path) for key, path in paths.items()}

@@ -10,7 +10,14 @@ training side) is chosen, and that variant's test predictions become the cell's.
 made by :func:`choose`, which is handed only the whitelisted validation fields of each
 candidate's ``metrics.json`` (:data:`VALIDATION_FIELDS`): test scores, test predictions and test
 speakers' data never reach it. Candidates must share the cell's validation speakers, so that
-their validation scores are comparable.
+their validation scores are comparable, and one evaluation protocol.
+
+Selection runs over **all seeds** the candidates share and is reported against a fixed recipe
+seed by seed (:func:`compare_per_seed`: pooled UA of the selection and of the reference over
+the same folds, one row per seed): like with like. ``criterion="fold"`` is a less noisy inner
+criterion than one seed's two validation speakers: per fold, the candidate with the best
+validation UA *averaged over all seeds* is chosen, the same choice for every seed (still
+validation speakers only; one seed's validation UA is a noisy estimate of a variant's quality).
 
 **Seed ensemble** (:func:`ensemble_seeds`): for every fold, the class probabilities of all seeds
 of one variant are averaged per utterance and the arg-max is the prediction; no choice is made
@@ -22,9 +29,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
+from sergraph.console import log
 from sergraph.io import atomic_write_text
-from sergraph.metrics import scores_from_labels
+from sergraph.metrics import pooled_scores, scores_from_labels
 from sergraph.results.layout import finished_cells, read_predictions, write_cell
 
 #: The only fields of a candidate's metrics.json that the selection rule sees.
@@ -76,8 +85,14 @@ def choose(candidates: dict[str, dict]) -> str:
     return max(candidates, key=lambda label: candidates[label]["best_val_ua"])
 
 
+CRITERIA = ("cell", "fold")
+
+
 def select_nested(
-    study_dir: str | Path, candidates: list[str] | None = None, label: str = "nested"
+    study_dir: str | Path,
+    candidates: list[str] | None = None,
+    label: str = "nested",
+    criterion: str = "cell",
 ) -> dict:
     """Write label ``label``: per cell, the candidate variant chosen on validation UA.
 
@@ -86,6 +101,8 @@ def select_nested(
         candidates: variant labels to choose from (default: every variant folder except
             ``label`` and seed ensembles).
         label: name of the new folder.
+        criterion: ``cell``: per (seed, fold), the best validation UA of that seed; ``fold``:
+            per fold, the best validation UA averaged over the seeds (see the module docstring).
 
     Returns:
         ``{(seed, fold): chosen variant}`` for every cell that all candidates finished.
@@ -100,21 +117,52 @@ def select_nested(
             and finished_cells(p)
             and not (p / ENSEMBLE_MARKER).is_file()
         )
+    if criterion not in CRITERIA:
+        raise ValueError(f"criterion={criterion!r}; choose one of {list(CRITERIA)}")
     if len(candidates) < 2:
         raise ValueError(f"nested selection needs at least 2 candidate variants; got {candidates}")
     cells = {name: _cells(study_dir / name) for name in candidates}
     shared = sorted(set.intersection(*(set(c) for c in cells.values())))
     if not shared:
         raise FileNotFoundError(f"no (seed, fold) cell is finished by all of {candidates}")
+    left_out = sorted(set.union(*(set(c) for c in cells.values())) - set(shared))
+    if left_out:
+        log(
+            f"nested selection over {len(shared)} (seed, fold) cells that every candidate "
+            f"finished; left out {len(left_out)} that some did not: {left_out[:10]}"
+        )
+    protocols = {
+        name: (cell[1].get("protocol") or {}).get("name", "unknown")
+        for name in candidates
+        for cell in cells[name].values()
+    }
+    if len(set(protocols.values())) > 1:
+        raise ValueError(
+            f"candidates were evaluated under different protocols {protocols}; select among "
+            "variants of one protocol"
+        )
+    by_fold: dict[int, str] = {}
+    if criterion == "fold":
+        for fold in sorted({f for _, f in shared}):
+            keys = [key for key in shared if key[1] == fold]
+            views = {}
+            for name in candidates:
+                seeds = [validation_view(cells[name][key][1]) for key in keys]
+                view = dict(seeds[0])
+                scores = [v["best_val_ua"] for v in seeds]
+                view["best_val_ua"] = None if None in scores else float(np.mean(scores))
+                views[name] = view
+            by_fold[fold] = choose(views)
     chosen = {}
     for key in shared:
         views = {name: validation_view(cells[name][key][1]) for name in candidates}
-        pick = choose(views)
+        pick = by_fold[key[1]] if criterion == "fold" else choose(views)
         chosen[key] = pick
         source, metrics = cells[pick][key]
         # The checkpoint stays with its variant: only the copied predictions are recorded.
         metrics = {key: value for key, value in metrics.items() if key != "files"}
         metrics["selected"] = pick
+        metrics["selection_criterion"] = criterion
         metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
         target = study_dir / label / source.parent.name / source.name
         if (source / "config.yaml").is_file():
@@ -168,6 +216,9 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         seeds = [cell_metrics["seed"] for _, cell_metrics in members]
         keys = ("config_id", "model", "fold", "train_speakers", "val_speakers", "test_speakers")
         record = {key: metrics[key] for key in (*keys, "classes")}
+        record |= {key: metrics[key] for key in ("protocol",) if key in metrics}
+        record["provenance_members"] = [m.get("provenance") for _, m in members]
+        record["provenance"] = _shared_provenance(record["provenance_members"])
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
         target = out_dir / "seed-0" / f"fold-{fold:02d}"
         if (cells[0] / "config.yaml").is_file():
@@ -176,3 +227,46 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         used[fold] = seeds
     atomic_write_text(out_dir / ENSEMBLE_MARKER, f"seed ensemble of {variant_dir.name}\n")
     return used
+
+
+def _shared_provenance(states: list) -> dict:
+    """One provenance for a cell made from several: the commit when all share one (else
+    ``several``), dirty when any was."""
+    states = [state or {} for state in states]
+    commits = {str(state.get("commit", "unknown")) for state in states}
+    dirty = [state.get("dirty", "unknown") for state in states]
+    commit = commits.pop() if len(commits) == 1 else "several"
+    flag = "unknown" if "unknown" in dirty or commit == "unknown" else any(dirty)
+    return {"commit": commit, "dirty": flag}
+
+
+def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.DataFrame:
+    """Pooled UA of ``label`` (a selection) and of ``reference`` (the fixed recipe), seed by
+    seed over the folds both finished: ``seed, folds, ua_<label>, ua_<reference>, difference``.
+
+    Raises:
+        FileNotFoundError: when the two share no (seed, fold) cell.
+    """
+    study_dir = Path(study_dir)
+    mine, theirs = _cells(study_dir / label), _cells(study_dir / reference)
+    shared = sorted(set(mine) & set(theirs))
+    if not shared:
+        raise FileNotFoundError(f"{label} and {reference} share no finished (seed, fold) cell")
+    rows = []
+    for seed in sorted({seed for seed, _ in shared}):
+        keys = [key for key in shared if key[0] == seed]
+        scores = []
+        for cells in (mine, theirs):
+            frame = pd.concat(read_predictions(cells[key][0]) for key in keys)
+            classes = list(cells[keys[0]][1]["classes"])
+            scores.append(pooled_scores(frame, classes)["ua"])
+        rows.append(
+            {
+                "seed": seed,
+                "folds": len(keys),
+                f"ua_{label}": scores[0],
+                f"ua_{reference}": scores[1],
+                "difference": scores[0] - scores[1],
+            }
+        )
+    return pd.DataFrame(rows)

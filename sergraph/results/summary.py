@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,21 +18,31 @@ def mean_std(values) -> tuple[float, float]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
 
 
-def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
+def summarize(
+    root: str | Path,
+    classes: list[str] | None = None,
+    folds: list[int] | None = None,
+    write: bool = True,
+) -> dict:
     """Collect ``metrics.json``/``predictions.csv`` of a model's folds; write summary.json/.md.
 
     Returns a dict with per-fold rows, the mean +- std over folds of WA and UA (sample std over
     all seed x fold cells) and WA/UA pooled over every test prediction of each seed (averaged
-    over seeds when there are several).
+    over seeds when there are several). ``folds``: only these fold indices (a subset report;
+    then pass ``write=False`` to leave the variant's summary files alone).
     """
     root = Path(root)
     cells = finished_cells(root)  # verified: a damaged file stops here, naming it
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
-    rows, pooled, folders = [], [], {}
+    rows, pooled, folders, protocols = [], [], {}, {}
     for directory, metrics in cells:
+        if folds is not None and int(metrics["fold"]) not in folds:
+            continue
         classes = classes or metrics["classes"]
         folders[(metrics["seed"], metrics["fold"])] = directory
+        protocol = metrics.get("protocol") or saved_protocol(directory / "config.yaml")
+        protocols[json.dumps(protocol, sort_keys=True)] = protocol
         rows.append(
             {
                 "seed": metrics["seed"],
@@ -42,6 +53,8 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
                 "ua": metrics["ua"],
             }
         )
+    if not rows:
+        raise FileNotFoundError(f"no finished cell of folds {folds} under {root}")
     folds = pd.DataFrame(rows)
     for seed, group in folds.groupby("seed"):
         predictions = pd.concat(read_predictions(folders[(seed, fold)]) for fold in group["fold"])
@@ -53,6 +66,7 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     summary = {
         "model": root.name,
         "classes": classes,
+        "protocol": protocols.popitem()[1] if len(protocols) == 1 else mixed_protocol(protocols),
         "folds": folds.to_dict(orient="records"),
         "fold_mean": {"wa": wa_mean, "ua": ua_mean},
         "fold_std": {"wa": wa_std, "ua": ua_std},
@@ -62,15 +76,40 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
             "per_seed": pooled,
         },
     }
-    atomic_write_json(root / "summary.json", summary)
-    atomic_write_text(root / "summary.md", format_summary(summary))
+    if write:
+        atomic_write_json(root / "summary.json", summary)
+        atomic_write_text(root / "summary.md", format_summary(summary))
     return summary
+
+
+def saved_protocol(config_path: Path) -> dict:
+    """The protocol of a cell made before cells recorded it, from its saved config.yaml."""
+    from omegaconf import OmegaConf
+
+    from sergraph.config import protocol_of
+    from sergraph.data.protocol import protocol_record
+
+    try:
+        cfg = OmegaConf.load(config_path)
+        name = protocol_of(cfg)
+        enrollment = OmegaConf.select(cfg, "eval.enrollment", default=None)
+        seed = OmegaConf.select(cfg, "eval.enrollment_seed", default=0)
+    except Exception:  # noqa: BLE001 - no or an unreadable config: say so
+        return {"name": "unknown", "note": "protocol not recorded"}
+    return protocol_record(name, enrollment, seed)
+
+
+def mixed_protocol(protocols: dict) -> dict:
+    names = sorted({p["name"] for p in protocols.values()})
+    return {"name": "mixed", "note": f"MIXED protocols across cells ({', '.join(names)})"}
 
 
 def format_summary(summary: dict) -> str:
     """A Markdown table: one row per fold, then mean +- std over folds and pooled."""
     lines = [
         f"## {summary['model']}: speaker-held-out results (%)",
+        "",
+        f"Protocol: {summary['protocol']['note']}.",
         "",
         "| seed | fold | test speakers | n | WA | UA |",
         "| ---: | ---: | --- | ---: | ---: | ---: |",

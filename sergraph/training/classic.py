@@ -22,30 +22,61 @@ from sergraph.results.layout import predictions_frame
 __all__ = ["SVM_C_GRID", "fit_classic", "speaker_standardized"]
 
 
+def protocol_rows(table, fold: Fold, protocol: str, normalize: str, enrollment: float, seed: int):
+    """The SVM's rows under an evaluation protocol: ``(fit rows, scored test rows, statistic
+    rows, enrolled rows)``.
+
+    The SVM fits on the training and validation speakers together, so only the test speakers
+    are held out: under ``enrollment`` their enrollment part is held aside (statistics only,
+    never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
+    """
+    from sergraph.data.protocol import check_protocol, enrollment_rows, statistic_rows
+
+    enrolled = None
+    if protocol == "enrollment":
+        enrolled = enrollment_rows(table, fold.test_speakers, enrollment, seed)
+    rows = split_indices(table, fold, enrolled)
+    fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
+    sides = {"train": fit_rows, "test": rows["test"]}
+    statistics = statistic_rows(table, sides, protocol, normalize, enrolled)
+    check_protocol(protocol, rows["test"], statistics, enrolled, where=fold.name)
+    return fit_rows, rows["test"], statistics, enrolled
+
+
 def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     """Fit the configured classic baseline on the fold's training and validation rows and score
-    its test rows; returns ``(predictions frame, extra metrics fields)``."""
+    its test rows (under the evaluation protocol: :func:`protocol_rows`); returns
+    ``(predictions frame, extra metrics fields)``."""
+    from sergraph.config import protocol_of
+
     family, params = model_spec(cfg)
     baseline = build_baseline(family, **params)
-    rows = split_indices(study.table, fold)
+    train, test_rows, statistics, _ = protocol_rows(
+        study.table,
+        fold,
+        protocol_of(cfg),
+        cfg.graph.normalize,
+        cfg.eval.enrollment,
+        cfg.eval.enrollment_seed,
+    )
     labels = study.table["label"].map(study.classes.index).to_numpy()
     speakers = study.table["speaker"].astype(str).to_numpy()
-    train = np.sort(np.concatenate([rows["train"], rows["val"]]))
     scores, extra = baseline.fit_predict(
         study.functionals,
         labels,
         speakers,
         train,
-        rows["test"],
+        test_rows,
         num_classes=len(study.classes),
         seed=seed,
         normalize=cfg.graph.normalize,
+        statistics=statistics,
     )
-    test_rows = study.table.iloc[rows["test"]]
+    tested = study.table.iloc[test_rows]
     predictions = predictions_frame(
-        test_rows["utterance"].tolist(),
-        test_rows["speaker"].astype(str).tolist(),
-        labels[rows["test"]],
+        tested["utterance"].tolist(),
+        tested["speaker"].astype(str).tolist(),
+        labels[test_rows],
         scores,
         study.classes,
     )

@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import identity, model_spec
+from sergraph.config import identity, model_spec, protocol_of
 from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.folds import Fold
@@ -181,6 +181,9 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         if cfg.features.get("concat_functionals", False)
         else None,
         provenance=run_provenance(cfg),
+        protocol=protocol_of(cfg),
+        enrollment=cfg.eval.enrollment,
+        enrollment_seed=cfg.eval.enrollment_seed,
     )
 
 

@@ -26,11 +26,12 @@ from pathlib import Path
 import pandas as pd
 from omegaconf import DictConfig
 
-from sergraph.config import compose_study, identity, model_family, to_yaml
+from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
-from sergraph.data.folds import Fold
+from sergraph.data.folds import Fold, check_fold
 from sergraph.data.prepared import PreparedData, prepared
+from sergraph.data.protocol import check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
 from sergraph.models import is_classic, model_inputs
@@ -43,6 +44,7 @@ from sergraph.results.layout import (
     study_dir,
     write_cell,
 )
+from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
 from sergraph.training.classic import fit_classic
 from sergraph.training.distributed import is_global_zero
@@ -264,11 +266,21 @@ def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, direct
 def fit_cell(
     cfg, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ) -> tuple[dict, pd.DataFrame]:
-    start = time.perf_counter()
+    start, started = time.perf_counter(), now()
+    check_fold(fold, study.table)  # in the runner itself, for neural and classic cells alike
     if is_classic(model_family(cfg)):
         predictions, extra = fit_classic(cfg, study, fold, seed)
     else:
         predictions, extra = fit_neural(cfg, study, fold, seed, directory, loggers)
+    check_predictions(
+        study.table,
+        predictions["utterance"],
+        fold.test_speakers,
+        protocol_of(cfg),
+        cfg.eval.enrollment,
+        cfg.eval.enrollment_seed,
+        where=str(directory),
+    )
     scores = scores_from_labels(
         predictions["true"].map(study.classes.index),
         predictions["predicted"].map(study.classes.index),
@@ -284,8 +296,12 @@ def fit_cell(
         "test_speakers": list(fold.test_speakers),
         "classes": study.classes,
         "n_test": len(predictions),
+        "protocol": protocol_record(
+            protocol_of(cfg), cfg.eval.enrollment, cfg.eval.enrollment_seed
+        ),
         **scores,
         **extra,
         "seconds": time.perf_counter() - start,
     }
+    result["provenance"] = provenance(cfg, started)
     return result, predictions

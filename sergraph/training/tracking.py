@@ -19,6 +19,9 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from sergraph.config import protocol_of
+from sergraph.data.protocol import protocol_record
+
 
 def _wandb_settings(cfg: DictConfig) -> dict:
     return {
@@ -45,9 +48,16 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
 
         settings = _wandb_settings(cfg)
         config = OmegaConf.to_container(cfg, resolve=True)
+        protocol = protocol_record(protocol_of(cfg), cfg.eval.enrollment, cfg.eval.enrollment_seed)
         config.update(
-            label=label, seed=seed, fold=fold.index, test_speakers=",".join(fold.test_speakers)
+            label=label,
+            seed=seed,
+            fold=fold.index,
+            test_speakers=",".join(fold.test_speakers),
+            protocol=protocol["name"],
+            protocol_note=protocol["note"],
         )
+        settings["tags"] = [*settings.get("tags", []), f"protocol:{protocol['name']}"]
         wandb_logger = WandbLogger(
             name=f"{label}/seed-{seed}/{fold.name}",
             save_dir=str(directory),
@@ -95,6 +105,13 @@ def log_test_result(loggers: list, result: dict) -> None:
         }
         run.log({"test/confusion": table})
         run.summary.update({"test/wa": result["wa"], "test/ua": result["ua"], **recalls})
+        if "protocol" in result:
+            run.summary.update(
+                {
+                    "protocol": result["protocol"]["name"],
+                    "protocol_note": result["protocol"]["note"],
+                }
+            )
 
 
 def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
@@ -118,6 +135,7 @@ def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
     try:
         columns = [
             "label",
+            "protocol",
             "folds",
             "wa_mean",
             "wa_std",
@@ -129,6 +147,7 @@ def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
         rows = [
             [
                 label,
+                s.get("protocol", {}).get("note", "unknown"),
                 len(s["folds"]),
                 s["fold_mean"]["wa"],
                 s["fold_std"]["wa"],
@@ -141,7 +160,7 @@ def log_study_summary(cfg: DictConfig, summaries: dict[str, dict]) -> None:
         ]
         run.log({"study/results": wandb.Table(columns=columns, data=rows)})
         for row in rows:
-            run.summary.update({f"{row[0]}/ua_pooled": row[7], f"{row[0]}/wa_pooled": row[6]})
+            run.summary.update({f"{row[0]}/ua_pooled": row[8], f"{row[0]}/wa_pooled": row[7]})
         failed = False
     finally:
         wandb.finish(exit_code=1 if failed else 0)

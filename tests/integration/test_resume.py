@@ -85,6 +85,8 @@ def results(cell: Path) -> tuple[dict, str]:
     # The checkpoint's bytes hold its own folder's path (best_model_path): its recorded hash
     # differs between two run folders; the predictions file's must not.
     metrics["files"].pop("checkpoints/best.ckpt")
+    for clock in ("started", "ended"):  # when a cell ran is provenance, not a result
+        metrics["provenance"].pop(clock)
     return metrics, (cell / "predictions.csv").read_text()
 
 

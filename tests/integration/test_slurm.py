@@ -273,6 +273,7 @@ def job_output(path: Path) -> str:
 def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
+    metrics.pop("provenance")  # when and with how many threads a cell ran is not a result
     return metrics, (cell / "predictions.csv").read_text()
 
 

@@ -64,9 +64,10 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
         assert run["config"]["label"] == "svm" and run["config"]["seed"] == 0
         assert run["config"]["model"]["name"] == "svm"
         assert run["config"]["test_speakers"] == ",".join(metrics["test_speakers"])
-        assert (
-            run["run"]["tags"] == ["test"] and run["run"]["name"] == f"svm/seed-0/fold-{fold:02d}"
-        )
+        assert run["run"]["tags"] == ["test", "protocol:inductive"]
+        assert run["run"]["name"] == f"svm/seed-0/fold-{fold:02d}"
+        assert run["config"]["protocol"] == metrics["protocol"]["name"] == "inductive"
+        assert run["summary"]["protocol_note"] == metrics["protocol"]["note"]
         assert run["summary"]["test/ua"] == pytest.approx(metrics["ua"])
         assert run["summary"]["test/wa"] == pytest.approx(metrics["wa"])
         assert run["summary"]["test/confusion/nrows"] == 16  # 4 x 4 (true, predicted) rows

@@ -365,6 +365,35 @@ def test_nested_selection_refuses_different_validation_speakers(tmp_path):
         select.select_nested(tmp_path, ["x", "y"])
 
 
+def test_nested_selection_over_seeds_with_the_fold_criterion(tmp_path):
+    # fold 0: x leads on seed 0's validation UA (0.9 vs 0.5) but y on the mean over the seeds
+    # ((0.9 + 0.1) / 2 = 0.5 < (0.5 + 0.7) / 2 = 0.6): "cell" follows each seed, "fold" takes
+    # y for both seeds.
+    _cell(tmp_path, "x", 0, 0, 0.9, 0.1, ["b", "b", "a", "a"])
+    _cell(tmp_path, "x", 1, 0, 0.1, 0.1, ["b", "b", "a", "a"])
+    _cell(tmp_path, "y", 0, 0, 0.5, 1.0, ["a", "a", "b", "b"])
+    _cell(tmp_path, "y", 1, 0, 0.7, 1.0, ["a", "b", "b", "b"])
+    assert select.select_nested(tmp_path, ["x", "y"]) == {(0, 0): "x", (1, 0): "y"}
+    chosen = select.select_nested(tmp_path, ["x", "y"], label="by_fold", criterion="fold")
+    assert chosen == {(0, 0): "y", (1, 0): "y"}
+    # against the fixed recipe x, seed by seed (pooled UA over the seed's folds)
+    table = select.compare_per_seed(tmp_path, "by_fold", "x").set_index("seed")
+    assert table.loc[0, "ua_by_fold"] == pytest.approx(1.0)
+    assert table.loc[1, "ua_by_fold"] == pytest.approx((1 / 2 + 1) / 2)  # a: 1 of 2, b: 2 of 2
+    assert table.loc[0, "ua_x"] == pytest.approx(0.0)
+    assert table["difference"].tolist() == pytest.approx([1.0, 0.75])
+
+
+def test_nested_selection_refuses_candidates_of_different_protocols(tmp_path):
+    _cell(tmp_path, "x", 0, 0, 0.9, 0.1, ["a", "a", "b", "b"])
+    _cell(tmp_path, "y", 0, 0, 0.5, 1.0, ["a", "a", "b", "b"])
+    path = tmp_path / "y/seed-0/fold-00/metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps(metrics | {"protocol": {"name": "transductive", "note": ""}}))
+    with pytest.raises(ValueError, match="different protocols"):
+        select.select_nested(tmp_path, ["x", "y"])
+
+
 def test_seed_ensemble_averages_probabilities_by_hand(tmp_path):
     # p_a per utterance: seed 0 (0.9, 0.9, 0.2, 0.2), seed 1 (0.2, 0.9, 0.9, 0.2)
     _cell(tmp_path, "x", 0, 0, 0.5, 0.5, ["a", "a", "b", "b"])

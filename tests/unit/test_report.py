@@ -20,7 +20,8 @@ import pandas as pd
 import pytest
 from scipy.stats import wilcoxon
 
-from sergraph.results.report import paired_test, write_report
+from sergraph.results.compare import paired_test
+from sergraph.results.report import write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 CLASSES = ["ang", "neu"]
@@ -55,7 +56,7 @@ def config_yaml(label: str, k: int, readout: str, seeds: str) -> str:
         f"data:\n  name: iemocap\ngraph:\n  k: {k}\n  max_nodes: 120\n"
         f"model:\n  name: lstm_gin\n  params:\n    readout: {readout}\n"
         f"run:\n  label: {label}\n  name: study\n  seeds: {seeds}\n"
-        f"logger:\n  kind: csv\n"
+        f"logger:\n  kind: csv\nreference: A\n"  # the experiment's declared baseline
     )
 
 
@@ -145,7 +146,7 @@ def test_results_table_by_hand(run_dir, result):
     assert c["pooled_ua"] == pytest.approx((7 / 8 + 1) / 2)
     assert c["pooled_wa"] == pytest.approx(15 / 16)
 
-    assert result["best"] == "A"
+    assert result["reference"] == "A"  # declared in the experiment, not chosen by a score
     assert [row["label"] for row in result["rows"]] == ["A", "B", "C"]
 
     folds = pd.read_csv(run_dir / "report" / "folds.csv")
@@ -162,7 +163,7 @@ def test_paired_comparisons(run_dir, result):
     # A - B per fold, B's two seeds averaged first: B = 1, .875, .875, .75, .75
     a_b = tests["A", "B"]
     differences = [0.0, 0.125, 0.125, 0.25, 0.25]
-    assert a_b["paired"] == 5 and a_b["kind"] == "vs best"
+    assert a_b["paired"] == 5 and a_b["kind"] == "vs reference"
     assert a_b["differences"] == pytest.approx(differences)
     assert a_b["mean_difference"] == pytest.approx(0.15)
     assert a_b["p_value"] == pytest.approx(wilcoxon(differences, alternative="two-sided").pvalue)
@@ -184,6 +185,7 @@ def test_paired_comparisons(run_dir, result):
     assert "Paired comparisons" in report
     assert "unpaired, only in A: 4 (s4)" in report
     assert "| A | B | 5 | +15.00 |" in report
+    assert "| A (reference) |" in report and "**" not in report  # nothing bolded by a score
     assert "often noise" in report
     assert "do not cover the same folds" in report  # C lacks fold 4
 
@@ -257,3 +259,97 @@ def test_no_finished_cells_names_the_folder(tmp_path):
         write_report(tmp_path / "run")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         write_report(tmp_path / "missing")
+
+
+def _relabel_cells(root, label: str, **fields) -> None:
+    for path in (root / label).glob("seed-*/fold-*/metrics.json"):
+        metrics = json.loads(path.read_text())
+        metrics.update(fields)
+        path.write_text(json.dumps(metrics))
+
+
+def test_reference_is_never_chosen_by_a_test_score(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    for config in study.glob("*/seed-*/fold-*/config.yaml"):
+        config.write_text(config.read_text().replace("reference: A\n", ""))
+    result = write_report(study)
+    assert result["reference"] is None
+    assert {t["kind"] for t in result["comparisons"]} == {"pair"}
+    assert "No reference declared" in (study / "report" / "report.md").read_text()
+    # --reference wins over the declaration and over every score (C has the worst pooled UA)
+    result = write_report(study, reference="C")
+    assert {(t["first"], t["kind"]) for t in result["comparisons"] if t["first"] == "C"} == {
+        ("C", "vs reference")
+    }
+
+
+def test_pairs_of_different_protocols_are_refused_unless_asked(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    transductive = {"name": "transductive", "note": "transductive: test utterances were used"}
+    inductive = {"name": "inductive", "note": "inductive: training speakers only"}
+    _relabel_cells(study, "A", protocol=inductive)
+    _relabel_cells(study, "C", protocol=inductive)
+    _relabel_cells(study, "B", protocol=transductive)
+    result = write_report(study)
+    assert sorted(result["refused"]) == [("A", "B"), ("B", "C")]
+    assert {(t["first"], t["second"]) for t in result["comparisons"]} == {("A", "C")}
+    text = (study / "report" / "report.md").read_text()
+    assert "Not compared, their protocols differ" in text
+    assert "| B | lstm_gin | transductive |" in text and "transductive: test utterances" in text
+
+    result = write_report(study, cross_protocol=True)
+    kinds = {(t["first"], t["second"]): t["kind"] for t in result["comparisons"]}
+    assert kinds["A", "B"] == "vs reference, CROSS-PROTOCOL (inductive vs transductive)"
+    assert kinds["A", "C"] == "vs reference" and result["refused"] == []
+
+
+def test_rows_show_provenance_and_changed_config_files(run_dir, tmp_path):
+    from sergraph.config import config_dir, file_sha256
+
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    current = file_sha256(config_dir() / "default.yaml")
+    files = {"default.yaml": current, "experiment/quickstart.yaml": "0" * 64}
+    clean = {"commit": "a" * 40, "dirty": False, "config_files": {"default.yaml": current}}
+    _relabel_cells(study, "A", provenance=clean)
+    _relabel_cells(study, "B", provenance={**clean, "dirty": True, "config_files": files})
+    result = write_report(study)
+    rows = {row["label"]: row["provenance"] for row in result["rows"]}
+    assert rows == {
+        "A": "clean @ aaaaaaaa",
+        "B": "DIRTY @ aaaaaaaa",
+        "C": "unknown (cells without git provenance)",
+    }
+    assert list(result["changed_sources"]) == ["B"]
+    assert result["changed_sources"]["B"][0].startswith("experiment/quickstart.yaml (recorded 000")
+    assert "WARNING: config files changed" in (study / "report" / "report.md").read_text()
+
+
+def test_a_report_over_some_folds_only(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    before = (study / "B" / "summary.json").read_text()
+    result = write_report(study, folds=[1, 2, 3])
+    rows = {row["label"]: row for row in result["rows"]}
+    # B over folds 1-3: seed 0 UA .75, .75, .5 and seed 1 perfect
+    assert rows["B"]["ua_mean"] == pytest.approx((0.75 + 0.75 + 0.5 + 3) / 6)
+    assert (rows["B"]["folds"], rows["C"]["folds"]) == (3, 3)
+    assert {t["paired"] for t in result["comparisons"]} == {3}
+    assert "(folds 1,2,3 only)" in (study / "report" / "report.md").read_text()
+    assert (study / "B" / "summary.json").read_text() == before  # left alone
+
+
+def test_cells_made_before_protocols_take_theirs_from_config_yaml(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    for config in (study / "B").glob("seed-*/fold-*/config.yaml"):
+        config.write_text(config.read_text().replace("  k: 4\n", "  k: 4\n  normalize: speaker\n"))
+    result = write_report(study)
+    assert {row["label"]: row["protocol"] for row in result["rows"]} == {
+        "A": "inductive",
+        "B": "transductive",  # graph.normalize=speaker alone, as before protocols had names
+        "C": "inductive",
+    }
+    assert sorted(result["refused"]) == [("A", "B"), ("B", "C")]

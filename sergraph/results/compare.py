@@ -1,0 +1,138 @@
+"""Paired comparisons between the labels of a report: like with like, against a declared
+reference.
+
+A paired test compares two labels' per-fold UA (seeds averaged first) over the folds both
+have. The reference is the label the experiment declares (key ``reference``) or the one the user
+names, never one chosen by a test score; labels evaluated under different protocols are not
+paired unless asked for, and then the test says so.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+
+import numpy as np
+
+BOOTSTRAP_RESAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+#: Above this many labels only the comparisons against the reference label are tabulated.
+MAX_LABELS_ALL_PAIRS = 8
+
+
+def paired_test(
+    first: dict,
+    second: dict,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict:
+    """Paired comparison of two labels' per-fold scores (``first - second``).
+
+    Args:
+        first, second: fold key -> score (UA averaged over seeds); only keys in both are paired.
+        resamples: bootstrap resamples of the paired folds.
+        seed: seed of the bootstrap.
+
+    Returns:
+        ``paired`` (number of folds in both), ``only_first``/``only_second`` (unpaired keys),
+        ``differences``, ``mean_difference``, ``ci_low``/``ci_high`` (percentile bootstrap 95%
+        interval of the mean difference), ``nonzero`` (differences that are not zero),
+        ``p_value`` (two-sided Wilcoxon signed-rank, ``None`` when there is nothing to test) and
+        ``note`` (why the test says little, or "").
+    """
+    from scipy.stats import wilcoxon
+
+    shared = sorted(set(first) & set(second))
+    differences = np.array([first[key] - second[key] for key in shared], dtype=float)
+    # Seed-averaged scores reached by different summation orders can differ by an ulp; such a
+    # difference is a tie, not evidence.
+    differences[np.abs(differences) < 1e-12] = 0.0
+    out = {
+        "paired": len(shared),
+        "only_first": sorted(set(first) - set(second)),
+        "only_second": sorted(set(second) - set(first)),
+        "differences": differences.tolist(),
+        "mean_difference": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "nonzero": int(np.count_nonzero(differences)),
+        "p_value": None,
+        "note": "",
+    }
+    if not len(shared):
+        out["note"] = "no fold in common: nothing to pair"
+        return out
+    out["mean_difference"] = float(differences.mean())
+    rng = np.random.default_rng(seed)
+    means = differences[rng.integers(0, len(shared), size=(resamples, len(shared)))].mean(axis=1)
+    out["ci_low"], out["ci_high"] = (float(v) for v in np.percentile(means, [2.5, 97.5]))
+    nonzero = out["nonzero"]
+    if nonzero == 0:
+        out["note"] = "all paired differences are zero: nothing to test"
+        return out
+    with warnings.catch_warnings():  # small-sample and tie warnings; the note says it plainly
+        warnings.simplefilter("ignore")
+        out["p_value"] = float(wilcoxon(differences, alternative="two-sided").pvalue)
+    if nonzero < 6:
+        # Zeros are dropped; with n nonzero differences of one sign the exact two-sided p is
+        # 2 / 2**n, which is above 0.05 for n <= 5.
+        out["note"] = (
+            f"only {nonzero} nonzero difference(s): the signed-rank test cannot go below "
+            f"p = {2.0 ** (1 - nonzero):.3g}, so it has no power at the 0.05 level"
+        )
+    return out
+
+
+def comparisons(
+    collected: list[dict], reference: str | None, cross_protocol: bool = False
+) -> tuple[list[dict], list[tuple[str, str]]]:
+    """Every label against the declared ``reference``; also every other pair when there are
+    few labels (all pairs when there is no reference).
+
+    Labels of different protocols are not paired unless ``cross_protocol``; then the test's
+    ``kind`` says so.
+
+    Returns:
+        (the tests, the pairs refused because their protocols differ).
+    """
+    by_label = {c["label"]: c for c in collected}
+    labels = [c["label"] for c in collected]
+    pairs = []
+    if reference is not None:
+        pairs += [(reference, label, "vs reference") for label in labels if label != reference]
+    others = [label for label in labels if label != reference]
+    if len(labels) <= MAX_LABELS_ALL_PAIRS:
+        pairs += [(a, b, "pair") for a, b in itertools.combinations(others, 2)]
+    out, refused = [], []
+    for a, b, kind in pairs:
+        protocols = by_label[a]["protocol"]["name"], by_label[b]["protocol"]["name"]
+        if protocols[0] != protocols[1]:
+            if not cross_protocol:
+                refused.append((a, b))
+                continue
+            kind = f"{kind}, CROSS-PROTOCOL ({protocols[0]} vs {protocols[1]})"
+        test = paired_test(by_label[a]["fold_ua"], by_label[b]["fold_ua"])
+        out.append({"first": a, "second": b, "kind": kind, **test})
+    return out, refused
+
+
+def declared_reference(collected: list[dict]) -> str | None:
+    """The baseline the labels' experiment file declares (key ``reference``), if one label of
+    that name is here. Different declarations raise."""
+    declared = {
+        (item["config"] or {}).get("reference")
+        for item in collected
+        if (item["config"] or {}).get("reference")
+    }
+    if len(declared) > 1:
+        raise ValueError(
+            f"the labels declare different references {sorted(declared)}; give one with --reference"
+        )
+    if not declared:
+        return None
+    name = declared.pop()
+    matches = [
+        c["label"] for c in collected if c["label"] == name or c["label"].endswith(f"/{name}")
+    ]
+    return matches[0] if len(matches) == 1 else None

@@ -1,0 +1,128 @@
+"""Bundles of runs trained with eval.protocol=enrollment: a held-out speaker's scored utterances,
+predicted from audio through the bundle with that speaker's enrollment audio, give the run's
+own predictions.csv; a speaker without enrollment audio is said to be normalised with the
+training statistics; transductive runs are refused."""
+
+from __future__ import annotations
+
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from sergraph.data.protocol import enrollment_rows
+from sergraph.deploy.bundle import BundleError, export_bundle, load_bundle
+from sergraph.deploy.enroll import NO_ENROLLMENT, parse_enroll
+from sergraph.deploy.predict import expand_inputs
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """One fold of LSTM-GIN, one epoch, 4 synthetic speakers x 4 classes x 3 utterances, with
+    3 enrollment utterances per held-out speaker."""
+    from sergraph.data.prepared import load_table
+    from sergraph.training.study import run_study
+
+    root = tmp_path_factory.mktemp("enrolled")
+    overrides = [
+        f"data.root={root / 'corpus'}",
+        "data.options.n_speakers=4",
+        "data.options.n_per_class=3",
+        "eval.protocol=enrollment",
+        "eval.enrollment=3",
+        "graph.normalize=speaker",
+        "folds.only=[0]",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "optim.lr=1e-3",
+        "features.workers=1",
+        f"features.cache_dir={root / 'features'}",
+        f"run.out_dir={root / 'runs'}",
+        "logger.kind=none",
+    ]
+    run_study(overrides)
+    model_dir = root / "runs" / "synthetic" / "lstm_gin"
+    path, bundle = export_bundle(model_dir, root / "enrolled.sergraph")
+    from sergraph.config import compose
+
+    table, _ = load_table(compose(overrides))
+    enrolled = table.iloc[enrollment_rows(table, ["spk01"], 3)]
+    return SimpleNamespace(
+        root=root,
+        model_dir=model_dir,
+        bundle=path,
+        meta=bundle.meta,
+        table=table,
+        enrollment=enrolled["path"].tolist(),
+        enrolled_ids=set(enrolled["utterance"]),
+    )
+
+
+def test_bundle_reproduces_the_runs_predictions_with_enrollment_audio(run):
+    saved = pd.read_csv(run.model_dir / "seed-0" / "fold-00" / "predictions.csv")
+    assert set(saved["speaker"]) == {"spk01"} and len(saved) == 12 - 3
+    assert not set(saved["utterance"]) & run.enrolled_ids
+    assert run.meta["protocol"]["name"] == "enrollment"
+    assert run.meta["verification"]["n"] == 9 and run.meta["verification"]["max_abs_diff"] < 1e-4
+    path_of = dict(zip(run.table["utterance"], run.table["path"], strict=True))
+    paths = [path_of[u] for u in saved["utterance"]]
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    frame = bundle.predict(
+        paths,
+        workers=1,
+        cache_dir=run.root / "features",
+        progress=False,
+        speakers=["spk01"] * len(paths),
+        enrollment={"spk01": run.enrollment},
+    )
+    np.testing.assert_allclose(
+        frame.filter(like="p_").to_numpy(float),
+        saved.filter(like="p_").to_numpy(float),
+        atol=1e-4,
+    )
+    assert frame["emotion"].tolist() == saved["predicted"].tolist()
+    assert set(frame["normalised_with"]) == {"enrollment audio of spk01 (3 file(s))"}
+
+    # no enrollment audio: training statistics, said in words
+    bare = bundle.predict(paths[:2], workers=1, cache_dir=run.root / "features", progress=False)
+    assert set(bare["normalised_with"]) == {NO_ENROLLMENT}
+
+
+def test_cli_predict_with_enroll(run, tmp_path, monkeypatch, capsys):
+    from sergraph import cli
+
+    monkeypatch.setenv("SERGRAPH_CACHE", str(run.root))  # features/ below it
+    saved = pd.read_csv(run.model_dir / "seed-0" / "fold-00" / "predictions.csv")
+    path_of = dict(zip(run.table["utterance"], run.table["path"], strict=True))
+    manifest = tmp_path / "enroll.csv"
+    pd.DataFrame({"path": run.enrollment, "speaker": "spk01"}).to_csv(manifest, index=False)
+    assert parse_enroll([str(manifest)], expand_inputs) == {"spk01": run.enrollment}
+    joined = "spk01=" + ",".join(run.enrollment)
+    assert parse_enroll([joined], expand_inputs) == {"spk01": run.enrollment}
+    out = tmp_path / "out.csv"
+    paths = [path_of[u] for u in saved["utterance"]]
+    args = ["predict", str(run.bundle), *paths, "--speaker", "spk01", "--workers", "1", "-q"]
+    assert cli.main([*args, "--enroll", str(manifest), "-o", str(out)]) == 0
+    written = pd.read_csv(out)
+    np.testing.assert_allclose(
+        written.filter(like="p_").to_numpy(float),
+        saved.filter(like="p_").to_numpy(float),
+        atol=1e-4,
+    )
+    capsys.readouterr()
+    assert cli.main([*args, "-o", str(out)]) == 0
+    assert "no enrollment audio" in capsys.readouterr().err
+
+
+def test_transductive_runs_are_not_exported(run, tmp_path):
+    copy = tmp_path / "study" / "lstm_gin"
+    shutil.copytree(run.model_dir, copy)
+    config_path = copy / "seed-0" / "fold-00" / "config.yaml"
+    config = yaml.safe_load(config_path.read_text())
+    config["eval"]["protocol"] = None  # graph.normalize=speaker alone: transductive
+    config_path.write_text(yaml.safe_dump(config))
+    with pytest.raises(BundleError, match="eval.protocol=transductive"):
+        export_bundle(copy, tmp_path / "x.sergraph", verify=False)
