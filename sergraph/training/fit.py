@@ -20,7 +20,12 @@ from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import predictions_frame
-from sergraph.training.distributed import gather_from_ranks, is_global_zero, trainer_topology
+from sergraph.training.distributed import (
+    check_shared_storage,
+    gather_from_ranks,
+    is_global_zero,
+    trainer_topology,
+)
 
 
 def fit_neural(
@@ -69,7 +74,12 @@ def fit_neural(
         save_top_k=1,
         enable_version_counter=False,
     )
-    callbacks = [checkpoint, resume_point, keep_early_stop_callback()]
+    callbacks = [
+        shared_storage_callback(directory, cfg.run.out_dir),
+        checkpoint,
+        resume_point,
+        keep_early_stop_callback(),
+    ]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
     devices, num_nodes = trainer_topology(cfg)
@@ -258,3 +268,17 @@ def keep_early_stop_callback():
                 trainer.should_stop = True
 
     return KeepEarlyStop()
+
+
+def shared_storage_callback(directory: Path, out_dir):
+    from lightning.pytorch.callbacks import Callback
+
+    class SharedStorageCheck(Callback):
+        """Before fitting, once the process group exists: every rank sees rank zero's files
+        (:func:`~sergraph.training.distributed.check_shared_storage`)."""
+
+        def setup(self, trainer, pl_module, stage: str) -> None:
+            if stage == "fit":
+                check_shared_storage(directory, out_dir)
+
+    return SharedStorageCheck()
