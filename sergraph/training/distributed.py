@@ -129,7 +129,7 @@ def check_shared_storage(directory: Path, out_dir: str | Path, wait_s: float = 1
     if missing:
         _, host, _, where = found[0]
         raise RuntimeError(
-            f"{', '.join(missing)} cannot see the file {SHARED_TOKEN} that rank 0 on {host} "
+            f"{', '.join(missing)} cannot see the file {path.name} that rank 0 on {host} "
             f"(run.out_dir={where}) wrote into this cell's folder, {directory} on this rank. "
             "Multi-node runs need run.out_dir on storage that all nodes see (a shared file "
             "system such as NFS, Lustre or GPFS, not a node-local disk or /tmp), under the same "
@@ -150,6 +150,17 @@ def _read_token(path: Path, token: str, wait_s: float) -> bool:
         if time.monotonic() >= deadline:
             return False
         time.sleep(0.5)
+
+
+def from_every_rank(value) -> list:
+    """``[value of rank 0, value of rank 1, ...]`` (a collective under DDP); ``[value]`` alone."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    gathered: list = [None] * dist.get_world_size()
+    dist.all_gather_object(gathered, value)
+    return gathered
 
 
 def gather_from_ranks(outputs: list) -> list:

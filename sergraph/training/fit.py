@@ -32,7 +32,7 @@ def fit_neural(
     cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ):
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
     from sergraph.training.module import SERModule
 
@@ -56,7 +56,7 @@ def fit_neural(
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
-    checkpoint = ModelCheckpoint(
+    checkpoint = rank_states_checkpoint(
         dirpath=directory / "checkpoints",
         filename="best",
         monitor="val/ua" if has_val else None,
@@ -67,7 +67,7 @@ def fit_neural(
     # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
     # written), after early stopping and best.ckpt have decided, with their states: a cell
     # resumed from it makes the same best-checkpoint and stopping decisions.
-    resume_point = ModelCheckpoint(
+    resume_point = rank_states_checkpoint(
         dirpath=directory / "checkpoints",
         filename="last",
         monitor=None,
@@ -282,3 +282,20 @@ def shared_storage_callback(directory: Path, out_dir):
                 check_shared_storage(directory, out_dir)
 
     return SharedStorageCheck()
+
+
+def rank_states_checkpoint(**options):
+    """Lightning's ``ModelCheckpoint`` whose checkpoints hold the random states of every rank.
+
+    Its saves are made by every rank at the same point (its decisions are synchronised), which
+    is where the module gathers the states of all ranks
+    (:meth:`~sergraph.training.module.SERModule.gather_rng_states`).
+    """
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    class RankStatesCheckpoint(ModelCheckpoint):
+        def _save_checkpoint(self, trainer, filepath: str) -> None:
+            trainer.lightning_module.gather_rng_states()
+            super()._save_checkpoint(trainer, filepath)
+
+    return RankStatesCheckpoint(**options)
