@@ -105,12 +105,14 @@ def step_fn(model, batch, optimizer, precision: str = "32", fast_path: bool | No
     dtype = PRECISIONS[precision]
     device_type = batch.x.device.type
     scaler = torch.amp.GradScaler(device_type) if precision == "16-mixed" else None
-    path = banded.fast_path(fast_path) if fast_path is not None else contextlib.nullcontext()
+
+    def path():  # a new context manager each step (one made by contextmanager is single-use)
+        return banded.fast_path(fast_path) if fast_path is not None else contextlib.nullcontext()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
         with (
-            path,
+            path(),
             torch.autocast(device_type, getattr(torch, dtype or "float32"), dtype is not None),
         ):
             loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
@@ -282,7 +284,8 @@ def padded_vs_packed(batch_size: int, steps: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main() -> int:
+    """Returns the number of configurations that failed (the exit status is 1 if any)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch size 32, fewer steps")
     parser.add_argument("--models", help="comma-separated model names (default: all)")
@@ -333,6 +336,7 @@ def main() -> None:
     ]
     print(machine(), flush=True)
 
+    failed = 0
     if not args.skip_throughput:
         rows = []
         configurations = [
@@ -358,12 +362,13 @@ def main() -> None:
                         "batch": batch_size,
                         "precision": precision,
                         "path": "fast" if fast else "pyg",
-                        "error": str(error).splitlines()[0][:120],
+                        "error": " ".join(str(error).split())[-160:],
                     }
                 )
             print(table(rows[-1:]).splitlines()[-1], flush=True)
         print("\n## training step throughput (forward + backward + Adam), 120-node graphs\n")
         print(table(rows))
+        failed = sum("error" in row for row in rows)
 
     if not args.skip_packing:
         print("\n## LSTM-GIN: padded graphs vs true-length graphs (packed BiLSTM), CPU\n")
@@ -383,7 +388,8 @@ def main() -> None:
         print("\n## fast path vs PyG message passing (same process, alternating; ratio of medians")
         print("## is the median over rounds of PyG time / fast time)\n")
         print(table(rows))
+    return failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main() else 0)
