@@ -24,7 +24,7 @@ while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-smoke) MODE=cpu ;;
         --work) WORK="$2"; shift ;;
-        -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (use --cpu-smoke, --work DIR)" >&2; exit 2 ;;
     esac
     shift
