@@ -100,10 +100,10 @@ def check_shared_storage(directory: Path, out_dir: str | Path, wait_s: float = 1
     nodes see. Rank zero writes a random token into ``directory`` (a cell folder under
     ``out_dir``), all ranks meet at a barrier, every rank reads the token back, and the ranks
     exchange what they found (a rank that does not see it at once retries for ``wait_s``
-    seconds, for file systems whose metadata reaches other nodes late): on every rank the same clear error names the folder and the nodes
-    that did not see it, before any training (without it, another node fails only at the end
-    with "checkpoint not found" and rank zero with a lost connection). A no-op without an
-    initialised process group or with one process.
+    seconds, for file systems whose metadata reaches other nodes late): on every rank the same
+    clear error names the folder and the nodes that did not see it, before any training
+    (without it, another node fails only at the end with "checkpoint not found" and rank zero
+    with a lost connection). A no-op without an initialised process group or with one process.
     """
     import torch.distributed as dist
 
