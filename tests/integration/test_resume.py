@@ -216,6 +216,7 @@ def test_cell_interrupted_after_early_stopping_does_not_train_again(
     assert results(tmp_path / "interrupted" / CELL) == expected
 
 
+@pytest.mark.slow  # three 2-process runs
 def test_ddp_cell_resumes_every_rank_with_its_own_random_state(tmp_path, tmp_path_factory):
     """2 processes (gloo): the checkpoint holds one random state per rank, and a cell killed
     after an epoch ends with the results of the uninterrupted run.
