@@ -18,14 +18,15 @@ def autocast(device: str, dtypes: list[str], batch_size: int) -> int:
     """Forward + backward of every registered model under ``torch.autocast`` on ``device``:
     padded and true-length batches, fast path on and off. Returns the number of failures."""
     import torch
-    from torch_geometric.data import Batch
 
+    from sergraph.data.collate import CollatedGraphs
     from sergraph.models import MODELS, banded, build_model
 
     failures = 0
     for name in sorted(MODELS):
         for pad in (True, False):
-            batch = Batch.from_data_list(synthetic_graphs(batch_size, 60, pad=pad)).to(device)
+            graphs = synthetic_graphs(batch_size, 60, pad=pad)
+            batch = CollatedGraphs(graphs).batch(range(batch_size)).to(device)  # marked, as served
             for fast in (True, False):
                 for dtype in dtypes:
                     torch.manual_seed(0)
@@ -34,6 +35,8 @@ def autocast(device: str, dtypes: list[str], batch_size: int) -> int:
                     label += f"fast path {'on ' if fast else 'off'} {dtype:8s}"
                     try:
                         with banded.fast_path(fast), torch.autocast(device, getattr(torch, dtype)):
+                            taken = bool(getattr(model, "uses_fast_path", lambda _: False)(batch))
+                            label += f" ({'fast' if taken else 'pyg'})"
                             logits = model(batch)
                             loss = torch.nn.functional.cross_entropy(logits, batch.y)
                         loss.backward()

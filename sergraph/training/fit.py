@@ -15,17 +15,13 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import identity
+from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
 from sergraph.metrics import scores_from_labels
 from sergraph.results.layout import predictions_frame
-from sergraph.training.distributed import (
-    check_shared_storage,
-    gather_from_ranks,
-    is_global_zero,
-    trainer_topology,
-)
+from sergraph.training.distributed import gather_from_ranks, is_global_zero, trainer_topology
 
 
 def fit_neural(
@@ -34,8 +30,10 @@ def fit_neural(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
+    from sergraph.training.callbacks import CellProgress, RankStatesCheckpoint, SharedStorageCheck
     from sergraph.training.module import SERModule
 
+    configure_console()  # after importing Lightning, which adds its own console handler
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
@@ -56,7 +54,7 @@ def fit_neural(
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
-    checkpoint = rank_states_checkpoint(
+    checkpoint = RankStatesCheckpoint(
         dirpath=directory / "checkpoints",
         filename="best",
         monitor="val/ua" if has_val else None,
@@ -67,22 +65,26 @@ def fit_neural(
     # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
     # written), after early stopping and best.ckpt have decided, with their states: a cell
     # resumed from it makes the same best-checkpoint and stopping decisions.
-    resume_point = rank_states_checkpoint(
+    resume_point = RankStatesCheckpoint(
         dirpath=directory / "checkpoints",
         filename="last",
         monitor=None,
         save_top_k=1,
         enable_version_counter=False,
     )
+    label = cfg.run.label or cfg.model.name
+    progress = CellProgress(f"{label} seed {seed} {fold.name}")
     callbacks = [
-        shared_storage_callback(directory, cfg.run.out_dir),
+        SharedStorageCheck(directory, cfg.run.out_dir),
         checkpoint,
         resume_point,
         keep_early_stop_callback(),
     ]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         min_epochs=cfg.trainer.min_epochs,
@@ -132,8 +134,31 @@ def fit_neural(
     return predictions, extra
 
 
+def pin_rnn_math(deterministic: bool) -> str | None:
+    """With ``trainer.deterministic=true``, cuDNN's recurrent layers compute in IEEE fp32.
+
+    Lightning's ``deterministic=True`` picks deterministic kernels but leaves cuDNN RNNs free
+    to use TF32 on Ampere and newer GPUs (``torch.backends.cudnn.rnn.fp32_precision``, "tf32"
+    by default in recent torch), which moves BiLSTM probabilities by ~3e-4: the same seed would
+    then give different numbers on different GPU generations and on the CPU. Returns the
+    setting applied, or ``None`` (not deterministic, or a torch without that attribute).
+    Without ``deterministic`` torch's default is left alone.
+    """
+    if not deterministic:
+        return None
+    import torch
+
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        return None
+    rnn.fp32_precision = "ieee"
+    return rnn.fp32_precision
+
+
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
+    """The fold's data module; its checkpointed state carries what export needs."""
     from sergraph.data.datamodule import FoldDataModule
+    from sergraph.training.provenance import run_provenance
 
     return FoldDataModule(
         study.table,
@@ -150,6 +175,7 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         utterance_features=study.functionals
         if cfg.features.get("concat_functionals", False)
         else None,
+        provenance=run_provenance(cfg),
     )
 
 
@@ -171,7 +197,8 @@ def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list
         [u for o in outputs for u in o["utterance"]],
         [s for o in outputs for s in o["speaker"]],
         torch.cat([o["true"] for o in outputs]).numpy(),
-        torch.cat([o["probabilities"] for o in outputs]).numpy(),
+        # float32 first: under bf16-mixed the probabilities are bf16, which numpy cannot hold.
+        torch.cat([o["probabilities"] for o in outputs]).float().numpy(),
         classes,
     )
     # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
@@ -200,6 +227,7 @@ def evaluate_checkpoint(
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -258,44 +286,6 @@ def remove_resume_files(directory: Path) -> None:
 
 
 def keep_early_stop_callback():
-    from lightning.pytorch.callbacks import Callback
-
-    class KeepEarlyStop(Callback):
-        """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
-                trainer.should_stop = True
+    from sergraph.training.callbacks import KeepEarlyStop
 
     return KeepEarlyStop()
-
-
-def shared_storage_callback(directory: Path, out_dir):
-    from lightning.pytorch.callbacks import Callback
-
-    class SharedStorageCheck(Callback):
-        """Before fitting, once the process group exists: every rank sees rank zero's files
-        (:func:`~sergraph.training.distributed.check_shared_storage`)."""
-
-        def setup(self, trainer, pl_module, stage: str) -> None:
-            if stage == "fit":
-                check_shared_storage(directory, out_dir)
-
-    return SharedStorageCheck()
-
-
-def rank_states_checkpoint(**options):
-    """Lightning's ``ModelCheckpoint`` whose checkpoints hold the random states of every rank.
-
-    Its saves are made by every rank at the same point (its decisions are synchronised), which
-    is where the module gathers the states of all ranks
-    (:meth:`~sergraph.training.module.SERModule.gather_rng_states`).
-    """
-    from lightning.pytorch.callbacks import ModelCheckpoint
-
-    class RankStatesCheckpoint(ModelCheckpoint):
-        def _save_checkpoint(self, trainer, filepath: str) -> None:
-            trainer.lightning_module.gather_rng_states()
-            super()._save_checkpoint(trainer, filepath)
-
-    return RankStatesCheckpoint(**options)

@@ -35,7 +35,7 @@ SETUP_MARKER = "# sergraph:setup"
 
 def script_dir() -> Path:
     """The ``slurm/`` folder of the source tree (sergraph is installed from a clone)."""
-    folder = Path(__file__).resolve().parents[1] / "slurm"
+    folder = Path(__file__).resolve().parents[2] / "slurm"
     if not (folder / "train_array.sbatch").is_file():
         raise FileNotFoundError(
             f"the job scripts are not at {folder}; install sergraph from a clone of its "

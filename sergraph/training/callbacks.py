@@ -1,0 +1,63 @@
+"""Lightning callbacks of a neural cell: staying stopped after a resume, reporting progress,
+checking shared storage under DDP, checkpoints with every rank's random states."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+from sergraph.console import progress
+from sergraph.training.distributed import check_shared_storage
+
+
+class KeepEarlyStop(Callback):
+    """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
+            trainer.should_stop = True
+
+
+class CellProgress(Callback):
+    """Shows the running cell's epoch and validation UA on the study's progress bar.
+
+    Reads logged values only; it changes no state, so results do not depend on it.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        bar = progress()
+        if bar is None or not trainer.is_global_zero:
+            return
+        value = trainer.callback_metrics.get("val/ua")
+        bar.epoch(self.name, trainer.current_epoch + 1, float(value) if value is not None else None)
+
+
+class SharedStorageCheck(Callback):
+    """Before fitting, once the process group exists (and before a checkpoint is restored or an
+    epoch trained): every rank sees rank zero's files in the cell folder
+    (:func:`~sergraph.training.distributed.check_shared_storage`)."""
+
+    def __init__(self, directory: Path, out_dir):
+        self.directory = directory
+        self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            check_shared_storage(self.directory, self.out_dir)
+
+
+class RankStatesCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose checkpoints hold the random states of every rank.
+
+    Its saves are made by every rank at the same point (its decisions are synchronised), which
+    is where the module gathers the states of all ranks
+    (:meth:`~sergraph.training.module.SERModule.gather_rng_states`).
+    """
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        trainer.lightning_module.gather_rng_states()
+        super()._save_checkpoint(trainer, filepath)
