@@ -11,8 +11,14 @@ Part 2: fast path (sergraph.models.banded) against PyG message passing, alternat
 in one process: the graph layers alone (forward + backward of the layer stack on the hidden
 features) and the whole training step. Ratio = PyG time / fast time (> 1: fast path faster).
 
+Part 1 can also run each configuration under automatic mixed precision (``--precision``:
+``32`` = fp32, ``bf16-mixed``, ``16-mixed`` = torch.autocast around forward and loss, with a
+GradScaler for fp16, as Lightning does) and with the fast path forced off (``--fast-path``).
+
     python benchmarks/bench_train_step.py            # everything (long on a 2-core CPU)
     python benchmarks/bench_train_step.py --quick    # batch size 32, fewer steps
+    python benchmarks/bench_train_step.py --device cuda --batch-sizes 32,128 \
+        --precision 32,16-mixed,bf16-mixed --fast-path on,off --skip-ratios --skip-packing
 """
 
 from __future__ import annotations
@@ -94,27 +100,63 @@ def make_batch(batch_size: int, nodes: int, device: str, pad: bool = True):
     return CollatedGraphs(graphs).batch(range(batch_size)).to(device)
 
 
-def step_fn(model, batch, optimizer):
+PRECISIONS = {"32": None, "bf16-mixed": "bfloat16", "16-mixed": "float16"}
+
+
+def step_fn(model, batch, optimizer, precision: str = "32", fast_path: bool | None = None):
+    """One training step; under ``precision`` (autocast dtype; fp16 with a GradScaler) and with
+    the fast path forced on/off (``None``: as configured)."""
+    import contextlib
+
     import torch
+
+    from sergraph.models import banded
+
+    dtype = PRECISIONS[precision]
+    device_type = batch.x.device.type
+    scaler = torch.amp.GradScaler(device_type) if precision == "16-mixed" else None
+
+    def path():  # a new context manager each step (one made by contextmanager is single-use)
+        return banded.fast_path(fast_path) if fast_path is not None else contextlib.nullcontext()
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
-        loss.backward()
-        optimizer.step()
+        with (
+            path(),
+            torch.autocast(device_type, getattr(torch, dtype or "float32"), dtype is not None),
+        ):
+            loss = torch.nn.functional.cross_entropy(model(batch), batch.y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
 
     return step
 
 
-def throughput(name: str, batch_size: int, device: str, steps: int, nodes: int = 120) -> dict:
+def throughput(
+    name: str,
+    batch_size: int,
+    device: str,
+    steps: int,
+    nodes: int = 120,
+    precision: str = "32",
+    fast_path: bool = True,
+) -> dict:
     import torch
+
+    from sergraph.models import banded
 
     torch.manual_seed(0)
     model = build_named(name, 76, 4).to(device)
     batch = make_batch(batch_size, nodes, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-    step = step_fn(model, batch, optimizer)
-    fast = bool(getattr(model, "uses_fast_path", lambda _: False)(batch))
+    step = step_fn(model, batch, optimizer, precision, fast_path)
+    with banded.fast_path(fast_path):
+        fast = bool(getattr(model, "uses_fast_path", lambda _: False)(batch))
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -133,6 +175,7 @@ def throughput(name: str, batch_size: int, device: str, steps: int, nodes: int =
         "model": name,
         "device": device,
         "batch": batch_size,
+        "precision": precision,
         "path": "fast" if fast else "pyg",
         "ms/step": 1000 * seconds,
         "graphs/s": batch_size / seconds,
@@ -250,7 +293,8 @@ def padded_vs_packed(batch_size: int, steps: int) -> list[dict]:
     return rows
 
 
-def main() -> None:
+def main() -> int:
+    """Returns the number of configurations that failed (the exit status is 1 if any)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="batch size 32, fewer steps")
     parser.add_argument(
@@ -260,6 +304,20 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds per ratio")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch default)")
+    parser.add_argument(
+        "--device",
+        default="auto",
+        choices=["auto", "cpu", "cuda"],
+        help="auto: CPU, and CUDA if any",
+    )
+    parser.add_argument(
+        "--precision",
+        default="32",
+        help=f"comma-separated, of {','.join(PRECISIONS)} (throughput part only)",
+    )
+    parser.add_argument(
+        "--fast-path", default="on", help="on, off or on,off (throughput part only)"
+    )
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-ratios", action="store_true")
     parser.add_argument("--skip-packing", action="store_true")
@@ -276,21 +334,52 @@ def main() -> None:
     if args.quick:
         batch_sizes, steps, rounds = [32], 2, 3
     names = args.models.split(",") if args.models else sorted(MODELS)  # families; presets by name
-    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    precisions = args.precision.split(",")
+    unknown = [p for p in precisions if p not in PRECISIONS]
+    if unknown:
+        parser.error(f"--precision {','.join(unknown)}: choose from {', '.join(PRECISIONS)}")
+    paths = [{"on": True, "off": False}[p] for p in args.fast_path.split(",")]
+    cuda = torch.cuda.is_available()
+    if args.device == "cuda" and not cuda:
+        parser.error("--device cuda: no CUDA device is available")
+    devices = {"auto": ["cpu"] + (["cuda"] if cuda else []), "cpu": ["cpu"], "cuda": ["cuda"]}[
+        args.device
+    ]
     print(machine(), flush=True)
 
+    failed = 0
     if not args.skip_throughput:
         rows = []
-        for device in devices:
-            for name in names:
-                for batch_size in batch_sizes:
-                    if device == "cpu":
-                        rows.append(in_fresh_child(throughput, name, batch_size, device, steps))
-                    else:
-                        rows.append(throughput(name, batch_size, device, steps))
-                    print(table(rows[-1:]).splitlines()[-1], flush=True)
+        configurations = [
+            (device, name, batch_size, precision, fast)
+            for device in devices
+            for name in names
+            for batch_size in batch_sizes
+            for precision in precisions
+            for fast in paths
+        ]
+        for device, name, batch_size, precision, fast in configurations:
+            arguments = (name, batch_size, device, steps, 120, precision, fast)
+            try:
+                if device == "cpu":
+                    rows.append(in_fresh_child(throughput, *arguments))
+                else:
+                    rows.append(throughput(*arguments))
+            except Exception as error:  # noqa: BLE001 - a failing configuration is a result too
+                rows.append(
+                    {
+                        "model": name,
+                        "device": device,
+                        "batch": batch_size,
+                        "precision": precision,
+                        "path": "fast" if fast else "pyg",
+                        "error": " ".join(str(error).split())[-160:],
+                    }
+                )
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
         print("\n## training step throughput (forward + backward + Adam), 120-node graphs\n")
         print(table(rows))
+        failed = sum("error" in row for row in rows)
 
     if not args.skip_packing:
         print("\n## LSTM-GIN: padded graphs vs true-length graphs (packed BiLSTM), CPU\n")
@@ -310,7 +399,8 @@ def main() -> None:
         print("\n## fast path vs PyG message passing (same process, alternating; ratio of medians")
         print("## is the median over rounds of PyG time / fast time)\n")
         print(table(rows))
+    return failed
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(1 if main() else 0)

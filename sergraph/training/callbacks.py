@@ -1,10 +1,14 @@
-"""Lightning callbacks of a neural cell: staying stopped after a resume, reporting progress."""
+"""Lightning callbacks of a neural cell: staying stopped after a resume, reporting progress,
+checking shared storage under DDP, checkpoints with every rank's random states."""
 
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import Callback
+from pathlib import Path
+
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from sergraph.console import progress
+from sergraph.training.distributed import check_shared_storage
 
 
 class KeepEarlyStop(Callback):
@@ -30,3 +34,30 @@ class CellProgress(Callback):
             return
         value = trainer.callback_metrics.get("val/ua")
         bar.epoch(self.name, trainer.current_epoch + 1, float(value) if value is not None else None)
+
+
+class SharedStorageCheck(Callback):
+    """Before fitting, once the process group exists (and before a checkpoint is restored or an
+    epoch trained): every rank sees rank zero's files in the cell folder
+    (:func:`~sergraph.training.distributed.check_shared_storage`)."""
+
+    def __init__(self, directory: Path, out_dir):
+        self.directory = directory
+        self.out_dir = out_dir
+
+    def setup(self, trainer, pl_module, stage: str) -> None:
+        if stage == "fit":
+            check_shared_storage(self.directory, self.out_dir)
+
+
+class RankStatesCheckpoint(ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` whose checkpoints hold the random states of every rank.
+
+    Its saves are made by every rank at the same point (its decisions are synchronised), which
+    is where the module gathers the states of all ranks
+    (:meth:`~sergraph.training.module.SERModule.gather_rng_states`).
+    """
+
+    def _save_checkpoint(self, trainer, filepath: str) -> None:
+        trainer.lightning_module.gather_rng_states()
+        super()._save_checkpoint(trainer, filepath)

@@ -34,9 +34,9 @@ def fit_neural(
     cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ):
     import lightning as L
-    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
+    from lightning.pytorch.callbacks import EarlyStopping
 
-    from sergraph.training.callbacks import CellProgress
+    from sergraph.training.callbacks import CellProgress, RankStatesCheckpoint, SharedStorageCheck
     from sergraph.training.module import SERModule
 
     configure_console()  # after importing Lightning, which adds its own console handler
@@ -61,7 +61,7 @@ def fit_neural(
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
-    checkpoint = ModelCheckpoint(
+    checkpoint = RankStatesCheckpoint(
         dirpath=directory / "checkpoints",
         filename="best",
         monitor="val/ua" if has_val else None,
@@ -72,7 +72,7 @@ def fit_neural(
     # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
     # written), after early stopping and best.ckpt have decided, with their states: a cell
     # resumed from it makes the same best-checkpoint and stopping decisions.
-    resume_point = ModelCheckpoint(
+    resume_point = RankStatesCheckpoint(
         dirpath=directory / "checkpoints",
         filename="last",
         monitor=None,
@@ -82,6 +82,7 @@ def fit_neural(
     label = cfg.run.label or cfg.model.name
     progress = CellProgress(f"{label} seed {seed} {fold.name}")
     callbacks = [
+        SharedStorageCheck(directory, cfg.run.out_dir),
         non_finite_guard(cfg, directory),
         checkpoint,
         resume_point,

@@ -15,8 +15,10 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from sergraph.config import resolve_model
+from sergraph.console import log
 from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
+from sergraph.training.distributed import from_every_rank
 
 # Evaluation scores and losses are logged from torchmetrics states that are already summed over
 # the DDP ranks; Lightning's advice to reduce them once more does not apply.
@@ -53,8 +55,9 @@ class SERModule(L.LightningModule):
     The evaluation loss is a torchmetrics mean (sum and count summed over ranks) for the same
     reason.
 
-    Checkpoints also hold the global random states (torch, numpy, Python; CUDA when used), so
-    that training resumed from an end-of-epoch checkpoint continues as the uninterrupted run.
+    Checkpoints also hold the global random states (torch, numpy, Python; CUDA when used) of
+    every DDP rank, so that training resumed from an end-of-epoch checkpoint continues as the
+    uninterrupted run on every rank: each rank draws its own dropout and augmentation stream.
     """
 
     def __init__(
@@ -158,16 +161,40 @@ class SERModule(L.LightningModule):
             "probabilities": probabilities.cpu(),
         }
 
+    def gather_rng_states(self) -> None:
+        """Collect the random states of every rank for the next checkpoint save.
+
+        A collective: every rank calls it at the same point, right before a checkpoint save
+        that every rank makes (:class:`~sergraph.training.callbacks.RankStatesCheckpoint` does).
+        """
+        self.rank_rng_states = from_every_rank(_rng_states())
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        checkpoint["sergraph_rng"] = _rng_states()
+        # One entry per rank, in global rank order. A save that is not preceded by
+        # gather_rng_states (Lightning's SLURM signal handler, which runs on each rank at its own
+        # moment, where a collective could deadlock) holds this rank's states only; such
+        # mid-epoch checkpoints are never resumed from (see fit.resume_checkpoint).
+        states = getattr(self, "rank_rng_states", None) or [_rng_states()]
+        self.rank_rng_states = None
+        checkpoint["sergraph_rng"] = states
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # Only when training resumes: testing a checkpoint leaves the random state alone.
         trainer = self._trainer
-        if trainer is not None and trainer.state.fn == TrainerFn.FITTING:
-            states = checkpoint.get("sergraph_rng")
-            if states is not None:
-                _set_rng_states(states)
+        if trainer is None or trainer.state.fn != TrainerFn.FITTING:
+            return
+        states = checkpoint.get("sergraph_rng")
+        if states is None:
+            return
+        if isinstance(states, dict):  # written before states were kept per rank
+            states = [states]
+        rank, world = trainer.global_rank, trainer.world_size
+        if len(states) != world and rank == 0:
+            log(
+                f"the checkpoint holds the random states of {len(states)} process(es), this run "
+                f"has {world}: the ranks' random streams differ from the interrupted run's"
+            )
+        _set_rng_states(states[rank] if rank < len(states) else states[0])
 
     def configure_optimizers(self):
         kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]

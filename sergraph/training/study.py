@@ -142,6 +142,38 @@ def _run_claimed(cfg: DictConfig, cell: Cell, directory: Path) -> str:
     )
 
 
+def worker_devices(parallel: int, accelerator: str, devices) -> list[str | None]:
+    """The CUDA device of each of ``parallel`` worker processes: round robin over the visible ones.
+
+    Entries are ``CUDA_VISIBLE_DEVICES`` values (an index or a UUID from the parent's
+    ``CUDA_VISIBLE_DEVICES``, else ``0..n-1``); each worker then sees one GPU as ``cuda:0``.
+    ``None`` for all workers where no CUDA device is visible, the accelerator is ``cpu``/``mps``,
+    or ``trainer.devices`` names devices itself (a list or ``"0,2"``: used as written).
+    """
+    import torch
+
+    if accelerator not in ("auto", "gpu", "cuda") or devices not in (1, "1", "auto"):
+        return [None] * parallel
+    count = torch.cuda.device_count()
+    if count == 0:
+        return [None] * parallel
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    visible = [d.strip() for d in listed.split(",")] if listed else [str(i) for i in range(count)]
+    visible = visible[:count]
+    return [visible[worker % len(visible)] for worker in range(parallel)]
+
+
+def take_device(devices) -> None:
+    """Pool initializer: this worker takes the next device from the queue ``devices``.
+
+    Runs before the worker touches CUDA (which reads ``CUDA_VISIBLE_DEVICES`` once, when it
+    initialises), so the cells of this worker run on that device alone.
+    """
+    device = devices.get()
+    if device is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = device
+
+
 def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | None:
     import torch
 
@@ -156,7 +188,8 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     """Run every unfinished cell of a study (or only ``run.cell``), then summarise each variant.
 
     Cells run one after another, or ``run.parallel`` at a time in separate processes (each with
-    ``cores / run.parallel`` torch threads). Returns the summary of each variant by label
+    ``cores / run.parallel`` torch threads and, on a node with several GPUs, its own GPU, see
+    :func:`worker_devices`). Returns the summary of each variant by label
     (empty when only one cell was asked for).
     """
     start = time.perf_counter()
@@ -201,8 +234,16 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
                 study_data(cfg)  # fill the feature cache once, before the workers read it
             threads = max(1, (os.cpu_count() or 1) // parallel)
             context = multiprocessing.get_context("spawn")
+            gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
+            if gpus[0] is not None:
+                log(f"run.parallel={parallel}: worker GPUs (CUDA_VISIBLE_DEVICES) {gpus}")
+            queue = context.Queue()
+            for gpu in gpus:
+                queue.put(gpu)
             progress.cell_started(f"{parallel} cells at a time")
-            with ProcessPoolExecutor(parallel, mp_context=context) as pool:
+            with ProcessPoolExecutor(
+                parallel, mp_context=context, initializer=take_device, initargs=(queue,)
+            ) as pool:
                 futures = [
                     pool.submit(run_cell_in_worker, list(overrides), c.index, threads)
                     for c in pending

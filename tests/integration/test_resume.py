@@ -229,3 +229,54 @@ def test_cell_interrupted_after_early_stopping_does_not_train_again(
     runner.run_study(interrupted)
     assert trained == []  # early stopping had fired: nothing more to train
     assert results(tmp_path / "interrupted" / CELL) == expected
+
+
+@pytest.mark.slow  # three 2-process runs
+def test_ddp_cell_resumes_every_rank_with_its_own_random_state(tmp_path, tmp_path_factory):
+    """2 processes (gloo): the checkpoint holds one random state per rank, and a cell killed
+    after an epoch ends with the results of the uninterrupted run.
+
+    True-length graphs with feature noise: each rank draws as many random numbers as its own
+    nodes, so the ranks' streams differ (restoring rank 0's state on every rank would change
+    rank 1's noise, and with it the weights and the predictions). No validation speaker, so the
+    checkpoint tested is the last epoch's, trained after the resume.
+    """
+    env = {
+        **os.environ,
+        "SERGRAPH_CACHE": str(tmp_path_factory.getbasetemp() / "shared-sergraph-cache"),
+        "OMP_NUM_THREADS": "1",
+        "WANDB_MODE": "offline",
+    }
+    args = [
+        *ARGS,
+        "graph.pad=false",
+        "augment.noise=0.05",
+        "folds.val_speakers=0",
+        "trainer.max_epochs=4",
+        "trainer.patience=50",
+        "trainer.devices=2",
+        "trainer.strategy=ddp",
+    ]
+    run([*args, "run.out_dir=straight"], env, tmp_path)
+    expected = results(tmp_path / "straight" / CELL)
+    assert expected[0]["world_size"] == 2 and expected[0]["epochs"] == 4
+
+    interrupted = [*args, "run.out_dir=interrupted"]
+    cell = tmp_path / "interrupted" / CELL
+    last = cell / "checkpoints" / "last.ckpt"
+    killed = kill_at_epoch(interrupted, env, tmp_path, last, epoch=1)
+    assert 1 <= killed < 3, "the kill should leave epochs to train"
+    states = torch.load(last, map_location="cpu", weights_only=True)["sergraph_rng"]
+    assert len(states) == 2
+    assert not torch.equal(states[0]["torch"], states[1]["torch"]), "rank streams should differ"
+
+    final = run(interrupted, env, tmp_path)
+    assert "resuming from checkpoints/last.ckpt" in final.stderr
+    assert results(cell) == expected
+    straight = torch.load(
+        tmp_path / "straight" / CELL / "checkpoints" / "best.ckpt", weights_only=False
+    )
+    resumed = torch.load(cell / "checkpoints" / "best.ckpt", weights_only=False)
+    assert straight["epoch"] == resumed["epoch"] == 3
+    for name, tensor in straight["state_dict"].items():
+        assert torch.equal(tensor, resumed["state_dict"][name]), name
