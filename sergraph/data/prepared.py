@@ -37,10 +37,19 @@ def feature_cache(cfg: DictConfig):
     root = (
         Path(cfg.features.cache_dir) if cfg.features.cache_dir else default_cache_dir() / "features"
     )
-    config = FeatureConfig(
-        feature_set=cfg.features.feature_set, deltas=cfg.features.deltas, pool=cfg.features.pool
-    )
-    return FeatureCache(root, config)
+    return FeatureCache(root, FeatureConfig.from_any(cfg.features))
+
+
+def feature_inputs(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
+    """What the feature cache reads for each row: the audio file, or a precomputed array."""
+    if cfg.features.feature_set != "precomputed":
+        return table["path"].tolist()
+    from sergraph.data.features import FeatureConfig
+    from sergraph.data.features.precomputed import array_paths
+
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+    manifest_dir = root.parent if root is not None and root.is_file() else root
+    return array_paths(table, FeatureConfig.from_any(cfg.features), manifest_dir)
 
 
 def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -97,15 +106,17 @@ def prepare(
                 )
             )
 
-        def fetch(paths: list[str]):
+        def fetch(table: pd.DataFrame):
+            paths = table["path"].tolist()
             if cfg.model.name == "svm":
                 return functionals(paths)
+            nodes = cache.get(feature_inputs(cfg, table), workers=cfg.features.workers)
             if cfg.features.get("concat_functionals", False):
-                return cache.get(paths, workers=cfg.features.workers), functionals(paths)
-            return cache.get(paths, workers=cfg.features.workers)
+                return nodes, functionals(paths)
+            return nodes
 
         try:
-            values = fetch(table["path"].tolist())
+            values = fetch(table)
         except FeatureError as error:
             if not skip:
                 raise FeatureError(
@@ -115,8 +126,12 @@ def prepare(
                     f"{failed_listing or 'the study folder'}).",
                 ) from None
             reasons = dict(error.failures)
-            is_failed = table["path"].isin(list(reasons))
-            failed = table[is_failed].assign(reason=table.loc[is_failed, "path"].map(reasons))
+            inputs = pd.Series(feature_inputs(cfg, table), index=table.index)
+            by_input = inputs.map(reasons)
+            by_path = table["path"].map(reasons)
+            reason = by_path.where(by_path.notna(), by_input)
+            is_failed = reason.notna()
+            failed = table[is_failed].assign(reason=reason[is_failed])
             table = table[~is_failed].reset_index(drop=True)
         if skip:
             listing = failed_listing or "the log above"
@@ -132,7 +147,7 @@ def prepare(
                 )
                 if table.empty:
                     raise ValueError(f"every file of the corpus failed; see {listing}")
-                values = fetch(table["path"].tolist())  # all cache hits now
+                values = fetch(table)  # all cache hits now
     if len(failed):
         folds = folds_of(table)
     study = PreparedData(table=table, classes=classes, folds=folds)
