@@ -259,12 +259,12 @@ def _features(cfg) -> None:
 
     import numpy as np
 
-    from sergraph.data.prepared import feature_cache, load_table
+    from sergraph.data.prepared import feature_cache, feature_inputs, load_table
 
     table, _ = load_table(cfg)
     cache = feature_cache(cfg)
     start = time.perf_counter()
-    paths, shard = table["path"].tolist(), ""
+    paths, shard = feature_inputs(cfg, table), ""
     if cfg.features.shard is not None:  # one SLURM array task's share: every n-th file from i
         index, count = (int(part) for part in cfg.features.shard.split("/"))
         paths, shard = paths[index::count], f"shard {cfg.features.shard} of {len(paths)} files: "

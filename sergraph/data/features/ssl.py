@@ -32,10 +32,10 @@ layer choice, the chunking, the rate, ``max_seconds`` and the transformers versi
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -50,12 +50,14 @@ INSTALL_HINT = 'pip install "sergraph[ssl]"  (or: pip install transformers)'
 
 
 def require_transformers() -> None:
-    """Raise ImportError with the install command when ``transformers`` is missing."""
-    if importlib.util.find_spec("transformers") is None:
+    """Raise ImportError with the install command when ``transformers`` cannot be imported."""
+    try:
+        import transformers  # noqa: F401
+    except ImportError:
         raise ImportError(
             "features.feature_set=ssl needs the transformers package, which is not installed; "
             f"install it with: {INSTALL_HINT}"
-        )
+        ) from None
 
 
 def model_folder(model: str) -> Path:
@@ -205,8 +207,11 @@ class SSLFrontEnd:
 
     def model(self):
         if self._model is None:
+            import transformers
             from transformers import AutoModel
 
+            transformers.logging.set_verbosity_error()  # library chatter stays out of the console
+            transformers.utils.logging.disable_progress_bar()
             self.device = pick_device(self.ssl.device)
             model = AutoModel.from_pretrained(str(self.folder))
             self._model = model.eval().to(self.device)
@@ -252,7 +257,8 @@ class SSLFrontEnd:
             mask = torch.zeros(batch.shape, dtype=torch.long, device=self.device)
             for row, length in enumerate(lengths):
                 mask[row, :length] = 1
-        with torch.inference_mode():
+        with torch.inference_mode(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # torch's mask-type deprecation notes
             output = model(inputs, attention_mask=mask, output_hidden_states=True)
         states = torch.stack([output.hidden_states[layer] for layer in self.layers]).mean(0)
         states = states.float().cpu().numpy()
