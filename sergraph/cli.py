@@ -283,12 +283,14 @@ def _features(cfg) -> None:
 def _folds(cfg) -> None:
     import pandas as pd
 
-    from sergraph.data.folds import fold_table
+    from sergraph.data.folds import NOT_SPEAKER_INDEPENDENT, fold_table
     from sergraph.data.prepared import prepare
 
     study = prepare(cfg, need_features=False)
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(fold_table(study.table, study.folds, study.classes).to_string(index=False))
+    if not all(fold.speaker_independent for fold in study.folds):
+        print(f"note: these folds are {NOT_SPEAKER_INDEPENDENT}")
 
 
 if __name__ == "__main__":

@@ -90,6 +90,8 @@ def prepare(
             val_speakers=cfg.folds.val_speakers,
             n_groups=cfg.folds.n_groups,
             seed=cfg.folds.seed,
+            column=cfg.folds.get("column", "fold"),
+            allow_speaker_overlap=cfg.folds.get("allow_speaker_overlap", False),
         )
 
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once

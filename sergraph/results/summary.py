@@ -28,9 +28,10 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
     cells = sorted(root.glob("seed-*/fold-*/metrics.json"))
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
-    rows, pooled = [], []
+    rows, pooled, overlapping = [], [], False
     for path in cells:
         metrics = json.loads(path.read_text())
+        overlapping |= metrics.get("speaker_independent", True) is False
         classes = classes or metrics["classes"]
         rows.append(
             {
@@ -65,6 +66,8 @@ def summarize(root: str | Path, classes: list[str] | None = None) -> dict:
             "per_seed": pooled,
         },
     }
+    if overlapping:  # predefined folds with folds.allow_speaker_overlap=true
+        summary["speaker_independent"] = False
     atomic_write_json(root / "summary.json", summary)
     atomic_write_text(root / "summary.md", format_summary(summary))
     return summary
@@ -94,4 +97,10 @@ def format_summary(summary: dict) -> str:
         "WA = accuracy over utterances; UA = mean recall over classes present in the targets.",
         "",
     ]
+    if summary.get("speaker_independent", True) is False:
+        lines += [
+            "NOT speaker-independent: these folds let test speakers appear in training "
+            "(folds.allow_speaker_overlap=true).",
+            "",
+        ]
     return "\n".join(lines)

@@ -94,6 +94,7 @@ def run_cell(cfg: DictConfig, cell: Cell) -> dict | None:
         f"{cell.label} seed {cell.seed} {fold.name} test {','.join(fold.test_speakers)}: "
         f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
         f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
+        + ("" if fold.speaker_independent else " [NOT speaker-independent]")
     )
     return result
 
@@ -219,6 +220,7 @@ def fit_cell(
         "train_speakers": list(fold.train_speakers),
         "val_speakers": list(fold.val_speakers),
         "test_speakers": list(fold.test_speakers),
+        **({} if fold.speaker_independent else {"speaker_independent": False}),
         "classes": study.classes,
         "n_test": len(predictions),
         **scores,
