@@ -507,8 +507,10 @@ def test_manifest_resolves_relative_paths(tmp_path):
         "./audio/a1.wav,A,neutral,f,z\n",
     )
     table = manifest.load(csv)
-    assert list(table.columns) == ["utterance", "path", "speaker", "label", "gender"]
+    # Other columns are kept after the contract's (a fold column, feature files, ...).
+    assert list(table.columns) == ["utterance", "path", "speaker", "label", "gender", "extra"]
     assert list(table["utterance"]) == ["a1", "b1", "c1"]
+    assert list(table["extra"]) == ["z", "x", "y"]
     assert list(table["path"]) == [
         str((corpus / "audio" / "a1.wav").resolve()),
         str((corpus / "audio" / "b1.wav").resolve()),
