@@ -133,7 +133,14 @@ def apply_label_map(
 
 
 # The loaders import build_table from this package, so they are imported after it is defined.
-from sergraph.data.corpora import emodb, iemocap, manifest, ravdess, synthetic  # noqa: E402
+from sergraph.data.corpora import (  # noqa: E402
+    audformat,
+    emodb,
+    iemocap,
+    manifest,
+    ravdess,
+    synthetic,
+)
 
 _MODULES: dict[str, ModuleType] = {
     "synthetic": synthetic,
@@ -141,6 +148,7 @@ _MODULES: dict[str, ModuleType] = {
     "ravdess": ravdess,
     "iemocap": iemocap,
     "manifest": manifest,
+    "audformat": audformat,
 }
 
 CORPORA: dict[str, Callable[..., pd.DataFrame]] = {
