@@ -125,8 +125,10 @@ def test_apply_label_map_errors_name_label_and_labels_present(small_table):
 
 
 def test_registry_names_and_unknown_corpus():
-    assert sorted(CORPORA) == ["emodb", "iemocap", "manifest", "ravdess", "synthetic"]
-    with pytest.raises(ValueError, match=r"unknown corpus 'emo'; choose one of \['emodb'"):
+    assert sorted(CORPORA) == ["audformat", "emodb", "iemocap", "manifest", "ravdess", "synthetic"]
+    with pytest.raises(
+        ValueError, match=r"unknown corpus 'emo'; choose one of \['audformat', 'emodb'"
+    ):
         load_corpus("emo", "/nowhere")
     assert default_classes("iemocap") == ["neutral", "happy", "sad", "angry"]
     assert default_classes("manifest") is None
