@@ -39,6 +39,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from sergraph.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"sergraph {__version__}")
     verbs = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (
         ("train", "cross-validated training and testing"),
