@@ -52,6 +52,52 @@ def feature_inputs(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
     return array_paths(table, FeatureConfig.from_any(cfg.features), manifest_dir)
 
 
+def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
+    """Notes on the corpus's audio: sample rates mixed, files longer than the graph uses.
+
+    Reads only the file headers. Nothing is said about precomputed features (no audio read).
+    """
+    from collections import Counter
+
+    from sergraph.data.features import FeatureConfig, audio_info
+
+    config = FeatureConfig.from_any(cfg.features)
+    if config.feature_set == "precomputed" or cfg.model.name == "svm":
+        return []
+    infos = [info for info in map(audio_info, table["path"]) if info is not None]
+    notes = []
+    rates = Counter(rate for _, rate in infos)
+    if len(rates) > 1:
+        listed = ", ".join(f"{rate} Hz ({count} files)" for rate, count in sorted(rates.items()))
+        if config.feature_set == "ssl":
+            action = "every file is resampled to the model's rate"
+        elif config.sample_rate is None:
+            action = (
+                "openSMILE features depend on the rate, so features.sample_rate=16000 (or the "
+                "lowest rate) makes them comparable"
+            )
+        else:
+            action = f"every file is resampled to features.sample_rate={config.sample_rate}"
+        notes.append(f"note: the corpus mixes sample rates: {listed}; {action}")
+    node = config.pool * 0.010 if config.is_opensmile else config.node_seconds
+    if cfg.graph.max_nodes is not None:
+        used = cfg.graph.max_nodes * node
+        longer = [duration for duration, _ in infos if duration > used + node]
+        if longer:
+            note = (
+                f"note: {len(longer)} file(s) are longer than the {used:g} s the graph uses "
+                f"(graph.max_nodes={cfg.graph.max_nodes} nodes of {node:g} s; longest "
+                f"{max(longer):.1f} s): training uses only their first {used:g} s"
+            )
+            if config.max_seconds is None:
+                note += (
+                    f"; features.max_seconds={used:g} extracts only that part (less memory and "
+                    "time for long files)"
+                )
+            notes.append(note)
+    return notes
+
+
 def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
     """The corpus table after the label map, and the class names in index order."""
     from sergraph.data.corpora import load_corpus
@@ -95,6 +141,9 @@ def prepare(
         )
 
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
+    if need_features:
+        for note in audio_notes(cfg, table):
+            log(note)
     skip = cfg.features.get("on_error", "stop") == "skip"
     values = None
     failed = table.iloc[:0].assign(reason=[])
