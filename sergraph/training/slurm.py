@@ -148,6 +148,8 @@ def plan_jobs(
     if features:
         shards = int(slurm.feature_shards)
         options = _common_options(cfg, f"sergraph-features-{name}", f"{log_dir}/%x-%A_%a.out")
+        if cfg.features.feature_set == "ssl" and slurm.gpus > 0:
+            options["gres"] = "gpu:1"  # one GPU per shard runs the SSL model
         jobs.append(
             Job(
                 "features",

@@ -245,3 +245,22 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "UA" in result.stdout
     assert list((tmp_path / "cache").glob("ssl-wavlm-*/*/*.npy"))
+
+
+def test_slurm_feature_job_of_ssl_features_asks_for_one_gpu(models, tmp_path, monkeypatch):
+    from sergraph.training.slurm import plan_jobs
+
+    monkeypatch.setenv("SERGRAPH_CACHE", str(tmp_path / "cache"))
+    common = [
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "slurm.gpus=2",
+    ]
+    ssl = ["features.feature_set=ssl", f"features.ssl.model={models['wavlm']}"]
+    jobs, _ = plan_jobs([*common, *ssl])
+    features = next(job for job in jobs if job.name == "features")
+    assert "#SBATCH --gres=gpu:1" in features.script
+    jobs, _ = plan_jobs(common)  # openSMILE runs on CPUs
+    features = next(job for job in jobs if job.name == "features")
+    assert "--gres" not in features.script
