@@ -683,6 +683,12 @@ def export_bundle(
             "bundle cannot do for unknown speakers; export a run trained with "
             "graph.normalize=train"
         )
+    if cfg.features.get("feature_set", "is10") in ("ssl", "precomputed"):
+        raise BundleError(
+            f"features.feature_set={cfg.features.feature_set}: bundles carry openSMILE feature "
+            "pipelines only so far (an SSL bundle would also need to record and check the "
+            "model's identity); export a run trained on openSMILE features"
+        )
     if cfg.features.get("concat_functionals", False):
         raise BundleError(
             "features.concat_functionals=true: bundles carry node-feature statistics only and "

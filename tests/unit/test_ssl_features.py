@@ -245,6 +245,10 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env):
     assert result.returncode == 0, result.stderr[-3000:]
     assert "UA" in result.stdout
     assert list((tmp_path / "cache").glob("ssl-wavlm-*/*/*.npy"))
+    from sergraph.deploy.bundle import BundleError, export_bundle
+
+    with pytest.raises(BundleError, match="openSMILE feature pipelines only"):
+        export_bundle(tmp_path / "runs" / "synthetic" / "lstm_gin")
 
 
 def test_slurm_feature_job_of_ssl_features_asks_for_one_gpu(models, tmp_path, monkeypatch):
