@@ -148,8 +148,25 @@ def test_layer_choice_index_and_averaged_list(models, audio):
     assert np.abs(first - second).max() > 1e-2  # the layers differ, so the choice matters
     with pytest.raises(ValueError, match=r"layer 5 does not exist.*0\.\.2"):
         FeatureCache("/unused", ssl_config(model, layer=5)).ssl_front_end()
-    with pytest.raises(ValueError, match="features.ssl.layer='all'"):
-        ssl_config(model, layer="all")
+    with pytest.raises(ValueError, match="features.ssl.layer='last'.*or all"):
+        ssl_config(model, layer="last")
+    # all: every hidden state (0, 1, 2) side by side
+    stacked = embed_file(ssl_config(model, layer="all"), audio[0])
+    last = embed_file(ssl_config(model, layer=2), audio[0])
+    np.testing.assert_allclose(stacked, np.concatenate([first, second, last], axis=1), atol=2e-5)
+
+
+def test_layer_weighted_sum_by_hand():
+    from sergraph.models.layers import LayerWeightedSum
+
+    mix = LayerWeightedSum(3)
+    x = torch.tensor([[1.0, 2.0, 10.0, 20.0, 100.0, 200.0]])  # 3 layers of H = 2
+    np.testing.assert_allclose(mix(x).detach().numpy(), [[37.0, 74.0]], rtol=1e-6)  # equal 1/3
+    with torch.no_grad():
+        mix.logits.copy_(torch.log(torch.tensor([1.0, 1.0, 2.0])))  # weights 1/4, 1/4, 1/2
+    np.testing.assert_allclose(mix(x).detach().numpy(), [[52.75, 105.5]], rtol=1e-6)
+    with pytest.raises(ValueError, match="cannot be split into 3 layers"):
+        mix(torch.zeros(1, 7))
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -222,7 +239,10 @@ def test_ssl_settings_are_checked_when_composing(models):
                  "features.ssl.layer=last"])  # fmt: skip
 
 
-def test_train_end_to_end_on_ssl_features(models, tmp_path, env):
+@pytest.mark.parametrize(
+    "layer", [-1, pytest.param("all", marks=pytest.mark.slow)], ids=["last", "all"]
+)
+def test_train_end_to_end_on_ssl_features(models, tmp_path, env, layer):
     from tests.cli import run_cli
 
     result = run_cli(
@@ -233,6 +253,7 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env):
             "data.options.n_per_class=3",
             "features.feature_set=ssl",
             f"features.ssl.model={models['wavlm']}",
+            f"features.ssl.layer={layer}",
             f"features.cache_dir={tmp_path / 'cache'}",
             f"run.out_dir={tmp_path / 'runs'}",
             "folds.only=[0]",
@@ -244,7 +265,12 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "UA" in result.stdout
-    assert list((tmp_path / "cache").glob("ssl-wavlm-*/*/*.npy"))
+    stored = list((tmp_path / "cache").glob("ssl-wavlm-*/*/*.npy"))
+    assert stored and np.load(stored[0]).shape[1] == (96 if layer == "all" else 32)
+    if layer == "all":  # the learned mix is part of the model and its checkpoint
+        (checkpoint,) = (tmp_path / "runs").rglob("best.ckpt")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
+        assert state["layer_mix.logits"].shape == (3,)
     from sergraph.deploy.bundle import BundleError, export_bundle
 
     with pytest.raises(BundleError, match="openSMILE feature pipelines only"):

@@ -190,8 +190,8 @@ class FeatureConfig:
     def is_opensmile(self) -> bool:
         return self.feature_set in OPENSMILE_SETS
 
-    def layers(self) -> list[int]:
-        """The SSL hidden-state indices of ``ssl.layer`` as a list."""
+    def layers(self) -> list[int] | str:
+        """The SSL hidden-state indices of ``ssl.layer`` as a list, or ``"all"``."""
         return layer_list(self.ssl.layer)
 
 
@@ -207,20 +207,23 @@ def _plain(mapping: Mapping) -> dict:
     return dict(mapping)
 
 
-def layer_list(layer: object) -> list[int]:
-    """``ssl.layer`` as a list of ints; raise naming the accepted forms."""
-    values = list(layer) if isinstance(layer, list | tuple) or hasattr(layer, "__iter__") else None
+def layer_list(layer: object) -> list[int] | str:
+    """``ssl.layer`` as a list of ints, or ``"all"``; raise naming the accepted forms."""
+    if layer == "all":
+        return "all"
     if isinstance(layer, str):
         values = None
-    if values is None:
+    elif isinstance(layer, list | tuple) or hasattr(layer, "__iter__"):
+        values = list(layer)
+    else:
         values = [layer]
     if not values or any(
         isinstance(v, bool) or not isinstance(v, int | np.integer) for v in values
     ):
         raise ValueError(
             f"features.ssl.layer={layer!r} is not valid; give a hidden-state index (e.g. -1 for "
-            "the last layer, 0 for the transformer input) or a list of indices to average, "
-            "e.g. [6, 7, 8]"
+            "the last layer, 0 for the transformer input), a list of indices to average, e.g. "
+            "[6, 7, 8], or all (every layer stacked, mixed by a learned weighted sum)"
         )
     return [int(v) for v in values]
 

@@ -5,7 +5,9 @@ hub id. Each file is read, mixed down to mono, resampled to the model's rate (it
 ``preprocessor_config.json``, 16 kHz when absent) and normalised to zero mean and unit variance
 over the whole file when the model's feature extractor asks for it (``do_normalize``). The
 hidden states chosen by ``features.ssl.layer`` (an index, or a list of indices averaged) are
-cached per file as ``[T, H]`` float32 at the model's frame hop (20 ms for these models), and
+cached per file as ``[T, H]`` float32 (``all``: every hidden state side by side,
+``[T, (layers + 1) * H]``, mixed in the model by a learned
+:class:`~sergraph.models.layers.LayerWeightedSum`) at the model's frame hop (20 ms for these models), and
 pooled into ``features.node_seconds`` nodes when loaded.
 
 Long files are cut into chunks of ``ssl.chunk_seconds`` aligned to the model's frame grid. Each
@@ -164,7 +166,9 @@ class SSLFrontEnd:
         self.name = "".join(c if c.isalnum() or c in "-_." else "_" for c in self.folder.name)
         self.hidden_size = int(settings["hidden_size"])
         self.num_layers = int(settings["num_hidden_layers"])
-        for layer in self.layers:
+        if self.layers == "all":  # every hidden state side by side: [T, (layers + 1) * H]
+            self.hidden_size *= self.num_layers + 1
+        for layer in [] if self.layers == "all" else self.layers:
             if not -(self.num_layers + 1) <= layer <= self.num_layers:
                 raise ValueError(
                     f"features.ssl.layer={self.ssl.layer!r}: layer {layer} does not exist; "
@@ -260,7 +264,10 @@ class SSLFrontEnd:
         with torch.inference_mode(), warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # torch's mask-type deprecation notes
             output = model(inputs, attention_mask=mask, output_hidden_states=True)
-        states = torch.stack([output.hidden_states[layer] for layer in self.layers]).mean(0)
+        if self.layers == "all":
+            states = torch.cat(output.hidden_states, dim=-1)
+        else:
+            states = torch.stack([output.hidden_states[i] for i in self.layers]).mean(0)
         states = states.float().cpu().numpy()
         return [
             states[row, : num_frames(length, self.field, self.hop)]
@@ -323,6 +330,16 @@ class SSLFrontEnd:
                     yield job.sha256, None, f"cannot write {job.out_path}: {error}"
                     continue
                 yield job.sha256, array, None
+
+
+def stacked_layers(cfg) -> int:
+    """How many hidden layers each node stacks: ``num_hidden_layers + 1`` for
+    ``features.ssl.layer=all`` (mixed in the model by a learned weighted sum), else 1."""
+    features = cfg.features
+    if features.feature_set != "ssl" or features.ssl.layer != "all":
+        return 1
+    folder = model_folder(str(features.ssl.model))
+    return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"]) + 1
 
 
 def embed_file(config: FeatureConfig, path: str | os.PathLike) -> np.ndarray:
