@@ -134,6 +134,8 @@ class Bundle:
 
     @property
     def node_seconds(self) -> float:
+        if not self.feature_config.is_opensmile:  # SSL: frames pooled by time
+            return float(self.feature_config.node_seconds)
         return FRAME_SECONDS * self.feature_config.pool
 
     def describe(self) -> str:
@@ -554,7 +556,16 @@ def _feature_config(meta: dict):
     from sergraph.data.features import FeatureConfig
 
     settings = meta["features"]
+    ssl = settings.get("ssl")
     try:
+        if ssl is not None:  # see ssl_identity
+            return FeatureConfig(
+                "ssl",
+                node_seconds=ssl["node_seconds"],
+                ssl={
+                    key: ssl[key] for key in ("model", "layer", "chunk_seconds", "context_seconds")
+                },
+            )
         return FeatureConfig(
             feature_set=settings["feature_set"],
             deltas=settings["deltas"],
@@ -578,6 +589,9 @@ def check_pipeline(meta: dict, config=None, source: str = "this bundle") -> None
 
     expected = _feature_config(meta)
     settings = meta["features"]
+    if settings.get("ssl") is not None:
+        _check_ssl_pipeline(settings["ssl"], expected, config, source)
+        return
     trained = f"openSMILE {settings['opensmile']}, sergraph feature recipe {settings['recipe']}"
     if settings["opensmile"] != opensmile_version() or settings["recipe"] != RECIPE_VERSION:
         raise BundleMismatchError(
@@ -609,6 +623,62 @@ def check_pipeline(meta: dict, config=None, source: str = "this bundle") -> None
             f"{source} was trained on features {asdict(expected)}; the pipeline in use has "
             f"{', '.join(differing)}. A model only understands the features it was trained on: "
             "use the bundle's settings (Bundle.feature_config) or a bundle trained with these."
+        )
+
+
+def ssl_identity(config) -> dict:
+    """What a bundle records of an SSL front end: the model, its files' hash, the settings."""
+    from sergraph.data.features.ssl import SSLFrontEnd
+
+    front = SSLFrontEnd(config)
+    return {
+        "model": str(config.ssl.model),
+        "model_sha256": front.identity(),
+        "layer": config.ssl.layer,
+        "chunk_seconds": float(config.ssl.chunk_seconds),
+        "context_seconds": float(config.ssl.context_seconds),
+        "node_seconds": float(config.node_seconds),
+    }
+
+
+def _check_ssl_pipeline(recorded: dict, expected, config, source: str) -> None:
+    """Refuse another SSL model (by the hash of its files) or other SSL settings."""
+    try:
+        found = ssl_identity(expected)
+    except (ValueError, ImportError, OSError) as error:
+        raise BundleMismatchError(
+            f"{source} was trained on features of the SSL model {recorded['model']!r} (files "
+            f"sha256 {recorded['model_sha256'][:12]}...), which cannot be loaded here: {error}"
+        ) from None
+    if found["model_sha256"] != recorded["model_sha256"]:
+        raise BundleMismatchError(
+            f"{source} was trained on features of the SSL model {recorded['model']!r} with files "
+            f"sha256 {recorded['model_sha256'][:12]}...; the model there now has "
+            f"{found['model_sha256'][:12]}... (other weights or configuration). A model only "
+            "understands the features it was trained on: put the original model there."
+        )
+    if config is None:
+        return
+    from sergraph.data.features import FeatureConfig
+
+    in_use = FeatureConfig.from_any(config)
+    if in_use.feature_set != "ssl":
+        raise BundleMismatchError(
+            f"{source} was trained on SSL features; the pipeline in use has "
+            f"feature_set={in_use.feature_set!r}: use the bundle's settings "
+            "(Bundle.feature_config)"
+        )
+    given = ssl_identity(in_use)
+    keys = ("model_sha256", "layer", "chunk_seconds", "context_seconds", "node_seconds")
+    differing = [
+        f"{key}={given[key]!r} (bundle: {recorded[key]!r})"
+        for key in keys
+        if given[key] != recorded[key]
+    ]
+    if differing:
+        raise BundleMismatchError(
+            f"{source} was trained on other SSL features: {', '.join(differing)}; use the "
+            "bundle's settings (Bundle.feature_config)"
         )
 
 
@@ -683,11 +753,16 @@ def export_bundle(
             "bundle cannot do for unknown speakers; export a run trained with "
             "graph.normalize=train"
         )
-    if cfg.features.get("feature_set", "is10") in ("ssl", "precomputed"):
+    if cfg.features.get("feature_set", "is10") == "precomputed":
         raise BundleError(
-            f"features.feature_set={cfg.features.feature_set}: bundles carry openSMILE feature "
-            "pipelines only so far (an SSL bundle would also need to record and check the "
-            "model's identity); export a run trained on openSMILE features"
+            "features.feature_set=precomputed: a bundle must compute its features from audio, "
+            "and precomputed arrays come from a front end sergraph does not know; export a run "
+            "trained on openSMILE or SSL features"
+        )
+    if cfg.features.get("feature_set", "is10") == "ssl" and cfg.features.ssl.layer == "all":
+        raise BundleError(
+            "features.ssl.layer=all: the learned layer mix lives outside the encoder's weights "
+            "and bundles do not carry it yet; export a run trained with a layer index or list"
         )
     if cfg.features.get("concat_functionals", False):
         raise BundleError(
@@ -745,10 +820,17 @@ def export_bundle(
             "speakers": sorted(study.table["speaker"].astype(str).unique()),
         },
     }
-    config = _feature_config(meta)
-    meta["features"]["sample_rate"] = config.sample_rate
-    meta["features"]["levels"] = list(config.levels())
-    meta["features"]["names"] = feature_names(config)
+    if cfg.features.feature_set == "ssl":  # the model is identified by the hash of its files
+        from sergraph.data.features import FeatureConfig
+
+        meta["features"]["ssl"] = ssl_identity(FeatureConfig.from_any(cfg.features))
+        width = meta["model"]["in_channels"]
+        meta["features"]["names"] = [f"ssl_{index}" for index in range(width)]
+    else:
+        config = _feature_config(meta)
+        meta["features"]["sample_rate"] = config.sample_rate
+        meta["features"]["levels"] = list(config.levels())
+        meta["features"]["names"] = feature_names(config)
 
     for cell, record in zip(cells, records, strict=True):
         fold = study.folds[record["fold"]]

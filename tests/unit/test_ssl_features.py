@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,8 +243,10 @@ def test_ssl_settings_are_checked_when_composing(models):
 @pytest.mark.parametrize(
     "layer", [-1, pytest.param("all", marks=pytest.mark.slow)], ids=["last", "all"]
 )
-def test_train_end_to_end_on_ssl_features(models, tmp_path, env, layer):
+def test_train_end_to_end_on_ssl_features(tmp_path, env, layer):
     from tests.cli import run_cli
+
+    model = build_model(tmp_path / "wavlm", "wavlm")  # its own copy: the test changes it
 
     result = run_cli(
         [
@@ -252,7 +255,7 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env, layer):
             "data.options.n_speakers=4",
             "data.options.n_per_class=3",
             "features.feature_set=ssl",
-            f"features.ssl.model={models['wavlm']}",
+            f"features.ssl.model={model}",
             f"features.ssl.layer={layer}",
             f"features.cache_dir={tmp_path / 'cache'}",
             f"run.out_dir={tmp_path / 'runs'}",
@@ -271,10 +274,27 @@ def test_train_end_to_end_on_ssl_features(models, tmp_path, env, layer):
         (checkpoint,) = (tmp_path / "runs").rglob("best.ckpt")
         state = torch.load(checkpoint, map_location="cpu", weights_only=False)["state_dict"]
         assert state["layer_mix.logits"].shape == (3,)
-    from sergraph.deploy.bundle import BundleError, export_bundle
+    from sergraph.deploy.bundle import BundleError, BundleMismatchError, export_bundle, load_bundle
 
-    with pytest.raises(BundleError, match="openSMILE feature pipelines only"):
-        export_bundle(tmp_path / "runs" / "synthetic" / "lstm_gin")
+    model_dir = tmp_path / "runs" / "synthetic" / "lstm_gin"
+    if layer == "all":
+        with pytest.raises(BundleError, match="layer=all: the learned layer mix"):
+            export_bundle(model_dir)
+        return
+    # A bundle of SSL features: verified against the run's predictions (export does that), it
+    # records the model's identity and refuses other weights at the same path.
+    path, bundle = export_bundle(model_dir, tmp_path / "ssl.sergraph")
+    assert bundle.meta["verification"]["max_abs_diff"] < 1e-3
+    assert (
+        bundle.meta["features"]["ssl"]["model_sha256"]
+        == FeatureCache(tmp_path, ssl_config(model)).ssl_front_end().identity()
+    )
+    wav = str(next(p for p in sorted(Path(env["SERGRAPH_CACHE"]).rglob("*.wav"))))
+    frame = load_bundle(path, map_location="cpu").predict([wav], progress=False)
+    assert frame["error"].tolist() == [""] and frame["end"].iloc[0] <= 120 * 0.05
+    build_model(model, "wavlm", seed=1)  # other weights, same folder
+    with pytest.raises(BundleMismatchError, match="other weights or configuration"):
+        load_bundle(path, map_location="cpu")
 
 
 def test_slurm_feature_job_of_ssl_features_asks_for_one_gpu(models, tmp_path, monkeypatch):
