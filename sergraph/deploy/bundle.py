@@ -361,8 +361,8 @@ class Bundle:
         """Emotion of audio already in memory (a notebook, a microphone buffer).
 
         The signal goes through exactly the steps a file goes through (channel average,
-        resampling, clipping, openSMILE, pooling) without touching the disk or the cache, so a
-        file and its samples give the same probabilities.
+        resampling, clipping, openSMILE or the SSL model, pooling) without touching the disk or
+        the cache, so a file and its samples give the same probabilities.
 
         Args:
             signal: samples as floats in [-1, 1): ``[n]`` mono or ``[n, channels]``.
@@ -378,21 +378,26 @@ class Bundle:
         """
         import soundfile as sf
 
-        from sergraph.data.features import pool_frames
+        from sergraph.data.features import pool_by_time, pool_frames
         from sergraph.data.features.opensmile import extract_llds_from
 
         check_positive_int(sample_rate, "sample_rate")
         samples = np.asarray(signal, dtype=np.float32)
         if samples.ndim not in (1, 2):
             raise BundleError(f"signal has shape {samples.shape}; give [n] or [n, channels]")
-        if not self.feature_config.is_opensmile:
-            raise BundleError("predict_signal supports bundles of openSMILE features only")
         window_nodes, hop_nodes = self._segment_nodes(window, hop)
         buffer = io.BytesIO()
         sf.write(buffer, samples, int(sample_rate), format="WAV", subtype="FLOAT")
         buffer.seek(0)
-        frames = extract_llds_from(buffer, "<signal>", self.feature_config)
-        array = pool_frames(frames, self.feature_config.pool)
+        config = self.feature_config
+        if config.is_opensmile:
+            array = pool_frames(extract_llds_from(buffer, "<signal>", config), config.pool)
+        else:  # SSL: the same chunked extraction as for files, pooled by time
+            from sergraph.data.features.ssl import SSLFrontEnd, embed_file
+
+            frames = embed_file(config, buffer, "<signal>")
+            hop_seconds = SSLFrontEnd(config).hop_seconds
+            array = pool_by_time(frames, hop_seconds, config.node_seconds).astype(np.float32)
         duration = samples.shape[0] / sample_rate
         node, max_nodes = self.node_seconds, self.meta["graph"]["max_nodes"]
         if window_nodes is None:

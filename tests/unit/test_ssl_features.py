@@ -290,8 +290,13 @@ def test_train_end_to_end_on_ssl_features(tmp_path, env, layer):
         == FeatureCache(tmp_path, ssl_config(model)).ssl_front_end().identity()
     )
     wav = str(next(p for p in sorted(Path(env["SERGRAPH_CACHE"]).rglob("*.wav"))))
-    frame = load_bundle(path, map_location="cpu").predict([wav], progress=False)
+    loaded = load_bundle(path, map_location="cpu")
+    frame = loaded.predict([wav], progress=False)
     assert frame["error"].tolist() == [""] and frame["end"].iloc[0] <= 120 * 0.05
+    samples, rate = sf.read(wav)
+    in_memory = loaded.predict_signal(samples, rate)
+    columns = [c for c in frame.columns if c.startswith("p_")]
+    np.testing.assert_allclose(in_memory[columns].to_numpy(), frame[columns].to_numpy(), atol=1e-5)
     build_model(model, "wavlm", seed=1)  # other weights, same folder
     with pytest.raises(BundleMismatchError, match="other weights or configuration"):
         load_bundle(path, map_location="cpu")

@@ -34,6 +34,7 @@ layer choice, the chunking, the rate, ``max_seconds`` and the transformers versi
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -223,9 +224,11 @@ class SSLFrontEnd:
 
     # ---- extraction
 
-    def signal(self, path: str) -> np.ndarray:
-        """The model's input for one file: mono, at the model's rate, normalised if asked."""
-        signal, _ = load_mono(path, self.sample_rate, path, self.config.max_seconds)
+    def signal(self, source, name: str | None = None) -> np.ndarray:
+        """The model's input for one file (a path or a binary file object): mono, at the
+        model's rate, normalised if asked."""
+        path = name or str(source)
+        signal, _ = load_mono(source, self.sample_rate, path, self.config.max_seconds)
         signal = signal.astype(np.float64)
         if self.normalize:
             signal = (signal - signal.mean()) / math.sqrt(signal.var() + 1e-7)
@@ -342,10 +345,14 @@ def stacked_layers(cfg) -> int:
     return int(json.loads((folder / "config.json").read_text())["num_hidden_layers"]) + 1
 
 
-def embed_file(config: FeatureConfig, path: str | os.PathLike) -> np.ndarray:
-    """Frame embeddings ``[T, H]`` of one file, unpooled and uncached (for checks and notebooks)."""
+def embed_file(
+    config: FeatureConfig, source: str | os.PathLike | io.IOBase, name: str | None = None
+) -> np.ndarray:
+    """Frame embeddings ``[T, H]`` of one file (path or binary file object), unpooled and
+    uncached (for checks, notebooks and audio in memory)."""
     front = SSLFrontEnd(config)
-    signal = front.signal(os.fspath(path))
+    source = source if isinstance(source, io.IOBase) else os.fspath(source)
+    signal = front.signal(source, name)
     parts = []
     for start, end, keep_from, keep_to in front.spans(signal.size):
         parts.append(front.embed([signal[start:end]])[0][keep_from:keep_to])
