@@ -515,7 +515,7 @@ LATER_KEYS = (
     (
         "features",
         "ssl",
-        {"model": None, "layer": -1, "chunk_seconds": 20.0, "context_seconds": 1.0},
+        {"model": None, "layer": -1, "chunk_seconds": 20.0, "context_seconds": 1.5},
     ),
     ("features", "precomputed", {"root": None, "column": None, "hop_seconds": None}),
     ("folds", "column", "fold"),

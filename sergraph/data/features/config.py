@@ -71,7 +71,7 @@ class SSLConfig:
     device: str = "auto"
     batch_size: int = 8
     chunk_seconds: float = 20.0
-    context_seconds: float = 1.0
+    context_seconds: float = 1.5
 
 
 @dataclass

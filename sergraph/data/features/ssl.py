@@ -16,7 +16,8 @@ is bounded by the chunk length whatever the file length. Where the chunked resul
 convolutional feature encoder and everything up to ``hidden_states[0]`` (the input of the first
 transformer layer) have a finite receptive field; with ``feat_extract_norm="layer"`` models
 (wav2vec2-large-lv60, WavLM-Large, HuBERT-Large) and a context at least half the positional
-convolution (``num_conv_pos_embeddings / 2`` frames), layer 0 of a chunked file equals the
+convolution (``num_conv_pos_embeddings / 2`` frames: 64 frames = 1.28 s for the real models,
+hence the 1.5 s default), layer 0 of a chunked file equals the
 unchunked one up to float rounding. Transformer layers attend over the whole input, so deeper
 layers of a chunked file differ from an unchunked run (by how much depends on the model; the
 tests measure it on a tiny random model). Group-norm feature encoders (wav2vec2-base, WavLM-Base)
