@@ -146,6 +146,9 @@ def _add_predict_parser(verbs) -> None:
     predict.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     predict.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
     predict.add_argument(
+        "--ssl-model", help="bundles of SSL features: the SSL model's folder on this machine"
+    )
+    predict.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or notes on stderr"
     )
 

@@ -513,13 +513,19 @@ def _duration(path: str) -> float:
 # loading and checking
 
 
-def load_bundle(path: str | os.PathLike, map_location: str | torch.device | None = None) -> Bundle:
+def load_bundle(
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = None,
+    ssl_model: str | os.PathLike | None = None,
+) -> Bundle:
     """Load a bundle written by :func:`export_bundle` (``sergraph export``).
 
     Args:
         path: the ``.sergraph`` file.
         map_location: device for the models: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...;
             ``None`` takes CUDA when available, else the CPU.
+        ssl_model: bundles of SSL features: where the SSL model is on this machine (default:
+            the path it had in training). Its files must hash as recorded in the bundle.
 
     Returns:
         A :class:`Bundle` ready to :meth:`~Bundle.predict`.
@@ -551,6 +557,10 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device | None
             f"{FORMAT_VERSION} and older: upgrade sergraph"
         )
     meta = json.loads(payload["meta"])
+    if ssl_model is not None:
+        if meta["features"].get("ssl") is None:
+            raise BundleError(f"{path} was trained on openSMILE features: it needs no ssl_model")
+        meta["features"]["ssl"]["model"] = os.fspath(ssl_model)
     check_pipeline(meta, None, source=str(path))
     if map_location is None:
         map_location = "cuda" if torch.cuda.is_available() else "cpu"
@@ -653,7 +663,9 @@ def _check_ssl_pipeline(recorded: dict, expected, config, source: str) -> None:
     except (ValueError, ImportError, OSError) as error:
         raise BundleMismatchError(
             f"{source} was trained on features of the SSL model {recorded['model']!r} (files "
-            f"sha256 {recorded['model_sha256'][:12]}...), which cannot be loaded here: {error}"
+            f"sha256 {recorded['model_sha256'][:12]}...), which cannot be loaded here: {error}. "
+            "Give its location on this machine (load_bundle(..., ssl_model=PATH), sergraph "
+            "predict --ssl-model PATH)"
         ) from None
     if found["model_sha256"] != recorded["model_sha256"]:
         raise BundleMismatchError(

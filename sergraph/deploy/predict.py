@@ -157,7 +157,9 @@ def run_predict(args) -> int:
     ):
         raise ValueError(f"--output {args.output}: name a .csv, .jsonl or .json file")
     device = None if args.device == "auto" else args.device
-    bundle = load_bundle(args.bundle, map_location=device)
+    bundle = load_bundle(
+        args.bundle, map_location=device, ssl_model=getattr(args, "ssl_model", None)
+    )
     if not args.quiet:
         print(f"{bundle!r} on {bundle.device}; {len(paths)} file(s)", file=sys.stderr)
     frame = bundle.predict(

@@ -10,6 +10,7 @@ apart, like the real models. A file of ``n`` samples gives ``(n - 340) // 320 + 
 from __future__ import annotations
 
 import math
+import shutil
 import sys
 from pathlib import Path
 
@@ -298,9 +299,17 @@ def test_train_end_to_end_on_ssl_features(tmp_path, env, layer):
     in_memory = loaded.predict_signal(samples, rate)
     columns = [c for c in frame.columns if c.startswith("p_")]
     np.testing.assert_allclose(in_memory[columns].to_numpy(), frame[columns].to_numpy(), atol=1e-5)
-    build_model(model, "wavlm", seed=1)  # other weights, same folder
+    moved = tmp_path / "elsewhere" / "wavlm"
+    shutil.copytree(model, moved)
+    build_model(model, "wavlm", seed=1)  # other weights at the path used in training
     with pytest.raises(BundleMismatchError, match="other weights or configuration"):
         load_bundle(path, map_location="cpu")
+    # The same model moved elsewhere is accepted when named (its files hash as recorded).
+    again = load_bundle(path, map_location="cpu", ssl_model=moved).predict([wav], progress=False)
+    np.testing.assert_allclose(again[columns].to_numpy(), frame[columns].to_numpy(), atol=1e-6)
+    shutil.rmtree(moved)
+    with pytest.raises(BundleMismatchError, match="--ssl-model PATH"):
+        load_bundle(path, map_location="cpu", ssl_model=moved)
 
 
 def test_slurm_feature_job_of_ssl_features_asks_for_one_gpu(models, tmp_path, monkeypatch):
