@@ -27,6 +27,7 @@ import sys
 from pathlib import Path
 
 from sergraph.config import ConfigError, compose, group_choices, to_yaml
+from sergraph.console import configure as configure_console
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -42,6 +43,13 @@ def _parser() -> argparse.ArgumentParser:
     from sergraph.version import __version__
 
     parser.add_argument("--version", action="version", version=f"sergraph {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also show library messages (Lightning, PyG, warnings) on the console; they are "
+        "always in the study's sergraph.log. Accepted anywhere on the command line.",
+    )
     verbs = parser.add_subparsers(dest="verb", required=True)
     for verb, text in (
         ("train", "cross-validated training and testing"),
@@ -105,14 +113,19 @@ def _add_export_parser(verbs) -> None:
         "export",
         help="write a self-contained model bundle from a finished run",
         description="Write a model bundle (weights, configuration, feature settings, "
-        "normalisation statistics, class names, fold provenance) from a finished run. A model "
-        "folder runs/NAME/LABEL gives an ensemble of its fold models (recommended).",
+        "normalisation statistics, class names, fold provenance) from a finished run; needs only "
+        "the run folder. A model folder runs/NAME/LABEL gives an ensemble of its fold models "
+        "(recommended).",
     )
     export.add_argument("run_dir", help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX")
     export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
     export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
     export.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
-    export.add_argument("--data-root", help="the corpus location, if it moved since training")
+    export.add_argument(
+        "--data-root",
+        help="the training corpus, only for checkpoints of an older sergraph that do not carry "
+        "their normalisation statistics (export needs only the run folder otherwise)",
+    )
     export.add_argument(
         "--no-verify", action="store_true", help="skip re-predicting the test speakers"
     )
@@ -154,6 +167,11 @@ def _add_predict_parser(verbs) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    # -v/--verbose may follow the verb; overrides never start with "-".
+    verbose = any(item in ("-v", "--verbose") for item in argv)
+    argv = [item for item in argv if item not in ("-v", "--verbose")]
+    configure_console(verbose)
     args = _parser().parse_args(argv)
     try:
         if args.verb == "report":

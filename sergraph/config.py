@@ -369,6 +369,7 @@ def validate(cfg: DictConfig) -> None:
     positive("trainer.patience", cfg.trainer.patience)
     positive("run.parallel", cfg.run.parallel)
     choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+    check_precision(cfg.trainer.precision)
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
     if not cfg.run.seeds:
         raise ConfigError("run.seeds must list at least one seed")
@@ -400,6 +401,44 @@ def _validate_features(cfg: DictConfig) -> None:
             f"model=svm uses utterance functionals (features.functionals), not "
             f"features.feature_set={config.feature_set}; choose a neural model"
         )
+
+
+#: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
+_TRUE_LOW = (
+    "keeps the weights themselves in {dtype}, but Lightning converts only plain tensors to it, "
+    "not the PyG batches sergraph trains on, so the first recurrent layer stops with 'RNN "
+    "input dtype (torch.float32) does not match weight dtype'; "
+)
+_REFUSED_PRECISION = {
+    "16-true": _TRUE_LOW.format(dtype="float16")
+    + "in float16, BatchNorm statistics and Adam's steps would also lose the small updates "
+    "that training needs. Use trainer.precision=16-mixed (fp32 weights, fp16 autocast)",
+    "bf16-true": _TRUE_LOW.format(dtype="bfloat16")
+    + "bfloat16 weights keep 8 significant bits, too few for the small steps of "
+    "lr=1e-4. Use trainer.precision=bf16-mixed (fp32 weights, bf16 autocast)",
+    "64-true": _TRUE_LOW.format(dtype="float64")
+    + "use trainer.precision=32-true (the models' float64 equality with PyG is tested "
+    "directly, not through the Trainer)",
+    "16": "is Lightning's old name of 16-mixed; write trainer.precision=16-mixed",
+    "bf16": "is Lightning's old name of bf16-mixed; write trainer.precision=bf16-mixed",
+}
+_REFUSED_PRECISION["64"] = _REFUSED_PRECISION["64-true"]
+_REFUSED_PRECISION["16-true"] += " or 32-true"
+
+
+def check_precision(precision) -> None:
+    """Refuse a ``trainer.precision`` outside :data:`PRECISIONS`, saying why and what to use."""
+    value = str(precision)
+    if value in PRECISIONS:
+        return
+    why = _REFUSED_PRECISION.get(value)
+    if why is not None:
+        raise ConfigError(f"trainer.precision={value!r} is not supported: it {why}")
+    raise ConfigError(
+        f"trainer.precision={value!r} is not valid; choose one of {list(PRECISIONS)} "
+        "(16-mixed/bf16-mixed: fp32 weights with half-precision autocast on a GPU)"
+    )
 
 
 # Strategies whose processes all run the whole command (Lightning's own launcher or srun), so

@@ -58,3 +58,13 @@ def env(tmp_path_factory) -> dict[str, str]:
     offline."""
     cache = tmp_path_factory.mktemp("cache")
     return {**os.environ, "SERGRAPH_CACHE": str(cache), "WANDB_MODE": "offline"}
+
+
+@pytest.fixture
+def cuda_like_rnn():
+    """``nn.LSTM``/``nn.GRU`` return the autocast dtype under CPU autocast, as on CUDA
+    (:func:`tests.emulation.cuda_like_recurrent_layers`)."""
+    from tests.emulation import cuda_like_recurrent_layers
+
+    with cuda_like_recurrent_layers():
+        yield

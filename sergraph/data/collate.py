@@ -14,6 +14,13 @@ same order: the same attributes with the same values and dtypes, ``batch``, ``pt
 as usual), so with the same generator it visits the graphs in the same order as PyG's loader.
 Splits whose graphs this module cannot reproduce exactly (attributes that PyG stacks instead of
 concatenating, custom ``__inc__``, differing attribute sets) use PyG's own collation.
+
+Both routes also decide, on the CPU and once, whether a batch may take the models' banded fast
+path (:mod:`sergraph.models.banded`): :class:`BandMark` records the band's ``k``, the graph sizes
+and whether they are all equal, as Python ints and a CPU tensor, so the model decides without
+reading anything back from the accelerator. :class:`CollatedGraphs` checks each graph's edges
+against :func:`~sergraph.data.graphs.temporal_edge_index` once per split; the PyG fallback
+(:class:`MarkingCollater`) and :func:`mark_band` check the graphs of each batch.
 """
 
 from __future__ import annotations
@@ -26,6 +33,140 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from torch_geometric.data import Batch, Data
 from torch_geometric.loader.dataloader import Collater
+
+from sergraph.data.graphs import temporal_edge_index
+
+# Where the mark lives: the Batch object's own __dict__, not its storage, so PyG's attribute
+# machinery (keys, to_data_list, .to(device), collation) never sees or moves it; copy.copy,
+# clone, deepcopy and pickling (DataLoader workers) keep it.
+_MARK_KEY = "_sergraph_band_mark"
+
+
+@dataclass(frozen=True, eq=False)
+class BandMark:
+    """What the collater knows about a batch of :func:`~sergraph.data.graphs.build_graph`
+    graphs whose edges are exactly their temporal band (same ``k`` for every graph).
+
+    Attributes:
+        k: neighbours of an interior node.
+        lengths: nodes of each graph ``[B]``, a CPU long tensor (never moved to a device).
+        num_graphs, num_nodes, num_edges: ``B``, ``N`` and ``E`` of the batch.
+        max_length: the largest graph size ``T``.
+        uniform: every graph has ``T`` nodes (padded graphs).
+    """
+
+    k: int
+    lengths: Tensor
+    num_graphs: int
+    num_nodes: int
+    num_edges: int
+    max_length: int
+    uniform: bool
+
+    @classmethod
+    def of(cls, k: int, lengths: Tensor) -> BandMark:
+        """The mark of a batch of band graphs with these (CPU) sizes."""
+        lengths = lengths.to("cpu", torch.long)
+        count = lengths.numel()
+        max_length = int(lengths.max()) if count else 0
+        num_edges = sum(2 * int((lengths - o).clamp(min=0).sum()) for o in range(1, k // 2 + 1))
+        return cls(
+            k=int(k),
+            lengths=lengths,
+            num_graphs=count,
+            num_nodes=int(lengths.sum()),
+            num_edges=num_edges,
+            max_length=max_length,
+            uniform=bool((lengths == max_length).all()),
+        )
+
+
+def band_mark(batch) -> BandMark | None:
+    """The :class:`BandMark` a collater attached to ``batch``, or ``None``."""
+    state = getattr(batch, "__dict__", None)
+    return state.get(_MARK_KEY) if state is not None else None
+
+
+def set_band_mark(batch, mark: BandMark | None) -> None:
+    """Attach ``mark`` to ``batch`` (``None`` removes it: the models then use PyG's path).
+
+    Code that changes a marked batch's ``edge_index`` or nodes must remove or renew the mark.
+    """
+    if mark is None:
+        batch.__dict__.pop(_MARK_KEY, None)
+    else:
+        batch.__dict__[_MARK_KEY] = mark
+
+
+def graph_band_k(graph: Data) -> int:
+    """``k`` when ``graph`` carries ``build_graph``'s ``band_k`` marker and its ``edge_index``
+    is exactly that band (same edges, same order), else 0. A CPU check of one graph."""
+    k = getattr(graph, "band_k", None)
+    edge_index = getattr(graph, "edge_index", None)
+    if isinstance(k, Tensor):
+        k = int(k.view(-1)[0]) if k.numel() == 1 else None
+    if not isinstance(k, int) or k < 2 or k % 2 or not isinstance(edge_index, Tensor):
+        return 0
+    num_nodes = graph.num_nodes
+    if num_nodes is None or edge_index.device.type != "cpu":
+        return 0
+    return k if torch.equal(edge_index, temporal_edge_index(num_nodes, k)) else 0
+
+
+def mark_band(batch: Batch, graphs: Sequence[Data] | None = None) -> Batch:
+    """Mark a CPU ``batch`` for the banded fast path when its graphs are band graphs with one
+    ``k`` (the check that :class:`CollatedGraphs` makes once per split, made for one batch).
+
+    Args:
+        batch: a PyG ``Batch`` on the CPU (as ``Batch.from_data_list`` makes it).
+        graphs: the graphs it was made from, in order; each is checked with
+            :func:`graph_band_k`. Without them the batch's ``band_k`` and ``edge_index`` are
+            compared with the band of its graph sizes.
+
+    Returns:
+        ``batch``, marked (:func:`band_mark`) or, when it does not qualify, unmarked.
+    """
+    set_band_mark(batch, None)
+    ptr = getattr(batch, "ptr", None)
+    edge_index = getattr(batch, "edge_index", None)
+    if ptr is None or edge_index is None or ptr.device.type != "cpu" or ptr.numel() < 2:
+        return batch
+    if graphs is not None:
+        ks = {graph_band_k(graph) for graph in graphs}
+    else:
+        marker = getattr(batch, "band_k", None)
+        ks = set(marker.view(-1).tolist()) if isinstance(marker, Tensor) else {marker}
+    if len(ks) != 1:
+        return batch
+    k = ks.pop()
+    if not isinstance(k, int) or k < 2 or k % 2:
+        return batch
+    mark = BandMark.of(k, ptr.diff())
+    if edge_index.size(1) != mark.num_edges or edge_index.device.type != "cpu":
+        return batch
+    if graphs is None:
+        starts = ptr[:-1].tolist()
+        expected = torch.cat(
+            [
+                temporal_edge_index(n, k) + start
+                for n, start in zip(mark.lengths.tolist(), starts, strict=True)
+            ],
+            dim=1,
+        )
+        if not torch.equal(edge_index, expected):
+            return batch
+    set_band_mark(batch, mark)
+    return batch
+
+
+class MarkingCollater(Collater):
+    """PyG's ``Collater`` that also marks band batches (:func:`mark_band`)."""
+
+    def __call__(self, batch: list):
+        out = super().__call__(batch)
+        if isinstance(out, Batch) and all(isinstance(graph, Data) for graph in batch):
+            mark_band(out, batch)
+        return out
 
 
 class _Unsupported(Exception):
@@ -90,6 +231,8 @@ class CollatedGraphs(Dataset):
                 self._collate_key(key)
         except _Unsupported as error:
             raise ValueError(f"cannot collate these graphs once: {error}") from None
+        # The band of each graph, checked once per split (0: not a band graph).
+        self.band_k = torch.tensor([graph_band_k(g) for g in graphs], dtype=torch.long)
 
     def _collate_key(self, key: str) -> None:
         graphs = self.graphs
@@ -195,6 +338,9 @@ class CollatedGraphs(Dataset):
         batch._num_graphs = count
         batch._slice_dict = slice_dict
         batch._inc_dict = inc_dict
+        ks = self.band_k[index]
+        if count and bool((ks == ks[0]).all()) and int(ks[0]) > 0:
+            set_band_mark(batch, BandMark.of(int(ks[0]), num_nodes))
         return batch
 
 
@@ -210,12 +356,13 @@ def graph_loader(graphs: Sequence[Data], **loader_kwargs) -> DataLoader:
     ``generator``, ``sampler``, ``num_workers``, ``persistent_workers``, ``pin_memory``, ...)
     except ``collate_fn``. With the same ``generator`` it yields the graphs in the order PyG's
     ``DataLoader`` would, and each batch equals PyG's. Graphs that :class:`CollatedGraphs`
-    cannot reproduce exactly are batched by PyG's own collation instead.
+    cannot reproduce exactly are batched by PyG's own collation instead. Either way, batches
+    of band graphs carry a :class:`BandMark` (:func:`band_mark`).
     """
     if "collate_fn" in loader_kwargs:
         raise TypeError("graph_loader sets collate_fn itself")
     try:
         dataset = CollatedGraphs(graphs)
     except ValueError:
-        return DataLoader(graphs, collate_fn=Collater(graphs), **loader_kwargs)
+        return DataLoader(graphs, collate_fn=MarkingCollater(graphs), **loader_kwargs)
     return DataLoader(dataset, collate_fn=_first, **loader_kwargs)

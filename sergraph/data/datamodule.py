@@ -13,6 +13,9 @@ from sergraph.data.collate import graph_loader
 from sergraph.data.folds import Fold, check_fold, split_indices
 from sergraph.data.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
 
+#: Version of :meth:`FoldDataModule.export_state`'s layout.
+EXPORT_STATE_FORMAT = 1
+
 
 def _pick(normalizers: Normalizer | dict, speaker: str) -> Normalizer:
     return normalizers[speaker] if isinstance(normalizers, dict) else normalizers
@@ -68,6 +71,8 @@ class FoldDataModule(L.LightningDataModule):
             functionals) aligned with the table rows. Each graph then carries its row as
             ``u [1, D]`` (a batch holds ``u [B, D]``), normalised as ``normalize`` says with
             statistics of its own (non-finite values become 0 after normalisation).
+        provenance: plain data about the run that uses this fold (configuration, audio
+            pipeline, precision), stored as given in :meth:`export_state`.
 
     Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``num_global_features``
     (``D``, 0 without utterance features), ``class_weights`` (inverse training-fold class
@@ -77,6 +82,10 @@ class FoldDataModule(L.LightningDataModule):
     validation, test and prediction loaders use :class:`EvaluationSampler` so every utterance is
     evaluated exactly once. The state of the training shuffle is saved in checkpoints, so a run
     resumed from an end-of-epoch checkpoint shuffles as the uninterrupted run would have.
+
+    Checkpoints also carry :meth:`export_state` (normalisation statistics, classes, graph
+    settings, the test inputs, ``provenance``), so that a model can be exported from its run
+    folder alone, without the corpus or the feature cache.
     """
 
     def __init__(
@@ -93,6 +102,7 @@ class FoldDataModule(L.LightningDataModule):
         num_workers: int = 0,
         seed: int = 0,
         utterance_features: np.ndarray | None = None,
+        provenance: dict | None = None,
     ) -> None:
         super().__init__()
         if len(table) != len(features):
@@ -128,6 +138,8 @@ class FoldDataModule(L.LightningDataModule):
         self.global_normalizer: Normalizer | None = None
         self._train_generator: torch.Generator | None = None
         self._train_generator_state: torch.Tensor | None = None
+        self.provenance = provenance
+        self._export_state: dict | None = None
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -210,7 +222,8 @@ class FoldDataModule(L.LightningDataModule):
                 )
             sampler = EvaluationSampler(self.datasets[split], world_size, rank)
         # Same batches, in the same order, as PyG's DataLoader; cut from one collation of the
-        # split instead of rebuilt from Data objects every step (sergraph/fastdata.py).
+        # split instead of rebuilt from Data objects every step, and marked for the models'
+        # fast path on the CPU (sergraph/data/collate.py).
         return graph_loader(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -234,12 +247,78 @@ class FoldDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the training shuffle's random state."""
-        if self._train_generator is None:
-            return {}
-        return {"train_generator": self._train_generator.get_state()}
+        """Saved in every checkpoint: the training shuffle's random state and, once set up,
+        :meth:`export_state` under ``"export"``."""
+        state = {}
+        if self._train_generator is not None:
+            state["train_generator"] = self._train_generator.get_state()
+        if self.datasets:
+            state["export"] = self.export_state()
+        return state
+
+    def export_state(self) -> dict:
+        """What export needs of this fold, as tensors and plain data (``weights_only``-safe).
+
+        ``format`` (:data:`EXPORT_STATE_FORMAT`), ``classes``, ``num_features``, ``graph``
+        (``k``, ``max_nodes``, ``pad``, ``normalize``), ``normalizer`` (``mean``/``std``
+        float32 tensors ``[F]``; ``None`` with per-speaker statistics), ``fold`` (name and the
+        speakers of each split), ``corpus`` (``n_utterances``, ``speakers``), ``test``
+        (``utterances`` in test order, their raw node features concatenated as float32
+        ``features [sum T_i, F]`` with ``lengths [N]``, each cut to ``max_nodes`` since the
+        graph never sees more) and ``provenance``. Needs :meth:`setup`.
+        """
+        if self._export_state is None:
+            if not self.datasets:
+                raise RuntimeError("FoldDataModule.export_state() needs setup() first")
+            rows = split_indices(self.table, self.fold)["test"]
+            inputs = [
+                np.asarray(self.features[i][: self.max_nodes], dtype=np.float32) for i in rows
+            ]
+            normalizer = None
+            if self.normalizer is not None:
+                normalizer = {
+                    "mean": torch.from_numpy(np.asarray(self.normalizer.mean, np.float32)),
+                    "std": torch.from_numpy(np.asarray(self.normalizer.std, np.float32)),
+                }
+            self._export_state = {
+                "format": EXPORT_STATE_FORMAT,
+                "classes": list(self.classes),
+                "num_features": self.num_features,
+                "graph": {
+                    "k": int(self.k),
+                    "max_nodes": self.max_nodes,
+                    "pad": bool(self.pad),
+                    "normalize": self.normalize,
+                },
+                "normalizer": normalizer,
+                "fold": {
+                    "name": self.fold.name,
+                    **{
+                        f"{split}_speakers": [
+                            str(s) for s in getattr(self.fold, f"{split}_speakers")
+                        ]
+                        for split in ("train", "val", "test")
+                    },
+                },
+                "corpus": {
+                    "n_utterances": len(self.table),
+                    "speakers": sorted(self.table["speaker"].astype(str).unique()),
+                },
+                "test": {
+                    "utterances": [str(self.table["utterance"].iloc[i]) for i in rows],
+                    "features": torch.from_numpy(
+                        np.concatenate(inputs)
+                        if inputs
+                        else np.zeros((0, self.num_features), np.float32)
+                    ),
+                    "lengths": torch.tensor([len(x) for x in inputs], dtype=torch.long),
+                },
+                "provenance": self.provenance,
+            }
+        return self._export_state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        # "export" is for export only: this module rebuilds those values from its own data.
         state = state_dict.get("train_generator")
         if state is None:
             return

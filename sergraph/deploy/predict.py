@@ -131,7 +131,7 @@ def format_table(frame: pd.DataFrame) -> str:
 
 
 def run_export(args) -> int:
-    from sergraph.deploy.bundle import export_bundle
+    from sergraph.deploy.export import export_bundle
 
     out, bundle = export_bundle(
         args.run_dir,

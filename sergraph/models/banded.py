@@ -15,12 +15,17 @@ checkpoints are the same on both paths. ``tests/unit/test_fast_path.py`` checks 
 parameter gradients equal those of PyG's message passing (float64, padded and true-length
 batches).
 
-When it is used (:func:`detect`): the batch carries the ``band_k`` marker that ``build_graph``
-sets, every graph has the same ``k``, and its ``edge_index`` is exactly the band that
-``build_graph`` would make for those graph sizes (same edges, same order). Anything else (edges
+When it is used (:func:`detect`): the batch carries the :class:`~sergraph.data.collate.BandMark`
+that the collater attached when it built the batch (:mod:`sergraph.data.collate`: the collated
+split checks each graph's edges against the band once; PyG's collation path and
+:func:`~sergraph.data.collate.mark_band` check each batch, on the CPU), and its node and edge
+counts still agree with the mark. The model trusts the mark: nothing is read back from the
+device, so a training step on a GPU never waits for the previous one. Anything unmarked (edges
 dropped, added or permuted, graphs from another source, a ``Batch`` without ``ptr``) runs
-PyG's message passing. The fast path can be switched off for every model with the environment
-variable ``SERGRAPH_FAST_PATH=off`` (read at every forward; it reaches the worker processes of
+PyG's message passing. ``SERGRAPH_FAST_PATH=check`` also compares every marked batch's edges
+with the band, element by element (a debugging aid: it reads the edges back from the device),
+and raises if the mark is wrong. The fast path can be switched off for every model with
+``SERGRAPH_FAST_PATH=off`` (read at every forward; it reaches the worker processes of
 ``run.parallel``), in code with :func:`fast_path` (a context manager), or per model instance
 with ``model.fast_path = False``.
 
@@ -31,6 +36,9 @@ Two differences that are not differences of the function computed:
   differences of order 1e-13;
 * GAT's attention dropout (``attn_dropout > 0``, training only) draws its mask in another
   layout, so with dropout on the two paths draw different (equally distributed) masks.
+
+(Above the usual 450 lines: the band, its recognition and the closed form of each graph layer
+are one piece of reasoning, read against each other and against PyG's layers.)
 """
 
 from __future__ import annotations
@@ -44,8 +52,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sergraph.data.collate import band_mark
+
 FAST_PATH_ENV = "SERGRAPH_FAST_PATH"
-_ON = ("", "auto", "on", "1", "true", "yes")
+_ON = ("", "auto", "on", "1", "true", "yes", "check")
 _OFF = ("off", "0", "false", "no", "pyg")
 _override: bool | None = None
 
@@ -112,20 +122,57 @@ class Band:
         length: ``[N]`` size of the graph of each node.
     """
 
-    def __init__(self, k: int, lengths: Tensor) -> None:
+    def __init__(
+        self,
+        k: int,
+        lengths: Tensor,
+        *,
+        num_nodes: int | None = None,
+        max_length: int | None = None,
+        uniform: bool | None = None,
+        graph: Tensor | None = None,
+        cpu_lengths: Tensor | None = None,
+    ) -> None:
+        # num_nodes, max_length, uniform and cpu_lengths are known on the CPU when the batch
+        # comes with a BandMark; computed from ``lengths`` otherwise (a device read-back).
         self.k, self.radius = int(k), int(k) // 2
         self.lengths = lengths
-        self.num_graphs = int(lengths.numel())
-        self.max_length = int(lengths.max()) if self.num_graphs else 0
-        self.num_nodes = int(lengths.sum())
-        self.uniform = bool((lengths == self.max_length).all())
-        graph = torch.repeat_interleave(
-            torch.arange(self.num_graphs, device=lengths.device), lengths
-        )
+        self.num_graphs = lengths.numel()
+        self.cpu_lengths = cpu_lengths if cpu_lengths is not None else lengths.cpu()
+        if num_nodes is None:
+            num_nodes = int(self.cpu_lengths.sum())
+        if max_length is None:
+            max_length = int(self.cpu_lengths.max()) if self.num_graphs else 0
+        if uniform is None:
+            uniform = bool((self.cpu_lengths == max_length).all())
+        self.num_nodes, self.max_length, self.uniform = num_nodes, max_length, uniform
+        device = lengths.device
+        if graph is None:
+            graph = torch.repeat_interleave(
+                torch.arange(self.num_graphs, device=device), lengths, output_size=num_nodes
+            )
+        self.graph = graph
         starts = torch.cumsum(lengths, 0) - lengths
-        self.position = torch.arange(self.num_nodes, device=lengths.device) - starts[graph]
+        self.position = torch.arange(num_nodes, device=device) - starts[graph]
         self.length = lengths[graph]
         self._cache: dict = {}
+
+    @classmethod
+    def from_mark(cls, mark, data) -> Band:
+        """The band of a marked batch, without reading anything back from its device."""
+        ptr = data.ptr
+        graph = getattr(data, "batch", None)
+        if graph is not None and graph.size(0) != mark.num_nodes:
+            graph = None
+        return cls(
+            mark.k,
+            ptr.diff(),
+            num_nodes=mark.num_nodes,
+            max_length=mark.max_length,
+            uniform=mark.uniform,
+            graph=graph,
+            cpu_lengths=mark.lengths,
+        )
 
     # ---- closed forms
 
@@ -240,11 +287,42 @@ def band_edge_count(lengths: Tensor, k: int) -> int:
 
 
 def detect(data) -> Band | None:
-    """The :class:`Band` of a batch of ``build_graph`` graphs, or ``None`` to use PyG.
+    """The :class:`Band` of a batch marked by the collater, or ``None`` to use PyG.
 
-    A batch qualifies when it has the ``band_k`` marker (one value for every graph), ``ptr``
-    (a PyG ``Batch``), and an ``edge_index`` equal to
-    :func:`band_edge_index` for its graph sizes (checked by count, then element by element).
+    A batch qualifies when it carries a :class:`~sergraph.data.collate.BandMark`, has ``ptr``
+    (a PyG ``Batch``), 2-D ``x`` and node and edge counts equal to the mark's (shapes only:
+    nothing is read back from the device). With ``SERGRAPH_FAST_PATH=check`` the edges are also
+    compared with the band (:func:`verify`).
+    """
+    mark = band_mark(data)
+    if mark is None:
+        return None
+    edge_index = getattr(data, "edge_index", None)
+    x = getattr(data, "x", None)
+    ptr = getattr(data, "ptr", None)
+    if edge_index is None or x is None or ptr is None or x.dim() != 2:
+        return None
+    if x.size(0) != mark.num_nodes or edge_index.size(1) != mark.num_edges:
+        return None
+    if ptr.numel() != mark.num_graphs + 1:
+        return None
+    band = Band.from_mark(mark, data)
+    if os.environ.get(FAST_PATH_ENV, "").strip().lower() == "check" and verify(data) is None:
+        raise RuntimeError(
+            f"{FAST_PATH_ENV}=check: a batch is marked as banded graphs (k={mark.k}, "
+            f"{mark.num_graphs} graphs) but its edge_index is not that band; the code that "
+            "changed the batch after collation must remove the mark "
+            "(sergraph.data.collate.set_band_mark(batch, None))"
+        )
+    return band
+
+
+def verify(data) -> Band | None:
+    """The :class:`Band` of a batch checked from its edges (element by element), or ``None``.
+
+    What the collater decides on the CPU, decided again from the batch itself: the ``band_k``
+    marker has one value for every graph, the batch has ``ptr`` and its ``edge_index`` equals
+    :func:`band_edge_index` for its graph sizes. It reads the batch back from its device.
     """
     marker = getattr(data, "band_k", None)
     edge_index = getattr(data, "edge_index", None)

@@ -164,10 +164,11 @@ class TemporalGNN(nn.Module):
         x = data.x
         if self.front is None:
             h = x
-        elif band.uniform and type(self.front).forward is BiLSTMFront.forward:
-            # BiLSTMFront runs one unpacked call on equal lengths; skip its dense/mask copies.
-            out, _ = self.front.lstm(x.reshape(band.num_graphs, band.max_length, -1))
-            h = out.reshape(band.num_nodes, -1)
+        elif (
+            isinstance(self.front, BiLSTMFront) and type(self.front).forward is BiLSTMFront.forward
+        ):
+            # the band's sizes are known on the CPU: no dense/mask copies, no read-back
+            h = self.front.forward_band(x, band)
         else:
             h = self.front(x, data.batch)
         layers = [h]

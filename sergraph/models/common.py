@@ -53,6 +53,26 @@ class BiLSTMFront(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
         return out[mask]
 
+    def forward_band(self, x: torch.Tensor, band) -> torch.Tensor:
+        """:meth:`forward` on a :class:`~sergraph.models.banded.Band`, whose sizes are known on
+        the CPU: no read-back from the device (equal lengths: one unpacked call; otherwise the
+        graphs are packed longest first, the order sorted on the CPU)."""
+        if band.uniform:
+            out, _ = self.lstm(x.reshape(band.num_graphs, band.max_length, -1))
+            return out.reshape(band.num_nodes, -1)
+        dense = x.new_zeros(band.num_graphs, band.max_length, x.size(-1))
+        dense[band.graph, band.position] = x
+        # stable sorts give the same order on the CPU and on the device
+        sorted_lengths, _ = torch.sort(band.cpu_lengths, descending=True, stable=True)
+        order = torch.sort(band.lengths, descending=True, stable=True).indices
+        packed = pack_padded_sequence(
+            dense.index_select(0, order), sorted_lengths, batch_first=True, enforce_sorted=True
+        )
+        out, _ = self.lstm(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=band.max_length)
+        out = out.index_select(0, torch.argsort(order))
+        return out[band.graph, band.position]
+
 
 class ReadoutHead(nn.Module):
     """Readout of every layer's node features, concatenated, then an MLP classifier.

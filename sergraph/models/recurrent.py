@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch_geometric.utils import softmax
 
-from sergraph.models import register
+from sergraph.models import banded, register
 from sergraph.models.common import BiLSTMFront, ReadoutHead
 from sergraph.models.gat import GAT
 
@@ -87,8 +87,26 @@ class BiGRUAttention(nn.Module):
             global_channels,
         )
 
+    #: Set to ``False`` on an instance to always use the PyG route (see
+    #: :mod:`sergraph.models.banded`); the fast route reads the GRU's batch layout from the
+    #: collater's mark instead of from the device.
+    fast_path: bool = True
+
+    def band_of(self, data) -> banded.Band | None:
+        """The band of ``data`` when this forward takes the fast path, else ``None``."""
+        if not self.fast_path or not banded.fast_path_enabled():
+            return None
+        return banded.detect(data)
+
+    def uses_fast_path(self, data) -> bool:
+        return self.band_of(data) is not None
+
     def _encode(self, data) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.front(data.x, data.batch)
+        band = self.band_of(data)
+        if band is not None:
+            h = self.front.forward_band(data.x, band)
+        else:
+            h = self.front(data.x, data.batch)
         alpha = softmax(self.score(h).squeeze(-1), data.batch, num_nodes=h.size(0))
         return h, alpha
 

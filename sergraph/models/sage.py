@@ -8,11 +8,19 @@ of a temporal graph and makes the model deterministic. PyG's own ``LSTMAggregati
 the batch, so a node with fewer neighbours (the first and last frames) reads zeros after its
 real neighbours. :class:`PackedLSTMAggregation` sorts the messages itself and packs the
 sequences, so every node's result depends on its own neighbours only.
+
+On the pipeline's banded temporal graphs (:mod:`sergraph.models.banded`) the neighbours of node
+``t`` are ``t - k/2 .. t + k/2`` without ``t``, cut at the graph's ends, so their sequences are
+gathered with index arithmetic (:func:`sage_lstm_band`); the LSTM runs over ``k`` steps for every
+node and each node's aggregate is read at its own last neighbour. An LSTM is causal, so that is
+the state after the node's true number of neighbours, as packing gives: the same function,
+without the sort, the scatter and the read-backs of packing.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence
 from torch_geometric.nn import SAGEConv
@@ -54,21 +62,63 @@ class PackedLSTMAggregation(Aggregation):
         order = torch.sort(index, stable=True).indices
         dense, mask = to_dense_batch(x[order], index[order], batch_size=dim_size)
         lengths = mask.sum(dim=1)
-        out = x.new_zeros(dense.size(0), self.out_channels)
         has_neighbours = lengths > 0
-        if bool(has_neighbours.any()):
-            packed = pack_padded_sequence(
-                dense[has_neighbours],
-                lengths[has_neighbours].cpu(),
-                batch_first=True,
-                enforce_sorted=False,
-            )
-            _, (last_hidden, _) = self.lstm(packed)
-            out[has_neighbours] = last_hidden[-1]
+        if not bool(has_neighbours.any()):
+            return x.new_zeros(dense.size(0), self.out_channels)
+        packed = pack_padded_sequence(
+            dense[has_neighbours],
+            lengths[has_neighbours].cpu(),
+            batch_first=True,
+            enforce_sorted=False,
+        )
+        _, (last_hidden, _) = self.lstm(packed)
+        # The LSTM's dtype, not x's: under CUDA autocast cuDNN returns fp16/bf16 for fp32 x.
+        out = last_hidden.new_zeros(dense.size(0), self.out_channels)
+        out[has_neighbours] = last_hidden[-1]
         return out
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.in_channels}, {self.out_channels})"
+
+
+def sage_lstm_band(conv: SAGEConv, h: torch.Tensor, band: banded.Band) -> torch.Tensor:
+    """``conv(h, edge_index)`` for a :class:`SAGEConv` with :class:`PackedLSTMAggregation` on
+    a band: each node reads ``t - before .. t - 1, t + 1 .. t + after`` (time order), where
+    ``before``/``after`` are its neighbours on each side, zero-padded to ``k`` steps."""
+    aggregation = conv.aggr_module
+    k, r = band.k, band.radius
+    before = band.position.clamp(max=r)
+    count = band.degree(torch.long).squeeze(-1)  # before + after
+    step = torch.arange(k, device=h.device)
+    # step j reads the neighbour at offset j - before (j < before) or j - before + 1, that is
+    # window slot offset + r of the node's window t - r .. t + r; steps past count read nothing
+    slot = step[None, :] - before[:, None] + (step[None, :] >= before[:, None]).long() + r
+    valid = step[None, :] < count[:, None]
+    slots = torch.arange(2 * r + 1, device=h.device)
+    selector = ((slot.unsqueeze(-1) == slots) & valid.unsqueeze(-1)).to(h.dtype)  # [N, k, W]
+    windows = F.pad(h, (0, 0, r, r)).unfold(0, 2 * r + 1, 1)  # [N, C, W]: slot i = node n+i-r
+    # a product with 0/1 weights: exact, and its backward is another product (no scatter)
+    dense = torch.einsum("nkw,ncw->nkc", selector, windows)
+    states, _ = aggregation.lstm(dense)  # [N, k, C_out]
+    # the state after the node's last neighbour (an LSTM is causal: the packed result);
+    # nodes without neighbours get 0
+    last = (step[None, :] == (count - 1)[:, None]).to(states.dtype)  # [N, k]
+    aggregate = (states * last.unsqueeze(-1)).sum(dim=1)
+    out = conv.lin_l(aggregate)
+    if conv.root_weight:
+        out = out + conv.lin_r(h)
+    return out
+
+
+def sage_lstm_supported(conv) -> bool:
+    return (
+        type(conv) is SAGEConv
+        and type(conv.aggr_module) is PackedLSTMAggregation
+        and not conv.project
+        and not conv.normalize
+        and conv.aggr_module.lstm.num_layers == 1
+        and not conv.aggr_module.lstm.bidirectional
+    )
 
 
 @register("sage_mean")
@@ -99,8 +149,9 @@ class SAGEMean(TemporalGNN):
         return SAGEConv(in_channels, out_channels, aggr=self.aggr)
 
     def band_layer(self, conv):
-        # the mean aggregator only; the LSTM aggregator keeps PyG's message passing
-        return banded.sage_mean if banded.sage_mean_supported(conv) else None
+        if banded.sage_mean_supported(conv):
+            return banded.sage_mean
+        return sage_lstm_band if sage_lstm_supported(conv) else None
 
 
 @register("sage_lstm")

@@ -7,6 +7,9 @@ Layout of a run (``run.out_dir/run.name/label/``)::
     seed-0/fold-00/metrics.json       written last: its presence marks the fold finished
     seed-0/fold-00/checkpoints/best.ckpt
     summary.json, summary.md          per-fold, mean +- std over folds and pooled WA/UA
+
+and beside the label folders of a study: ``sergraph.log`` (the study's log file) and
+``failed_files.csv`` (files left out under ``features.on_error=skip``).
 """
 
 from __future__ import annotations
@@ -28,6 +31,11 @@ def study_dir(cfg: DictConfig) -> Path:
 def failed_files_path(cfg: DictConfig) -> Path:
     """Where ``features.on_error=skip`` lists the files left out of a study."""
     return study_dir(cfg) / "failed_files.csv"
+
+
+def log_file_path(cfg: DictConfig) -> Path:
+    """The study's log file: library chatter and every console note (``sergraph -v`` shows both)."""
+    return study_dir(cfg) / "sergraph.log"
 
 
 def run_root(cfg: DictConfig) -> Path:

@@ -15,6 +15,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import identity
+from sergraph.console import configure as configure_console
 from sergraph.console import log
 from sergraph.data.features.ssl import stacked_layers
 from sergraph.data.folds import Fold
@@ -30,8 +31,10 @@ def fit_neural(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint
 
+    from sergraph.training.callbacks import CellProgress
     from sergraph.training.module import SERModule
 
+    configure_console()  # after importing Lightning, which adds its own console handler
     L.seed_everything(seed, workers=True, verbose=False)
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
@@ -71,10 +74,14 @@ def fit_neural(
         save_top_k=1,
         enable_version_counter=False,
     )
+    label = cfg.run.label or cfg.model.name
+    progress = CellProgress(f"{label} seed {seed} {fold.name}")
     callbacks = [checkpoint, resume_point, keep_early_stop_callback()]
     if has_val:
         callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+    callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         max_epochs=cfg.trainer.max_epochs,
         min_epochs=cfg.trainer.min_epochs,
@@ -124,8 +131,31 @@ def fit_neural(
     return predictions, extra
 
 
+def pin_rnn_math(deterministic: bool) -> str | None:
+    """With ``trainer.deterministic=true``, cuDNN's recurrent layers compute in IEEE fp32.
+
+    Lightning's ``deterministic=True`` picks deterministic kernels but leaves cuDNN RNNs free
+    to use TF32 on Ampere and newer GPUs (``torch.backends.cudnn.rnn.fp32_precision``, "tf32"
+    by default in recent torch), which moves BiLSTM probabilities by ~3e-4: the same seed would
+    then give different numbers on different GPU generations and on the CPU. Returns the
+    setting applied, or ``None`` (not deterministic, or a torch without that attribute).
+    Without ``deterministic`` torch's default is left alone.
+    """
+    if not deterministic:
+        return None
+    import torch
+
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        return None
+    rnn.fp32_precision = "ieee"
+    return rnn.fp32_precision
+
+
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
+    """The fold's data module; its checkpointed state carries what export needs."""
     from sergraph.data.datamodule import FoldDataModule
+    from sergraph.training.provenance import run_provenance
 
     return FoldDataModule(
         study.table,
@@ -142,6 +172,7 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         utterance_features=study.functionals
         if cfg.features.get("concat_functionals", False)
         else None,
+        provenance=run_provenance(cfg),
     )
 
 
@@ -163,7 +194,8 @@ def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list
         [u for o in outputs for u in o["utterance"]],
         [s for o in outputs for s in o["speaker"]],
         torch.cat([o["true"] for o in outputs]).numpy(),
-        torch.cat([o["probabilities"] for o in outputs]).numpy(),
+        # float32 first: under bf16-mixed the probabilities are bf16, which numpy cannot hold.
+        torch.cat([o["probabilities"] for o in outputs]).float().numpy(),
         classes,
     )
     # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
@@ -192,6 +224,7 @@ def evaluate_checkpoint(
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     module = SERModule.load_from_checkpoint(str(checkpoint), map_location="cpu")
+    pin_rnn_math(cfg.trainer.deterministic)
     trainer = L.Trainer(
         accelerator=cfg.trainer.accelerator,
         devices=1,
@@ -250,13 +283,6 @@ def remove_resume_files(directory: Path) -> None:
 
 
 def keep_early_stop_callback():
-    from lightning.pytorch.callbacks import Callback
-
-    class KeepEarlyStop(Callback):
-        """Resumed from a checkpoint saved after early stopping fired: stay stopped."""
-
-        def on_train_start(self, trainer, pl_module) -> None:
-            if any(callback.stopped_epoch > 0 for callback in trainer.early_stopping_callbacks):
-                trainer.should_stop = True
+    from sergraph.training.callbacks import KeepEarlyStop
 
     return KeepEarlyStop()

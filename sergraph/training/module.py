@@ -159,7 +159,9 @@ class SERModule(L.LightningModule):
         self.test_result = self._log_scores(self.test_scores, self.test_loss, "test")
 
     def predict_step(self, batch, batch_idx):
-        probabilities = torch.softmax(self(batch), dim=-1)
+        # Softmax in float32: under bf16/16-mixed the logits are 16-bit, and 16-bit
+        # probabilities would tie (and disagree with the test scores' argmax of the logits).
+        probabilities = torch.softmax(self(batch).float(), dim=-1)
         return {
             "utterance": list(batch.utterance),
             "speaker": list(batch.speaker),
@@ -250,7 +252,10 @@ def augment_nodes(
     out = x.clone()
     num_graphs = ptr.numel() - 1
     sizes = ptr[1:] - ptr[:-1]
-    graph = torch.repeat_interleave(torch.arange(num_graphs, device=x.device), sizes)
+    # output_size and masked_fill: nothing is read back from the device (no host sync)
+    graph = torch.repeat_interleave(
+        torch.arange(num_graphs, device=x.device), sizes, output_size=x.size(0)
+    )
     if time_mask > 0:
         lengths = sizes if n_valid is None else torch.minimum(n_valid.view(-1), sizes)
         width = torch.randint(0, time_mask + 1, (num_graphs,), device=x.device)
@@ -258,7 +263,7 @@ def augment_nodes(
         start = (torch.rand(num_graphs, device=x.device) * (lengths - width + 1)).long()
         position = torch.arange(x.size(0), device=x.device) - ptr[:-1][graph]
         hit = (position >= start[graph]) & (position < (start + width)[graph])
-        out[hit] = 0.0
+        out = out.masked_fill(hit.unsqueeze(-1), 0.0)
     if feature_mask > 0:
         features = x.size(1)
         width = torch.randint(0, min(feature_mask, features) + 1, (num_graphs,), device=x.device)

@@ -21,12 +21,20 @@ from pathlib import Path
 from omegaconf import DictConfig
 
 from sergraph.config import compose_study, identity, to_yaml
-from sergraph.console import log
+from sergraph.console import StudyProgress, attach_log_file, log
+from sergraph.console import configure as configure_console
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData, prepared
 from sergraph.io import atomic_write_csv, atomic_write_json, atomic_write_text
 from sergraph.metrics import scores_from_labels
-from sergraph.results.layout import failed_files_path, finished, fold_dir, run_root, study_dir
+from sergraph.results.layout import (
+    failed_files_path,
+    finished,
+    fold_dir,
+    log_file_path,
+    run_root,
+    study_dir,
+)
 from sergraph.results.summary import summarize
 from sergraph.training.classic import fit_svm
 from sergraph.training.distributed import is_global_zero
@@ -81,8 +89,8 @@ def cell_dir(cfg: DictConfig, cell: Cell) -> Path:
     return fold_dir(cfg, cell.seed, study_data(cfg, need_features=False).folds[cell.fold])
 
 
-def run_cell(cfg: DictConfig, cell: Cell) -> dict | None:
-    """Run one cell unless it is finished; returns its metrics (``None`` when skipped)."""
+def run_cell(cfg: DictConfig, cell: Cell) -> str | None:
+    """Run one cell unless it is finished; returns its one-line result (``None`` when skipped)."""
     directory = cell_dir(cfg, cell)
     if finished(cfg, directory):
         log(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}: finished earlier, skipped")
@@ -90,23 +98,22 @@ def run_cell(cfg: DictConfig, cell: Cell) -> dict | None:
     study = study_data(cfg)
     fold = study.folds[cell.fold]
     result = run_fold(cfg, study, fold, cell.seed, directory)
-    log(
+    return (
         f"{cell.label} seed {cell.seed} {fold.name} test {','.join(fold.test_speakers)}: "
         f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
         f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
         + ("" if fold.speaker_independent else " [NOT speaker-independent]")
     )
-    return result
 
 
-def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> int:
+def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | None:
     import torch
 
+    configure_console()
     torch.set_num_threads(threads)
     configs, cells = plan(overrides)
     cell = cells[index]
-    run_cell(configs[cell.label], cell)
-    return index
+    return run_cell(configs[cell.label], cell)
 
 
 def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
@@ -119,6 +126,8 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     start = time.perf_counter()
     configs, cells = plan(overrides)
     first = next(iter(configs.values()))
+    if is_global_zero():
+        attach_log_file(log_file_path(first))
     if first.data.name == "synthetic":
         log(SYNTHETIC_NOTE)
     study = study_data(first, need_features=False)
@@ -132,29 +141,41 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
                 f"run.cell={first.run.cell} is out of range; this study has cells 0..{len(cells) - 1}"
             )
         cell = cells[first.run.cell]
-        run_cell(configs[cell.label], cell)
+        line = run_cell(configs[cell.label], cell)
+        if line is not None and is_global_zero():
+            log(line)
         return {}
     pending = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
     if len(pending) < len(cells):
         log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
     parallel = min(first.run.parallel, max(1, len(pending)))
-    if parallel == 1:
-        for cell in pending:
-            run_cell(configs[cell.label], cell)
-    else:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
+    with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
+        if parallel == 1:
+            for cell in pending:
+                progress.cell_started(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}")
+                line = run_cell(configs[cell.label], cell)
+                if line is not None and is_global_zero():
+                    log(line)
+                progress.cell_finished()
+        else:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor, as_completed
 
-        for cfg in configs.values():
-            study_data(cfg)  # fill the feature cache once, before the workers read it
-        threads = max(1, (os.cpu_count() or 1) // parallel)
-        context = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(parallel, mp_context=context) as pool:
-            futures = [
-                pool.submit(run_cell_in_worker, list(overrides), c.index, threads) for c in pending
-            ]
-            for future in futures:
-                future.result()
+            for cfg in configs.values():
+                study_data(cfg)  # fill the feature cache once, before the workers read it
+            threads = max(1, (os.cpu_count() or 1) // parallel)
+            context = multiprocessing.get_context("spawn")
+            progress.cell_started(f"{parallel} cells at a time")
+            with ProcessPoolExecutor(parallel, mp_context=context) as pool:
+                futures = [
+                    pool.submit(run_cell_in_worker, list(overrides), c.index, threads)
+                    for c in pending
+                ]
+                for future in as_completed(futures):
+                    line = future.result()
+                    if line is not None:
+                        log(line)
+                    progress.cell_finished()
     if not is_global_zero():
         return {}  # the other processes of a DDP run: rank zero writes the summaries
     summaries = {

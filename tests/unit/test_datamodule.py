@@ -75,3 +75,59 @@ def test_missing_training_class_is_an_error(toy_table, toy_features):
     dm = FoldDataModule(table, features, fold, ["angry", "neutral", "sad"], k=2, max_nodes=20)
     with pytest.raises(ValueError, match="sad"):
         dm.setup()
+
+
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+def test_every_batch_is_marked_for_the_fast_path(toy_table, toy_features, pad):
+    from sergraph.data.collate import band_mark
+    from sergraph.models import build_model
+
+    fold = make_folds(toy_table, "loso")[1]
+    dm = FoldDataModule(
+        toy_table,
+        toy_features,
+        fold,
+        ["angry", "neutral", "sad"],
+        k=4,
+        max_nodes=20,
+        pad=pad,
+        batch_size=5,
+    )
+    dm.setup()
+    model = build_model("lstm_gin", 6, 3, hidden=8, lstm_hidden=4)
+    for loader in (dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()):
+        for batch in loader:
+            mark = band_mark(batch)
+            lengths = batch.ptr.diff().tolist()
+            assert mark is not None and mark.k == 4 and mark.lengths.tolist() == lengths
+            assert mark.uniform is (len(set(lengths)) == 1) and (mark.uniform or not pad)
+            assert model.uses_fast_path(batch)
+
+
+def test_checkpointed_state_carries_what_export_needs(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[0]  # test s1, val s2, train s3 s4
+    classes = ["angry", "neutral", "sad"]
+    dm = FoldDataModule(
+        toy_table, toy_features, fold, classes, k=2, max_nodes=12, provenance={"run": "x"}
+    )
+    assert dm.state_dict() == {}  # nothing to save before setup
+    dm.setup()
+    state = dm.state_dict()["export"]
+    assert state["classes"] == classes and state["num_features"] == 6
+    assert state["graph"] == {"k": 2, "max_nodes": 12, "pad": True, "normalize": "train"}
+    assert state["fold"]["test_speakers"] == ["s1"] and state["fold"]["val_speakers"] == ["s2"]
+    assert state["corpus"] == {"n_utterances": 24, "speakers": ["s1", "s2", "s3", "s4"]}
+    assert state["provenance"] == {"run": "x"}
+    train = np.concatenate([toy_features[i] for i in range(12, 24)]).astype(np.float64)
+    np.testing.assert_allclose(state["normalizer"]["mean"].numpy(), train.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(state["normalizer"]["std"].numpy(), train.std(axis=0), atol=1e-5)
+    # the test speaker's raw features, in table order, each cut to the 12 nodes a graph holds
+    test = state["test"]
+    assert test["utterances"] == [f"s1_{c}_{t}" for c in classes for t in (0, 1)]
+    expected = [toy_features[i][:12] for i in range(6)]
+    assert test["lengths"].tolist() == [min(len(toy_features[i]), 12) for i in range(6)]
+    np.testing.assert_array_equal(test["features"].numpy(), np.concatenate(expected))
+    # a resumed run's data module ignores it and restores only the training shuffle
+    other = FoldDataModule(toy_table, toy_features, fold, classes, k=2, max_nodes=12)
+    other.load_state_dict({"export": state})
+    assert other._train_generator_state is None

@@ -1,5 +1,5 @@
 """The banded fast path (sergraph.models.banded) equals PyG message passing, and is only taken
-on batches whose edges are the pipeline's temporal band.
+on batches that the collater marked as the pipeline's temporal band.
 
 Equality is checked in float64, in training mode (BatchNorm on batch statistics) and in eval
 mode, for outputs and for the gradients of every parameter and of the input features.
@@ -11,9 +11,11 @@ import torch
 from torch_geometric.data import Batch
 from torch_geometric.utils import degree, to_dense_adj
 
+from sergraph.data.collate import band_mark, mark_band, set_band_mark
 from sergraph.data.graphs import build_graph
 from sergraph.models import MODELS, banded, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
+from sergraph.models.sage import SAGEMean
 
 # Every model with a fast path. A model that silently loses its fast path fails
 # test_fast_path_models_are_the_expected_ones.
@@ -25,7 +27,9 @@ FAST_MODELS = [
     "gin",
     "lstm_gat",
     "lstm_gin",
+    "lstm_sage_lstm",
     "lstm_sage_mean",
+    "sage_lstm",
     "sage_mean",
 ]
 SMALL = {"hidden": 8, "lstm_hidden": 5, "gru_hidden": 5, "classifier_hidden": 7}
@@ -43,7 +47,10 @@ def graphs(lengths, pad, k=4, features=6, max_nodes=12, seed=0):
 
 
 def batch_of(lengths, pad, k=4, **kwargs):
-    batch = Batch.from_data_list(graphs(lengths, pad, k, **kwargs))
+    """A float64 batch, marked as the collater marks it."""
+    items = graphs(lengths, pad, k, **kwargs)
+    batch = mark_band(Batch.from_data_list(items), items)
+    assert band_mark(batch) is not None
     batch.x = batch.x.double()
     return batch
 
@@ -105,7 +112,7 @@ def test_fast_path_equals_pyg_output_and_gradients(name, pad, mode):
 
 @pytest.mark.parametrize("k", [2, 6])
 @pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
-@pytest.mark.parametrize("name", ["lstm_gin", "gcn", "sage_mean", "gat", "cheb"])
+@pytest.mark.parametrize("name", ["lstm_gin", "gcn", "sage_mean", "gat", "cheb", "sage_lstm"])
 def test_fast_path_equals_pyg_for_other_neighbour_counts(name, pad, k):
     assert_paths_equal(small_model(name), batch_of(LENGTHS, pad, k=k))
 
@@ -128,10 +135,19 @@ def test_fast_path_equals_pyg_for_model_options(name, params, pad):
     assert_paths_equal(small_model(name, **params), batch_of(LENGTHS, pad))
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_bigru_attention_front_equals_pyg(pad, mode):
+    """bigru_attn is no TemporalGNN, but its BiGRU reads the batch layout from the mark too."""
+    model = small_model("bigru_attn")
+    model.train(mode == "train")
+    assert_paths_equal(model, batch_of(LENGTHS, pad))
+
+
 def test_fast_path_equals_pyg_in_float32_at_paper_size():
     torch.manual_seed(0)
     model = build_model("lstm_gin", 76, 4)
-    batch = Batch.from_data_list(graphs([120] * 8, True, features=76, max_nodes=120))
+    batch = mark_band(Batch.from_data_list(graphs([120] * 8, True, features=76, max_nodes=120)))
     with banded.fast_path(True):
         fast = model(batch)
     with banded.fast_path(False):
@@ -197,8 +213,9 @@ def with_edges(batch, edge_index):
 
 
 def not_banded_batches():
-    """Batches that carry the marker but whose edges are not (exactly) the band."""
+    """Batches that carry ``band_k`` but whose edges are not (exactly) the band; unmarked."""
     base = batch_of([12, 12, 12], pad=True)
+    set_band_mark(base, None)
     edges = base.edge_index
     swapped = edges.clone()
     swapped[1, 0] = (swapped[1, 0] + 5) % base.num_nodes  # same count, one edge moved
@@ -211,6 +228,8 @@ def not_banded_batches():
     del unmarked.band_k
     no_ptr = base.clone()
     del no_ptr.ptr
+    k_marker_wrong = batch_of([12, 12, 12], pad=True, k=2)
+    set_band_mark(k_marker_wrong, None)
     return {
         "no_edges": with_edges(base, edges[:, :0]),
         "one_edge_moved": with_edges(base, swapped),
@@ -223,14 +242,17 @@ def not_banded_batches():
         "marker_disagrees": other_k,
         "no_marker": unmarked,
         "no_ptr": no_ptr,
-        "k_marker_wrong": with_edges(batch_of([12, 12, 12], pad=True, k=2), edges),
+        "k_marker_wrong": with_edges(k_marker_wrong, edges),
     }
 
 
 @pytest.mark.parametrize("case", sorted(not_banded_batches()))
-def test_non_band_edges_fall_back_to_message_passing(case):
+def test_non_band_edges_are_not_marked_and_fall_back_to_message_passing(case):
     batch = not_banded_batches()[case]
     batch.x = batch.x.double()
+    # the collater's decision (on the CPU) and the model's re-check from the edges agree
+    assert band_mark(mark_band(batch)) is None
+    assert banded.verify(batch) is None
     assert banded.detect(batch) is None
     model = small_model("lstm_gin").eval()
     assert not model.uses_fast_path(batch)
@@ -241,10 +263,45 @@ def test_non_band_edges_fall_back_to_message_passing(case):
     assert torch.equal(auto, pyg)
 
 
+@pytest.mark.parametrize("pad", [True, False], ids=["padded", "true_length"])
+def test_marking_agrees_with_the_check_from_the_edges(pad):
+    items = graphs(LENGTHS, pad)
+    batch = Batch.from_data_list(items)
+    for marked in (mark_band(batch.clone()), mark_band(batch.clone(), items)):
+        mark, band = band_mark(marked), banded.verify(marked)
+        assert mark is not None and band is not None
+        assert (mark.k, mark.uniform, mark.max_length) == (4, pad, 12)
+        assert (mark.num_nodes, mark.num_edges) == (marked.num_nodes, marked.edge_index.size(1))
+        assert mark.lengths.tolist() == band.lengths.tolist()
+
+
+def test_a_marked_batch_whose_edges_changed():
+    batch = batch_of([12, 12, 12], pad=True)
+    model = small_model("gin")
+    # a count that disagrees with the mark: PyG's path, without reading the edges
+    assert not model.uses_fast_path(with_edges(batch, batch.edge_index[:, 1:]))
+    # the same count: the mark is trusted, unless SERGRAPH_FAST_PATH=check compares the edges
+    swapped = batch.edge_index.clone()
+    swapped[1, 0] = (swapped[1, 0] + 5) % batch.num_nodes
+    edited = with_edges(batch, swapped)
+    assert model.uses_fast_path(edited)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(banded.FAST_PATH_ENV, "check")
+        assert model.uses_fast_path(batch)
+        with pytest.raises(RuntimeError, match="set_band_mark"):
+            model(edited)
+    set_band_mark(edited, None)
+    assert not model.uses_fast_path(edited)
+
+
+class MaxSAGE(SAGEMean):
+    aggr = "max"
+
+
 def test_models_without_a_fast_path_use_message_passing():
     batch = batch_of([12, 12], pad=True)
-    for name in ("sage_lstm", "lstm_sage_lstm"):
-        assert not build_model(name, 6, 3).uses_fast_path(batch)
+    assert not MaxSAGE(6, 3).uses_fast_path(batch)
+    assert not build_model("gin", 6, 3).uses_fast_path(Batch.from_data_list(graphs([12], True)))
 
 
 def test_switches_force_message_passing(monkeypatch):

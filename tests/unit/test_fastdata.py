@@ -136,3 +136,57 @@ def test_datamodule_batches_equal_pyg_loader(toy_table, toy_features):
         dm.test_dataloader(), PyGDataLoader(dm.datasets["test"], batch_size=5), strict=True
     ):
         assert_same_batch(a, b)
+
+
+# ---------------------------------------------------------------------------------------------
+# the fast-path mark: decided on the CPU, the same on both collation routes
+
+
+def test_batches_of_band_graphs_are_marked_on_both_routes():
+    import pickle
+
+    from sergraph.data.collate import MarkingCollater, band_mark
+
+    lengths = [12, 5, 1, 9, 2, 12, 7]
+    items = [
+        build_graph(np.ones((n, 3), np.float32) * i, 4, 12, False, i % 2, f"u{i}", "s")
+        for i, n in enumerate(lengths)
+    ]
+    collated = CollatedGraphs(items).batch([3, 0, 4])
+    pyg = MarkingCollater(items)([items[3], items[0], items[4]])
+    for batch in (collated, pyg):
+        mark = band_mark(batch)
+        assert mark is not None
+        assert (mark.k, mark.num_graphs, mark.num_nodes, mark.max_length) == (4, 3, 23, 12)
+        assert mark.lengths.tolist() == [9, 12, 2] and not mark.uniform
+        assert mark.num_edges == batch.edge_index.size(1)
+        # what travels: copies, pickles (DataLoader workers) and .to() keep it, unmoved
+        unpickled = band_mark(pickle.loads(pickle.dumps(batch)))
+        assert unpickled.lengths.tolist() == mark.lengths.tolist()
+        assert (unpickled.k, unpickled.num_edges) == (mark.k, mark.num_edges)
+        assert band_mark(batch.clone()) is mark and band_mark(batch.to("cpu")) is mark
+        assert "_sergraph_band_mark" not in batch.keys()
+    padded = CollatedGraphs(
+        [build_graph(np.ones((n, 3), np.float32), 2, 12, True, 0, "u", "s") for n in lengths]
+    ).batch([0, 1])
+    assert band_mark(padded).uniform and band_mark(padded).k == 2
+
+
+def test_batches_that_are_not_one_band_are_not_marked():
+    from sergraph.data.collate import band_mark
+
+    k4 = [build_graph(np.ones((6, 3), np.float32), 4, 12, True, 0, "u", "s") for _ in range(2)]
+    k2 = build_graph(np.ones((6, 3), np.float32), 2, 12, True, 0, "u", "s")
+    moved = k4[0].clone()
+    moved.edge_index = moved.edge_index.flip(1)  # same edges, another order
+    split = CollatedGraphs([*k4, k2, moved])
+    assert band_mark(split.batch([0, 1])) is not None
+    assert band_mark(split.batch([0, 2])) is None  # two values of k
+    assert band_mark(split.batch([0, 3])) is None  # edges not in the band's order
+    unmarked = k4[0].clone()
+    del unmarked.band_k
+    # attributes differ: PyG's collation route, which checks each batch
+    (batch,) = graph_loader([unmarked, k4[1]], batch_size=2)
+    assert band_mark(batch) is None
+    (batch,) = graph_loader([moved.clone(), k4[1]], batch_size=2)
+    assert band_mark(batch) is None

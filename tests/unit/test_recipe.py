@@ -13,6 +13,7 @@ import torch
 from torch_geometric.data import Batch, Data
 
 from sergraph.config import ConfigError, compose, compose_study
+from sergraph.data.collate import mark_band
 from sergraph.data.datamodule import FoldDataModule
 from sergraph.data.folds import make_folds
 from sergraph.models import build_model
@@ -169,12 +170,13 @@ def test_models_take_the_utterance_vector_on_both_paths(name):
                 x=torch.randn(n, 3), edge_index=edge_index[:, order], u=torch.randn(1, 5), band_k=2
             )
         )
-    batch = Batch.from_data_list(graphs)
+    batch = mark_band(Batch.from_data_list(graphs), graphs)
     params = {"gru_hidden": 8} if name == "bigru_attn" else {"hidden": 8, "num_layers": 2}
     model = build_model(name, 3, 4, global_channels=5, **params).eval()
     out = model(batch)
     assert out.shape == (3, 4)
     if hasattr(model, "fast_path"):
+        assert model.uses_fast_path(batch)
         model.fast_path = False
         assert torch.allclose(model(batch), out, atol=1e-5)
     changed = batch.clone()

@@ -406,7 +406,11 @@ class FeatureCache:
         from tqdm import tqdm
 
         bar = tqdm(
-            total=len(jobs), desc=description, unit="file", disable=not progress, file=sys.stderr
+            total=len(jobs),
+            desc=description,
+            unit="file",
+            disable=None if progress else True,  # None: shown on a terminal only
+            file=sys.stderr,
         )
         try:
             if kind == "ssl":

@@ -336,6 +336,31 @@ class SSLFrontEnd:
                 yield job.sha256, array, None
 
 
+def identity_record(config: FeatureConfig) -> dict:
+    """What a checkpoint or bundle records of an SSL front end: the model (as given), the hash
+    of its files, the settings that change the features, and the width of a node.
+
+    Raises:
+        ValueError: ``layer=all`` (its learned mix lives outside the encoder's weights, which
+            bundles do not carry yet).
+    """
+    if config.ssl.layer == "all":
+        raise ValueError(
+            "features.ssl.layer=all: the learned layer mix lives outside the encoder's weights "
+            "and bundles do not carry it yet; export a run trained with a layer index or list"
+        )
+    front = SSLFrontEnd(config)
+    return {
+        "model": str(config.ssl.model),
+        "model_sha256": front.identity(),
+        "layer": front.layers,
+        "chunk_seconds": float(config.ssl.chunk_seconds),
+        "context_seconds": float(config.ssl.context_seconds),
+        "node_seconds": float(config.node_seconds),
+        "width": int(front.hidden_size),
+    }
+
+
 def stacked_layers(cfg) -> int:
     """How many hidden layers each node stacks: ``num_hidden_layers + 1`` for
     ``features.ssl.layer=all`` (mixed in the model by a learned weighted sum), else 1."""

@@ -1,0 +1,489 @@
+"""The :class:`Bundle`: fold models with their normalisation statistics, predicting from audio.
+
+A bundle is one or more fold models of a finished run (an ensemble: the probabilities are the
+mean of the members' softmax outputs), each with its own training-fold normalisation
+statistics. The file format and loading are in :mod:`sergraph.deploy.bundle`, making one in
+:mod:`sergraph.deploy.export`.
+
+Prediction: each file is read, turned into the bundle's openSMILE features (cached like
+training features, extracted in ``workers`` processes), normalised with each member's statistics,
+made into the same temporal graph as in training and classified in batches of ``batch_size``.
+Like in training, only the first ``graph.max_nodes`` nodes of a file are seen (120 nodes of
+50 ms = 6 s by default; the ``end`` column says how much was used). For long recordings give
+``window`` (and ``hop``) in seconds: the file's node sequence is cut into windows and each
+window is classified on its own. Features are computed once over the whole file, so frames at a
+window's edge see their neighbours across the edge. The models always run in float32, whatever
+precision they were trained in.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sergraph.config import ON_ERROR_CHOICES
+from sergraph.data.features import check_positive_int
+from sergraph.deploy.pipeline import BundleError, bundle_feature_config, check_pipeline
+from sergraph.io import atomic_write_bytes
+
+FORMAT = "sergraph-bundle"
+FORMAT_VERSION = 1
+SUFFIX = ".sergraph"
+#: openSMILE frame hop (seconds); a node is ``pool`` frames.
+FRAME_SECONDS = 0.010
+
+
+class Bundle:
+    """A loaded bundle: one or more fold models with their normalisation statistics.
+
+    Made by :func:`~sergraph.deploy.bundle.load_bundle` (or
+    :func:`~sergraph.deploy.export.export_bundle`); see the module docstring.
+
+    Attributes:
+        meta: the bundle's metadata (classes, model, features, graph, config, provenance).
+        classes: class names in the order of the probability columns.
+        feature_config: the :class:`~sergraph.data.features.FeatureConfig` the models were trained on.
+        device: where the models run.
+    """
+
+    def __init__(self, meta: dict, members: list[dict], device: str | torch.device = "cpu"):
+        from sergraph.data.graphs import Normalizer
+        from sergraph.models import build_model
+
+        self.meta = meta
+        self.classes = list(meta["classes"])
+        self.device = torch.device(device)
+        self.feature_config = bundle_feature_config(meta)
+        self._members = members
+        self.models = []
+        self.normalizers = []
+        model = meta["model"]
+        for index, member in enumerate(members):
+            network = build_model(
+                model["name"], int(model["in_channels"]), len(self.classes), **model["params"]
+            )
+            try:
+                network.load_state_dict(member["state_dict"])
+            except RuntimeError as error:
+                raise BundleError(
+                    f"bundle member {index}: weights do not fit model {model['name']!r} ({error})"
+                ) from None
+            self.models.append(network.to(self.device).eval())
+            self.normalizers.append(
+                Normalizer(
+                    np.asarray(member["mean"], dtype=np.float32),
+                    np.asarray(member["std"], dtype=np.float32),
+                )
+            )
+
+    # ---- description
+
+    @property
+    def members(self) -> list[dict]:
+        """Provenance of each member: seed, fold, speakers of each split, test scores."""
+        return list(self.meta["members"])
+
+    @property
+    def node_seconds(self) -> float:
+        if not self.feature_config.is_opensmile:  # SSL: frames pooled by time
+            return float(self.feature_config.node_seconds)
+        return FRAME_SECONDS * self.feature_config.pool
+
+    def describe(self) -> str:
+        meta = self.meta
+        members = meta["members"]
+        folds = sorted({m["fold"] for m in members})
+        seeds = sorted({m["seed"] for m in members})
+        kind = f"ensemble of {len(members)} fold models" if len(members) > 1 else "one fold model"
+        features = meta["features"]
+        lines = [
+            f"{kind} ({meta['model']['name']}; seeds {seeds}, folds {folds}), "
+            f"classes {self.classes}",
+            f"features {features['feature_set']} ({len(features['names'])} per node, pool "
+            f"{features['pool']}), openSMILE {features['opensmile']}; graph k={meta['graph']['k']}"
+            f" max_nodes={meta['graph']['max_nodes']} pad={meta['graph']['pad']}",
+            f"trained on {meta['source']['corpus']} ({meta['source']['n_utterances']} "
+            f"utterances, {len(meta['source']['speakers'])} speakers) in "
+            f"{meta['source']['run_dir']}",
+        ]
+        verification = meta.get("verification")
+        if verification:
+            line = (
+                f"verified against the run's predictions.csv: {verification['n']} test "
+                f"predictions, max |difference| {verification['max_abs_diff']:.1e}"
+            )
+            if verification.get("cause") == "precision":
+                line += (
+                    f" (trained in {meta.get('precision')}, predicting in float32: within "
+                    f"that precision's tolerance {verification['tolerance']:g})"
+                )
+            lines.append(line)
+        return "\n".join(lines)
+
+    def __repr__(self) -> str:
+        return f"<Bundle {self.describe().splitlines()[0]}>"
+
+    # ---- compatibility
+
+    def check_pipeline(self, config=None) -> None:
+        """Refuse an audio pipeline that differs from the one the models were trained on.
+
+        Args:
+            config: a feature configuration in use (a
+                :class:`~sergraph.data.features.FeatureConfig`, the run config's ``features`` node,
+                or a mapping); ``None`` checks the installed openSMILE only.
+
+        Raises:
+            BundleMismatchError: naming what differs and what to do.
+        """
+        check_pipeline(self.meta, config)
+
+    # ---- saving
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the bundle to ``path`` atomically (temporary file, then rename)."""
+        path = Path(path)
+        payload = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "meta": json.dumps(self.meta, default=json_default),
+            "members": [
+                {
+                    "state_dict": {
+                        k: v.detach().cpu().clone() for k, v in member["state_dict"].items()
+                    },
+                    "mean": torch.as_tensor(np.asarray(member["mean"], dtype=np.float32)),
+                    "std": torch.as_tensor(np.asarray(member["std"], dtype=np.float32)),
+                }
+                for member in self._members
+            ],
+        }
+        buffer = io.BytesIO()
+        torch.save(payload, buffer)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(path, buffer.getvalue())
+        return path
+
+    # ---- prediction
+
+    @torch.inference_mode()
+    def predict_features(
+        self, features: Sequence[np.ndarray], batch_size: int = 32, member: int | None = None
+    ) -> np.ndarray:
+        """Class probabilities of pooled feature arrays ``[T_i, F]`` (as the cache gives them).
+
+        Args:
+            features: one array per utterance or segment.
+            batch_size: graphs per forward pass.
+            member: use only this member (default: the mean over all members).
+
+        Returns:
+            ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
+        """
+        from sergraph.data.collate import graph_loader
+        from sergraph.data.graphs import build_graph
+
+        check_positive_int(batch_size, "batch_size")
+        graph = self.meta["graph"]
+        width = int(self.meta["model"]["in_channels"])
+        for index, array in enumerate(features):
+            if array.ndim != 2 or array.shape[1] != width or len(array) == 0:
+                raise BundleError(
+                    f"features[{index}] has shape {array.shape}; this bundle needs [T >= 1, "
+                    f"{width}] ({self.feature_config.feature_set} features)"
+                )
+        if not features:
+            return np.zeros((0, len(self.classes)))
+        chosen = range(len(self.models)) if member is None else [member]
+        total = np.zeros((len(features), len(self.classes)))
+        for index in chosen:
+            normalizer = self.normalizers[index]
+            graphs = [
+                build_graph(
+                    normalizer(array),
+                    graph["k"],
+                    graph["max_nodes"],
+                    graph["pad"],
+                    0,
+                    str(position),
+                    "",
+                )
+                for position, array in enumerate(features)
+            ]
+            outputs = []
+            # batches marked for the models' fast path, as in training
+            for batch in graph_loader(graphs, batch_size=batch_size, shuffle=False):
+                logits = self.models[index](batch.to(self.device))
+                outputs.append(torch.softmax(logits.double(), dim=-1).cpu())
+            total += torch.cat(outputs).numpy()
+        return total / len(chosen)
+
+    def predict(
+        self,
+        paths: Sequence[str | os.PathLike],
+        batch_size: int = 32,
+        workers: int = 1,
+        window: float | None = None,
+        hop: float | None = None,
+        *,
+        on_error: str = "stop",
+        cache_dir: str | os.PathLike | None = None,
+        progress: bool = True,
+        chunk_size: int = 512,
+    ) -> pd.DataFrame:
+        """Emotion of each audio file (or of each window of it).
+
+        Args:
+            paths: audio files (see :func:`sergraph.deploy.predict.expand_inputs` for folders and
+                manifests).
+            batch_size: graphs per forward pass.
+            workers: feature-extraction processes.
+            window: seconds per segment; ``None`` classifies each file as a whole (its first
+                ``graph.max_nodes`` nodes, as in training).
+            hop: seconds between segment starts (default: ``window``, adjacent segments).
+            on_error: ``"stop"``: after every other file is done (and its features cached),
+                raise one :class:`~sergraph.data.features.FeatureError` listing each failed file
+                and its reason; ``"skip"``: give failed files a row with the reason in
+                ``error`` and no prediction.
+            cache_dir: feature cache (default: ``$SERGRAPH_CACHE/features``).
+            progress: show a progress bar on stderr.
+            chunk_size: files whose features are extracted (in parallel) and classified at a
+                time, which bounds memory for long lists.
+
+        Returns:
+            One row per file (per segment with ``window``): ``path``, ``segment``, ``start``
+            and ``end`` (seconds of the file the prediction used), ``duration`` (seconds),
+            ``emotion``, ``p_<class>`` for each class, ``error`` (empty when it worked).
+
+        Raises:
+            FeatureError: ``on_error="stop"`` and some files failed.
+            BundleError: bad ``window``/``hop``/``on_error``.
+        """
+        from tqdm import tqdm
+
+        from sergraph.data.features import FeatureCache, FeatureError
+
+        if isinstance(paths, str | bytes | os.PathLike):
+            raise TypeError(f"paths must be a list of files, not a single path: {paths!r}")
+        if on_error not in ON_ERROR_CHOICES:
+            raise BundleError(f"on_error={on_error!r}; choose one of {list(ON_ERROR_CHOICES)}")
+        check_positive_int(workers, "workers")
+        check_positive_int(chunk_size, "chunk_size")
+        window_nodes, hop_nodes = self._segment_nodes(window, hop)
+        paths = [os.fspath(p) for p in paths]
+        cache = FeatureCache(feature_cache_root(cache_dir), self.feature_config)
+        self.check_pipeline(cache.config)
+
+        rows: list[dict] = []
+        failures: list[tuple[str, str]] = []
+        bar = tqdm(total=len(paths), unit="file", desc="predict", disable=not progress)
+        try:
+            for start in range(0, len(paths), chunk_size):
+                chunk = paths[start : start + chunk_size]
+                try:
+                    arrays = cache.get(chunk, workers=workers, progress=False)
+                    reasons: dict[str, str] = {}
+                except FeatureError as error:
+                    reasons = dict(error.failures)
+                    failures += error.failures
+                    good = [p for p in chunk if p not in reasons]
+                    arrays = cache.get(good, workers=1, progress=False)  # cache hits
+                good = [p for p in chunk if p not in reasons]
+                rows += self._chunk_rows(
+                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size
+                )
+                bar.update(len(chunk))
+        finally:
+            bar.close()
+        if failures and on_error == "stop":
+            raise FeatureError(
+                failures,
+                hint="The features of every other file are cached. Fix or remove these files, "
+                "or use on_error='skip' (sergraph predict --on-error skip) to predict the "
+                "others and list these with their reason.",
+            )
+        columns = ["path", "segment", "start", "end", "duration", "emotion"]
+        columns += [f"p_{name}" for name in self.classes] + ["error"]
+        frame = pd.DataFrame(rows, columns=columns)
+        return frame.astype({"segment": "int64"}) if len(frame) else frame
+
+    def predict_signal(
+        self,
+        signal: np.ndarray,
+        sample_rate: int,
+        batch_size: int = 32,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> pd.DataFrame:
+        """Emotion of audio already in memory (a notebook, a microphone buffer).
+
+        The signal goes through exactly the steps a file goes through (channel average,
+        resampling, clipping, openSMILE or the SSL model, pooling) without touching the disk or
+        the cache, so a file and its samples give the same probabilities.
+
+        Args:
+            signal: samples as floats in [-1, 1): ``[n]`` mono or ``[n, channels]``.
+            sample_rate: its rate in Hz.
+            batch_size: graphs per forward pass.
+            window, hop: as in :meth:`predict` (seconds).
+
+        Returns:
+            The columns of :meth:`predict`, with ``path`` = ``"<signal>"``.
+
+        Raises:
+            FeatureError: the signal is empty, silent, too short or not finite.
+        """
+        import soundfile as sf
+
+        from sergraph.data.features import pool_by_time, pool_frames
+        from sergraph.data.features.opensmile import extract_llds_from
+
+        check_positive_int(sample_rate, "sample_rate")
+        samples = np.asarray(signal, dtype=np.float32)
+        if samples.ndim not in (1, 2):
+            raise BundleError(f"signal has shape {samples.shape}; give [n] or [n, channels]")
+        window_nodes, hop_nodes = self._segment_nodes(window, hop)
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, int(sample_rate), format="WAV", subtype="FLOAT")
+        buffer.seek(0)
+        config = self.feature_config
+        if config.is_opensmile:
+            array = pool_frames(extract_llds_from(buffer, "<signal>", config), config.pool)
+        else:  # SSL: the same chunked extraction as for files, pooled by time
+            from sergraph.data.features.ssl import SSLFrontEnd, embed_file
+
+            frames = embed_file(config, buffer, "<signal>")
+            hop_seconds = SSLFrontEnd(config).hop_seconds
+            array = pool_by_time(frames, hop_seconds, config.node_seconds).astype(np.float32)
+        duration = samples.shape[0] / sample_rate
+        node, max_nodes = self.node_seconds, self.meta["graph"]["max_nodes"]
+        if window_nodes is None:
+            spans = [(0, len(array) if max_nodes is None else min(len(array), max_nodes))]
+        else:
+            starts = window_starts(len(array), window_nodes, hop_nodes)
+            spans = [(first, min(first + window_nodes, len(array))) for first in starts]
+        scores = self.predict_features([array[a:b] for a, b in spans], batch_size)
+        rows = []
+        for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True)):
+            row = {
+                "path": "<signal>",
+                "segment": number,
+                "start": round(first * node, 3),
+                "end": round(min(end * node, duration), 3),
+                "duration": round(duration, 3),
+                "emotion": self.classes[int(np.argmax(row_scores))],
+            }
+            row.update(
+                {
+                    f"p_{c}": round(float(p), 6)
+                    for c, p in zip(self.classes, row_scores, strict=True)
+                }
+            )
+            row["error"] = ""
+            rows.append(row)
+        return pd.DataFrame(rows)
+
+    def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
+        if window is None:
+            if hop is not None:
+                raise BundleError("hop needs window: give window (seconds) as well")
+            return None, None
+        for name, value in (("window", window), ("hop", hop)):
+            if value is not None and not (isinstance(value, int | float) and value > 0):
+                raise BundleError(f"{name}={value!r} must be a positive number of seconds")
+        node = self.node_seconds
+        window_nodes = max(1, int(round(window / node)))
+        hop_nodes = window_nodes if hop is None else max(1, int(round(hop / node)))
+        max_nodes = self.meta["graph"]["max_nodes"]
+        if max_nodes is not None and window_nodes > max_nodes:
+            raise BundleError(
+                f"window={window} s is longer than the {max_nodes * node:g} s ({max_nodes} "
+                f"nodes of {node:g} s) the model sees; choose window <= {max_nodes * node:g}"
+            )
+        return window_nodes, hop_nodes
+
+    def _chunk_rows(self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size):
+        node = self.node_seconds
+        max_nodes = self.meta["graph"]["max_nodes"]
+        by_path = dict(zip(good, arrays, strict=True))  # a file listed twice is computed once
+        segments: list[tuple[str, int, int, int]] = []  # path, segment, first node, end node
+        for path, array in by_path.items():
+            if window_nodes is None:
+                used = len(array) if max_nodes is None else min(len(array), max_nodes)
+                segments.append((path, 0, 0, used))
+                continue
+            for number, first in enumerate(window_starts(len(array), window_nodes, hop_nodes)):
+                segments.append((path, number, first, min(first + window_nodes, len(array))))
+        probabilities = self.predict_features(
+            [by_path[p][first:end] for p, _, first, end in segments], batch_size
+        )
+        durations = {p: _duration(p) for p in by_path}
+        predicted: dict[str, list[dict]] = {}
+        for (path, number, first, end), scores in zip(segments, probabilities, strict=True):
+            duration = durations[path]
+            row = {
+                "path": path,
+                "segment": number,
+                "start": round(first * node, 3),
+                "end": round(min(end * node, duration), 3),
+                "duration": round(duration, 3),
+                "emotion": self.classes[int(np.argmax(scores))],
+            }
+            row.update(
+                {f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, scores, strict=True)}
+            )
+            row["error"] = ""
+            predicted.setdefault(path, []).append(row)
+        rows = []
+        for path in chunk:
+            if path in reasons:
+                failed = {"path": path, "segment": 0, "start": np.nan, "end": np.nan}
+                failed.update({"duration": _duration(path), "emotion": ""})
+                failed.update({f"p_{c}": np.nan for c in self.classes})
+                failed["error"] = reasons[path]
+                rows.append(failed)
+            else:
+                rows += predicted[path]
+        return rows
+
+
+def window_starts(num_nodes: int, window: int, hop: int) -> list[int]:
+    """First node of each window; the last window ends at the last node (no lost tail)."""
+    if num_nodes <= window:
+        return [0]
+    starts = list(range(0, num_nodes - window + 1, hop))
+    if starts[-1] + window < num_nodes:
+        starts.append(num_nodes - window)
+    return starts
+
+
+def _duration(path: str) -> float:
+    import soundfile as sf
+
+    try:
+        return float(sf.info(path).duration)
+    except Exception:  # noqa: BLE001 - unreadable files have no duration
+        return float("nan")
+
+
+def feature_cache_root(cache_dir) -> Path:
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from sergraph.data.prepared import default_cache_dir
+
+    return default_cache_dir() / "features"
+
+
+def json_default(value):
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    raise TypeError(f"cannot store {type(value).__name__} in bundle metadata")

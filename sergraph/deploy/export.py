@@ -1,0 +1,409 @@
+"""Export: a bundle from a finished run's folder alone, checked against its ``predictions.csv``.
+
+Every checkpoint of a fold carries what export needs
+(:meth:`~sergraph.data.datamodule.FoldDataModule.export_state`, saved by Lightning with the
+data module's state): the training-fold normalisation statistics, the classes, the graph
+settings, the run's configuration, training precision and audio pipeline (openSMILE version,
+recipe, feature names), and the test speakers' raw node features. So ``sergraph export RUN_DIR``
+needs neither the corpus nor the feature cache. Checkpoints written before sergraph stored this
+state are exported from the corpus instead (``data_root``, ``--data-root``), with the same data
+module as in training.
+
+Verification: each member re-predicts its fold's test inputs through the bundle's own route
+(normalisation, graph, model, in float32 on the CPU) and must agree with the run's
+``predictions.csv`` within :func:`verify_tolerance` of the training precision. A run trained in
+reduced precision (``bf16-mixed``, ``16-mixed``, ...) computed its ``predictions.csv`` in that
+precision, so it differs from the float32 bundle by more than float32 rounding; a difference
+above float32's tolerance but within the precision's is reported with ``cause: "precision"``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from sergraph.deploy.ensemble import SUFFIX, Bundle
+from sergraph.deploy.pipeline import BundleError
+
+#: Largest |difference| of a probability between the bundle and the predictions.csv of a run
+#: trained in float32 (``32-true``, ``64-true``).
+VERIFY_TOLERANCE = 1e-3
+#: The same for runs trained with 16-bit floats: their predictions.csv came from a 16-bit forward
+#: pass while the bundle predicts in float32. Measured on CPU under bf16-mixed with
+#: benchmarks/bench_export_precision.py: the largest difference was 3.0e-2 (LSTM-GIN and ChebNet,
+#: 30 epochs on two EmoDB folds; 2.4e-2 over all 12 models, 10 epochs on the synthetic corpus),
+#: while normalising with another fold's statistics gave 1.0e-1 to 2.1e-1 on EmoDB (k=2: > 0.7).
+#: float16 (16-mixed; on the CPU Lightning runs it as bf16-mixed) has 3 more mantissa bits than
+#: bfloat16, so its differences are expected to be smaller; not yet measured on a GPU.
+REDUCED_PRECISION_TOLERANCE = 5e-2
+
+
+def verify_tolerance(precision: str | int | None) -> float:
+    """The verification tolerance for a training precision (``trainer.precision``).
+
+    ``None``, ``32``/``"32-true"``, ``"64-true"``, ...: :data:`VERIFY_TOLERANCE`; any 16-bit
+    setting (``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"``, ``"16"``, ...):
+    :data:`REDUCED_PRECISION_TOLERANCE`.
+    """
+    text = "" if precision is None else str(precision)
+    return REDUCED_PRECISION_TOLERANCE if "16" in text else VERIFY_TOLERANCE
+
+
+def export_bundle(
+    run_dir: str | os.PathLike,
+    out: str | os.PathLike | None = None,
+    *,
+    folds: Sequence[int] | None = None,
+    seeds: Sequence[int] | None = None,
+    data_root: str | None = None,
+    verify: bool = True,
+) -> tuple[Path, Bundle]:
+    """Write a bundle from a finished run; needs only the run folder.
+
+    Args:
+        run_dir: a model folder ``runs/NAME/LABEL`` (every finished fold and seed: an ensemble)
+            or one ``runs/NAME/LABEL/seed-S/fold-XX`` folder.
+        out: the bundle file (default: ``RUN_DIR/bundle.sergraph``).
+        folds: only these fold indices.
+        seeds: only these seeds.
+        data_root: the corpus location, for checkpoints written before checkpoints carried
+            their export state (the statistics are then recomputed from the corpus and the
+            cached features); not needed otherwise.
+        verify: re-predict each fold's test inputs through the bundle and compare with the
+            run's ``predictions.csv``.
+
+    Returns:
+        ``(path written, the bundle)``.
+
+    Raises:
+        FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
+        BundleError: a model or setting that cannot be exported (SVM, per-speaker
+            normalisation), folds of different configurations, old checkpoints without
+            ``data_root``, or a failed verification (nothing is written then).
+    """
+    from omegaconf import OmegaConf
+
+    from sergraph.config import Config, identity, validate
+    from sergraph.models import NON_NEURAL
+    from sergraph.training.provenance import run_provenance
+    from sergraph.version import __version__
+
+    run_dir = Path(run_dir)
+    cells = _finished_cells(run_dir, folds, seeds)
+    records = [json.loads((cell / "metrics.json").read_text()) for cell in cells]
+    ids = sorted({record["config_id"] for record in records})
+    if len(ids) > 1:
+        raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
+    _check_exportable(cfg, NON_NEURAL)
+    study_root = cells[0].parents[2]  # <out_dir>/<run.name>
+    cfg.run.out_dir = str(study_root.parent)
+    cfg.run.name = study_root.name
+    if data_root is not None:
+        cfg.data.root = str(data_root)
+    validate(cfg)
+
+    checkpoints = [
+        _read_checkpoint(cell, record) for cell, record in zip(cells, records, strict=True)
+    ]
+    states = [checkpoint["export"] for checkpoint in checkpoints]
+    old = [cell for cell, state in zip(cells, states, strict=True) if state is None]
+    if old:
+        states = _states_from_corpus(cfg, cells, records, states, data_root)
+    first = states[0]
+    for cell, state in zip(cells, states, strict=True):
+        for key in ("classes", "num_features", "graph"):
+            if state[key] != first[key]:
+                raise BundleError(
+                    f"{cell}: its checkpoint has {key}={state[key]!r} but {cells[0]} has "
+                    f"{first[key]!r}; export folds of one configuration together"
+                )
+    # A data module made outside training may carry no provenance: the run's config.yaml then.
+    provenance = first["provenance"] or run_provenance(cfg)
+    precision = provenance["precision"]
+    if "unsupported" in provenance["features"]:
+        raise BundleError(
+            f"{cells[0]}: bundles cannot reproduce this run's audio pipeline "
+            f"({provenance['features']['unsupported']}); they support openSMILE and SSL feature sets"
+        )
+    meta = {
+        "sergraph": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "classes": list(first["classes"]),
+        "model": {
+            "name": cfg.model.name,
+            "params": OmegaConf.to_container(cfg.model.params, resolve=True),
+            "in_channels": int(first["num_features"]),
+        },
+        "features": dict(provenance["features"]),
+        "graph": dict(first["graph"]),
+        "precision": precision,
+        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config_id": identity(cfg),
+        "source": {
+            "run_dir": str(run_dir.resolve()),
+            "corpus": cfg.data.name,
+            "data_root": cfg.data.root,
+            "n_utterances": int(first["corpus"]["n_utterances"]),
+            "speakers": list(first["corpus"]["speakers"]),
+        },
+        "members": [
+            _member_provenance(run_dir, cell, record)
+            for cell, record in zip(cells, records, strict=True)
+        ],
+    }
+    members = [
+        {"state_dict": checkpoint["weights"], **_statistics(state)}
+        for checkpoint, state in zip(checkpoints, states, strict=True)
+    ]
+    bundle = Bundle(meta, members, device="cpu")
+    if verify:
+        meta["verification"] = verify_bundle(bundle, cells, states, precision, from_corpus=old)
+    out = Path(out) if out is not None else run_dir / f"bundle{SUFFIX}"
+    bundle.save(out)
+    return out, bundle
+
+
+def verify_bundle(
+    bundle: Bundle,
+    cells: Sequence[Path],
+    states: Sequence[dict],
+    precision: str,
+    from_corpus: Sequence[Path] = (),
+) -> dict:
+    """Re-predict each member's test inputs through ``bundle``; compare with predictions.csv.
+
+    Args:
+        bundle: the bundle being exported; member ``i`` belongs to ``cells[i]``.
+        cells: fold folders, each with its ``predictions.csv``.
+        states: the members' export states (their ``test`` inputs are re-predicted).
+        precision: the training precision, which sets the tolerance (:func:`verify_tolerance`).
+        from_corpus: cells whose inputs were recomputed from the corpus (for the message).
+
+    Returns:
+        ``{"n", "max_abs_diff", "precision", "tolerance", "cause"}``; ``cause`` is
+        ``"precision"`` when the largest difference is above float32's tolerance but within
+        the training precision's, else ``None``.
+
+    Raises:
+        BundleError: a difference above the tolerance, or test utterances missing from the
+            checkpoint, naming the fold and the likely cause.
+    """
+    tolerance = verify_tolerance(precision)
+    classes = bundle.classes
+    total, largest = 0, 0.0
+    for index, (cell, state) in enumerate(zip(cells, states, strict=True)):
+        saved = pd.read_csv(cell / "predictions.csv")
+        inputs = stored_test_inputs(state)
+        missing = [u for u in saved["utterance"].astype(str) if u not in inputs]
+        if missing:
+            raise BundleError(
+                f"{cell}: predictions.csv lists test utterances {missing[:5]} that its "
+                "checkpoint's test inputs lack; predictions.csv and the checkpoint are not "
+                "from the same training"
+            )
+        mine = bundle.predict_features(
+            [inputs[u] for u in saved["utterance"].astype(str)], member=index
+        )
+        theirs = saved[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
+        difference = float(np.abs(mine - theirs).max()) if len(saved) else 0.0
+        if difference > tolerance:
+            cause = (
+                "the features or the corpus changed since training"
+                if cell in from_corpus
+                else "the graph or model code differs from training's, or predictions.csv "
+                "no longer belongs to this checkpoint"
+            )
+            raise BundleError(
+                f"{cell}: the bundle's probabilities for the test speakers differ from "
+                f"predictions.csv by up to {difference:.3g} (> {tolerance:g}, the tolerance "
+                f"for training precision {precision}); {cause}. Nothing was written."
+            )
+        total += len(saved)
+        largest = max(largest, difference)
+    return {
+        "n": total,
+        "max_abs_diff": largest,
+        "precision": precision,
+        "tolerance": tolerance,
+        "cause": "precision" if largest > VERIFY_TOLERANCE else None,
+    }
+
+
+def stored_test_inputs(state: dict) -> dict[str, np.ndarray]:
+    """``{utterance: raw node features [T, F] float32}`` of an export state's test speakers."""
+    test = state["test"]
+    features = np.asarray(test["features"], dtype=np.float32)
+    ends = np.cumsum(np.asarray(test["lengths"], dtype=np.int64))
+    starts = ends - np.asarray(test["lengths"], dtype=np.int64)
+    return {
+        str(utterance): features[start:end]
+        for utterance, start, end in zip(test["utterances"], starts, ends, strict=True)
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# reading the run
+
+
+def _check_exportable(cfg, non_neural) -> None:
+    if cfg.model.name in non_neural:
+        raise BundleError(
+            f"model {cfg.model.name!r} cannot be exported: bundles hold neural models only"
+        )
+    if cfg.graph.normalize == "speaker":
+        raise BundleError(
+            "graph.normalize=speaker normalises each speaker with its own features, which a "
+            "bundle cannot do for unknown speakers; export a run trained with "
+            "graph.normalize=train"
+        )
+    if cfg.features.get("concat_functionals", False):
+        raise BundleError(
+            "features.concat_functionals=true: bundles carry node-feature statistics only and "
+            "cannot yet compute and normalise utterance functionals for new audio; export a run "
+            "trained without it"
+        )
+
+
+def _finished_cells(
+    run_dir: Path, folds: Sequence[int] | None, seeds: Sequence[int] | None
+) -> list[Path]:
+    """Fold folders with a metrics.json under ``run_dir`` (one fold folder or a model folder)."""
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    if (run_dir / "metrics.json").is_file():
+        cells = [run_dir]
+    else:
+        cells = sorted(p.parent for p in run_dir.glob("seed-*/fold-*/metrics.json"))
+    if not cells:
+        models = sorted(p.parents[2].name for p in run_dir.glob("*/seed-*/fold-*/metrics.json"))
+        if models:
+            choices = [str(run_dir / name) for name in dict.fromkeys(models)]
+            raise BundleError(f"{run_dir} holds several models; export one of them: {choices}")
+        raise FileNotFoundError(
+            f"no finished folds under {run_dir}: expected RUN_DIR/seed-S/fold-XX/metrics.json "
+            "(a model folder runs/NAME/LABEL) or RUN_DIR/metrics.json (one fold folder)"
+        )
+    records = {cell: json.loads((cell / "metrics.json").read_text()) for cell in cells}
+    if folds is not None:
+        cells = [c for c in cells if records[c]["fold"] in set(folds)]
+    if seeds is not None:
+        cells = [c for c in cells if records[c]["seed"] in set(seeds)]
+    if not cells:
+        found = sorted({(r["seed"], r["fold"]) for r in records.values()})
+        raise BundleError(
+            f"no finished fold of {run_dir} matches folds={folds} seeds={seeds}; "
+            f"finished (seed, fold): {found}"
+        )
+    return cells
+
+
+def _read_checkpoint(cell: Path, record: dict) -> dict:
+    """``{"weights": encoder state dict, "export": export state or None}`` of a fold's best
+    checkpoint (a :class:`~sergraph.training.module.SERModule` Lightning checkpoint)."""
+    from sergraph.data.datamodule import EXPORT_STATE_FORMAT, FoldDataModule
+
+    if not record.get("checkpoint"):
+        raise FileNotFoundError(f"{cell}/metrics.json names no checkpoint; train that fold again")
+    path = cell / record["checkpoint"]
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} is missing; train that fold again")
+    # Our own run's checkpoint (it stores Lightning callback state, not only tensors).
+    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    prefix = "model."
+    weights = {
+        key[len(prefix) :]: value.detach().clone()
+        for key, value in checkpoint["state_dict"].items()
+        if key.startswith(prefix)
+    }
+    state = checkpoint.get(FoldDataModule.__qualname__, {}).get("export")
+    if state is not None and state.get("format", 0) > EXPORT_STATE_FORMAT:
+        raise BundleError(
+            f"{path} was written by a newer sergraph (export state format {state['format']}); "
+            "upgrade sergraph to export it"
+        )
+    if state is not None:
+        recorded = [record[f"{split}_speakers"] for split in ("train", "val", "test")]
+        stored = [state["fold"][f"{split}_speakers"] for split in ("train", "val", "test")]
+        stored_id = (state.get("provenance") or {}).get("config_id", record["config_id"])
+        if recorded != stored or stored_id != record["config_id"]:
+            raise BundleError(
+                f"{path} does not belong to {cell}/metrics.json (its speakers or configuration "
+                "differ); train that fold again"
+            )
+    return {"weights": weights, "export": state}
+
+
+def _states_from_corpus(cfg, cells, records, states, data_root) -> list[dict]:
+    """Export states for checkpoints that lack them, recomputed from the corpus as training did."""
+    from sergraph.data.prepared import prepare
+    from sergraph.training.fit import fold_datamodule
+
+    old = [str(cell) for cell, state in zip(cells, states, strict=True) if state is None]
+    if data_root is None:
+        raise BundleError(
+            f"the checkpoints of {old} were written by an older sergraph and do not carry the "
+            "normalisation statistics and test inputs that export needs. Train those folds "
+            "again (sergraph train ...), or give the training corpus with --data-root "
+            f"(data_root=...; it was {cfg.data.root}) to recompute them from the corpus and "
+            "the feature cache"
+        )
+    try:
+        study = prepare(cfg)
+    except FileNotFoundError as error:
+        raise FileNotFoundError(
+            f"{error}. Exporting the old checkpoints of {old} recomputes the training-fold "
+            "normalisation statistics from the corpus; give its current location with "
+            "--data-root"
+        ) from None
+    filled = []
+    for cell, record, state in zip(cells, records, states, strict=True):
+        if state is None:
+            fold = study.folds[record["fold"]]
+            recorded = tuple(record[f"{split}_speakers"] for split in ("train", "val", "test"))
+            if recorded != tuple(
+                list(getattr(fold, f"{split}_speakers")) for split in ("train", "val", "test")
+            ):
+                raise BundleError(
+                    f"{cell}: the corpus no longer gives this fold's speakers (trained with "
+                    f"test {record['test_speakers']}, now {list(fold.test_speakers)}); the "
+                    "corpus or its failed files changed since training"
+                )
+            # The same data module the training used: normalisation from the training side.
+            datamodule = fold_datamodule(cfg, study, fold, record["seed"])
+            datamodule.setup()
+            state = datamodule.export_state()
+        filled.append(state)
+    return filled
+
+
+def _statistics(state: dict) -> dict:
+    normalizer = state["normalizer"]
+    if normalizer is None:  # graph.normalize=speaker, refused before
+        raise BundleError("this fold has no training-fold normalisation statistics")
+    return {
+        "mean": np.asarray(normalizer["mean"], dtype=np.float32),
+        "std": np.asarray(normalizer["std"], dtype=np.float32),
+    }
+
+
+def _member_provenance(run_dir: Path, cell: Path, record: dict) -> dict:
+    return {
+        "seed": record["seed"],
+        "fold": record["fold"],
+        "train_speakers": record["train_speakers"],
+        "val_speakers": record["val_speakers"],
+        "test_speakers": record["test_speakers"],
+        "test_wa": record["wa"],
+        "test_ua": record["ua"],
+        "best_val_ua": record.get("best_val_ua"),
+        "epochs": record.get("epochs"),
+        "checkpoint": str(cell.relative_to(run_dir) / record["checkpoint"]),
+    }
