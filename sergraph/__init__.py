@@ -27,7 +27,7 @@ _LAZY = {
     "compose": "sergraph.config",
     "run_study": "sergraph.training.study",
     "write_report": "sergraph.results.report",
-    "export_bundle": "sergraph.deploy.bundle",
+    "export_bundle": "sergraph.deploy.export",
     "load_bundle": "sergraph.deploy.bundle",
 }
 

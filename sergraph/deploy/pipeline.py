@@ -31,7 +31,9 @@ def bundle_feature_config(meta: dict):
             return FeatureConfig(
                 "ssl",
                 node_seconds=ssl["node_seconds"],
-                ssl={key: ssl[key] for key in ("model", "layer", "chunk_seconds", "context_seconds")},
+                ssl={
+                    key: ssl[key] for key in ("model", "layer", "chunk_seconds", "context_seconds")
+                },
             )
         return FeatureConfig(
             feature_set=settings["feature_set"],

@@ -167,7 +167,7 @@ def test_python_api_is_exported_lazily():
         "sergraph.config",
         "sergraph.training.study",
         "sergraph.results.report",
-        "sergraph.deploy.bundle",
+        "sergraph.deploy.export",
     ]
 
 
