@@ -2,7 +2,7 @@
 
 Verbs:
     train     cross-validated training and testing; prints the per-fold and overall WA/UA table
-    features  extract (or check) the cached openSMILE features of a corpus
+    features  extract (or check) the cached node features of a corpus (openSMILE, SSL, precomputed)
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
     report    tables, paired tests and figures of a run folder (``sergraph report runs/NAME``)
@@ -41,6 +41,9 @@ def _parser() -> argparse.ArgumentParser:
         ),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
+    from sergraph.version import __version__
+
+    parser.add_argument("--version", action="version", version=f"sergraph {__version__}")
     parser.add_argument(
         "-v",
         "--verbose",
@@ -61,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     train.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
     for verb, text in (
-        ("features", "extract and cache openSMILE features"),
+        ("features", "extract and cache node features (openSMILE, SSL, precomputed)"),
         ("folds", "print the speaker-held-out fold table"),
         ("cells", "list the (variant, seed, fold) cells of a study with their indices"),
         ("config", "print the resolved configuration"),
@@ -238,6 +241,9 @@ def _add_predict_parser(verbs) -> None:
     )
     predict.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
     predict.add_argument(
+        "--ssl-model", help="bundles of SSL features: the SSL model's folder on this machine"
+    )
+    predict.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar or notes on stderr"
     )
 
@@ -409,12 +415,12 @@ def _features(cfg) -> None:
 
     import numpy as np
 
-    from sergraph.data.prepared import feature_cache, load_table
+    from sergraph.data.prepared import feature_cache, feature_inputs, load_table
 
     table, _ = load_table(cfg)
     cache = feature_cache(cfg)
     start = time.perf_counter()
-    paths, shard = table["path"].tolist(), ""
+    paths, shard = feature_inputs(cfg, table), ""
     if cfg.features.shard is not None:  # one SLURM array task's share: every n-th file from i
         index, count = (int(part) for part in cfg.features.shard.split("/"))
         paths, shard = paths[index::count], f"shard {cfg.features.shard} of {len(paths)} files: "
@@ -434,7 +440,7 @@ def _folds(cfg) -> None:
     import pandas as pd
 
     from sergraph.config import protocol_of
-    from sergraph.data.folds import fold_table
+    from sergraph.data.folds import NOT_SPEAKER_INDEPENDENT, fold_table
     from sergraph.data.prepared import prepare
     from sergraph.data.protocol import enrollment_rows
 
@@ -450,6 +456,8 @@ def _folds(cfg) -> None:
 
     with pd.option_context("display.max_rows", None, "display.width", 200):
         print(fold_table(study.table, study.folds, study.classes, enroll).to_string(index=False))
+    if not all(fold.speaker_independent for fold in study.folds):
+        print(f"note: these folds are {NOT_SPEAKER_INDEPENDENT}")
 
 
 if __name__ == "__main__":

@@ -26,6 +26,8 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sergraph.data.features.config import FeatureConfig
+
 GROUPS = ("data", "model", "trainer")
 ON_ERROR_CHOICES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
@@ -46,23 +48,8 @@ class DataConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
-@dataclass
-class FeaturesConfig:
-    feature_set: str = "is10"
-    deltas: bool = True
-    pool: int = 5
-    functionals: str = "is10"
-    cache_dir: str | None = None
-    workers: int = 2
-    # Files whose features fail: "stop" (raise, listing all of them) or "skip" (leave them out
-    # of the study and list them in <study dir>/failed_files.csv).
-    on_error: str = "stop"
-    # "i/n": `sergraph features` extracts only shard i of n (0-based) of the corpus files, so
-    # that n SLURM array tasks fill the shared cache together (each file is written atomically).
-    shard: str | None = None
-    # Neural models: also give the classifier the utterance's functionals (features.functionals,
-    # normalised like the node features), concatenated with the graph embedding.
-    concat_functionals: bool = False
+# The one features configuration: the same class the extractors and the cache take.
+FeaturesConfig = FeatureConfig
 
 
 @dataclass
@@ -93,6 +80,11 @@ class FoldsConfig:
     n_groups: int = 5
     seed: int = 0
     only: list[int] | None = None
+    # scheme=predefined: the corpus column holding each utterance's test fold (0, 1, ...).
+    column: str = "fold"
+    # scheme=predefined: accept folds whose speakers overlap between train/val/test (benchmark
+    # splits that are not speaker-independent; every output then says so).
+    allow_speaker_overlap: bool = False
 
 
 @dataclass
@@ -193,7 +185,7 @@ class SlurmConfig:
 @dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
-    features: FeaturesConfig = field(default_factory=FeaturesConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
     graph: GraphConfig = field(default_factory=GraphConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
     folds: FoldsConfig = field(default_factory=FoldsConfig)
@@ -449,8 +441,9 @@ def validate(cfg: DictConfig) -> None:
 
     choice("data.name", cfg.data.name, CORPORA)
     choice("features.feature_set", cfg.features.feature_set, FEATURE_SETS)
-    choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
     positive("features.pool", cfg.features.pool)
+    _validate_features(cfg)
+    choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
     positive("features.workers", cfg.features.workers)
     choice("features.on_error", cfg.features.on_error, ON_ERROR_CHOICES)
     choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
@@ -508,6 +501,28 @@ def validate(cfg: DictConfig) -> None:
             build_model(family, 4, 2, **params)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
+
+
+def _validate_features(cfg: DictConfig) -> None:
+    try:
+        config = FeatureConfig.from_any(cfg.features)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if not message.startswith("features."):
+            message = f"features.{message}"
+        raise ConfigError(message) from None
+    if config.feature_set == "ssl":
+        from sergraph.data.features.ssl import require_transformers
+
+        try:
+            require_transformers()
+        except ImportError as error:
+            raise ConfigError(str(error)) from None
+    if config.feature_set in ("ssl", "precomputed") and cfg.model.name == "svm":
+        raise ConfigError(
+            f"model=svm uses utterance functionals (features.functionals), not "
+            f"features.feature_set={config.feature_set}; choose a neural model"
+        )
 
 
 #: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.
@@ -657,7 +672,21 @@ LATER_KEYS = (
     ("augment", "time_mask", 0),
     ("augment", "feature_mask", 0),
     ("trainer", "early_stopping", True),
+    ("features", "sample_rate", None),
+    ("features", "node_seconds", 0.05),
+    ("features", "max_seconds", None),
+    (
+        "features",
+        "ssl",
+        {"model": None, "layer": -1, "chunk_seconds": 20.0, "context_seconds": 1.5},
+    ),
+    ("features", "precomputed", {"root": None, "column": None, "hop_seconds": None}),
+    ("folds", "column", "fold"),
+    ("folds", "allow_speaker_overlap", False),
 )
+
+#: Keys of ``features.ssl`` that change speed only (left out of the run identity).
+SSL_RUNTIME_KEYS = ("device", "batch_size")
 
 
 def protocol_of(cfg: DictConfig) -> str:
@@ -687,6 +716,8 @@ def identity(cfg: DictConfig) -> str:
         container.pop("eval", None)
     else:
         container["eval"]["protocol"] = "enrollment"
+    for key in SSL_RUNTIME_KEYS:
+        container.get("features", {}).get("ssl", {}).pop(key, None)
     # Keys added after the first release: at their defaults they are left out, so that runs
     # made before they existed keep their id.
     for section, key, default in LATER_KEYS:

@@ -11,6 +11,11 @@ Schemes:
   every speaker of the session is tested together.
 - ``groups``: ``n_groups`` speaker-disjoint groups (speakers shuffled with ``seed`` and dealt
   round-robin), each tested once.
+- ``predefined``: the folds a corpus declares: a column (``folds.column``, default ``fold``)
+  gives each utterance the index of the fold that tests it (0, 1, ...). The speaker guard stays
+  on: a speaker with utterances in two folds is refused, naming the speakers and their folds.
+  ``allow_speaker_overlap=True`` accepts such benchmark splits; the folds are then split by
+  utterance, are marked ``speaker_independent=False``, and every output says so.
 
 Validation speakers rotate: for a fold, they are the next ``val_speakers`` speakers after the
 test speaker(s) in the cyclic speaker order, skipping the test speakers.
@@ -23,7 +28,11 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-SCHEMES = ("loso", "loso_session", "groups")
+SCHEMES = ("loso", "loso_session", "groups", "predefined")
+NOT_SPEAKER_INDEPENDENT = (
+    "NOT speaker-independent: folds.allow_speaker_overlap=true lets speakers of the test fold "
+    "appear in training or validation"
+)
 
 
 class FoldLeakError(RuntimeError):
@@ -39,12 +48,17 @@ class Fold:
         train_speakers: speakers whose utterances are used for fitting (and normalisation).
         val_speakers: speakers used only for early stopping and model selection.
         test_speakers: held-out speakers, evaluated once with the selected checkpoint.
+        test_utterances: predefined folds: the utterances tested (``None``: every utterance of
+            the test speakers).
+        speaker_independent: ``False`` only for predefined folds whose speakers overlap.
     """
 
     index: int
     train_speakers: tuple[str, ...]
     val_speakers: tuple[str, ...]
     test_speakers: tuple[str, ...]
+    test_utterances: tuple[str, ...] | None = None
+    speaker_independent: bool = True
 
     @property
     def name(self) -> str:
@@ -74,6 +88,8 @@ def make_folds(
     val_speakers: int = 1,
     n_groups: int = 5,
     seed: int = 0,
+    column: str = "fold",
+    allow_speaker_overlap: bool = False,
 ) -> list[Fold]:
     """Build speaker-held-out folds for a corpus table.
 
@@ -83,6 +99,8 @@ def make_folds(
         val_speakers: number of validation speakers per fold, taken from the training side.
         n_groups: number of speaker groups for ``scheme="groups"``.
         seed: shuffles the speakers before grouping (``groups`` only).
+        column: ``predefined``: the column holding each utterance's test fold.
+        allow_speaker_overlap: ``predefined``: accept speakers in several folds.
 
     Returns:
         The folds, each checked by :func:`check_fold`.
@@ -90,6 +108,8 @@ def make_folds(
     if scheme not in SCHEMES:
         raise ValueError(f"folds.scheme={scheme!r} is not known; choose one of {list(SCHEMES)}")
     speakers = sorted(table["speaker"].astype(str).unique())
+    if scheme == "predefined":
+        return predefined_folds(table, column, val_speakers, allow_speaker_overlap)
     if scheme == "loso":
         test_sets = [[s] for s in speakers]
     elif scheme == "loso_session":
@@ -132,6 +152,64 @@ def make_folds(
     return folds
 
 
+def predefined_folds(
+    table: pd.DataFrame, column: str, val_speakers: int, allow_speaker_overlap: bool
+) -> list[Fold]:
+    """The folds a corpus column declares (see the module docstring)."""
+    if column not in table.columns:
+        raise ValueError(
+            f"folds.scheme='predefined' needs a {column!r} column (folds.column) giving each "
+            f"utterance's test fold; the corpus has {list(table.columns)}"
+        )
+    values = table[column].astype(str).str.strip()
+    numbers = pd.to_numeric(values, errors="coerce")
+    bad = table["utterance"][numbers.isna() | (numbers % 1 != 0) | (numbers < 0)].tolist()
+    if bad:
+        raise ValueError(
+            f"column {column!r}: fold values must be integers 0, 1, ...; utterance(s) "
+            f"{bad[:5]} have {values[table['utterance'].isin(bad[:5])].tolist()}"
+        )
+    fold_of = numbers.astype(int).to_numpy()
+    speaker = table["speaker"].astype(str).to_numpy()
+    indices = sorted(set(fold_of.tolist()))
+    if len(indices) < 2:
+        raise ValueError(f"column {column!r} declares {len(indices)} fold(s); need at least 2")
+    folds_of_speaker = {s: sorted(set(fold_of[speaker == s].tolist())) for s in set(speaker)}
+    shared = {s: f for s, f in sorted(folds_of_speaker.items()) if len(f) > 1}
+    if shared and not allow_speaker_overlap:
+        listed = "; ".join(f"{s} in folds {f}" for s, f in list(shared.items())[:10])
+        raise FoldLeakError(
+            f"predefined folds (column {column!r}) put {len(shared)} speaker(s) in more than one "
+            f"fold: {listed}{' ...' if len(shared) > 10 else ''}. Their test utterances would "
+            "share a speaker with training, so the results would not be speaker-independent. "
+            "Fix the fold column, or set folds.allow_speaker_overlap=true to accept it (every "
+            "output then says the numbers are not speaker-independent)."
+        )
+    order = sorted(set(speaker))
+    folds = []
+    for position, index in enumerate(indices):
+        is_test = fold_of == index
+        test = sorted(set(speaker[is_test]))
+        rest = sorted(set(speaker[~is_test]))
+        candidates = [s for s in rest if s not in test] or rest
+        val = _rotate_validation(order, test, val_speakers) if val_speakers else []
+        val = [s for s in val if s in candidates][:val_speakers]
+        if len(val) < val_speakers:
+            val += [s for s in candidates if s not in val][: val_speakers - len(val)]
+        train = [s for s in rest if s not in val]
+        fold = Fold(
+            position,
+            tuple(train),
+            tuple(val),
+            tuple(test),
+            test_utterances=tuple(table["utterance"][is_test].astype(str)),
+            speaker_independent=not shared,
+        )
+        check_fold(fold, table)
+        folds.append(fold)
+    return folds
+
+
 def split_indices(
     table: pd.DataFrame, fold: Fold, enrolled: np.ndarray | None = None
 ) -> dict[str, np.ndarray]:
@@ -144,10 +222,20 @@ def split_indices(
             are refused.
     """
     speaker = table["speaker"].astype(str).to_numpy()
-    rows = {
-        split: np.flatnonzero(np.isin(speaker, list(getattr(fold, f"{split}_speakers"))))
-        for split in ("train", "val", "test")
-    }
+    if fold.test_utterances is not None:  # predefined folds: the test utterances are declared
+        is_test = table["utterance"].astype(str).isin(list(fold.test_utterances)).to_numpy()
+        is_val = ~is_test & np.isin(speaker, list(fold.val_speakers))
+        is_train = ~is_test & ~is_val & np.isin(speaker, list(fold.train_speakers))
+        rows = {
+            "train": np.flatnonzero(is_train),
+            "val": np.flatnonzero(is_val),
+            "test": np.flatnonzero(is_test),
+        }
+    else:
+        rows = {
+            split: np.flatnonzero(np.isin(speaker, list(getattr(fold, f"{split}_speakers"))))
+            for split in ("train", "val", "test")
+        }
     if enrolled is None:
         return rows
     enrolled = np.asarray(enrolled, dtype=np.int64)
@@ -175,7 +263,7 @@ def check_fold(fold: Fold, table: pd.DataFrame) -> None:
     }
     for a, b in (("train", "val"), ("train", "test"), ("val", "test")):
         shared = sets[a] & sets[b]
-        if shared:
+        if shared and fold.speaker_independent:
             raise FoldLeakError(f"{fold.name}: speaker(s) {sorted(shared)} in both {a} and {b}")
     if not sets["train"] or not sets["test"]:
         raise FoldLeakError(f"{fold.name}: empty train or test speaker set")
@@ -212,7 +300,7 @@ def fold_table(
         for split, idx in split_indices(table, fold, enrolled).items():
             counts = table["label"].iloc[idx].value_counts()
             record = {
-                "fold": fold.name,
+                "fold": fold.name + ("" if fold.speaker_independent else " (speakers overlap)"),
                 "split": split,
                 "speakers": ",".join(getattr(fold, f"{split}_speakers")),
                 "n": len(idx),

@@ -37,10 +37,65 @@ def feature_cache(cfg: DictConfig):
     root = (
         Path(cfg.features.cache_dir) if cfg.features.cache_dir else default_cache_dir() / "features"
     )
-    config = FeatureConfig(
-        feature_set=cfg.features.feature_set, deltas=cfg.features.deltas, pool=cfg.features.pool
-    )
-    return FeatureCache(root, config)
+    return FeatureCache(root, FeatureConfig.from_any(cfg.features))
+
+
+def feature_inputs(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
+    """What the feature cache reads for each row: the audio file, or a precomputed array."""
+    if cfg.features.feature_set != "precomputed":
+        return table["path"].tolist()
+    from sergraph.data.features import FeatureConfig
+    from sergraph.data.features.precomputed import array_paths
+
+    root = Path(cfg.data.root).expanduser() if cfg.data.root else None
+    manifest_dir = root.parent if root is not None and root.is_file() else root
+    return array_paths(table, FeatureConfig.from_any(cfg.features), manifest_dir)
+
+
+def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
+    """Notes on the corpus's audio: sample rates mixed, files longer than the graph uses.
+
+    Reads only the file headers. Nothing is said about precomputed features (no audio read).
+    """
+    from collections import Counter
+
+    from sergraph.data.features import FeatureConfig, audio_info
+
+    config = FeatureConfig.from_any(cfg.features)
+    if config.feature_set == "precomputed" or cfg.model.name == "svm":
+        return []
+    infos = [info for info in map(audio_info, table["path"]) if info is not None]
+    notes = []
+    rates = Counter(rate for _, rate in infos)
+    if len(rates) > 1:
+        listed = ", ".join(f"{rate} Hz ({count} files)" for rate, count in sorted(rates.items()))
+        if config.feature_set == "ssl":
+            action = "every file is resampled to the model's rate"
+        elif config.sample_rate is None:
+            action = (
+                "openSMILE features depend on the rate, so features.sample_rate=16000 (or the "
+                "lowest rate) makes them comparable"
+            )
+        else:
+            action = f"every file is resampled to features.sample_rate={config.sample_rate}"
+        notes.append(f"note: the corpus mixes sample rates: {listed}; {action}")
+    node = config.pool * 0.010 if config.is_opensmile else config.node_seconds
+    if cfg.graph.max_nodes is not None:
+        used = cfg.graph.max_nodes * node
+        longer = [duration for duration, _ in infos if duration > used + node]
+        if longer:
+            note = (
+                f"note: {len(longer)} file(s) are longer than the {used:g} s the graph uses "
+                f"(graph.max_nodes={cfg.graph.max_nodes} nodes of {node:g} s; longest "
+                f"{max(longer):.1f} s): training uses only their first {used:g} s"
+            )
+            if config.max_seconds is None:
+                note += (
+                    f"; features.max_seconds={used:g} extracts only that part (less memory and "
+                    "time for long files)"
+                )
+            notes.append(note)
+    return notes
 
 
 def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -96,9 +151,14 @@ def prepare(
             val_speakers=cfg.folds.val_speakers,
             n_groups=cfg.folds.n_groups,
             seed=cfg.folds.seed,
+            column=cfg.folds.get("column", "fold"),
+            allow_speaker_overlap=cfg.folds.get("allow_speaker_overlap", False),
         )
 
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
+    if need_features:
+        for note in audio_notes(cfg, table):
+            log(note)
     skip = cfg.features.get("on_error", "stop") == "skip"
     values = None
     failed = table.iloc[:0].assign(reason=[])
@@ -112,15 +172,17 @@ def prepare(
                 )
             )
 
-        def fetch(paths: list[str]):
+        def fetch(table: pd.DataFrame):
+            paths = table["path"].tolist()
             if inputs == "functionals":
                 return functionals(paths)
+            nodes = cache.get(feature_inputs(cfg, table), workers=cfg.features.workers)
             if cfg.features.get("concat_functionals", False):
-                return cache.get(paths, workers=cfg.features.workers), functionals(paths)
-            return cache.get(paths, workers=cfg.features.workers)
+                return nodes, functionals(paths)
+            return nodes
 
         try:
-            values = fetch(table["path"].tolist())
+            values = fetch(table)
         except FeatureError as error:
             if not skip:
                 raise FeatureError(
@@ -130,8 +192,12 @@ def prepare(
                     f"{failed_listing or 'the study folder'}).",
                 ) from None
             reasons = dict(error.failures)
-            is_failed = table["path"].isin(list(reasons))
-            failed = table[is_failed].assign(reason=table.loc[is_failed, "path"].map(reasons))
+            sources = pd.Series(feature_inputs(cfg, table), index=table.index)
+            by_input = sources.map(reasons)
+            by_path = table["path"].map(reasons)
+            reason = by_path.where(by_path.notna(), by_input)
+            is_failed = reason.notna()
+            failed = table[is_failed].assign(reason=reason[is_failed])
             table = table[~is_failed].reset_index(drop=True)
         if skip:
             listing = failed_listing or "the log above"
@@ -147,7 +213,7 @@ def prepare(
                 )
                 if table.empty:
                     raise ValueError(f"every file of the corpus failed; see {listing}")
-                values = fetch(table["path"].tolist())  # all cache hits now
+                values = fetch(table)  # all cache hits now
     if len(failed):
         folds = folds_of(table)
     study = PreparedData(table=table, classes=classes, folds=folds)

@@ -87,13 +87,19 @@ __all__ = [
 _window_starts = window_starts
 
 
-def load_bundle(path: str | os.PathLike, map_location: str | torch.device | None = None) -> Bundle:
+def load_bundle(
+    path: str | os.PathLike,
+    map_location: str | torch.device | None = None,
+    ssl_model: str | os.PathLike | None = None,
+) -> Bundle:
     """Load a bundle written by :func:`export_bundle` (``sergraph export``).
 
     Args:
         path: the ``.sergraph`` file.
         map_location: device for the models: ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...;
             ``None`` takes CUDA when available, else the CPU.
+        ssl_model: bundles of SSL features: where the SSL model is on this machine (default:
+            the path it had in training). Its files must hash as recorded in the bundle.
 
     Returns:
         A :class:`Bundle` ready to :meth:`~Bundle.predict`.
@@ -125,6 +131,10 @@ def load_bundle(path: str | os.PathLike, map_location: str | torch.device | None
             f"{FORMAT_VERSION} and older: upgrade sergraph"
         )
     meta = json.loads(payload["meta"])
+    if ssl_model is not None:
+        if meta["features"].get("ssl") is None:
+            raise BundleError(f"{path} was trained on openSMILE features: it needs no ssl_model")
+        meta["features"]["ssl"]["model"] = os.fspath(ssl_model)
     check_pipeline(meta, None, source=str(path))
     if map_location is None:
         map_location = "cuda" if torch.cuda.is_available() else "cpu"

@@ -99,6 +99,8 @@ class Bundle:
 
     @property
     def node_seconds(self) -> float:
+        if not self.feature_config.is_opensmile:  # SSL: frames pooled by time
+            return float(self.feature_config.node_seconds)
         return FRAME_SECONDS * self.feature_config.pool
 
     def describe(self) -> str:
@@ -318,6 +320,82 @@ class Bundle:
         columns += [f"p_{name}" for name in self.classes] + ["error"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"segment": "int64"}) if len(frame) else frame
+
+    def predict_signal(
+        self,
+        signal: np.ndarray,
+        sample_rate: int,
+        batch_size: int = 32,
+        window: float | None = None,
+        hop: float | None = None,
+    ) -> pd.DataFrame:
+        """Emotion of audio already in memory (a notebook, a microphone buffer).
+
+        The signal goes through exactly the steps a file goes through (channel average,
+        resampling, clipping, openSMILE or the SSL model, pooling) without touching the disk or
+        the cache, so a file and its samples give the same probabilities.
+
+        Args:
+            signal: samples as floats in [-1, 1): ``[n]`` mono or ``[n, channels]``.
+            sample_rate: its rate in Hz.
+            batch_size: graphs per forward pass.
+            window, hop: as in :meth:`predict` (seconds).
+
+        Returns:
+            The columns of :meth:`predict`, with ``path`` = ``"<signal>"``.
+
+        Raises:
+            FeatureError: the signal is empty, silent, too short or not finite.
+        """
+        import soundfile as sf
+
+        from sergraph.data.features import pool_by_time, pool_frames
+        from sergraph.data.features.opensmile import extract_llds_from
+
+        check_positive_int(sample_rate, "sample_rate")
+        samples = np.asarray(signal, dtype=np.float32)
+        if samples.ndim not in (1, 2):
+            raise BundleError(f"signal has shape {samples.shape}; give [n] or [n, channels]")
+        window_nodes, hop_nodes = self._segment_nodes(window, hop)
+        buffer = io.BytesIO()
+        sf.write(buffer, samples, int(sample_rate), format="WAV", subtype="FLOAT")
+        buffer.seek(0)
+        config = self.feature_config
+        if config.is_opensmile:
+            array = pool_frames(extract_llds_from(buffer, "<signal>", config), config.pool)
+        else:  # SSL: the same chunked extraction as for files, pooled by time
+            from sergraph.data.features.ssl import SSLFrontEnd, embed_file
+
+            frames = embed_file(config, buffer, "<signal>")
+            hop_seconds = SSLFrontEnd(config).hop_seconds
+            array = pool_by_time(frames, hop_seconds, config.node_seconds).astype(np.float32)
+        duration = samples.shape[0] / sample_rate
+        node, max_nodes = self.node_seconds, self.meta["graph"]["max_nodes"]
+        if window_nodes is None:
+            spans = [(0, len(array) if max_nodes is None else min(len(array), max_nodes))]
+        else:
+            starts = window_starts(len(array), window_nodes, hop_nodes)
+            spans = [(first, min(first + window_nodes, len(array))) for first in starts]
+        scores = self.predict_features([array[a:b] for a, b in spans], batch_size)
+        rows = []
+        for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True)):
+            row = {
+                "path": "<signal>",
+                "segment": number,
+                "start": round(first * node, 3),
+                "end": round(min(end * node, duration), 3),
+                "duration": round(duration, 3),
+                "emotion": self.classes[int(np.argmax(row_scores))],
+            }
+            row.update(
+                {
+                    f"p_{c}": round(float(p), 6)
+                    for c, p in zip(self.classes, row_scores, strict=True)
+                }
+            )
+            row["error"] = ""
+            rows.append(row)
+        return pd.DataFrame(rows)
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
         if window is None:

@@ -137,7 +137,7 @@ def export_bundle(
     if "unsupported" in provenance["features"]:
         raise BundleError(
             f"{cells[0]}: bundles cannot reproduce this run's audio pipeline "
-            f"({provenance['features']['unsupported']}); they support openSMILE feature sets"
+            f"({provenance['features']['unsupported']}); they support openSMILE and SSL feature sets"
         )
     meta = {
         "sergraph": __version__,

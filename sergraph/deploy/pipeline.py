@@ -25,7 +25,16 @@ def bundle_feature_config(meta: dict):
     from sergraph.data.features import FeatureConfig
 
     settings = meta["features"]
+    ssl = settings.get("ssl")
     try:
+        if ssl is not None:
+            return FeatureConfig(
+                "ssl",
+                node_seconds=ssl["node_seconds"],
+                ssl={
+                    key: ssl[key] for key in ("model", "layer", "chunk_seconds", "context_seconds")
+                },
+            )
         return FeatureConfig(
             feature_set=settings["feature_set"],
             deltas=settings["deltas"],
@@ -49,6 +58,9 @@ def check_pipeline(meta: dict, config=None, source: str = "this bundle") -> None
 
     expected = bundle_feature_config(meta)
     settings = meta["features"]
+    if settings.get("ssl") is not None:
+        _check_ssl_pipeline(settings["ssl"], expected, config, source)
+        return
     trained = f"openSMILE {settings['opensmile']}, sergraph feature recipe {settings['recipe']}"
     if settings["opensmile"] != opensmile_version() or settings["recipe"] != RECIPE_VERSION:
         raise BundleMismatchError(
@@ -80,6 +92,50 @@ def check_pipeline(meta: dict, config=None, source: str = "this bundle") -> None
             f"{source} was trained on features {asdict(expected)}; the pipeline in use has "
             f"{', '.join(differing)}. A model only understands the features it was trained on: "
             "use the bundle's settings (Bundle.feature_config) or a bundle trained with these."
+        )
+
+
+def _check_ssl_pipeline(recorded: dict, expected, config, source: str) -> None:
+    """Refuse another SSL model (by the hash of its files) or other SSL settings."""
+    from sergraph.data.features import FeatureConfig
+    from sergraph.data.features.ssl import identity_record
+
+    try:
+        found = identity_record(expected)
+    except (ValueError, ImportError, OSError) as error:
+        raise BundleMismatchError(
+            f"{source} was trained on features of the SSL model {recorded['model']!r} (files "
+            f"sha256 {recorded['model_sha256'][:12]}...), which cannot be loaded here: {error}. "
+            "Give its location on this machine (load_bundle(..., ssl_model=PATH), sergraph "
+            "predict --ssl-model PATH)"
+        ) from None
+    if found["model_sha256"] != recorded["model_sha256"]:
+        raise BundleMismatchError(
+            f"{source} was trained on features of the SSL model {recorded['model']!r} with files "
+            f"sha256 {recorded['model_sha256'][:12]}...; the model there now has "
+            f"{found['model_sha256'][:12]}... (other weights or configuration). A model only "
+            "understands the features it was trained on: put the original model there."
+        )
+    if config is None:
+        return
+    in_use = FeatureConfig.from_any(config)
+    if in_use.feature_set != "ssl":
+        raise BundleMismatchError(
+            f"{source} was trained on SSL features; the pipeline in use has "
+            f"feature_set={in_use.feature_set!r}: use the bundle's settings "
+            "(Bundle.feature_config)"
+        )
+    given = identity_record(in_use)
+    keys = ("model_sha256", "layer", "chunk_seconds", "context_seconds", "node_seconds")
+    differing = [
+        f"{key}={given[key]!r} (bundle: {recorded[key]!r})"
+        for key in keys
+        if given[key] != recorded[key]
+    ]
+    if differing:
+        raise BundleMismatchError(
+            f"{source} was trained on other SSL features: {', '.join(differing)}; use the "
+            "bundle's settings (Bundle.feature_config)"
         )
 
 

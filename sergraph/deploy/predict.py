@@ -162,7 +162,9 @@ def run_predict(args) -> int:
     enrollment = parse_enroll(getattr(args, "enroll", None) or [], expand_inputs)
     speakers = input_speakers(args.audio, paths, getattr(args, "speaker", None))
     device = None if args.device == "auto" else args.device
-    bundle = load_bundle(args.bundle, map_location=device)
+    bundle = load_bundle(
+        args.bundle, map_location=device, ssl_model=getattr(args, "ssl_model", None)
+    )
     if not args.quiet:
         print(f"{bundle!r} on {bundle.device}; {len(paths)} file(s)", file=sys.stderr)
     frame = bundle.predict(

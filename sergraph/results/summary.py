@@ -35,10 +35,11 @@ def summarize(
     cells = finished_cells(root)  # verified: a damaged file stops here, naming it
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
-    rows, pooled, folders, protocols = [], [], {}, {}
+    rows, pooled, folders, protocols, overlapping = [], [], {}, {}, False
     for directory, metrics in cells:
         if folds is not None and int(metrics["fold"]) not in folds:
             continue
+        overlapping |= metrics.get("speaker_independent", True) is False
         classes = classes or metrics["classes"]
         folders[(metrics["seed"], metrics["fold"])] = directory
         protocol = metrics.get("protocol") or saved_protocol(directory / "config.yaml")
@@ -76,6 +77,8 @@ def summarize(
             "per_seed": pooled,
         },
     }
+    if overlapping:  # predefined folds with folds.allow_speaker_overlap=true
+        summary["speaker_independent"] = False
     if write:
         atomic_write_json(root / "summary.json", summary)
         atomic_write_text(root / "summary.md", format_summary(summary))
@@ -130,4 +133,10 @@ def format_summary(summary: dict) -> str:
         "WA = accuracy over utterances; UA = mean recall over classes present in the targets.",
         "",
     ]
+    if summary.get("speaker_independent", True) is False:
+        lines += [
+            "NOT speaker-independent: these folds let test speakers appear in training "
+            "(folds.allow_speaker_overlap=true).",
+            "",
+        ]
     return "\n".join(lines)

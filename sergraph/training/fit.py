@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from sergraph.config import identity, model_spec, protocol_of
 from sergraph.console import configure as configure_console
 from sergraph.console import log
+from sergraph.data.features.ssl import stacked_layers
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
 from sergraph.io import atomic_write_bytes
@@ -58,6 +59,7 @@ def fit_neural(
         schedule=cfg.optim.schedule,
         warmup_epochs=cfg.optim.warmup_epochs,
         augment=OmegaConf.to_container(cfg.augment),
+        input_layers=stacked_layers(cfg),
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).

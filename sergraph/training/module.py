@@ -18,6 +18,7 @@ from sergraph.config import resolve_model
 from sergraph.console import log
 from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
+from sergraph.models.layers import LayerWeightedSum
 from sergraph.training.distributed import from_every_rank
 
 # Evaluation scores and losses are logged from torchmetrics states that are already summed over
@@ -47,6 +48,10 @@ class SERModule(L.LightningModule):
         warmup_epochs: epochs of linear warm-up (epoch ``e`` uses ``lr * (e + 1) / (warmup + 1)``).
         augment: training-only node-feature augmentation (:func:`augment_nodes`): ``noise``
             (Gaussian std), ``time_mask`` and ``feature_mask`` (largest masked span).
+        input_layers: ``L > 1``: each node holds ``L`` stacked hidden layers of a
+            self-supervised model (``features.ssl.layer=all``); a learned
+            :class:`~sergraph.models.layers.LayerWeightedSum` mixes them before the encoder,
+            which then sees ``in_channels / L`` features.
 
     Logged keys: ``train/loss``, ``val/loss``, ``val/wa``, ``val/ua``, ``test/wa``, ``test/ua``
     and ``{val,test}/recall_<class>``. Scores are computed from a torchmetrics confusion matrix
@@ -75,6 +80,7 @@ class SERModule(L.LightningModule):
         schedule: str = "constant",
         warmup_epochs: int = 0,
         augment: dict | None = None,
+        input_layers: int = 1,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -82,8 +88,13 @@ class SERModule(L.LightningModule):
         num_classes = len(self.class_names)
         # A checkpoint written before presets had families names the preset (e.g. "gin").
         family, params = resolve_model(model, dict(model_params))
+        self.layer_mix = LayerWeightedSum(input_layers) if input_layers > 1 else None
         self.model = build_model(
-            family, in_channels, num_classes, global_channels=global_channels, **params
+            family,
+            in_channels // input_layers,
+            num_classes,
+            global_channels=global_channels,
+            **params,
         )
         self.augment = {"noise": 0.0, "time_mask": 0, "feature_mask": 0, **dict(augment or {})}
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
@@ -94,6 +105,9 @@ class SERModule(L.LightningModule):
         self.test_loss = MeanMetric()
 
     def forward(self, batch) -> torch.Tensor:
+        if self.layer_mix is not None:
+            batch = copy.copy(batch)  # shallow: only x is replaced
+            batch.x = self.layer_mix(batch.x)
         return self.model(batch)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -23,7 +23,11 @@ def feature_pipeline(features) -> dict:
 
     Returns:
         ``{"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile", "recipe",
-        "names"}`` of the installed openSMILE and sergraph feature recipe.
+        "names"}`` of the installed openSMILE and sergraph feature recipe; for SSL features
+        also ``ssl`` (see :func:`sergraph.data.features.ssl.identity_record`).
+
+    Raises:
+        ValueError: precomputed features, or ``ssl.layer=all`` (bundles cannot reproduce them).
     """
     from sergraph.data.features import (
         RECIPE_VERSION,
@@ -32,6 +36,26 @@ def feature_pipeline(features) -> dict:
         opensmile_version,
     )
 
+    if features["feature_set"] == "precomputed":
+        raise ValueError(
+            "features.feature_set=precomputed: a bundle must compute its features from audio, "
+            "and precomputed arrays come from a front end sergraph does not know"
+        )
+    if features["feature_set"] == "ssl":  # the model is identified by the hash of its files
+        from sergraph.data.features.ssl import identity_record
+
+        ssl = identity_record(FeatureConfig.from_any(features))
+        return {
+            "feature_set": "ssl",
+            "deltas": False,
+            "pool": 1,
+            "sample_rate": None,
+            "levels": [],
+            "opensmile": opensmile_version(),
+            "recipe": RECIPE_VERSION,
+            "names": [f"ssl_{index}" for index in range(ssl["width"])],
+            "ssl": ssl,
+        }
     config = FeatureConfig.from_any(
         {
             name: features[name]

@@ -34,14 +34,23 @@ SETUP_MARKER = "# sergraph:setup"
 
 
 def script_dir() -> Path:
-    """The ``slurm/`` folder of the source tree (sergraph is installed from a clone)."""
-    folder = Path(__file__).resolve().parents[2] / "slurm"
-    if not (folder / "train_array.sbatch").is_file():
-        raise FileNotFoundError(
-            f"the job scripts are not at {folder}; install sergraph from a clone of its "
-            "repository (pip install -e .) to use `sergraph slurm`"
-        )
-    return folder
+    """The folder of the sbatch templates: package data ``sergraph.slurm`` of an installed
+    sergraph (wheel or editable), else the ``slurm/`` folder of a source tree on the path."""
+    from importlib import resources
+
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files("sergraph.slurm"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "slurm")
+    for folder in candidates:
+        if (folder / "train_array.sbatch").is_file():
+            return folder
+    raise FileNotFoundError(
+        f"the job scripts are not in {[str(c) for c in candidates]}; reinstall sergraph "
+        "(pip install sergraph, or pip install -e . from a clone)"
+    )
 
 
 @dataclass
@@ -139,6 +148,8 @@ def plan_jobs(
     if features:
         shards = int(slurm.feature_shards)
         options = _common_options(cfg, f"sergraph-features-{name}", f"{log_dir}/%x-%A_%a.out")
+        if cfg.features.feature_set == "ssl" and slurm.gpus > 0:
+            options["gres"] = "gpu:1"  # one GPU per shard runs the SSL model
         jobs.append(
             Job(
                 "features",

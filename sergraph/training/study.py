@@ -139,6 +139,7 @@ def _run_claimed(cfg: DictConfig, cell: Cell, directory: Path) -> str:
         f"{cell.label} seed {cell.seed} {fold.name} test {','.join(fold.test_speakers)}: "
         f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
         f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
+        + ("" if fold.speaker_independent else " [NOT speaker-independent]")
     )
 
 
@@ -335,6 +336,7 @@ def fit_cell(
         "train_speakers": list(fold.train_speakers),
         "val_speakers": list(fold.val_speakers),
         "test_speakers": list(fold.test_speakers),
+        **({} if fold.speaker_independent else {"speaker_independent": False}),
         "classes": study.classes,
         "n_test": len(predictions),
         "protocol": protocol_record(

@@ -15,7 +15,6 @@ import pytest
 import soundfile as sf
 
 from sergraph.config import ConfigError, compose
-from sergraph.data import features
 from sergraph.data.features import (
     FeatureCache,
     FeatureConfig,
@@ -188,7 +187,9 @@ def test_nan_or_inf_features_are_refused(tmp_path, monkeypatch):
         def process_signal(self, signal, rate):
             return pd.DataFrame({"pcm_loudness_sma": [1.0, np.nan], "F0_sma": [np.inf, 0.0]})
 
-    monkeypatch.setattr(features, "_smile", lambda *args: NaNSmile())
+    from sergraph.data.features import opensmile
+
+    monkeypatch.setattr(opensmile, "smile_for", lambda *args: NaNSmile())
     reason = failure_of(write(tmp_path / "a.wav", tone()))
     assert "2 NaN/inf values" in reason and "pcm_loudness_sma" in reason and "F0_sma" in reason
 

@@ -140,14 +140,37 @@ def test_saving_a_loaded_bundle_round_trips(run, tmp_path):
     assert copy.meta == bundle.meta
 
 
+def test_predict_signal_equals_predicting_the_file(run, tmp_path):
+    bundle = load_bundle(run.fold0, map_location="cpu")
+    path = sorted(run.audio.values())[0]
+    samples, rate = sf.read(path)  # int16 file read as floats: the same samples
+    stereo = np.stack([samples, samples], axis=1)  # two equal channels average to the same
+    from_file = bundle.predict([path], cache_dir=tmp_path / "cache", progress=False)
+    for signal in (samples, stereo):
+        from_memory = bundle.predict_signal(signal, rate)
+        np.testing.assert_allclose(probabilities(from_memory), probabilities(from_file), atol=1e-6)
+        assert from_memory["path"].tolist() == ["<signal>"]
+        assert from_memory["duration"].iloc[0] == from_file["duration"].iloc[0]
+    windows = bundle.predict_signal(samples, rate, window=1.0)
+    assert windows["segment"].tolist() == list(range(len(windows))) and len(windows) >= 2
+
+
 def test_python_api_is_exported_lazily():
     code = (
         "import sys, sergraph; assert 'torch' not in sys.modules; "
-        "from sergraph import load_bundle; print(load_bundle.__module__)"
+        "from sergraph import load_bundle, compose, run_study, write_report, export_bundle; "
+        "print(load_bundle.__module__, compose.__module__, run_study.__module__, "
+        "write_report.__module__, export_bundle.__module__)"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "sergraph.deploy.bundle"
+    assert result.stdout.split() == [
+        "sergraph.deploy.bundle",
+        "sergraph.config",
+        "sergraph.training.study",
+        "sergraph.results.report",
+        "sergraph.deploy.export",
+    ]
 
 
 @pytest.mark.gpu

@@ -125,8 +125,10 @@ def test_apply_label_map_errors_name_label_and_labels_present(small_table):
 
 
 def test_registry_names_and_unknown_corpus():
-    assert sorted(CORPORA) == ["emodb", "iemocap", "manifest", "ravdess", "synthetic"]
-    with pytest.raises(ValueError, match=r"unknown corpus 'emo'; choose one of \['emodb'"):
+    assert sorted(CORPORA) == ["audformat", "emodb", "iemocap", "manifest", "ravdess", "synthetic"]
+    with pytest.raises(
+        ValueError, match=r"unknown corpus 'emo'; choose one of \['audformat', 'emodb'"
+    ):
         load_corpus("emo", "/nowhere")
     assert default_classes("iemocap") == ["neutral", "happy", "sad", "angry"]
     assert default_classes("manifest") is None
@@ -507,8 +509,10 @@ def test_manifest_resolves_relative_paths(tmp_path):
         "./audio/a1.wav,A,neutral,f,z\n",
     )
     table = manifest.load(csv)
-    assert list(table.columns) == ["utterance", "path", "speaker", "label", "gender"]
+    # Other columns are kept after the contract's (a fold column, feature files, ...).
+    assert list(table.columns) == ["utterance", "path", "speaker", "label", "gender", "extra"]
     assert list(table["utterance"]) == ["a1", "b1", "c1"]
+    assert list(table["extra"]) == ["z", "x", "y"]
     assert list(table["path"]) == [
         str((corpus / "audio" / "a1.wav").resolve()),
         str((corpus / "audio" / "b1.wav").resolve()),

@@ -348,7 +348,7 @@ def test_train_help_shows_groups_keys_and_examples(capsys):
     with pytest.raises(SystemExit):
         main(["train", "--help"])
     text = capsys.readouterr().out
-    assert "data={emodb," in text and "model={" in text and "lstm_gin" in text
+    assert "data={" in text and "emodb," in text and "model={" in text and "lstm_gin" in text
     assert "optim.lr=" in text and "run.name=" in text and "folds.only=" in text
     assert "examples:" in text and "sergraph train data=emodb data.root=" in text
 

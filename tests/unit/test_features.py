@@ -366,3 +366,40 @@ def test_feature_error_lists_every_file_but_shortens_a_long_message():
     assert message.startswith("feature extraction failed for 60 file(s):")
     assert "/data/f0.wav: empty audio (0 samples)" in message
     assert "/data/f59.wav" not in message and "... and 10 more" in message
+
+
+# ---------------------------------------------------------------------------------------------
+# one config class; cache keys of existing caches unchanged
+
+
+def test_cache_keys_of_opensmile_settings_are_those_computed_before_the_package_split():
+    # Computed on main before features.py became a package and the two config classes merged:
+    # existing caches must still hit.
+    assert FeatureCache("/c", FeatureConfig()).key_dir().name == "lld-is10-fc28fcb40dcff29b"
+    assert FeatureCache("/c", FeatureConfig()).key_dir("func").name == "func-is10-94e8084285e535a6"
+    assert FeatureCache("/c", FeatureConfig("egemaps")).key_dir().name == (
+        "lld-egemaps-b879f2d8c711cf9f"
+    )
+    assert FeatureCache("/c", FeatureConfig("compare")).key_dir().name == (
+        "lld-compare-51fe3c3e4599154c"
+    )
+    changed = FeatureConfig(deltas=False, sample_rate=16000)
+    assert FeatureCache("/c", changed).key_dir().name == "lld-is10-bf37c3b3a15f991f"
+
+
+def test_the_run_config_features_node_is_the_feature_config():
+    from omegaconf import OmegaConf
+
+    from sergraph.config import Config, compose, identity
+
+    assert Config.__dataclass_fields__["features"].type in ("FeatureConfig", FeatureConfig)
+    cfg = compose(["features.feature_set=compare", "features.pool=3", "features.workers=1"])
+    config = FeatureConfig.from_any(cfg.features)
+    assert (config.feature_set, config.pool, config.workers) == ("compare", 3, 1)
+    assert OmegaConf.to_container(cfg.features)["ssl"]["layer"] == -1
+    # Run ids computed on main before the merge: finished runs keep their id.
+    assert identity(compose([])) == "0f1268d2ea22"
+    assert (
+        identity(compose(["data=emodb", "data.root=/x", "features.feature_set=egemaps"]))
+        == "1b33673c2fc2"
+    )

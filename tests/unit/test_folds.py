@@ -87,3 +87,49 @@ def test_fold_table_counts(toy_table):
     table = fold_table(toy_table, folds, ["angry", "neutral", "sad"])
     first = table[(table["fold"] == "fold-00") & (table["split"] == "train")].iloc[0]
     assert first["speakers"] == "s3,s4" and first["n"] == 12 and first["angry"] == 4
+
+
+# ---------------------------------------------------------------------------------------------
+# predefined folds
+
+
+def test_predefined_folds_reproduce_the_fold_column(toy_table):
+    # s1, s2 -> fold 0; s3 -> fold 1; s4 -> fold 2 (the column is text, as read from a CSV)
+    table = toy_table.assign(
+        fold=toy_table["speaker"].map({"s1": "0", "s2": "0", "s3": "1", "s4": "2"})
+    )
+    folds = make_folds(table, "predefined", val_speakers=1)
+    assert [f.test_speakers for f in folds] == [("s1", "s2"), ("s3",), ("s4",)]
+    for fold, declared in zip(folds, ("0", "1", "2"), strict=True):
+        rows = split_indices(table, fold)
+        assert set(table["utterance"].iloc[rows["test"]]) == set(
+            table["utterance"][table["fold"] == declared]
+        )
+        assert fold.speaker_independent
+        assert len(rows["train"]) + len(rows["val"]) + len(rows["test"]) == len(table)
+    # validation: the next speaker after the test ones, from the training side
+    assert folds[0].val_speakers == ("s3",) and folds[0].train_speakers == ("s4",)
+
+
+def test_predefined_folds_refuse_a_speaker_in_two_folds_naming_it(toy_table):
+    fold = toy_table["speaker"].map({"s1": "0", "s2": "0", "s3": "1", "s4": "1"})
+    fold[toy_table["utterance"] == "s2_sad_1"] = "1"  # one utterance of s2 in the other fold
+    table = toy_table.assign(fold=fold)
+    with pytest.raises(
+        FoldLeakError, match=r"1 speaker\(s\) in more than one fold: s2 in folds \[0, 1\]"
+    ):
+        make_folds(table, "predefined", val_speakers=0)
+    folds = make_folds(table, "predefined", val_speakers=0, allow_speaker_overlap=True)
+    assert [f.speaker_independent for f in folds] == [False, False]
+    rows = split_indices(table, folds[1])
+    assert "s2_sad_1" in set(table["utterance"].iloc[rows["test"]])
+    assert "s2_sad_1" not in set(table["utterance"].iloc[rows["train"]])
+    assert "speakers overlap" in fold_table(table, folds, ["angry", "neutral", "sad"])["fold"][0]
+
+
+def test_predefined_folds_name_a_missing_column_and_bad_values(toy_table):
+    with pytest.raises(ValueError, match=r"needs a 'fold' column.*folds.column"):
+        make_folds(toy_table, "predefined")
+    table = toy_table.assign(fold=["0"] * 20 + ["x"] + ["1"] * 3)
+    with pytest.raises(ValueError, match=r"fold values must be integers.*\['x'\]"):
+        make_folds(table, "predefined")

@@ -31,7 +31,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = ("utterance", "path", "speaker", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("session", "gender", "text")
 
 
-def build_table(rows: Iterable[Mapping[str, object]], source: str) -> pd.DataFrame:
+def build_table(
+    rows: Iterable[Mapping[str, object]], source: str, extra_columns: Iterable[str] = ()
+) -> pd.DataFrame:
     """Build a corpus table from row dictionaries, in the column order of the contract.
 
     Shared by all loaders so that every corpus comes out the same way: required columns first,
@@ -41,6 +43,8 @@ def build_table(rows: Iterable[Mapping[str, object]], source: str) -> pd.DataFra
         rows: one mapping per utterance with at least the keys of ``REQUIRED_COLUMNS``; any key
             of ``OPTIONAL_COLUMNS`` must be present in all rows or in none.
         source: what the rows were read from (a folder or file), named in error messages.
+        extra_columns: further columns to keep after the contract's ones (e.g. a manifest's
+            ``fold`` column or a column naming precomputed feature files), in this order.
 
     Returns:
         The table, index ``0..n-1``, sorted by ``utterance``.
@@ -57,6 +61,7 @@ def build_table(rows: Iterable[Mapping[str, object]], source: str) -> pd.DataFra
     if missing:
         raise ValueError(f"rows from {source} lack the required column(s) {missing}")
     columns = list(REQUIRED_COLUMNS) + [c for c in OPTIONAL_COLUMNS if c in present]
+    columns += [c for c in extra_columns if c not in columns]
     for index, row in enumerate(rows):
         absent = [column for column in columns if column not in row]
         if absent:
@@ -128,7 +133,14 @@ def apply_label_map(
 
 
 # The loaders import build_table from this package, so they are imported after it is defined.
-from sergraph.data.corpora import emodb, iemocap, manifest, ravdess, synthetic  # noqa: E402
+from sergraph.data.corpora import (  # noqa: E402
+    audformat,
+    emodb,
+    iemocap,
+    manifest,
+    ravdess,
+    synthetic,
+)
 
 _MODULES: dict[str, ModuleType] = {
     "synthetic": synthetic,
@@ -136,6 +148,7 @@ _MODULES: dict[str, ModuleType] = {
     "ravdess": ravdess,
     "iemocap": iemocap,
     "manifest": manifest,
+    "audformat": audformat,
 }
 
 CORPORA: dict[str, Callable[..., pd.DataFrame]] = {

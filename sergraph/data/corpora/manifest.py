@@ -2,7 +2,9 @@
 
 The CSV has a header row with the columns ``path``, ``speaker``, ``label`` and optionally
 ``utterance`` (default: the file stem), ``session``, ``gender`` (``m``/``f``, also
-``male``/``female``) and ``text``; other columns are ignored. Relative paths are resolved against
+``male``/``female``) and ``text``. Other columns are kept as they are (text), after these: a
+``fold`` column for ``folds.scheme=predefined``, or a column naming precomputed feature files
+(``features.precomputed.column``). Relative paths are resolved against
 the CSV's folder, so a corpus folder with its manifest can be moved as a whole. Labels are
 lower-cased; choose classes with ``classes``/``merge`` (by default every label is kept).
 
@@ -122,7 +124,8 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
     if frame.empty:
         raise ValueError(f"manifest {csv_path} has a header but no rows")
     used = [c for c in (*MANIFEST_REQUIRED, *MANIFEST_OPTIONAL) if c in frame.columns]
-    frame = frame[used].apply(lambda column: column.str.strip())
+    extra = [c for c in frame.columns if c not in used]
+    frame = frame[used + extra].apply(lambda column: column.str.strip())
     row_numbers = pd.Series(range(1, len(frame) + 1), index=frame.index)
 
     for column in used:
@@ -183,4 +186,4 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
             raise ValueError(
                 f"manifest {csv_path}: utterance id {repeated.iloc[0]!r} repeats in {_rows(rows)}"
             )
-    return build_table(frame.to_dict("records"), source=str(csv_path))
+    return build_table(frame.to_dict("records"), source=str(csv_path), extra_columns=extra)

@@ -1,0 +1,1 @@
+"""The sbatch templates of ``sergraph slurm`` (shipped in the wheel as ``sergraph.slurm``)."""
