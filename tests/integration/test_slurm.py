@@ -372,7 +372,9 @@ def test_ddp_job_over_two_tasks_equals_a_direct_ddp_run(slurm, workdir, direct_c
     assert result.returncode == 0, (result.stderr + log)[-4000:]
     # Two processes from SLURM (not from the configuration, which says devices=1), one group.
     assert "SLURM job step: 2 process(es) per node on 1 node(s)" in log
-    assert "Starting with 2 processes" in log
+    # Lightning's own messages go to the study's log file (the console stays quiet).
+    study_logs = "".join(path.read_text() for path in (workdir / "srun").rglob("sergraph.log"))
+    assert "Starting with 2 processes" in study_logs
 
     srun_metrics, srun_predictions = results(workdir / "srun" / CELL / "fold-00")
     local_metrics, local_predictions = results(workdir / "local" / CELL / "fold-00")
