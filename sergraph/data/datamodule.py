@@ -20,12 +20,23 @@ from sergraph.data.protocol import (
     statistic_rows,
 )
 
-#: Version of :meth:`FoldDataModule.export_state`'s layout.
-EXPORT_STATE_FORMAT = 1
+#: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
+#: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``).
+EXPORT_STATE_FORMAT = 2
 
 
 def _pick(normalizers: Normalizer | dict, speaker: str) -> Normalizer:
     return normalizers[speaker] if isinstance(normalizers, dict) else normalizers
+
+
+def _tensors(normalizer: Normalizer | None) -> dict | None:
+    """``{"mean", "std"}`` float32 tensors of a Normalizer (``None`` stays ``None``)."""
+    if normalizer is None:
+        return None
+    return {
+        "mean": torch.from_numpy(np.asarray(normalizer.mean, np.float32)),
+        "std": torch.from_numpy(np.asarray(normalizer.std, np.float32)),
+    }
 
 
 class EvaluationSampler(DistributedSampler):
@@ -298,21 +309,37 @@ class FoldDataModule(L.LightningDataModule):
         speakers of each split), ``corpus`` (``n_utterances``, ``speakers``), ``test``
         (``utterances`` in test order, their raw node features concatenated as float32
         ``features [sum T_i, F]`` with ``lengths [N]``, each cut to ``max_nodes`` since the
-        graph never sees more) and ``provenance``. Needs :meth:`setup`.
+        graph never sees more; under ``enrollment`` the scored ones only, as in predictions.csv;
+        their ``speakers``) and ``provenance``.
+
+        Under per-speaker normalisation (``normalize="speaker"``) also ``training_normalizer``
+        (the statistics of all training rows: what a bundle falls back on for a speaker without
+        enrollment audio) and, under ``protocol="enrollment"``, ``enrollment_normalizers``
+        (held-out speaker -> ``mean``/``std``, fitted on that speaker's enrollment utterances
+        only, without labels: what verification normalises its test inputs with); both ``None``
+        otherwise. Needs :meth:`setup`.
         """
         if self._export_state is None:
             if not self.datasets:
                 raise RuntimeError("FoldDataModule.export_state() needs setup() first")
-            rows = split_indices(self.table, self.fold)["test"]
+            split_rows = split_indices(self.table, self.fold, self.enrolled)
+            rows = split_rows["test"]
             inputs = [
                 np.asarray(self.features[i][: self.max_nodes], dtype=np.float32) for i in rows
             ]
-            normalizer = None
-            if self.normalizer is not None:
-                normalizer = {
-                    "mean": torch.from_numpy(np.asarray(self.normalizer.mean, np.float32)),
-                    "std": torch.from_numpy(np.asarray(self.normalizer.std, np.float32)),
-                }
+            normalizer = _tensors(self.normalizer)
+            training_normalizer = enrollment_normalizers = None
+            if self.speaker_normalizers is not None:
+                training_normalizer = _tensors(
+                    Normalizer.fit([self.features[i] for i in split_rows["train"]])
+                )
+                if self.protocol == "enrollment":
+                    held_out = [str(s) for s in self.fold.val_speakers + self.fold.test_speakers]
+                    enrollment_normalizers = {
+                        speaker: _tensors(self.speaker_normalizers[speaker])
+                        for speaker in held_out
+                        if speaker in self.speaker_normalizers
+                    }
             self._export_state = {
                 "format": EXPORT_STATE_FORMAT,
                 "classes": list(self.classes),
@@ -324,6 +351,8 @@ class FoldDataModule(L.LightningDataModule):
                     "normalize": self.normalize,
                 },
                 "normalizer": normalizer,
+                "training_normalizer": training_normalizer,
+                "enrollment_normalizers": enrollment_normalizers,
                 "fold": {
                     "name": self.fold.name,
                     **{
@@ -339,6 +368,7 @@ class FoldDataModule(L.LightningDataModule):
                 },
                 "test": {
                     "utterances": [str(self.table["utterance"].iloc[i]) for i in rows],
+                    "speakers": [str(self.table["speaker"].iloc[i]) for i in rows],
                     "features": torch.from_numpy(
                         np.concatenate(inputs)
                         if inputs

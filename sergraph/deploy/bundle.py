@@ -27,6 +27,8 @@ with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. I
         precision       the training precision (``trainer.precision``, e.g. "32-true",
                         "bf16-mixed"); bundles always predict in float32
         config          the run's resolved configuration; config_id: its identity hash
+        protocol        {"name", "note", and under enrollment "enrollment", "enrollment_seed"}:
+                        the run's eval.protocol (absent in bundles made before protocols)
         source          {"run_dir", "corpus", "data_root", "n_utterances", "speakers"}
         members         per member: seed, fold, train/val/test speakers, test WA/UA, best
                         validation UA, epochs, checkpoint (relative to run_dir)
@@ -36,8 +38,11 @@ with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. I
                         "precision" when a difference above float32's tolerance is explained
                         by the training precision, else null
     members         [{"state_dict": {name: tensor}, "mean": tensor [F], "std": tensor [F]}]
+                    (under graph.normalize=speaker, with eval.protocol=enrollment only: the
+                    training speakers' pooled statistics, used for speakers without
+                    enrollment audio; see :mod:`~sergraph.deploy.enroll`)
 
-``precision`` and the verification's ``tolerance``/``cause`` were added within format 1; a
+``precision``, ``protocol`` and the verification's ``tolerance``/``cause`` were added within format 1; a
 bundle without them was trained in "32-true".
 
 A bundle refuses to load (:class:`BundleMismatchError`) where the audio pipeline differs from
@@ -46,7 +51,9 @@ other feature names. :meth:`Bundle.check_pipeline` also compares a given feature
 
 The modules behind this one: :mod:`~sergraph.deploy.ensemble` (the :class:`Bundle` and its
 prediction), :mod:`~sergraph.deploy.pipeline` (errors and the pipeline check),
-:mod:`~sergraph.deploy.export` (making a bundle from a run, and its verification).
+:mod:`~sergraph.deploy.export` (making a bundle from a run), :mod:`~sergraph.deploy.verify`
+(its verification against the run's predictions), :mod:`~sergraph.deploy.enroll` (enrollment
+audio of bundles trained under ``eval.protocol=enrollment``).
 """
 
 from __future__ import annotations

@@ -104,3 +104,48 @@ def speaker_normalizers(cache, enrollment: dict[str, Sequence[str]], workers: in
         arrays = cache.get([os.fspath(f) for f in files], workers=workers, progress=False)
         out[speaker] = Normalizer.fit([np.asarray(a) for a in arrays])
     return out
+
+
+def enrollment_plan(
+    meta: dict,
+    cache,
+    paths: Sequence[str],
+    speakers: Sequence[str | None] | None,
+    enrollment: dict[str, Sequence[str | os.PathLike]] | None,
+    workers: int = 1,
+) -> dict | None:
+    """How a bundle normalises each file: path -> (speaker, Normalizer of the speaker's
+    enrollment audio or ``None`` for the training statistics, ``normalised_with`` in words) for
+    bundles trained with per-speaker normalisation (``meta["graph"]["normalize"]``); ``None``
+    for the others.
+
+    Raises:
+        BundleError: ``speakers`` not one per file, or enrollment audio given to a bundle that
+            normalises with its training speakers' statistics.
+    """
+    from sergraph.deploy.pipeline import BundleError
+
+    if speakers is not None and len(speakers) != len(paths):
+        raise BundleError(f"{len(speakers)} speakers given for {len(paths)} files")
+    normalize = meta["graph"]["normalize"]
+    if normalize != "speaker":
+        if enrollment:
+            raise BundleError(
+                "this bundle normalises with its training speakers' statistics "
+                f"(graph.normalize={normalize}); it takes no enrollment audio"
+            )
+        return None
+    enrollment = enrollment or {}
+    fitted = speaker_normalizers(cache, enrollment, workers)
+    speakers = list(speakers) if speakers is not None else [None] * len(paths)
+    out = {}
+    for path, speaker in zip(paths, speakers, strict=True):
+        if speaker in fitted:
+            out[path] = (
+                speaker,
+                fitted[speaker],
+                enrollment_note(speaker, len(enrollment[speaker])),
+            )
+        else:
+            out[path] = (speaker or "", None, NO_ENROLLMENT)
+    return out

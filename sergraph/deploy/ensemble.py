@@ -30,6 +30,7 @@ import torch
 
 from sergraph.config import ON_ERROR_CHOICES
 from sergraph.data.features import check_positive_int
+from sergraph.deploy.enroll import enrollment_plan
 from sergraph.deploy.pipeline import BundleError, bundle_feature_config, check_pipeline
 from sergraph.io import atomic_write_bytes
 
@@ -120,6 +121,8 @@ class Bundle:
             f"utterances, {len(meta['source']['speakers'])} speakers) in "
             f"{meta['source']['run_dir']}",
         ]
+        if meta.get("protocol"):
+            lines.append(f"protocol: {meta['protocol']['note']}")
         verification = meta.get("verification")
         if verification:
             line = (
@@ -182,7 +185,11 @@ class Bundle:
 
     @torch.inference_mode()
     def predict_features(
-        self, features: Sequence[np.ndarray], batch_size: int = 32, member: int | None = None
+        self,
+        features: Sequence[np.ndarray],
+        batch_size: int = 32,
+        member: int | None = None,
+        normalizers: Sequence | None = None,
     ) -> np.ndarray:
         """Class probabilities of pooled feature arrays ``[T_i, F]`` (as the cache gives them).
 
@@ -190,6 +197,9 @@ class Bundle:
             features: one array per utterance or segment.
             batch_size: graphs per forward pass.
             member: use only this member (default: the mean over all members).
+            normalizers: per array, a :class:`~sergraph.data.graphs.Normalizer` of its
+                speaker's enrollment audio, or ``None`` for the member's own statistics
+                (see :mod:`sergraph.deploy.enroll`).
 
         Returns:
             ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
@@ -206,15 +216,17 @@ class Bundle:
                     f"features[{index}] has shape {array.shape}; this bundle needs [T >= 1, "
                     f"{width}] ({self.feature_config.feature_set} features)"
                 )
+        if normalizers is not None and len(normalizers) != len(features):
+            raise BundleError(f"{len(normalizers)} normalizers given for {len(features)} arrays")
         if not features:
             return np.zeros((0, len(self.classes)))
         chosen = range(len(self.models)) if member is None else [member]
         total = np.zeros((len(features), len(self.classes)))
         for index in chosen:
-            normalizer = self.normalizers[index]
+            own = self.normalizers[index]
             graphs = [
                 build_graph(
-                    normalizer(array),
+                    ((normalizers[position] if normalizers else None) or own)(array),
                     graph["k"],
                     graph["max_nodes"],
                     graph["pad"],
@@ -244,6 +256,8 @@ class Bundle:
         cache_dir: str | os.PathLike | None = None,
         progress: bool = True,
         chunk_size: int = 512,
+        speakers: Sequence[str | None] | None = None,
+        enrollment: dict[str, Sequence[str | os.PathLike]] | None = None,
     ) -> pd.DataFrame:
         """Emotion of each audio file (or of each window of it).
 
@@ -263,15 +277,22 @@ class Bundle:
             progress: show a progress bar on stderr.
             chunk_size: files whose features are extracted (in parallel) and classified at a
                 time, which bounds memory for long lists.
+            speakers: the speaker of each file (``None`` where unknown); used by bundles trained
+                with ``eval.protocol=enrollment`` to pick the speaker's enrollment statistics.
+            enrollment: speaker -> enrollment audio files (unlabelled), for such bundles only.
+                A file whose speaker has none is normalised with the training statistics, and
+                its ``normalised_with`` column says so.
 
         Returns:
             One row per file (per segment with ``window``): ``path``, ``segment``, ``start``
             and ``end`` (seconds of the file the prediction used), ``duration`` (seconds),
-            ``emotion``, ``p_<class>`` for each class, ``error`` (empty when it worked).
+            ``emotion``, ``p_<class>`` for each class, ``error`` (empty when it worked); for
+            bundles trained with enrollment also ``speaker`` and ``normalised_with``.
 
         Raises:
             FeatureError: ``on_error="stop"`` and some files failed.
-            BundleError: bad ``window``/``hop``/``on_error``.
+            BundleError: bad ``window``/``hop``/``on_error``, ``speakers`` not one per file,
+                ``enrollment`` for a bundle that takes none.
         """
         from tqdm import tqdm
 
@@ -287,6 +308,7 @@ class Bundle:
         paths = [os.fspath(p) for p in paths]
         cache = FeatureCache(feature_cache_root(cache_dir), self.feature_config)
         self.check_pipeline(cache.config)
+        enrolled = enrollment_plan(self.meta, cache, paths, speakers, enrollment, workers)
 
         rows: list[dict] = []
         failures: list[tuple[str, str]] = []
@@ -304,7 +326,7 @@ class Bundle:
                     arrays = cache.get(good, workers=1, progress=False)  # cache hits
                 good = [p for p in chunk if p not in reasons]
                 rows += self._chunk_rows(
-                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size
+                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled
                 )
                 bar.update(len(chunk))
         finally:
@@ -318,6 +340,8 @@ class Bundle:
             )
         columns = ["path", "segment", "start", "end", "duration", "emotion"]
         columns += [f"p_{name}" for name in self.classes] + ["error"]
+        if enrolled is not None:
+            columns += ["speaker", "normalised_with"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"segment": "int64"}) if len(frame) else frame
 
@@ -416,7 +440,9 @@ class Bundle:
             )
         return window_nodes, hop_nodes
 
-    def _chunk_rows(self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size):
+    def _chunk_rows(
+        self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled=None
+    ):
         node = self.node_seconds
         max_nodes = self.meta["graph"]["max_nodes"]
         by_path = dict(zip(good, arrays, strict=True))  # a file listed twice is computed once
@@ -429,7 +455,9 @@ class Bundle:
             for number, first in enumerate(window_starts(len(array), window_nodes, hop_nodes)):
                 segments.append((path, number, first, min(first + window_nodes, len(array))))
         probabilities = self.predict_features(
-            [by_path[p][first:end] for p, _, first, end in segments], batch_size
+            [by_path[p][first:end] for p, _, first, end in segments],
+            batch_size,
+            normalizers=[enrolled[p][1] for p, *_ in segments] if enrolled else None,
         )
         durations = {p: _duration(p) for p in by_path}
         predicted: dict[str, list[dict]] = {}
@@ -450,6 +478,8 @@ class Bundle:
             if not np.isfinite(scores).all():  # a broken model: no class is better than a guess
                 row["emotion"] = ""
                 row["error"] = NON_FINITE_ERROR
+            if enrolled is not None:
+                row["speaker"], row["normalised_with"] = enrolled[path][0], enrolled[path][2]
             predicted.setdefault(path, []).append(row)
         rows = []
         for path in chunk:
@@ -458,6 +488,8 @@ class Bundle:
                 failed.update({"duration": _duration(path), "emotion": ""})
                 failed.update({f"p_{c}": np.nan for c in self.classes})
                 failed["error"] = reasons[path]
+                if enrolled is not None:
+                    failed["speaker"], failed["normalised_with"] = enrolled[path][0], ""
                 rows.append(failed)
             else:
                 rows += predicted[path]

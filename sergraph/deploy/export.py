@@ -9,12 +9,14 @@ needs neither the corpus nor the feature cache. Checkpoints written before sergr
 state are exported from the corpus instead (``data_root``, ``--data-root``), with the same data
 module as in training.
 
-Verification: each member re-predicts its fold's test inputs through the bundle's own route
-(normalisation, graph, model, in float32 on the CPU) and must agree with the run's
-``predictions.csv`` within :func:`verify_tolerance` of the training precision. A run trained in
-reduced precision (``bf16-mixed``, ``16-mixed``, ...) computed its ``predictions.csv`` in that
-precision, so it differs from the float32 bundle by more than float32 rounding; a difference
-above float32's tolerance but within the precision's is reported with ``cause: "precision"``.
+Verification (:mod:`sergraph.deploy.verify`): each member re-predicts its fold's test inputs
+through the bundle's own route and must agree with the run's ``predictions.csv``.
+
+Runs trained with ``graph.normalize=speaker`` are exportable under ``eval.protocol=enrollment``
+only (a transductive run normalised each held-out speaker with the utterances it scored, which
+new speakers cannot give). Each member's own statistics are then the training speakers'
+(``training_normalizer`` of the export state), used for a speaker who brings no enrollment audio;
+a speaker with enrollment audio is normalised with it (:mod:`sergraph.deploy.enroll`).
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ import torch
 
 from sergraph.deploy.ensemble import SUFFIX, Bundle
 from sergraph.deploy.pipeline import BundleError
+from sergraph.deploy.verify import (
+    REDUCED_PRECISION_TOLERANCE,
+    VERIFY_TOLERANCE,
+    stored_test_inputs,
+    verify_bundle,
+    verify_tolerance,
+)
 from sergraph.results.layout import (
     finished_cells,
     read_json,
@@ -38,28 +47,14 @@ from sergraph.results.layout import (
     variant_dirs,
 )
 
-#: Largest |difference| of a probability between the bundle and the predictions.csv of a run
-#: trained in float32 (``32-true``, ``64-true``).
-VERIFY_TOLERANCE = 1e-3
-#: The same for runs trained with 16-bit floats: their predictions.csv came from a 16-bit forward
-#: pass while the bundle predicts in float32. Measured on CPU under bf16-mixed with
-#: benchmarks/bench_export_precision.py: the largest difference was 3.0e-2 (LSTM-GIN and ChebNet,
-#: 30 epochs on two EmoDB folds; 2.4e-2 over all 12 models, 10 epochs on the synthetic corpus),
-#: while normalising with another fold's statistics gave 1.0e-1 to 2.1e-1 on EmoDB (k=2: > 0.7).
-#: float16 (16-mixed; on the CPU Lightning runs it as bf16-mixed) has 3 more mantissa bits than
-#: bfloat16, so its differences are expected to be smaller; not yet measured on a GPU.
-REDUCED_PRECISION_TOLERANCE = 5e-2
-
-
-def verify_tolerance(precision: str | int | None) -> float:
-    """The verification tolerance for a training precision (``trainer.precision``).
-
-    ``None``, ``32``/``"32-true"``, ``"64-true"``, ...: :data:`VERIFY_TOLERANCE`; any 16-bit
-    setting (``"bf16-mixed"``, ``"16-mixed"``, ``"bf16-true"``, ``"16"``, ...):
-    :data:`REDUCED_PRECISION_TOLERANCE`.
-    """
-    text = "" if precision is None else str(precision)
-    return REDUCED_PRECISION_TOLERANCE if "16" in text else VERIFY_TOLERANCE
+__all__ = [
+    "REDUCED_PRECISION_TOLERANCE",
+    "VERIFY_TOLERANCE",
+    "export_bundle",
+    "stored_test_inputs",
+    "verify_bundle",
+    "verify_tolerance",
+]
 
 
 def export_bundle(
@@ -91,12 +86,13 @@ def export_bundle(
     Raises:
         FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
         BundleError: a model or setting that cannot be exported (SVM, per-speaker
-            normalisation), folds of different configurations, old checkpoints without
+            normalisation outside ``eval.protocol=enrollment``), folds of different configurations, old checkpoints without
             ``data_root``, or a failed verification (nothing is written then).
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, model_spec, validate
+    from sergraph.config import Config, identity, model_spec, protocol_of, validate
+    from sergraph.data.protocol import protocol_record
     from sergraph.training.provenance import run_provenance
     from sergraph.version import __version__
 
@@ -108,7 +104,8 @@ def export_bundle(
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
     cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
     family, model_params = model_spec(cfg)
-    _check_exportable(cfg, family)
+    protocol = protocol_of(cfg)
+    _check_exportable(cfg, family, protocol)
     study_root = cells[0].parents[2]  # <out_dir>/<run.name>
     cfg.run.out_dir = str(study_root.parent)
     cfg.run.name = study_root.name
@@ -119,7 +116,9 @@ def export_bundle(
     checkpoints = [
         _read_checkpoint(cell, record) for cell, record in zip(cells, records, strict=True)
     ]
-    states = [checkpoint["export"] for checkpoint in checkpoints]
+    # A per-speaker fold's state from before enrollment statistics were stored is incomplete:
+    # like an old checkpoint, it is recomputed from the corpus.
+    states = [_complete(checkpoint["export"]) for checkpoint in checkpoints]
     old = [cell for cell, state in zip(cells, states, strict=True) if state is None]
     if old:
         states = _states_from_corpus(cfg, cells, records, states, data_root)
@@ -154,6 +153,11 @@ def export_bundle(
         "precision": precision,
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_id": identity(cfg),
+        "protocol": protocol_record(
+            protocol,
+            OmegaConf.select(cfg, "eval.enrollment", default=None),
+            OmegaConf.select(cfg, "eval.enrollment_seed", default=0),
+        ),
         "source": {
             "run_dir": str(run_dir.resolve()),
             "corpus": cfg.data.name,
@@ -178,89 +182,11 @@ def export_bundle(
     return out, bundle
 
 
-def verify_bundle(
-    bundle: Bundle,
-    cells: Sequence[Path],
-    states: Sequence[dict],
-    precision: str,
-    from_corpus: Sequence[Path] = (),
-) -> dict:
-    """Re-predict each member's test inputs through ``bundle``; compare with predictions.csv.
-
-    Args:
-        bundle: the bundle being exported; member ``i`` belongs to ``cells[i]``.
-        cells: fold folders, each with its ``predictions.csv``.
-        states: the members' export states (their ``test`` inputs are re-predicted).
-        precision: the training precision, which sets the tolerance (:func:`verify_tolerance`).
-        from_corpus: cells whose inputs were recomputed from the corpus (for the message).
-
-    Returns:
-        ``{"n", "max_abs_diff", "precision", "tolerance", "cause"}``; ``cause`` is
-        ``"precision"`` when the largest difference is above float32's tolerance but within
-        the training precision's, else ``None``.
-
-    Raises:
-        BundleError: a difference above the tolerance, or test utterances missing from the
-            checkpoint, naming the fold and the likely cause.
-    """
-    tolerance = verify_tolerance(precision)
-    classes = bundle.classes
-    total, largest = 0, 0.0
-    for index, (cell, state) in enumerate(zip(cells, states, strict=True)):
-        saved = read_predictions(cell)
-        inputs = stored_test_inputs(state)
-        missing = [u for u in saved["utterance"].astype(str) if u not in inputs]
-        if missing:
-            raise BundleError(
-                f"{cell}: predictions.csv lists test utterances {missing[:5]} that its "
-                "checkpoint's test inputs lack; predictions.csv and the checkpoint are not "
-                "from the same training"
-            )
-        mine = bundle.predict_features(
-            [inputs[u] for u in saved["utterance"].astype(str)], member=index
-        )
-        theirs = saved[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
-        difference = float(np.abs(mine - theirs).max()) if len(saved) else 0.0
-        if difference > tolerance:
-            cause = (
-                "the features or the corpus changed since training"
-                if cell in from_corpus
-                else "the graph or model code differs from training's, or predictions.csv "
-                "no longer belongs to this checkpoint"
-            )
-            raise BundleError(
-                f"{cell}: the bundle's probabilities for the test speakers differ from "
-                f"predictions.csv by up to {difference:.3g} (> {tolerance:g}, the tolerance "
-                f"for training precision {precision}); {cause}. Nothing was written."
-            )
-        total += len(saved)
-        largest = max(largest, difference)
-    return {
-        "n": total,
-        "max_abs_diff": largest,
-        "precision": precision,
-        "tolerance": tolerance,
-        "cause": "precision" if largest > VERIFY_TOLERANCE else None,
-    }
-
-
-def stored_test_inputs(state: dict) -> dict[str, np.ndarray]:
-    """``{utterance: raw node features [T, F] float32}`` of an export state's test speakers."""
-    test = state["test"]
-    features = np.asarray(test["features"], dtype=np.float32)
-    ends = np.cumsum(np.asarray(test["lengths"], dtype=np.int64))
-    starts = ends - np.asarray(test["lengths"], dtype=np.int64)
-    return {
-        str(utterance): features[start:end]
-        for utterance, start, end in zip(test["utterances"], starts, ends, strict=True)
-    }
-
-
 # --------------------------------------------------------------------------------------------
 # reading the run
 
 
-def _check_exportable(cfg, family: str) -> None:
+def _check_exportable(cfg, family: str, protocol: str) -> None:
     from sergraph.models import is_classic
 
     if is_classic(family):
@@ -268,11 +194,12 @@ def _check_exportable(cfg, family: str) -> None:
             f"model {cfg.model.name!r} cannot be exported: it is a classic baseline, and bundles "
             "hold neural models only"
         )
-    if cfg.graph.normalize == "speaker":
+    if cfg.graph.normalize == "speaker" and protocol != "enrollment":
         raise BundleError(
-            "graph.normalize=speaker normalises each speaker with its own features, which a "
-            "bundle cannot do for unknown speakers; export a run trained with "
-            "graph.normalize=train"
+            f"graph.normalize=speaker under eval.protocol={protocol} normalises each held-out "
+            "speaker with the very utterances it scores, which a bundle cannot do for new "
+            "speakers; export a run trained with eval.protocol=enrollment (speakers then bring "
+            "enrollment audio) or graph.normalize=train"
         )
     if cfg.features.get("concat_functionals", False):
         raise BundleError(
@@ -411,9 +338,23 @@ def _states_from_corpus(cfg, cells, records, states, data_root) -> list[dict]:
     return filled
 
 
+def _complete(state: dict | None) -> dict | None:
+    """``state``, or ``None`` where it lacks what export needs (per-speaker normalisation
+    without the training and enrollment statistics: written before they were stored)."""
+    if state is None or state["graph"]["normalize"] != "speaker":
+        return state
+    if state.get("training_normalizer") is None or state.get("enrollment_normalizers") is None:
+        return None
+    return state
+
+
 def _statistics(state: dict) -> dict:
+    """A member's own statistics: the training fold's, or under per-speaker normalisation the
+    training speakers' (the fallback for speakers without enrollment audio)."""
     normalizer = state["normalizer"]
-    if normalizer is None:  # graph.normalize=speaker, refused before
+    if normalizer is None:
+        normalizer = state.get("training_normalizer")
+    if normalizer is None:  # refused before (_check_exportable, _complete)
         raise BundleError("this fold has no training-fold normalisation statistics")
     return {
         "mean": np.asarray(normalizer["mean"], dtype=np.float32),

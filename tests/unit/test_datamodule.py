@@ -131,3 +131,76 @@ def test_checkpointed_state_carries_what_export_needs(toy_table, toy_features):
     other = FoldDataModule(toy_table, toy_features, fold, classes, k=2, max_nodes=12)
     other.load_state_dict({"export": state})
     assert other._train_generator_state is None
+
+
+def test_enrollment_checkpoints_carry_training_and_enrollment_statistics(toy_table, toy_features):
+    """Under eval.protocol=enrollment with per-speaker normalisation the export state holds the
+    training speakers' pooled statistics (a bundle's fallback) and each held-out speaker's
+    statistics of its enrollment utterances only, computed here by hand; labels play no part."""
+    import io
+
+    import torch
+
+    from sergraph.data.protocol import enrollment_rows
+
+    fold = make_folds(toy_table, "loso")[0]  # test s1, val s2, train s3 s4
+    classes = ["angry", "neutral", "sad"]
+
+    def state_of(table):
+        dm = FoldDataModule(
+            table, toy_features, fold, classes, k=2, max_nodes=12, normalize="speaker",
+            protocol="enrollment", enrollment=2, enrollment_seed=3,
+        )  # fmt: skip
+        dm.setup()
+        return dm.state_dict()["export"]
+
+    state = state_of(toy_table)
+    assert state["normalizer"] is None and state["graph"]["normalize"] == "speaker"
+    train = np.concatenate([toy_features[i] for i in range(12, 24)]).astype(np.float64)
+    fallback = state["training_normalizer"]
+    np.testing.assert_allclose(fallback["mean"].numpy(), train.mean(axis=0), atol=1e-5)
+    np.testing.assert_allclose(fallback["std"].numpy(), train.std(axis=0), atol=1e-5)
+    enrolled = enrollment_rows(toy_table, ["s1", "s2"], 2, seed=3)
+    assert sorted(state["enrollment_normalizers"]) == ["s1", "s2"]
+    for speaker, stored in state["enrollment_normalizers"].items():
+        rows = [i for i in enrolled if toy_table["speaker"].iloc[i] == speaker]
+        assert len(rows) == 2
+        frames = np.concatenate([toy_features[i] for i in rows]).astype(np.float64)
+        np.testing.assert_allclose(stored["mean"].numpy(), frames.mean(axis=0), atol=1e-5)
+        np.testing.assert_allclose(stored["std"].numpy(), frames.std(axis=0), atol=1e-5)
+    # the test inputs are the scored utterances only (as predictions.csv), with their speaker
+    held = set(toy_table["utterance"].iloc[enrolled])
+    scored = [u for u in toy_table["utterance"].iloc[:6] if u not in held]
+    assert state["test"]["utterances"] == scored and state["test"]["speakers"] == ["s1"] * 4
+    # label-free: the held-out speakers' labels permuted, the same statistics
+    permuted = toy_table.copy()
+    for speaker in ("s1", "s2"):
+        mask = permuted["speaker"] == speaker
+        permuted.loc[mask, "label"] = permuted.loc[mask, "label"].to_numpy()[::-1]
+    other = state_of(permuted)
+    for speaker in ("s1", "s2"):
+        for key in ("mean", "std"):
+            assert torch.equal(
+                other["enrollment_normalizers"][speaker][key],
+                state["enrollment_normalizers"][speaker][key],
+            )
+    # stored as plain tensors: loadable with weights_only
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=True)
+    assert torch.equal(loaded["training_normalizer"]["mean"], fallback["mean"])
+
+
+def test_without_per_speaker_normalisation_no_fallback_is_stored(toy_table, toy_features):
+    fold = make_folds(toy_table, "loso")[0]
+    classes = ["angry", "neutral", "sad"]
+    for normalize, protocol in (("train", "enrollment"), ("speaker", "transductive")):
+        dm = FoldDataModule(
+            toy_table, toy_features, fold, classes, k=2, max_nodes=12, normalize=normalize,
+            protocol=protocol, enrollment=2,
+        )  # fmt: skip
+        dm.setup()
+        state = dm.export_state()
+        assert state["enrollment_normalizers"] is None
+        assert (state["training_normalizer"] is None) == (normalize == "train")

@@ -126,3 +126,85 @@ def test_transductive_runs_are_not_exported(run, tmp_path):
     config_path.write_text(yaml.safe_dump(config))
     with pytest.raises(BundleError, match="eval.protocol=transductive"):
         export_bundle(copy, tmp_path / "x.sergraph", verify=False)
+
+
+def test_export_reads_the_statistics_from_the_checkpoint(run, tmp_path):
+    """The statistics come from the checkpoint alone (corpus and feature cache moved away); the
+    member's own statistics are the training speakers' pooled frames (computed here from the
+    audio); checkpoints written before they were stored need the corpus, which gives the same."""
+    import json
+
+    import torch
+
+    from sergraph.data.features import FeatureCache
+    from sergraph.results.layout import file_record, read_json
+
+    copy = tmp_path / "runs" / "synthetic" / "lstm_gin"
+    shutil.copytree(run.model_dir, copy)
+    away = tmp_path / "away"
+    away.mkdir()
+    for name in ("corpus", "features"):
+        shutil.move(run.root / name, away / name)
+    try:
+        _, alone = export_bundle(copy, tmp_path / "alone.sergraph")
+    finally:
+        for name in ("corpus", "features"):
+            shutil.move(away / name, run.root / name)
+    assert (
+        alone.meta["verification"]["n"] == 9 and alone.meta["verification"]["max_abs_diff"] < 1e-4
+    )
+    assert "protocol: enrollment: 3 utterance(s)" in alone.describe()
+
+    cell = copy / "seed-0" / "fold-00"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    training = run.table[run.table["speaker"].isin(metrics["train_speakers"])]
+    cache = FeatureCache(run.root / "features", alone.feature_config)
+    frames = np.concatenate(cache.get(training["path"].tolist(), workers=1, progress=False))
+    np.testing.assert_allclose(alone.normalizers[0].mean, frames.mean(axis=0), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(alone.normalizers[0].std, frames.std(axis=0), rtol=1e-4, atol=1e-4)
+
+    # a checkpoint of an enrollment run written before these statistics were stored
+    path = cell / metrics["checkpoint"]
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["FoldDataModule"]["export"]
+    del state["training_normalizer"], state["enrollment_normalizers"]
+    torch.save(checkpoint, path)
+    recorded = read_json(cell / "metrics.json")
+    recorded["files"][metrics["checkpoint"]] = file_record(path)
+    (cell / "metrics.json").write_text(json.dumps(recorded))
+    with pytest.raises(BundleError, match=r"older sergraph.*--data-root"):
+        export_bundle(copy, tmp_path / "old.sergraph")
+    _, from_corpus = export_bundle(
+        copy, tmp_path / "old.sergraph", data_root=str(run.root / "corpus")
+    )
+    assert from_corpus.meta["verification"]["max_abs_diff"] < 1e-4
+    np.testing.assert_array_equal(from_corpus.normalizers[0].mean, alone.normalizers[0].mean)
+    np.testing.assert_array_equal(from_corpus.normalizers[0].std, alone.normalizers[0].std)
+
+
+def test_enrollment_audio_is_refused_by_bundles_without_per_speaker_statistics(run):
+    import copy
+
+    from sergraph.deploy.bundle import Bundle
+
+    enrolled = load_bundle(run.bundle, map_location="cpu")
+    meta = copy.deepcopy(enrolled.meta)
+    meta["graph"]["normalize"] = "train"  # the same weights, as a training-statistics bundle
+    members = [
+        {"state_dict": model.state_dict(), "mean": norm.mean, "std": norm.std}
+        for model, norm in zip(enrolled.models, enrolled.normalizers, strict=True)
+    ]
+    bundle = Bundle(meta, members)
+    paths = run.table["path"].tolist()[:2]
+    cache = run.root / "features"
+    with pytest.raises(BundleError, match="takes no enrollment audio"):
+        bundle.predict(paths, progress=False, cache_dir=cache, enrollment={"x": paths})
+    with pytest.raises(BundleError, match="1 speakers given for 2 files"):
+        enrolled.predict(paths, progress=False, cache_dir=cache, speakers=["x"])
+    plain = bundle.predict(paths, progress=False, cache_dir=cache)
+    assert "normalised_with" not in plain.columns
+    # without enrollment audio the per-speaker bundle is the training-statistics bundle
+    fallback = enrolled.predict(paths, progress=False, cache_dir=cache)
+    np.testing.assert_array_equal(
+        fallback.filter(like="p_").to_numpy(float), plain.filter(like="p_").to_numpy(float)
+    )
