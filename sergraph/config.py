@@ -146,6 +146,9 @@ class RunConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     parallel: int = 1
     cell: int | None = None
+    # Only these variants of an experiment (all when null): run part of a committed study
+    # without editing its file.
+    variants: list[str] | None = None
     # Set by compose (never by hand): config file (relative to the config folder) -> SHA-256 of
     # every file that composed this configuration; recorded in each result's provenance.
     sources: dict[str, str] = field(default_factory=dict)
@@ -358,8 +361,21 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
     """
     base = compose(overrides)
     if not base.variants:
+        if base.run.variants:
+            raise ConfigError(
+                f"run.variants={list(base.run.variants)}: this configuration has no variants "
+                "(they come from an experiment file with a variants: section)"
+            )
         return {base.run.label or base.model.name: base}
-    return {label: compose(overrides, variant=label) for label in base.variants}
+    labels = list(base.variants)
+    if base.run.variants:
+        unknown = [label for label in base.run.variants if label not in base.variants]
+        if unknown:
+            raise ConfigError(
+                f"run.variants: {unknown} are not variants of this experiment; choose from {labels}"
+            )
+        labels = [label for label in labels if label in base.run.variants]
+    return {label: compose(overrides, variant=label) for label in labels}
 
 
 def resolve_model(name: str, params: dict, family: str | None = None) -> tuple[str, dict]:
@@ -653,6 +669,7 @@ RUNTIME_KEYS = (
     "run.seeds",
     "run.parallel",
     "run.cell",
+    "run.variants",
     "folds.only",
     "features.shard",
     "run.sources",

@@ -32,3 +32,21 @@ def test_sweep_grid_points_are_valid_overrides():
     for values in itertools.product(*grids):
         (cfg,) = compose_study([f"{n}={v}" for n, v in zip(names, values, strict=True)]).values()
         assert cfg.graph.k == values[0] and cfg.model.params.readout == values[1]
+
+
+def test_run_variants_selects_part_of_an_experiment_without_changing_ids():
+    from sergraph.config import ConfigError, compose_study, identity
+
+    every = compose_study(["experiment=protocols_baselines"])
+    part = compose_study(
+        ["experiment=protocols_baselines", "run.variants=[svm_enrollment,svm_inductive]"]
+    )
+    # file order kept, only the named variants, each with the id it has in the whole study
+    assert list(part) == ["svm_inductive", "svm_enrollment"]
+    assert {label: identity(cfg) for label, cfg in part.items()} == {
+        label: identity(every[label]) for label in part
+    }
+    with pytest.raises(ConfigError, match=r"\['nope'\] are not variants"):
+        compose_study(["experiment=protocols_baselines", "run.variants=[nope]"])
+    with pytest.raises(ConfigError, match="has no variants"):
+        compose_study(["run.variants=[svm]"])
