@@ -14,6 +14,8 @@ import sys
 import time
 from pathlib import Path
 
+from sergraph.io import ensure_folder
+
 #: Loggers whose records are library chatter: the log file always, the console only with -v.
 LIBRARY_LOGGERS = (
     "lightning",
@@ -68,7 +70,7 @@ def attach_log_file(path: str | Path) -> Path:
     if not _state["configured"]:
         configure()
     detach_log_file()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)  # an unwritable runs folder is named (NotWritableError)
     handler = logging.FileHandler(path, encoding="utf-8")
     handler._sergraph = "file"
     handler.setFormatter(logging.Formatter(LOG_FORMAT))

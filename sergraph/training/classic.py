@@ -61,6 +61,16 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     )
     labels = study.table["label"].map(study.classes.index).to_numpy()
     speakers = study.table["speaker"].astype(str).to_numpy()
+    protocol_kwargs = {}
+    if _accepts(baseline.fit_predict, "statistics"):
+        protocol_kwargs["statistics"] = statistics
+    elif cfg.graph.normalize == "speaker" and protocol_of(cfg) != "transductive":
+        raise ValueError(
+            f"model {cfg.model.name!r}: its fit_predict takes no `statistics`, so it cannot "
+            f"normalise per speaker under eval.protocol={protocol_of(cfg)} (the protocol "
+            "decides which rows a held-out speaker's statistics come from); add "
+            "`statistics=None` to its fit_predict (see sergraph.models.classic.ClassicBaseline)"
+        )
     scores, extra = baseline.fit_predict(
         study.functionals,
         labels,
@@ -70,7 +80,7 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
         num_classes=len(study.classes),
         seed=seed,
         normalize=cfg.graph.normalize,
-        statistics=statistics,
+        **protocol_kwargs,
     )
     tested = study.table.iloc[test_rows]
     predictions = predictions_frame(
@@ -81,3 +91,11 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
         study.classes,
     )
     return predictions, {"epochs": 0, **extra}
+
+
+def _accepts(function, name: str) -> bool:
+    """Whether ``function`` takes keyword ``name`` (baselines written before it existed do not)."""
+    import inspect
+
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.name == name or p.kind is p.VAR_KEYWORD for p in parameters)

@@ -252,6 +252,7 @@ def test_ddp_cell_resumes_every_rank_with_its_own_random_state(tmp_path, tmp_pat
         "graph.pad=false",
         "augment.noise=0.05",
         "folds.val_speakers=0",
+        "trainer.early_stopping=false",
         "trainer.max_epochs=4",
         "trainer.patience=50",
         "trainer.devices=2",
