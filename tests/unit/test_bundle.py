@@ -166,7 +166,7 @@ def test_python_api_is_exported_lazily():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "sergraph.deploy.bundle",
-        "sergraph.config",
+        "sergraph.config.composition",
         "sergraph.training.study",
         "sergraph.results.report",
         "sergraph.deploy.export",
