@@ -24,14 +24,9 @@ def machine() -> str:
     import torch
     import torch_geometric
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from sergraph.results.provenance import cpu_name
+
+    cpu = cpu_name()
     load = ", ".join(f"{x:.2f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "none"
     return (

@@ -64,16 +64,10 @@ from pathlib import Path
 
 import torch
 
-from sergraph.deploy.ensemble import (
-    FORMAT,
-    FORMAT_VERSION,
-    NON_FINITE_ERROR,
-    SUFFIX,
-    Bundle,
-    window_starts,
-)
+from sergraph.deploy.ensemble import FORMAT, FORMAT_VERSION, SUFFIX, Bundle
 from sergraph.deploy.export import VERIFY_TOLERANCE, export_bundle, verify_tolerance
 from sergraph.deploy.pipeline import BundleError, BundleMismatchError, check_pipeline
+from sergraph.deploy.segments import NON_FINITE_ERROR, window_starts
 
 __all__ = [
     "FORMAT",
@@ -90,7 +84,7 @@ __all__ = [
     "verify_tolerance",
 ]
 
-#: The old private name of :func:`~sergraph.deploy.ensemble.window_starts`.
+#: The old private name of :func:`~sergraph.deploy.segments.window_starts`.
 _window_starts = window_starts
 
 

@@ -32,6 +32,13 @@ from sergraph.config import ON_ERROR_CHOICES
 from sergraph.data.features import check_positive_int
 from sergraph.deploy.enroll import enrollment_plan
 from sergraph.deploy.pipeline import BundleError, bundle_feature_config, check_pipeline
+from sergraph.deploy.segments import NON_FINITE_ERROR as NON_FINITE_ERROR  # re-exported
+from sergraph.deploy.segments import (
+    chunk_rows,
+    segment_nodes,
+    segment_row,
+    window_starts,
+)
 from sergraph.io import atomic_write_bytes
 
 FORMAT = "sergraph-bundle"
@@ -39,13 +46,6 @@ FORMAT_VERSION = 1
 SUFFIX = ".sergraph"
 #: openSMILE frame hop (seconds); a node is ``pool`` frames.
 FRAME_SECONDS = 0.010
-
-
-#: The ``error`` of a prediction whose probabilities are not finite.
-NON_FINITE_ERROR = (
-    "the model gave non-finite probabilities (nan or inf): no emotion; the bundle's weights "
-    "are broken (re-export it from a run whose training converged)"
-)
 
 
 class Bundle:
@@ -401,118 +401,21 @@ class Bundle:
             starts = window_starts(len(array), window_nodes, hop_nodes)
             spans = [(first, min(first + window_nodes, len(array))) for first in starts]
         scores = self.predict_features([array[a:b] for a, b in spans], batch_size)
-        rows = []
-        for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True)):
-            row = {
-                "path": "<signal>",
-                "segment": number,
-                "start": round(first * node, 3),
-                "end": round(min(end * node, duration), 3),
-                "duration": round(duration, 3),
-                "emotion": self.classes[int(np.argmax(row_scores))],
-            }
-            row.update(
-                {
-                    f"p_{c}": round(float(p), 6)
-                    for c, p in zip(self.classes, row_scores, strict=True)
-                }
-            )
-            row["error"] = ""
-            rows.append(row)
+        rows = [
+            segment_row("<signal>", number, first, end, duration, node, self.classes, row_scores)
+            for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True))
+        ]
         return pd.DataFrame(rows)
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
-        if window is None:
-            if hop is not None:
-                raise BundleError("hop needs window: give window (seconds) as well")
-            return None, None
-        for name, value in (("window", window), ("hop", hop)):
-            if value is not None and not (isinstance(value, int | float) and value > 0):
-                raise BundleError(f"{name}={value!r} must be a positive number of seconds")
-        node = self.node_seconds
-        window_nodes = max(1, int(round(window / node)))
-        hop_nodes = window_nodes if hop is None else max(1, int(round(hop / node)))
-        max_nodes = self.meta["graph"]["max_nodes"]
-        if max_nodes is not None and window_nodes > max_nodes:
-            raise BundleError(
-                f"window={window} s is longer than the {max_nodes * node:g} s ({max_nodes} "
-                f"nodes of {node:g} s) the model sees; choose window <= {max_nodes * node:g}"
-            )
-        return window_nodes, hop_nodes
+        return segment_nodes(window, hop, self.node_seconds, self.meta["graph"]["max_nodes"])
 
     def _chunk_rows(
         self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled=None
     ):
-        node = self.node_seconds
-        max_nodes = self.meta["graph"]["max_nodes"]
-        by_path = dict(zip(good, arrays, strict=True))  # a file listed twice is computed once
-        segments: list[tuple[str, int, int, int]] = []  # path, segment, first node, end node
-        for path, array in by_path.items():
-            if window_nodes is None:
-                used = len(array) if max_nodes is None else min(len(array), max_nodes)
-                segments.append((path, 0, 0, used))
-                continue
-            for number, first in enumerate(window_starts(len(array), window_nodes, hop_nodes)):
-                segments.append((path, number, first, min(first + window_nodes, len(array))))
-        probabilities = self.predict_features(
-            [by_path[p][first:end] for p, _, first, end in segments],
-            batch_size,
-            normalizers=[enrolled[p][1] for p, *_ in segments] if enrolled else None,
+        return chunk_rows(
+            self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled
         )
-        durations = {p: _duration(p) for p in by_path}
-        predicted: dict[str, list[dict]] = {}
-        for (path, number, first, end), scores in zip(segments, probabilities, strict=True):
-            duration = durations[path]
-            row = {
-                "path": path,
-                "segment": number,
-                "start": round(first * node, 3),
-                "end": round(min(end * node, duration), 3),
-                "duration": round(duration, 3),
-                "emotion": self.classes[int(np.argmax(scores))],
-            }
-            row.update(
-                {f"p_{c}": round(float(p), 6) for c, p in zip(self.classes, scores, strict=True)}
-            )
-            row["error"] = ""
-            if not np.isfinite(scores).all():  # a broken model: no class is better than a guess
-                row["emotion"] = ""
-                row["error"] = NON_FINITE_ERROR
-            if enrolled is not None:
-                row["speaker"], row["normalised_with"] = enrolled[path][0], enrolled[path][2]
-            predicted.setdefault(path, []).append(row)
-        rows = []
-        for path in chunk:
-            if path in reasons:
-                failed = {"path": path, "segment": 0, "start": np.nan, "end": np.nan}
-                failed.update({"duration": _duration(path), "emotion": ""})
-                failed.update({f"p_{c}": np.nan for c in self.classes})
-                failed["error"] = reasons[path]
-                if enrolled is not None:
-                    failed["speaker"], failed["normalised_with"] = enrolled[path][0], ""
-                rows.append(failed)
-            else:
-                rows += predicted[path]
-        return rows
-
-
-def window_starts(num_nodes: int, window: int, hop: int) -> list[int]:
-    """First node of each window; the last window ends at the last node (no lost tail)."""
-    if num_nodes <= window:
-        return [0]
-    starts = list(range(0, num_nodes - window + 1, hop))
-    if starts[-1] + window < num_nodes:
-        starts.append(num_nodes - window)
-    return starts
-
-
-def _duration(path: str) -> float:
-    import soundfile as sf
-
-    try:
-        return float(sf.info(path).duration)
-    except Exception:  # noqa: BLE001 - unreadable files have no duration
-        return float("nan")
 
 
 def feature_cache_root(cache_dir) -> Path:

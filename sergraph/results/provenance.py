@@ -79,8 +79,8 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-@lru_cache(maxsize=1)
-def hardware() -> dict:
+def cpu_name() -> str:
+    """The CPU model (``/proc/cpuinfo`` on Linux), else what :mod:`platform` knows."""
     cpu = platform.processor() or platform.machine()
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -89,6 +89,12 @@ def hardware() -> dict:
                 break
     except OSError:
         pass
+    return cpu
+
+
+@lru_cache(maxsize=1)
+def hardware() -> dict:
+    cpu = cpu_name()
     gpu = None
     try:
         import torch

@@ -32,12 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_csv, atomic_write_text
-from sergraph.results.compare import (
-    BOOTSTRAP_RESAMPLES,
-    BOOTSTRAP_SEED,
-    comparisons,
-    declared_reference,
-)
+from sergraph.results.compare import comparisons, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
 from sergraph.results.layout import (
     ResultFileError,
@@ -46,6 +41,7 @@ from sergraph.results.layout import (
     unfinished_cells,
     variant_dirs,
 )
+from sergraph.results.markdown import format_report
 from sergraph.results.provenance import changed_sources, row_provenance
 from sergraph.results.summary import mean_std, summarize
 
@@ -241,153 +237,6 @@ def _flatten(node, prefix: str = "") -> dict:
 
 def _slug(label: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", label).strip("_") or "label"
-
-
-# ---------------------------------------------------------------------------------------------
-# Markdown
-
-
-def _percent(value: float, std: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    text = f"{100 * value:.2f}"
-    if std is not None and not math.isnan(std):
-        text += f" ± {100 * std:.2f}"
-    return text
-
-
-def _fold_list(keys: list[tuple[int, str]]) -> str:
-    return ", ".join(f"{fold} ({speakers})" for fold, speakers in keys)
-
-
-def format_report(
-    name: str,
-    collected: list[dict],
-    reference: str | None,
-    tests: list[dict],
-    figures: list[str],
-    same_folds: bool = True,
-    unfinished: list[str] = (),
-    refused: list[tuple[str, str]] = (),
-) -> str:
-    rows = [item["row"] for item in collected]
-    lines = [
-        f"# {name}: speaker-held-out results (%)",
-        "",
-        "| label | model | protocol | folds × seeds | WA mean ± std | UA mean ± std | pooled WA "
-        "| pooled UA | provenance |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
-    ]
-    for row in rows:
-        cells = f"{row['folds']} × {row['seeds']}"
-        if not row["complete"]:
-            cells += f" ({row['cells']} cells, incomplete"
-            if row.get("missing"):
-                cells += f"; missing {row['missing'].replace(' ', ', ')}"
-            cells += ")"
-        label = f"{row['label']} (reference)" if row["label"] == reference else row["label"]
-        lines.append(
-            f"| {label} | {row['model']} | {row['protocol']} | {cells} | "
-            f"{_percent(row['wa_mean'], row['wa_std'])} | "
-            f"{_percent(row['ua_mean'], row['ua_std'])} | "
-            f"{_percent(row['pooled_wa'], row['pooled_wa_std'])} | "
-            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} | {row['provenance']} |"
-        )
-    n_folds = max(row["folds"] for row in rows)
-    lines += [
-        "",
-        f"A gap of a few points between two rows over {n_folds} speaker folds is often noise "
-        "(compare it with the fold-to-fold std and the paired tests below), not a ranking.",
-        "",
-    ]
-    incomplete = [row["label"] for row in rows if not row["complete"]]
-    if incomplete:
-        lines += [
-            f"INCOMPLETE: {', '.join(incomplete)} lack(s) some fold x seed cells, so their "
-            "numbers are not final and not comparable with complete rows; finish them with "
-            "`sergraph train` (same command) before reporting.",
-            "",
-        ]
-    notes = sorted({item["protocol"]["note"] for item in collected})
-    lines += ["Protocols:"] + [f"- {note}." for note in notes] + [""]
-    changed = [(item["label"], item["changed_sources"]) for item in collected]
-    changed = [(label, files) for label, files in changed if files]
-    if changed:
-        lines += ["WARNING: config files changed since their cells ran:"]
-        lines += [f"- {label}: {'; '.join(files)}" for label, files in changed] + [""]
-    if unfinished:
-        lines += [f"No finished fold yet, so not in the table: {', '.join(unfinished)}.", ""]
-    if not same_folds:
-        lines += [
-            "The labels do not cover the same folds, so their rows average over different "
-            "test speakers; the paired comparisons below use shared folds only.",
-            "",
-        ]
-    lines += [
-        "WA = accuracy over utterances; UA = mean recall over classes present in the targets. "
-        "Mean ± std: over all fold × seed cells (sample std). Pooled: WA/UA over all test "
-        "predictions of a seed, averaged over seeds (± sample std over seeds when there are "
-        "several). Provenance: 'clean @ commit' when every cell of the row ran from that one "
-        "commit of a clean tree. No row is marked best: a reference is declared (experiment key "
-        "`reference` or --reference), never chosen by a test score. Machine-readable: "
-        "results.csv, folds.csv (fractions).",
-        "",
-        "## Paired comparisons (UA per fold, seeds averaged first)",
-        "",
-        f"Reference: {reference}."
-        if reference
-        else "No reference declared (experiment key `reference` or --reference): pairs only.",
-        "",
-    ]
-    if refused:
-        shown = ", ".join(f"{a} / {b}" for a, b in refused)
-        lines += [
-            f"Not compared, their protocols differ (--cross-protocol to test anyway): {shown}.",
-            "",
-        ]
-    if not tests:
-        lines += [
-            "One label only: nothing to compare." if len(rows) == 1 else "No pair to compare.",
-            "",
-        ]
-    else:
-        lines += [
-            "Δ UA = A − B in points over the folds both labels have; 95% CI: percentile "
-            f"bootstrap of the mean over folds ({BOOTSTRAP_RESAMPLES} resamples, seed "
-            f"{BOOTSTRAP_SEED}); p: two-sided Wilcoxon signed-rank test (zero differences "
-            "dropped), not corrected for multiple comparisons. With few folds the bootstrap "
-            "interval is too narrow and the test is weak.",
-            "",
-            "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | note |",
-            "| --- | --- | ---: | ---: | --- | ---: | --- |",
-        ]
-        for test in tests:
-            notes = [test["note"]] if test["note"] else []
-            if "CROSS-PROTOCOL" in test["kind"]:
-                notes.insert(0, test["kind"].split(", ", 1)[1])
-            if test["only_first"]:
-                notes.append(f"unpaired, only in {test['first']}: {_fold_list(test['only_first'])}")
-            if test["only_second"]:
-                notes.append(
-                    f"unpaired, only in {test['second']}: {_fold_list(test['only_second'])}"
-                )
-            has_ci = not math.isnan(test["ci_low"])
-            lines.append(
-                f"| {test['first']} | {test['second']} | {test['paired']} | "
-                + (f"{100 * test['mean_difference']:+.2f}" if has_ci else "–")
-                + " | "
-                + (
-                    f"[{100 * test['ci_low']:+.2f}, {100 * test['ci_high']:+.2f}]"
-                    if has_ci
-                    else "–"
-                )
-                + " | "
-                + (f"{test['p_value']:.3g}" if test["p_value"] is not None else "–")
-                + f" | {'; '.join(notes)} |"
-            )
-        lines.append("")
-    lines += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
-    return "\n".join(lines)
 
 
 # ---------------------------------------------------------------------------------------------

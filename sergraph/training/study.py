@@ -46,14 +46,14 @@ from sergraph.results.layout import (
 )
 from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
-from sergraph.training.classic import fit_classic
-from sergraph.training.distributed import is_global_zero
-from sergraph.training.fit import (
-    fit_neural,
+from sergraph.training.checkpoints import (
     remove_resume_files,
     restore_csv_log,
     resume_checkpoint,
 )
+from sergraph.training.classic import fit_classic
+from sergraph.training.distributed import is_global_zero
+from sergraph.training.fit import fit_neural
 from sergraph.training.lock import CellLocked, cell_lock
 
 SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."

@@ -166,7 +166,7 @@ def test_python_api_is_exported_lazily():
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == [
         "sergraph.deploy.bundle",
-        "sergraph.config",
+        "sergraph.config.composition",
         "sergraph.training.study",
         "sergraph.results.report",
         "sergraph.deploy.export",
@@ -387,6 +387,23 @@ def test_export_verification_catches_a_changed_pipeline(run, tmp_path):
 # faults (see also tests/unit/test_faults.py)
 
 
+def predict_args(bundle, audio, **changes) -> SimpleNamespace:
+    """The arguments `sergraph predict` gives run_predict: CSV on stdout, CPU, one worker."""
+    args = {
+        "bundle": str(bundle),
+        "audio": audio,
+        "output": None,
+        "format": "csv",
+        "batch_size": 8,
+        "workers": 1,
+        "window": None,
+        "hop": None,
+        "on_error": "stop",
+        "device": "cpu",
+    }
+    return SimpleNamespace(**args, **changes)
+
+
 def test_non_finite_probabilities_give_no_emotion_but_an_error(run, tmp_path, capsys):
     from sergraph.deploy.bundle import NON_FINITE_ERROR, Bundle
     from sergraph.deploy.predict import run_predict
@@ -402,20 +419,7 @@ def test_non_finite_probabilities_give_no_emotion_but_an_error(run, tmp_path, ca
     paths = list(run.audio.values())[:2]
     frame = load_bundle(broken, map_location="cpu").predict(paths, progress=False)
     assert (frame["emotion"] == "").all() and (frame["error"] == NON_FINITE_ERROR).all()
-    args = SimpleNamespace(
-        bundle=str(broken),
-        audio=paths,
-        output=None,
-        format="csv",
-        batch_size=8,
-        workers=1,
-        window=None,
-        hop=None,
-        on_error="stop",
-        device="cpu",
-        cache_dir=None,
-        quiet=True,
-    )
+    args = predict_args(broken, paths, cache_dir=None, quiet=True)
     assert run_predict(args) == 2
     assert "2 prediction(s)" in capsys.readouterr().err
 
@@ -426,20 +430,7 @@ def test_quiet_predict_prints_no_notes(run, tmp_path, capsys):
     pieces = [sf.read(p)[0] for p in list(run.audio.values())[:4]]
     long = tmp_path / "long.wav"
     sf.write(long, np.concatenate(pieces), 16000)  # longer than the 6 s the model sees
-    args = SimpleNamespace(
-        bundle=str(run.fold0),
-        audio=[str(long)],
-        output=None,
-        format="csv",
-        batch_size=8,
-        workers=1,
-        window=None,
-        hop=None,
-        on_error="stop",
-        device="cpu",
-        cache_dir=str(tmp_path / "c"),
-        quiet=False,
-    )
+    args = predict_args(run.fold0, [str(long)], cache_dir=str(tmp_path / "c"), quiet=False)
     assert run_predict(args) == 0
     assert "longer than the 6 s" in capsys.readouterr().err
     args.quiet = True

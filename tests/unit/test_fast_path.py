@@ -17,23 +17,8 @@ from sergraph.data.graphs import build_graph
 from sergraph.models import banded, build_model, model_parameters
 from sergraph.models.base import TemporalGNN
 from sergraph.models.sage import GraphSAGE
-from tests.models import build_named, neural_names
+from tests.models import FAST_MODELS, build_named, neural_names
 
-# Every model with a fast path. A model that silently loses its fast path fails
-# test_fast_path_models_are_the_expected_ones.
-FAST_MODELS = [
-    "cheb",
-    "ga_gru",
-    "gat",
-    "gcn",
-    "gin",
-    "lstm_gat",
-    "lstm_gin",
-    "lstm_sage_lstm",
-    "lstm_sage_mean",
-    "sage_lstm",
-    "sage_mean",
-]
 SMALL = {"hidden": 8, "lstm_hidden": 5, "gru_hidden": 5, "classifier_hidden": 7}
 # padded: every graph has max_nodes nodes; true length: sizes 1 and 2 (fewer than k/2
 # neighbours on a side) and sizes above k

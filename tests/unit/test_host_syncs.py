@@ -28,24 +28,11 @@ from sergraph.config import resolve_model
 from sergraph.data.collate import band_mark, graph_loader
 from sergraph.data.graphs import build_graph
 from sergraph.models import banded, model_parameters
-from tests.models import build_named
+from tests.models import FAST_MODELS, build_named
 
-# the models with a fast path (test_fast_path.py pins the same list)
-FAST_MODELS = [
-    "cheb",
-    "ga_gru",
-    "gat",
-    "gcn",
-    "gin",
-    "lstm_gat",
-    "lstm_gin",
-    "lstm_sage_lstm",
-    "lstm_sage_mean",
-    "sage_lstm",
-    "sage_mean",
-]
-# not a TemporalGNN, but its BiGRU takes the batch layout from the mark
-FAST_MODELS.append("bigru_attn")
+# the models with a fast path (test_fast_path.py pins the list), and bigru_attn: not a
+# TemporalGNN, but its BiGRU takes the batch layout from the mark
+FAST_MODELS = [*FAST_MODELS, "bigru_attn"]
 
 # calls that read a device tensor's value on the host
 READS = {

@@ -24,7 +24,7 @@ LAYERS = [
     {"sergraph.results"},
     {"sergraph.training"},
     {"sergraph.deploy"},
-    {"sergraph.cli", "sergraph"},
+    {"sergraph.cli", "sergraph.cli_parser", "sergraph"},
 ]
 
 

@@ -28,6 +28,9 @@ The corpus is written once per parameter set, as 16 kHz mono 16-bit wav files, i
 ``~/.cache/sergraph``. It is generated in a temporary folder that is renamed into place only when
 complete, so a half-written corpus is never used. Its ``synthetic.json`` records that it is
 SYNTHETIC, the parameters and the utterance table.
+
+(Over the ~450-line guide on purpose: it is one generator, whose speaker, emotion and utterance
+parameters feed one synthesis function; split up, every part would need all the others.)
 """
 
 from __future__ import annotations

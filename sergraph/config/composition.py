@@ -1,0 +1,171 @@
+"""Composition of a configuration: schema defaults, ``default.yaml``, config groups,
+experiments (``extends:``, ``variants:``) and dotted overrides, then validation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from sergraph.config.files import config_dir, file_sha256, group_choices, load_yaml
+from sergraph.config.presets import is_family
+from sergraph.config.schema import DEFAULT_GROUPS, GROUPS, Config, ConfigError
+from sergraph.config.validation import validate
+
+
+def _merge(base: DictConfig, other, source: str) -> DictConfig:
+    try:
+        return OmegaConf.merge(base, other)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None) or ""
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        valid = _valid_keys(base, parent)
+        hint = f"; valid keys under '{parent or '<top>'}': {valid}" if valid else ""
+        raise ConfigError(
+            f"{source}: {error.msg if hasattr(error, 'msg') else error}{hint}"
+        ) from None
+
+
+def _valid_keys(cfg: DictConfig, dotted: str) -> list[str]:
+    node = OmegaConf.select(cfg, dotted) if dotted else cfg
+    return sorted(node.keys()) if isinstance(node, DictConfig) else []
+
+
+def _split_overrides(overrides) -> tuple[dict[str, str], str | None, list[str]]:
+    groups: dict[str, str] = {}
+    experiment = None
+    dotted: list[str] = []
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, value = item.split("=", 1)
+        if key in GROUPS:
+            groups[key] = value
+        elif key == "experiment":
+            experiment = value
+        else:
+            dotted.append(item)
+    return groups, experiment, dotted
+
+
+def _source(path: Path, sources: dict[str, str] | None) -> None:
+    """Record a composing file's SHA-256 under its path relative to the config folder."""
+    if sources is not None:
+        sources[path.relative_to(config_dir()).as_posix()] = file_sha256(path)
+
+
+def _load_experiment(
+    name: str, chain: tuple[str, ...] = (), sources: dict[str, str] | None = None
+) -> DictConfig:
+    """An experiment file; ``extends: other`` at its top merges it over experiment ``other``
+    (whose ``variants`` are not inherited)."""
+    path = config_dir() / "experiment" / f"{name}.yaml"
+    if not path.is_file():
+        where = f" (extended by {chain[-1]!r})" if chain else ""
+        raise ConfigError(
+            f"experiment={name!r}{where} is not known; choose one of {group_choices('experiment')}"
+        )
+    if name in chain:
+        raise ConfigError(
+            f"experiment files extend each other in a cycle: {' -> '.join(chain + (name,))}"
+        )
+    cfg = load_yaml(path)
+    _source(path, sources)
+    parent = cfg.pop("extends", None)
+    if parent is None:
+        return cfg
+    base = _load_experiment(str(parent), (*chain, name), sources)
+    base.pop("variants", None)
+    return OmegaConf.merge(base, cfg)
+
+
+def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> DictConfig:
+    """Build and validate the configuration from ``group=name`` and ``key=value`` overrides.
+
+    Args:
+        overrides: command-line overrides.
+        variant: for an experiment with ``variants``, the label whose overrides to apply. Its
+            group choices win over the command line's; its dotted overrides come before the
+            command line's, so ``trainer.max_epochs=5`` still applies to every variant.
+    """
+    groups, experiment, dotted = _split_overrides(overrides)
+    groups = {**DEFAULT_GROUPS, **groups}
+    sources: dict[str, str] = {}
+    experiment_cfg = _load_experiment(experiment, (), sources) if experiment is not None else None
+    if variant is not None:
+        variants = experiment_cfg.get("variants", {}) if experiment_cfg is not None else {}
+        if variant not in variants:
+            raise ConfigError(
+                f"variant {variant!r} is not in this experiment; choose one of {sorted(variants)}"
+            )
+        variant_groups, _, variant_dotted = _split_overrides(list(variants[variant]))
+        groups.update(variant_groups)
+        dotted = list(variant_dotted) + [f"run.label={variant}"] + dotted
+
+    cfg = OmegaConf.structured(Config)
+    cfg = _merge(cfg, load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
+    _source(config_dir() / "default.yaml", sources)
+    for group, choice in groups.items():
+        path = config_dir() / group / f"{choice}.yaml"
+        if group == "model" and not path.is_file() and is_family(choice):
+            # A family without a preset file (e.g. from another package): its own defaults.
+            cfg = _merge(cfg, {"model": {"name": choice}}, f"model={choice}")
+            continue
+        if not path.is_file():
+            more = ""
+            if group == "model":
+                from sergraph.models import model_names
+
+                more = f" or a registered model family {model_names()}"
+            raise ConfigError(
+                f"{group}={choice!r} is not known; choose one of {group_choices(group)}{more}"
+            )
+        cfg = _merge(cfg, {group: load_yaml(path)}, f"configs/{group}/{choice}.yaml")
+        _source(path, sources)
+    if experiment_cfg is not None:
+        cfg = _merge(cfg, experiment_cfg, f"configs/experiment/{experiment}.yaml")
+    for item in dotted:
+        key = item.split("=", 1)[0]
+        parent = key.rsplit(".", 1)[0] if "." in key else ""
+        if OmegaConf.select(cfg, key, default="__missing__") == "__missing__" and not _is_free_dict(
+            cfg, parent
+        ):
+            raise ConfigError(
+                f"unknown config key {key!r}; valid keys under '{parent or '<top>'}': "
+                f"{_valid_keys(cfg, parent) or sorted(cfg.keys())}"
+            )
+        cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    cfg.run.sources = dict(sorted(sources.items()))
+    validate(cfg)
+    return cfg
+
+
+def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, DictConfig]:
+    """One validated configuration per study variant, keyed by label (in file order).
+
+    Without ``variants`` the study has one variant labelled ``run.label`` or the model name.
+    Every variant is composed (and so validated) before any work starts.
+    """
+    base = compose(overrides)
+    if not base.variants:
+        if base.run.variants:
+            raise ConfigError(
+                f"run.variants={list(base.run.variants)}: this configuration has no variants "
+                "(they come from an experiment file with a variants: section)"
+            )
+        return {base.run.label or base.model.name: base}
+    labels = list(base.variants)
+    if base.run.variants:
+        unknown = [label for label in base.run.variants if label not in base.variants]
+        if unknown:
+            raise ConfigError(
+                f"run.variants: {unknown} are not variants of this experiment; choose from {labels}"
+            )
+        labels = [label for label in labels if label in base.run.variants]
+    return {label: compose(overrides, variant=label) for label in labels}
+
+
+def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
+    """Keys under these nodes are free-form (checked later against the model/corpus)."""
+    return dotted in ("model.params", "data.options", "data.merge")

@@ -1,0 +1,32 @@
+"""The shipped YAML config folder: where it is, its group choices, reading one file."""
+
+from __future__ import annotations
+
+import hashlib
+from importlib import resources
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from sergraph.config.schema import ConfigError
+
+
+def config_dir() -> Path:
+    """The folder holding ``default.yaml`` and the group folders (shipped with the package)."""
+    return Path(str(resources.files("sergraph.configs")))
+
+
+def group_choices(group: str) -> list[str]:
+    folder = config_dir() / group
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def load_yaml(path: Path) -> DictConfig:
+    try:
+        return OmegaConf.load(path)
+    except Exception as error:  # noqa: BLE001 - re-raised with the file named
+        raise ConfigError(f"cannot read config file {path}: {error}") from error
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -1,0 +1,185 @@
+"""The configuration schema: the typed sections (OmegaConf structured dataclasses), their
+choices and :class:`ConfigError`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sergraph.data.features.config import FeatureConfig
+
+GROUPS = ("data", "model", "trainer")
+ON_ERROR_CHOICES = ("stop", "skip")
+OPTIMIZERS = ("adam", "adamw")
+SCHEDULES = ("constant", "cosine")
+DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that cannot be used."""
+
+
+@dataclass
+class DataConfig:
+    name: str = "synthetic"
+    root: str | None = None
+    classes: list[str] | None = None
+    merge: dict[str, str] = field(default_factory=dict)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+# The one features configuration: the same class the extractors and the cache take.
+FeaturesConfig = FeatureConfig
+
+
+@dataclass
+class GraphConfig:
+    k: int = 4
+    max_nodes: int | None = 120
+    pad: bool = True
+    normalize: str = "train"
+
+
+@dataclass
+class EvalConfig:
+    """The evaluation protocol (see :mod:`sergraph.data.protocol`)."""
+
+    # inductive | enrollment | transductive; null: inductive, or transductive when
+    # graph.normalize=speaker is given alone (its meaning before protocols were named).
+    protocol: str | None = None
+    # enrollment: per validation/test speaker, a fraction in (0, 1) or a count >= 1 of its
+    # utterances held aside (label-free, seeded), used unlabelled for its statistics, never scored.
+    enrollment: float = 0.2
+    enrollment_seed: int = 0
+
+
+@dataclass
+class FoldsConfig:
+    scheme: str = "loso"
+    val_speakers: int = 1
+    n_groups: int = 5
+    seed: int = 0
+    only: list[int] | None = None
+    # scheme=predefined: the corpus column holding each utterance's test fold (0, 1, ...).
+    column: str = "fold"
+    # scheme=predefined: accept folds whose speakers overlap between train/val/test (benchmark
+    # splits that are not speaker-independent; every output then says so).
+    allow_speaker_overlap: bool = False
+
+
+@dataclass
+class ModelConfig:
+    # The run's model name (run folders, labels); a registered family or a preset's own name.
+    name: str = "lstm_gin"
+    # The registered family that builds it (null: the family named ``name``). A preset in
+    # configs/model/ names its family here and writes out the defaults it changes in params.
+    family: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    weight_decay: float = 1e-8
+    batch_size: int = 32
+    class_weights: bool = False
+    label_smoothing: float = 0.0
+    optimizer: str = "adam"  # adam (L2 weight decay, the paper) | adamw (decoupled)
+    schedule: str = "constant"  # constant | cosine (to 0 at trainer.max_epochs), per epoch
+    warmup_epochs: int = 0  # linear warm-up from lr/(warmup+1) before the schedule
+
+
+@dataclass
+class AugmentConfig:
+    """Training-fold augmentation of the node features (never applied to val/test)."""
+
+    noise: float = 0.0  # std of Gaussian noise added to the (normalised) node features
+    time_mask: int = 0  # zero one span of up to this many nodes per training graph
+    feature_mask: int = 0  # zero one band of up to this many node features per training graph
+
+
+@dataclass
+class TrainerConfig:
+    max_epochs: int = 200
+    min_epochs: int = 1
+    patience: int = 20
+    # false: no early stopping; the last epoch's model is tested (needed with
+    # folds.val_speakers=0, where there is no validation to stop on or to choose the best epoch)
+    early_stopping: bool = True
+    accelerator: str = "auto"
+    # Processes per node and nodes. Inside a SLURM job step (srun) both are taken from SLURM
+    # (--ntasks-per-node, --nodes) instead, see sergraph.training.distributed.trainer_topology.
+    devices: Any = 1
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto | ddp | ddp_spawn | ddp_find_unused_parameters_true | ...
+    precision: str = "32-true"
+    deterministic: bool = True
+    num_workers: int = 0
+    progress_bar: bool = False
+
+
+@dataclass
+class RunConfig:
+    name: str | None = None
+    label: str | None = None
+    out_dir: str = "runs"
+    seeds: list[int] = field(default_factory=lambda: [0])
+    parallel: int = 1
+    cell: int | None = None
+    # Only these variants of an experiment (all when null): run part of a committed study
+    # without editing its file.
+    variants: list[str] | None = None
+    # Set by compose (never by hand): config file (relative to the config folder) -> SHA-256 of
+    # every file that composed this configuration; recorded in each result's provenance.
+    sources: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class LoggerConfig:
+    kind: str = "csv"
+    project: str = "sergraph"
+    entity: str | None = None
+    group: str | None = None
+    tags: list[str] = field(default_factory=list)
+    offline: bool = False
+
+
+@dataclass
+class SlurmConfig:
+    """What `sergraph slurm` writes into the sbatch scripts (never part of a run's identity)."""
+
+    partition: str | None = None
+    account: str | None = None
+    time: str = "04:00:00"  # per job (array task, DDP job); HH:MM:SS or D-HH:MM:SS
+    gpus: int = 1  # GPUs per array task; GPUs per node for train_ddp (0: CPU only)
+    nodes: int = 1  # nodes of train_ddp
+    tasks_per_node: int | None = None  # processes per node of train_ddp; default: one per GPU
+    cpus_per_task: int = 4
+    mem: str | None = None  # e.g. 32G; null: the partition's default
+    # A shell line run before sergraph, e.g. "conda activate sergraph" or ". ~/sg/.venv/bin/activate"
+    activate: str | None = None
+    signal_seconds: int = 90  # SIGUSR1 this many seconds before the time limit: save and requeue
+    max_running: int | None = None  # array throttle (%N): at most N cells at a time
+    feature_shards: int = 8  # array size of features.sbatch
+    log_dir: str | None = None  # job scripts and output files; default: <study dir>/slurm
+    extra: list[str] = field(default_factory=list)  # more #SBATCH options, e.g. ["--qos=long"]
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    features: FeatureConfig = field(default_factory=FeatureConfig)
+    graph: GraphConfig = field(default_factory=GraphConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    folds: FoldsConfig = field(default_factory=FoldsConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    variants: dict[str, list[str]] = field(default_factory=dict)
+    # The study's declared baseline label: `sergraph report` pairs every row with it (never a
+    # row chosen by a test score). Not part of any run's identity.
+    reference: str | None = None

@@ -1,0 +1,231 @@
+"""Validation of a composed configuration: every impossible value is refused before any work,
+naming the key and the accepted values."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, ListConfig
+
+from sergraph.config.presets import model_spec
+from sergraph.config.schema import (
+    ON_ERROR_CHOICES,
+    OPTIMIZERS,
+    SCHEDULES,
+    ConfigError,
+)
+from sergraph.data.features.config import FeatureConfig
+
+
+def validate(cfg: DictConfig) -> None:
+    """Reject impossible values before any work, naming the key and the accepted values."""
+    from sergraph.data.corpora import CORPORA
+    from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
+    from sergraph.data.folds import SCHEMES
+    from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
+    from sergraph.data.protocol import check_enrollment_amount, resolve_protocol
+    from sergraph.models import build_baseline, build_model, is_classic
+
+    def choice(key: str, value, choices) -> None:
+        if value not in choices:
+            raise ConfigError(f"{key}={value!r} is not valid; choose one of {sorted(choices)}")
+
+    def positive(key: str, value, strict: bool = True) -> None:
+        if value is None or (value <= 0 if strict else value < 0):
+            raise ConfigError(f"{key}={value!r} must be {'>' if strict else '>='} 0")
+
+    choice("data.name", cfg.data.name, CORPORA)
+    choice("features.feature_set", cfg.features.feature_set, FEATURE_SETS)
+    positive("features.pool", cfg.features.pool)
+    _validate_features(cfg)
+    choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
+    positive("features.workers", cfg.features.workers)
+    choice("features.on_error", cfg.features.on_error, ON_ERROR_CHOICES)
+    choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
+    try:
+        resolve_protocol(cfg.eval.protocol, cfg.graph.normalize)
+        check_enrollment_amount(cfg.eval.enrollment)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if cfg.graph.max_nodes is not None:
+        positive("graph.max_nodes", cfg.graph.max_nodes)
+    try:
+        check_k(cfg.graph.k, cfg.graph.max_nodes)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    choice("folds.scheme", cfg.folds.scheme, SCHEMES)
+    positive("folds.val_speakers", cfg.folds.val_speakers, strict=False)
+    positive("optim.lr", cfg.optim.lr)
+    positive("optim.weight_decay", cfg.optim.weight_decay, strict=False)
+    positive("optim.batch_size", cfg.optim.batch_size)
+    if not 0 <= cfg.optim.label_smoothing < 1:
+        raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
+    choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
+    choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
+    if cfg.optim.schedule == "cosine" and cfg.trainer.max_epochs <= cfg.optim.warmup_epochs:
+        raise ConfigError(
+            f"optim.schedule=cosine needs trainer.max_epochs ({cfg.trainer.max_epochs}) > "
+            f"optim.warmup_epochs ({cfg.optim.warmup_epochs}); lower the warm-up or use "
+            "optim.schedule=constant"
+        )
+    positive("augment.noise", cfg.augment.noise, strict=False)
+    positive("augment.time_mask", cfg.augment.time_mask, strict=False)
+    positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)
+    positive("trainer.max_epochs", cfg.trainer.max_epochs)
+    _validate_topology(cfg)
+    _validate_slurm(cfg)
+    positive("trainer.patience", cfg.trainer.patience)
+    positive("run.parallel", cfg.run.parallel)
+    choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
+    check_precision(cfg.trainer.precision)
+    choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))
+    if not cfg.run.seeds:
+        raise ConfigError("run.seeds must list at least one seed")
+    family, params = model_spec(cfg)
+    if cfg.folds.val_speakers == 0 and cfg.trainer.early_stopping and not is_classic(family):
+        raise ConfigError(
+            "folds.val_speakers=0 leaves no validation speakers: nothing to stop early on or to "
+            "choose the best epoch with, so the model of the last epoch would be tested. Keep "
+            "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
+        )
+    try:  # a tiny instance checks parameter names and values without touching data
+        if is_classic(family):
+            build_baseline(family, **params)
+        else:
+            build_model(family, 4, 2, **params)
+    except (ValueError, TypeError) as error:
+        raise ConfigError(str(error)) from None
+
+
+def _validate_features(cfg: DictConfig) -> None:
+    try:
+        config = FeatureConfig.from_any(cfg.features)
+    except (ValueError, TypeError) as error:
+        message = str(error)
+        if not message.startswith("features."):
+            message = f"features.{message}"
+        raise ConfigError(message) from None
+    if config.feature_set == "ssl":
+        from sergraph.data.features.ssl import require_transformers
+
+        try:
+            require_transformers()
+        except ImportError as error:
+            raise ConfigError(str(error)) from None
+    if config.feature_set in ("ssl", "precomputed") and cfg.model.name == "svm":
+        raise ConfigError(
+            f"model=svm uses utterance functionals (features.functionals), not "
+            f"features.feature_set={config.feature_set}; choose a neural model"
+        )
+
+
+#: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed")
+_TRUE_LOW = (
+    "keeps the weights themselves in {dtype}, but Lightning converts only plain tensors to it, "
+    "not the PyG batches sergraph trains on, so the first recurrent layer stops with 'RNN "
+    "input dtype (torch.float32) does not match weight dtype'; "
+)
+_REFUSED_PRECISION = {
+    "16-true": _TRUE_LOW.format(dtype="float16")
+    + "in float16, BatchNorm statistics and Adam's steps would also lose the small updates "
+    "that training needs. Use trainer.precision=16-mixed (fp32 weights, fp16 autocast)",
+    "bf16-true": _TRUE_LOW.format(dtype="bfloat16")
+    + "bfloat16 weights keep 8 significant bits, too few for the small steps of "
+    "lr=1e-4. Use trainer.precision=bf16-mixed (fp32 weights, bf16 autocast)",
+    "64-true": _TRUE_LOW.format(dtype="float64")
+    + "use trainer.precision=32-true (the models' float64 equality with PyG is tested "
+    "directly, not through the Trainer)",
+    "16": "is Lightning's old name of 16-mixed; write trainer.precision=16-mixed",
+    "bf16": "is Lightning's old name of bf16-mixed; write trainer.precision=bf16-mixed",
+}
+_REFUSED_PRECISION["64"] = _REFUSED_PRECISION["64-true"]
+_REFUSED_PRECISION["16-true"] += " or 32-true"
+
+
+def check_precision(precision) -> None:
+    """Refuse a ``trainer.precision`` outside :data:`PRECISIONS`, saying why and what to use."""
+    value = str(precision)
+    if value in PRECISIONS:
+        return
+    why = _REFUSED_PRECISION.get(value)
+    if why is not None:
+        raise ConfigError(f"trainer.precision={value!r} is not supported: it {why}")
+    raise ConfigError(
+        f"trainer.precision={value!r} is not valid; choose one of {list(PRECISIONS)} "
+        "(16-mixed/bf16-mixed: fp32 weights with half-precision autocast on a GPU)"
+    )
+
+
+# Strategies whose processes all run the whole command (Lightning's own launcher or srun), so
+# every rank sees the test results; ddp_spawn/ddp_fork would keep them in their workers.
+STRATEGIES = ("auto", "ddp", "ddp_find_unused_parameters_true", "single_device")
+
+
+def _valid_devices(devices) -> bool:
+    if isinstance(devices, bool):
+        return False
+    if isinstance(devices, int):
+        return devices > 0 or devices == -1
+    if isinstance(devices, str):
+        parts = [part.strip() for part in devices.split(",")]
+        return devices in ("auto", "-1") or all(part.isdigit() for part in parts)
+    if isinstance(devices, list | tuple | ListConfig):
+        return len(devices) > 0 and all(isinstance(d, int) and d >= 0 for d in devices)
+    return False
+
+
+def _validate_topology(cfg: DictConfig) -> None:
+    if not _valid_devices(cfg.trainer.devices):
+        raise ConfigError(
+            f"trainer.devices={cfg.trainer.devices!r} is not valid; use a count (1, 2, -1 for "
+            "all), 'auto', a list of device indices [0,1] or a string '0,1'"
+        )
+    if not isinstance(cfg.trainer.num_nodes, int) or cfg.trainer.num_nodes < 1:
+        raise ConfigError(f"trainer.num_nodes={cfg.trainer.num_nodes!r} must be an integer >= 1")
+    if cfg.trainer.strategy not in STRATEGIES:
+        raise ConfigError(
+            f"trainer.strategy={cfg.trainer.strategy!r} is not valid; choose one of {list(STRATEGIES)}"
+        )
+    devices = cfg.trainer.devices
+    if isinstance(devices, str):
+        devices = -1 if devices.strip() == "-1" else len(devices.split(","))
+    several = cfg.trainer.num_nodes > 1 or (
+        len(devices) > 1
+        if isinstance(devices, ListConfig | list)
+        else devices in (-1,) or devices > 1
+    )
+    if several and cfg.run.parallel > 1:
+        raise ConfigError(
+            f"run.parallel={cfg.run.parallel} with trainer.devices={devices!r}, "
+            f"trainer.num_nodes={cfg.trainer.num_nodes}: run cells one at a time (run.parallel=1) "
+            "when each cell trains on several processes"
+        )
+
+
+def _validate_slurm(cfg: DictConfig) -> None:
+    import re
+
+    shard = cfg.features.shard
+    if shard is not None:
+        match = re.fullmatch(r"(\d+)/(\d+)", str(shard))
+        if not match or not int(match[1]) < int(match[2]):
+            raise ConfigError(
+                f"features.shard={shard!r} is not valid; write i/n with 0 <= i < n, e.g. 0/8"
+            )
+    slurm = cfg.slurm
+    for key in ("gpus", "cpus_per_task", "feature_shards"):
+        value = slurm[key]
+        if not isinstance(value, int) or value < (0 if key == "gpus" else 1):
+            raise ConfigError(f"slurm.{key}={value!r} must be an integer >= {int(key != 'gpus')}")
+    if not isinstance(slurm.nodes, int) or slurm.nodes < 1:
+        raise ConfigError(f"slurm.nodes={slurm.nodes!r} must be an integer >= 1")
+    if not isinstance(slurm.signal_seconds, int) or slurm.signal_seconds < 0:
+        raise ConfigError(f"slurm.signal_seconds={slurm.signal_seconds!r} must be >= 0")
+    if slurm.tasks_per_node is not None and slurm.tasks_per_node < 1:
+        raise ConfigError(f"slurm.tasks_per_node={slurm.tasks_per_node!r} must be >= 1 or null")
+    if slurm.max_running is not None and slurm.max_running < 1:
+        raise ConfigError(f"slurm.max_running={slurm.max_running!r} must be >= 1 or null")
+    if not re.fullmatch(r"(\d+-)?\d{1,2}(:\d{2}){0,2}|\d+", str(slurm.time)):
+        raise ConfigError(
+            f"slurm.time={slurm.time!r} is not a SLURM time; use MM, HH:MM:SS or D-HH:MM:SS"
+        )
