@@ -156,7 +156,7 @@ def prepare(
         )
 
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
-    if need_features:
+    if need_features and inputs == "frames":  # functionals: one vector per file, no nodes
         for note in audio_notes(cfg, table):
             log(note)
     skip = cfg.features.get("on_error", "stop") == "skip"
