@@ -23,12 +23,22 @@ from __future__ import annotations
 import inspect
 import os
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from types import ModuleType
 
 import pandas as pd
 
 REQUIRED_COLUMNS: tuple[str, ...] = ("utterance", "path", "speaker", "label")
 OPTIONAL_COLUMNS: tuple[str, ...] = ("session", "gender", "text")
+
+
+def wav_files(folder: Path) -> list[Path]:
+    """The visible ``.wav`` files of ``folder``, sorted by name (what the file-name corpora read)."""
+    return [
+        path
+        for path in sorted(folder.iterdir())
+        if not path.name.startswith(".") and path.suffix.lower() == ".wav" and path.is_file()
+    ]
 
 
 def build_table(

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sergraph.data.corpora import build_table
+from sergraph.data.corpora import build_table, wav_files
 
 EMOTIONS: dict[str, str] = {
     "W": "angry",  # Wut
@@ -120,9 +120,7 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
     """
     folder = find_wav_folder(root)
     rows = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.suffix.lower() != ".wav" or not path.is_file():
-            continue
+    for path in wav_files(folder):
         try:
             row = parse_name(path.name)
         except ValueError as error:

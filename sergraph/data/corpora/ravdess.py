@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from sergraph.data.corpora import build_table
+from sergraph.data.corpora import build_table, wav_files
 
 EMOTIONS: dict[str, str] = {
     "01": "neutral",
@@ -124,9 +124,7 @@ def load(root: str | os.PathLike[str] | None) -> pd.DataFrame:
         raise FileNotFoundError(f"no Actor_XX folders under {root}; expected {EXPECTED}")
     rows = []
     for folder in actor_folders:
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or path.suffix.lower() != ".wav" or not path.is_file():
-                continue
+        for path in wav_files(folder):
             try:
                 row = parse_name(path.name)
             except ValueError as error:
