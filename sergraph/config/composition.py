@@ -59,7 +59,7 @@ def _load_experiment(
     name: str, chain: tuple[str, ...] = (), sources: dict[str, str] | None = None
 ) -> DictConfig:
     """An experiment file; ``extends: other`` at its top merges it over experiment ``other``
-    (whose ``variants`` are not inherited)."""
+    (whose ``variants`` and ``controls`` are not inherited)."""
     path = config_dir() / "experiment" / f"{name}.yaml"
     if not path.is_file():
         where = f" (extended by {chain[-1]!r})" if chain else ""
@@ -77,6 +77,7 @@ def _load_experiment(
         return cfg
     base = _load_experiment(str(parent), (*chain, name), sources)
     base.pop("variants", None)
+    base.pop("controls", None)
     return OmegaConf.merge(base, cfg)
 
 
@@ -156,6 +157,13 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
             )
         return {base.run.label or base.model.name: base}
     labels = list(base.variants)
+    for label, control in base.controls.items():
+        missing = [name for name in (label, control) if name not in base.variants]
+        if missing:
+            raise ConfigError(
+                f"controls: {label}: {control} names {missing}, not variants of this experiment; "
+                f"choose from {labels}"
+            )
     if base.run.variants:
         unknown = [label for label in base.run.variants if label not in base.variants]
         if unknown:

@@ -81,6 +81,7 @@ def identity(cfg: DictConfig) -> str:
     container.pop("variants", None)
     container.pop("slurm", None)
     container.pop("reference", None)
+    container.pop("controls", None)
     # The protocol enters the identity only where it changes behaviour: a configuration that
     # runs as it did before protocols were named (inductive, or graph.normalize=speaker alone,
     # now spelled transductive) keeps its id.

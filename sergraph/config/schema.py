@@ -183,3 +183,7 @@ class Config:
     # The study's declared baseline label: `sergraph report` pairs every row with it (never a
     # row chosen by a test score). Not part of any run's identity.
     reference: str | None = None
+    # Each variant's declared no-graph (or other) control: label -> control label. `sergraph
+    # report` pairs every such label with its control (as well as with the reference). Not part
+    # of any run's identity.
+    controls: dict[str, str] = field(default_factory=dict)

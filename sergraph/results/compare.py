@@ -85,10 +85,14 @@ def paired_test(
 
 
 def comparisons(
-    collected: list[dict], reference: str | None, cross_protocol: bool = False
+    collected: list[dict],
+    reference: str | None,
+    cross_protocol: bool = False,
+    controls: dict[str, str] | None = None,
 ) -> tuple[list[dict], list[tuple[str, str]]]:
-    """Every label against the declared ``reference``; also every other pair when there are
-    few labels (all pairs when there is no reference).
+    """Every label against the declared ``reference`` and against its declared control
+    (``controls``: label -> control label, see :func:`declared_controls`); also every other
+    pair when there are few labels (all pairs when there is no reference).
 
     Labels of different protocols are not paired unless ``cross_protocol``; then the test's
     ``kind`` says so.
@@ -101,9 +105,17 @@ def comparisons(
     pairs = []
     if reference is not None:
         pairs += [(reference, label, "vs reference") for label in labels if label != reference]
+    for label, control in (controls or {}).items():
+        if label in by_label and control in by_label and control != reference:
+            pairs.append((label, control, "vs control"))  # A - its control
     others = [label for label in labels if label != reference]
     if len(labels) <= MAX_LABELS_ALL_PAIRS:
-        pairs += [(a, b, "pair") for a, b in itertools.combinations(others, 2)]
+        done = {frozenset(pair[:2]) for pair in pairs}
+        pairs += [
+            (a, b, "pair")
+            for a, b in itertools.combinations(others, 2)
+            if frozenset((a, b)) not in done
+        ]
     out, refused = [], []
     for a, b, kind in pairs:
         protocols = by_label[a]["protocol"]["name"], by_label[b]["protocol"]["name"]
@@ -136,3 +148,23 @@ def declared_reference(collected: list[dict]) -> str | None:
         c["label"] for c in collected if c["label"] == name or c["label"].endswith(f"/{name}")
     ]
     return matches[0] if len(matches) == 1 else None
+
+
+def declared_controls(collected: list[dict]) -> dict[str, str]:
+    """Label -> its control label, as the labels' experiment file declares them (key
+    ``controls``), for the pairs whose both labels are here (labels may carry a study prefix,
+    ``study/label``)."""
+    by_name: dict[str, list[str]] = {}
+    for item in collected:
+        by_name.setdefault(item["label"].rsplit("/", 1)[-1], []).append(item["label"])
+    out = {}
+    for item in collected:
+        declared = (item["config"] or {}).get("controls") or {}
+        name = item["label"].rsplit("/", 1)[-1]
+        control = declared.get(name)
+        if control is None:
+            continue
+        prefix = item["label"][: -len(name)]
+        if f"{prefix}{control}" in by_name.get(control, []):
+            out[item["label"]] = f"{prefix}{control}"
+    return out

@@ -126,6 +126,8 @@ def format_report(
             notes = [test["note"]] if test["note"] else []
             if "CROSS-PROTOCOL" in test["kind"]:
                 notes.insert(0, test["kind"].split(", ", 1)[1])
+            if test["kind"].startswith("vs control"):
+                notes.insert(0, "B is A's declared control")
             if test["only_first"]:
                 notes.append(f"unpaired, only in {test['first']}: {_fold_list(test['only_first'])}")
             if test["only_second"]:

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_csv, atomic_write_text
-from sergraph.results.compare import comparisons, declared_reference
+from sergraph.results.compare import comparisons, declared_controls, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
 from sergraph.results.layout import (
     ResultFileError,
@@ -212,7 +212,7 @@ def k_groups(collected: list[dict]) -> list[dict]:
             key: value
             for key, value in flat.items()
             if key not in ignored
-            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm."))
+            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm.", "controls."))
             and key != "reference"
         }
         signature = json.dumps(rest, sort_keys=True, default=str)
@@ -259,7 +259,8 @@ def write_report(
         out_dir: where to write; default ``run_dir/report``.
         reference: the label every other label is paired with (an ablation's full recipe);
             default: the one the experiment file declares (key ``reference``), else none (never
-            a label chosen by a test score).
+            a label chosen by a test score). Labels with a control declared in their experiment
+            file (key ``controls``) are also paired with it ("vs control").
         cross_protocol: also pair labels evaluated under different protocols (labelled
             CROSS-PROTOCOL); refused by default.
         folds: only these fold indices (e.g. the folds never looked at while shaping a
@@ -311,7 +312,9 @@ def write_report(
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
     reference = reference or declared_reference(collected)
-    tests, refused = comparisons(collected, reference, cross_protocol)
+    tests, refused = comparisons(
+        collected, reference, cross_protocol, controls=declared_controls(collected)
+    )
     groups = k_groups(collected)
 
     figures: list[Path] = []

@@ -353,3 +353,19 @@ def test_cells_made_before_protocols_take_theirs_from_config_yaml(run_dir, tmp_p
         "C": "inductive",
     }
     assert sorted(result["refused"]) == [("A", "B"), ("B", "C")]
+
+
+def test_declared_controls_are_paired_with_their_variant(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    for config in study.glob("*/seed-*/fold-*/config.yaml"):
+        config.write_text(config.read_text() + "controls:\n  C: B\n")
+    result = write_report(study)
+    tests = {(t["first"], t["second"]): t for t in result["comparisons"]}
+    control = tests["C", "B"]
+    assert control["kind"] == "vs control"
+    assert ("B", "C") not in tests  # the pair is tested once, variant first
+    # per-fold UA, seeds averaged: B = 1, .875, .875, .75 (folds 0-3); C = .75, 1, 1, 1
+    assert control["paired"] == 4
+    assert control["mean_difference"] == pytest.approx((-0.25 + 0.125 + 0.125 + 0.25) / 4)
+    assert "B is A's declared control" in (study / "report" / "report.md").read_text()
