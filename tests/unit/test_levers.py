@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -319,3 +320,52 @@ def test_gps_composes_with_the_recipe_and_takes_a_training_step():
     optimizer.step()
     moved = sum(not torch.equal(a, b) for a, b in zip(before, module.parameters(), strict=True))
     assert torch.isfinite(loss) and moved >= 0.8 * len(before)
+
+
+# --- a real run on the synthetic corpus, and its bundle ---------------------------------------
+
+
+@pytest.mark.slow
+def test_adversarial_mixup_run_on_synthetic_corpus_exports_a_bundle_that_predicts_as_the_run(
+    tmp_path,
+):
+    from sergraph.deploy.bundle import export_bundle, load_bundle
+    from sergraph.results.layout import read_metrics
+    from sergraph.training.study import run_study
+
+    run_study(
+        [
+            f"data.root={tmp_path / 'corpus'}",
+            "data.options.n_speakers=4",
+            "data.options.n_per_class=3",
+            "folds.only=[0]",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "optim.lr=1e-3",
+            "optim.speaker_adversary=0.3",
+            "augment.mixup=0.2",
+            "features.workers=1",
+            f"features.cache_dir={tmp_path / 'features'}",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "logger.kind=none",
+        ]
+    )
+    cell = tmp_path / "runs" / "synthetic" / "lstm_gin" / "seed-0" / "fold-00"
+    record = read_metrics(cell)
+    checkpoint = torch.load(cell / record["checkpoint"], map_location="cpu", weights_only=False)
+    # the speaker head's classes are the fold's training speakers, none of val/test
+    assert checkpoint["hyper_parameters"]["train_speakers"] == record["train_speakers"]
+    assert not set(record["train_speakers"]) & set(record["val_speakers"] + record["test_speakers"])
+    width = len(record["train_speakers"])
+    assert checkpoint["state_dict"]["speaker_head.classifier.2.weight"].shape[0] == width
+    # the bundle holds the emotion model alone and predicts what the run predicted
+    path, _ = export_bundle(cell, tmp_path / "fold0.sergraph")
+    saved = pd.read_csv(cell / "predictions.csv")
+    corpus = next((tmp_path / "corpus").glob("synthetic-*"))
+    paths = [str(corpus / "wav" / f"{u}.wav") for u in saved["utterance"]]
+    bundle = load_bundle(path, map_location="cpu")
+    frame = bundle.predict(paths, batch_size=5, cache_dir=tmp_path / "fresh", progress=False)
+    np.testing.assert_allclose(
+        frame.filter(like="p_").to_numpy(float), saved.filter(like="p_").to_numpy(float), atol=1e-5
+    )
+    assert list(frame["emotion"]) == list(saved["predicted"])
