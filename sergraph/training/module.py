@@ -72,9 +72,11 @@ class SERModule(L.LightningModule):
             speaker head's classes, in this order.
 
     Logged keys: ``train/loss``, ``val/loss``, ``val/wa``, ``val/ua``, ``test/wa``, ``test/ua``
-    and ``{val,test}/recall_<class>``. Scores are computed from a torchmetrics confusion matrix
-    on the model's device; under DDP its counts are summed over the ranks, so with the data
-    module's unpadded evaluation shards WA/UA/recall equal a single-process evaluation exactly.
+    and ``{val,test}/recall_<class>`` (and ``train/speaker_loss`` with ``speaker_adversary``;
+    ``train/loss`` is then the total loss, emotion + speaker). Scores are computed from a
+    torchmetrics confusion matrix on the model's device; under DDP its counts are summed over the
+    ranks, so with the data module's unpadded evaluation shards WA/UA/recall equal a
+    single-process evaluation exactly.
     The evaluation loss is a torchmetrics mean (sum and count summed over ranks) for the same
     reason.
 
