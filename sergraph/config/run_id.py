@@ -55,6 +55,8 @@ LATER_KEYS = (
     ("features", "precomputed", {"root": None, "column": None, "hop_seconds": None}),
     ("folds", "column", "fold"),
     ("folds", "allow_speaker_overlap", False),
+    ("optim", "speaker_adversary", 0.0),
+    ("augment", "mixup", 0.0),
 )
 
 #: Keys of ``features.ssl`` that change speed only (left out of the run identity).

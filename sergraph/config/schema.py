@@ -87,6 +87,10 @@ class OptimConfig:
     optimizer: str = "adam"  # adam (L2 weight decay, the paper) | adamw (decoupled)
     schedule: str = "constant"  # constant | cosine (to 0 at trainer.max_epochs), per epoch
     warmup_epochs: int = 0  # linear warm-up from lr/(warmup+1) before the schedule
+    # > 0: domain-adversarial training against the training speakers: the classifier's input
+    # goes through a gradient reversal layer (gradient times -speaker_adversary) into a speaker
+    # classifier; the training loss is emotion CE + speaker CE (training batches only).
+    speaker_adversary: float = 0.0
 
 
 @dataclass
@@ -96,6 +100,8 @@ class AugmentConfig:
     noise: float = 0.0  # std of Gaussian noise added to the (normalised) node features
     time_mask: int = 0  # zero one span of up to this many nodes per training graph
     feature_mask: int = 0  # zero one band of up to this many node features per training graph
+    # > 0: mixup of the classifier inputs with lam ~ Beta(mixup, mixup) per training batch
+    mixup: float = 0.0
 
 
 @dataclass

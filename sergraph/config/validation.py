@@ -70,6 +70,8 @@ def validate(cfg: DictConfig) -> None:
     positive("augment.noise", cfg.augment.noise, strict=False)
     positive("augment.time_mask", cfg.augment.time_mask, strict=False)
     positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)
+    positive("augment.mixup", cfg.augment.mixup, strict=False)
+    positive("optim.speaker_adversary", cfg.optim.speaker_adversary, strict=False)
     positive("trainer.max_epochs", cfg.trainer.max_epochs)
     _validate_topology(cfg)
     _validate_slurm(cfg)

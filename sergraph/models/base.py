@@ -121,9 +121,14 @@ class TemporalGNN(nn.Module):
     def make_conv(self, in_channels: int, out_channels: int) -> nn.Module:
         """One graph layer mapping ``[N, in_channels]`` to ``[N, out_channels]``.
 
-        It is called as ``conv(h, edge_index)``.
+        It is called as ``conv(h, edge_index)`` (see :meth:`conv_forward`).
         """
         raise NotImplementedError(f"{type(self).__name__} must define make_conv")
+
+    def conv_forward(self, conv: nn.Module, h, edge_index, batch):
+        """One graph layer on message passing: ``conv(h, edge_index)``. A family whose layer
+        needs the ``batch`` vector too (attention over each graph's nodes) overrides this."""
+        return conv(h, edge_index)
 
     #: Set to ``False`` on an instance to always use PyG message passing (see also the
     #: ``SERGRAPH_FAST_PATH`` environment variable in :mod:`sergraph.models.banded`).
@@ -155,7 +160,7 @@ class TemporalGNN(nn.Module):
         h = self.front(x, batch) if self.front is not None else x
         layers = [h]
         for conv, norm in zip(self.convs, self.norms, strict=True):
-            h = self.activation(norm(conv(h, edge_index)))
+            h = self.activation(norm(self.conv_forward(conv, h, edge_index, batch)))
             layers.append(h)
         return self.head(layers, batch, data.num_graphs, getattr(data, "u", None))
 

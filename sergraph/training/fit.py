@@ -56,6 +56,7 @@ def fit_neural(
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
     family, model_params = model_spec(cfg)
+    adversary = float(cfg.optim.get("speaker_adversary", 0.0))
     module = SERModule(
         model=family,
         model_params=model_params,
@@ -71,6 +72,9 @@ def fit_neural(
         warmup_epochs=cfg.optim.warmup_epochs,
         augment=OmegaConf.to_container(cfg.augment),
         input_layers=stacked_layers(cfg),
+        speaker_adversary=adversary,
+        # the speaker head's classes: the fold's training speakers (never val/test ones)
+        train_speakers=[str(s) for s in fold.train_speakers] if adversary > 0 else None,
     )
     has_val = bool(fold.val_speakers)
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import random
 import warnings
@@ -20,6 +21,15 @@ from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
 from sergraph.models.layers import LayerWeightedSum
 from sergraph.training.distributed import from_every_rank
+from sergraph.training.levers import (
+    SpeakerHead,
+    classifier_input,
+    classifier_widths,
+    draw_mixup,
+    emotion_classifier,
+    mix,
+    speaker_targets,
+)
 
 # Evaluation scores and losses are logged from torchmetrics states that are already summed over
 # the DDP ranks; Lightning's advice to reduce them once more does not apply.
@@ -47,16 +57,26 @@ class SERModule(L.LightningModule):
             epoch, after ``warmup_epochs`` epochs of linear warm-up.
         warmup_epochs: epochs of linear warm-up (epoch ``e`` uses ``lr * (e + 1) / (warmup + 1)``).
         augment: training-only node-feature augmentation (:func:`augment_nodes`): ``noise``
-            (Gaussian std), ``time_mask`` and ``feature_mask`` (largest masked span).
+            (Gaussian std), ``time_mask`` and ``feature_mask`` (largest masked span); and
+            ``mixup`` (``alpha``): mixup of the classifier inputs (see
+            :mod:`sergraph.training.levers`).
         input_layers: ``L > 1``: each node holds ``L`` stacked hidden layers of a
             self-supervised model (``features.ssl.layer=all``); a learned
             :class:`~sergraph.models.layers.LayerWeightedSum` mixes them before the encoder,
             which then sees ``in_channels / L`` features.
+        speaker_adversary: ``lambda > 0``: a :class:`~sergraph.training.levers.SpeakerHead`
+            (``self.speaker_head``, training only, never exported) classifies the training
+            speakers from the embedding through a gradient reversal scaled by ``lambda``; the
+            training loss adds its cross-entropy.
+        train_speakers: the fold's training speakers (needed with ``speaker_adversary``); the
+            speaker head's classes, in this order.
 
     Logged keys: ``train/loss``, ``val/loss``, ``val/wa``, ``val/ua``, ``test/wa``, ``test/ua``
-    and ``{val,test}/recall_<class>``. Scores are computed from a torchmetrics confusion matrix
-    on the model's device; under DDP its counts are summed over the ranks, so with the data
-    module's unpadded evaluation shards WA/UA/recall equal a single-process evaluation exactly.
+    and ``{val,test}/recall_<class>`` (and ``train/speaker_loss`` with ``speaker_adversary``;
+    ``train/loss`` is then the total loss, emotion + speaker). Scores are computed from a
+    torchmetrics confusion matrix on the model's device; under DDP its counts are summed over the
+    ranks, so with the data module's unpadded evaluation shards WA/UA/recall equal a
+    single-process evaluation exactly.
     The evaluation loss is a torchmetrics mean (sum and count summed over ranks) for the same
     reason.
 
@@ -81,6 +101,8 @@ class SERModule(L.LightningModule):
         warmup_epochs: int = 0,
         augment: dict | None = None,
         input_layers: int = 1,
+        speaker_adversary: float = 0.0,
+        train_speakers: list[str] | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -96,7 +118,21 @@ class SERModule(L.LightningModule):
             global_channels=global_channels,
             **params,
         )
-        self.augment = {"noise": 0.0, "time_mask": 0, "feature_mask": 0, **dict(augment or {})}
+        augment = dict(augment or {})
+        self.mixup = float(augment.pop("mixup", 0.0))
+        self.augment = {"noise": 0.0, "time_mask": 0, "feature_mask": 0, **augment}
+        self.speaker_head = None
+        if speaker_adversary > 0:
+            option = "optim.speaker_adversary"
+            if not train_speakers:
+                raise ValueError(f"{option}={speaker_adversary} needs the training speakers")
+            width, hidden = classifier_widths(emotion_classifier(self.model, option), option)
+            self.speaker_index = {str(s): i for i, s in enumerate(train_speakers)}
+            self.speaker_head = SpeakerHead(
+                width, hidden, len(self.speaker_index), speaker_adversary
+            )
+        if self.mixup > 0:
+            emotion_classifier(self.model, "augment.mixup")
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None
         self.register_buffer("class_weight", weight, persistent=False)
         self.val_scores = EmotionScores(num_classes)
@@ -121,8 +157,11 @@ class SERModule(L.LightningModule):
             batch.x = augment_nodes(
                 batch.x, batch.ptr, getattr(batch, "n_valid", None), **self.augment
             )
-        logits = self(batch)
-        loss = self._loss(logits, batch.y)
+        if self.speaker_head is None and self.mixup <= 0:
+            logits = self(batch)
+            loss = self._loss(logits, batch.y)
+        else:
+            loss = self._lever_loss(batch)
         self.log(
             "train/loss",
             loss,
@@ -131,6 +170,39 @@ class SERModule(L.LightningModule):
             on_epoch=True,
             sync_dist=True,
         )
+        return loss
+
+    def _lever_loss(self, batch) -> torch.Tensor:
+        """The training loss with mixup and/or the speaker adversary (training batches only)."""
+        mixing = None
+        if self.mixup > 0:
+            lam, perm = draw_mixup(self.mixup, batch.num_graphs)
+            mixing = functools.partial(mix, lam=lam, perm=perm)
+        with classifier_input(self.model.head.classifier, mixing) as seen:
+            logits = self(batch)
+        if len(seen) != 1:
+            raise RuntimeError(
+                f"the model's classifier ran {len(seen)} times in one forward; mixup and the "
+                "speaker adversary need exactly one embedding per batch"
+            )
+        if mixing is None:
+            loss = self._loss(logits, batch.y)
+        else:
+            perm = perm.to(batch.y.device)
+            loss = lam * self._loss(logits, batch.y) + (1 - lam) * self._loss(logits, batch.y[perm])
+        if self.speaker_head is not None:
+            # the unmixed embedding: each row is one training utterance of one speaker
+            target = speaker_targets(batch.speaker, self.speaker_index).to(logits.device)
+            speaker_loss = F.cross_entropy(self.speaker_head(seen[0]), target)
+            self.log(
+                "train/speaker_loss",
+                speaker_loss,
+                batch_size=batch.num_graphs,
+                on_step=False,
+                on_epoch=True,
+                sync_dist=True,
+            )
+            loss = loss + speaker_loss
         return loss
 
     def _eval_step(self, batch, scores: EmotionScores, loss: MeanMetric) -> None:

@@ -49,7 +49,17 @@ def test_every_register_line_of_the_package_is_registered_without_an_import_list
     for path in MODELS_DIR.glob("*.py"):
         written |= set(re.findall(r'^@register\("(\w+)"\)', path.read_text(), re.MULTILINE))
     assert written == set(MODELS) | set(CLASSIC)
-    assert written == {"bigru_attn", "cheb", "ga_gru", "gat", "gcn", "lstm_gin", "sage_mean", "svm"}
+    assert written == {
+        "bigru_attn",
+        "cheb",
+        "ga_gru",
+        "gat",
+        "gcn",
+        "gps",
+        "lstm_gin",
+        "sage_mean",
+        "svm",
+    }
     # the package names none of its family modules: they are found by walking the folder
     init = (MODELS_DIR / "__init__.py").read_text()
     assert not re.search(r"import .*\b(gin|gat|gcn|sage|svm|recurrent)\b", init)
