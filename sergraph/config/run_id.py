@@ -55,6 +55,7 @@ LATER_KEYS = (
     ("features", "precomputed", {"root": None, "column": None, "hop_seconds": None}),
     ("folds", "column", "fold"),
     ("folds", "allow_speaker_overlap", False),
+    ("model", "fusion", None),
 )
 
 #: Keys of ``features.ssl`` that change speed only (left out of the run identity).
