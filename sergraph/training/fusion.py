@@ -95,6 +95,13 @@ def svm_scores(datamodule, seed: int) -> tuple[dict[str, np.ndarray], dict]:
     values = np.concatenate([parts[s][0] for s in ("train", "val", "test")])
     labels = np.concatenate([parts[s][1] for s in ("train", "val", "test")])
     speakers = np.concatenate([parts[s][2] for s in ("train", "val", "test")])
+    training_speakers = sorted(set(parts["train"][2]))
+    if len(training_speakers) < 2:
+        raise ValueError(
+            f"{datamodule.fold.name}: model.fusion=svm chooses the SVM's C by leave-one-speaker-"
+            f"out over the training speakers, and this fold has {len(training_speakers)} "
+            f"({training_speakers}); use more speakers or fewer folds.val_speakers"
+        )
     n_train, n_val = len(parts["train"][1]), len(parts["val"][1])
     train_rows = np.arange(n_train)
     scored_rows = np.arange(n_train, len(labels))
