@@ -322,3 +322,29 @@ def test_a_fused_run_writes_the_fused_predictions(small_run):
     # a fused cell is not exported: its SVM is not part of a bundle
     with pytest.raises(BundleError, match="model.fusion=svm"):
         export_bundle(cell, small_run / "fused.sergraph")
+
+
+@pytest.mark.parametrize("layers", [3, 0], ids=["recipe", "no_graph_control"])
+def test_the_recipe_and_its_no_graph_control_run_fused(small_run, layers):
+    from sergraph import cli
+
+    args = [
+        "train",
+        "experiment=best_emodb",
+        *SMALL,
+        "run.seeds=[0]",
+        "trainer.max_epochs=4",  # > the recipe's 3 warm-up epochs (cosine schedule)
+        "trainer.accelerator=cpu",
+        f"model.params.num_layers={layers}",
+        "model.fusion=svm",
+    ]
+    assert cli.main(args) == 0
+    (metrics_path,) = small_run.rglob("metrics.json")
+    metrics = json.loads(metrics_path.read_text())
+    assert (
+        metrics["fusion"]["with"] == "svm" and metrics["val_speakers"] and metrics["n_test"] == 12
+    )
+    assert len(metrics["train_speakers"]) == 2 and len(metrics["val_speakers"]) == 2
+    parts = pd.read_csv(metrics_path.parent / "fusion.csv")
+    assert set(parts.loc[parts["split"] == "val", "speaker"]) == set(metrics["val_speakers"])
+    assert set(parts.loc[parts["split"] == "test", "speaker"]) == set(metrics["test_speakers"])
