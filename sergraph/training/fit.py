@@ -125,6 +125,11 @@ def fit_neural(
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0,
     )
+    if cfg.model.get("fusion") and trainer.world_size > 1:  # e.g. inside srun: refuse at once
+        raise ValueError(
+            f"{directory}: model.fusion={cfg.model.fusion} runs in one process only; this run "
+            f"has {trainer.world_size} (use one device and one node, outside srun)"
+        )
     resume = resume_checkpoint(cfg, directory)
     if resume is not None and is_global_zero():
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
