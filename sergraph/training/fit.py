@@ -199,8 +199,8 @@ def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, seed, d
         atomic_write_csv(directory / FUSION_PARTS, parts)
     weight = record["weight"]
     log(
-        f"{datamodule.fold.name}: fused with the SVM, weight {weight:.1f} of the graph model "
-        f"(validation UA {record['val_ua'][f'{weight:.1f}']:.3f}; test UA graph "
+        f"{datamodule.fold.name}: fused with the SVM, weight {weight:.1f} of the neural model "
+        f"(validation UA {record['val_ua'][f'{weight:.1f}']:.3f}; test UA neural "
         f"{record['graph_test_ua']:.3f}, SVM {record['svm_test_ua']:.3f})"
     )
     return predictions, record
