@@ -57,6 +57,7 @@ LATER_KEYS = (
     ("folds", "allow_speaker_overlap", False),
     ("optim", "speaker_adversary", 0.0),
     ("augment", "mixup", 0.0),
+    ("model", "fusion", None),
 )
 
 #: Keys of ``features.ssl`` that change speed only (left out of the run identity).

@@ -12,6 +12,7 @@ GROUPS = ("data", "model", "trainer")
 ON_ERROR_CHOICES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
+FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 
@@ -75,6 +76,10 @@ class ModelConfig:
     # configs/model/ names its family here and writes out the defaults it changes in params.
     family: str | None = None
     params: dict[str, Any] = field(default_factory=dict)
+    # Late fusion of a neural model (null: none): "svm" fuses its probabilities with those of a
+    # linear SVM on the same utterance functionals, weighted on the validation speakers
+    # (sergraph.training.fusion).
+    fusion: str | None = None
 
 
 @dataclass

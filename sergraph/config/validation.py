@@ -7,6 +7,7 @@ from omegaconf import DictConfig, ListConfig
 
 from sergraph.config.presets import model_spec
 from sergraph.config.schema import (
+    FUSIONS,
     ON_ERROR_CHOICES,
     OPTIMIZERS,
     SCHEDULES,
@@ -89,6 +90,7 @@ def validate(cfg: DictConfig) -> None:
             "choose the best epoch with, so the model of the last epoch would be tested. Keep "
             "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
         )
+    _validate_fusion(cfg, is_classic(family))
     try:  # a tiny instance checks parameter names and values without touching data
         if is_classic(family):
             build_baseline(family, **params)
@@ -96,6 +98,39 @@ def validate(cfg: DictConfig) -> None:
             build_model(family, 4, 2, **params)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
+
+
+def _validate_fusion(cfg: DictConfig, classic: bool) -> None:
+    """``model.fusion``: null or one of :data:`FUSIONS`, on a neural model that gets the
+    utterance functionals, with validation speakers to weigh it on, in one process."""
+    fusion = cfg.model.get("fusion")
+    if fusion is None:
+        return
+    if fusion not in FUSIONS:
+        raise ConfigError(
+            f"model.fusion={fusion!r} is not valid; choose null (no fusion) or one of "
+            f"{list(FUSIONS)}"
+        )
+    if classic:
+        raise ConfigError(
+            f"model.fusion={fusion} fuses a neural model with the SVM; model {cfg.model.name!r} "
+            "is a classic baseline itself (drop model.fusion)"
+        )
+    if not cfg.features.get("concat_functionals", False):
+        raise ConfigError(
+            f"model.fusion={fusion} fits the SVM on the utterance functionals the neural model "
+            "gets: set features.concat_functionals=true (features.functionals names the set)"
+        )
+    if cfg.folds.val_speakers < 1:
+        raise ConfigError(
+            f"model.fusion={fusion} chooses the fusion weight on the validation speakers: set "
+            f"folds.val_speakers >= 1 (it is {cfg.folds.val_speakers})"
+        )
+    if str(cfg.trainer.devices) != "1" or cfg.trainer.num_nodes != 1:
+        raise ConfigError(
+            f"model.fusion={fusion} runs in one process only: set trainer.devices=1 and "
+            f"trainer.num_nodes=1 (they are {cfg.trainer.devices} and {cfg.trainer.num_nodes})"
+        )
 
 
 def _validate_features(cfg: DictConfig) -> None:

@@ -194,6 +194,12 @@ def _check_exportable(cfg, family: str, protocol: str) -> None:
             f"model {cfg.model.name!r} cannot be exported: it is a classic baseline, and bundles "
             "hold neural models only"
         )
+    if cfg.model.get("fusion"):
+        raise BundleError(
+            f"model.fusion={cfg.model.fusion}: this run's predictions fuse the neural model with "
+            "an SVM that is not part of a bundle (a bundle would predict with the neural model "
+            "alone, not what was evaluated); export a run trained without model.fusion"
+        )
     if cfg.graph.normalize == "speaker" and protocol != "enrollment":
         raise BundleError(
             f"graph.normalize=speaker under eval.protocol={protocol} normalises each held-out "

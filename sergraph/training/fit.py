@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
@@ -128,6 +129,11 @@ def fit_neural(
         num_sanity_val_steps=0,
         limit_val_batches=1.0 if has_val else 0,
     )
+    if cfg.model.get("fusion") and trainer.world_size > 1:  # e.g. inside srun: refuse at once
+        raise ValueError(
+            f"{directory}: model.fusion={cfg.model.fusion} runs in one process only; this run "
+            f"has {trainer.world_size} (use one device and one node, outside srun)"
+        )
     resume = resume_checkpoint(cfg, directory)
     if resume is not None and is_global_zero():
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
@@ -146,6 +152,11 @@ def fit_neural(
         raise RuntimeError(
             f"{directory}: torchmetrics and predictions disagree; please report this"
         )
+    fusion = None
+    if cfg.model.get("fusion"):
+        predictions, fusion = fuse_with_svm(
+            trainer, module, datamodule, best, study.classes, seed, directory
+        )
     best_score = checkpoint.best_model_score
     extra = {
         "epochs": int(trainer.current_epoch),
@@ -154,7 +165,71 @@ def fit_neural(
     }
     if trainer.world_size > 1:
         extra["world_size"] = int(trainer.world_size)
+    if fusion is not None:
+        extra["fusion"] = fusion
     return predictions, extra
+
+
+def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, seed, directory: Path):
+    """``model.fusion=svm``: the fused test predictions frame and the ``fusion`` record (see
+    :mod:`sergraph.training.fusion`); the parts go to ``fusion.csv`` in the cell's folder."""
+    from sergraph.io import atomic_write_csv
+    from sergraph.training.fusion import FUSION_PARTS, fuse
+
+    if trainer.world_size > 1:
+        raise ValueError(
+            f"{directory}: model.fusion=svm runs in one process only; this run has "
+            f"{trainer.world_size} (use trainer.devices=1 and trainer.num_nodes=1, outside srun)"
+        )
+    if not datamodule.datasets["val"]:
+        raise ValueError(
+            f"{directory}: model.fusion=svm chooses its weight on the validation speakers, and "
+            f"{datamodule.fold.name} has none; set folds.val_speakers >= 1"
+        )
+    graph = {
+        split: predicted_probabilities(trainer, module, datamodule, checkpoint, split)
+        for split in ("val", "test")
+    }
+    scores, record, parts = fuse(datamodule, graph, seed)
+    graphs = datamodule.datasets["test"]
+    predictions = predictions_frame(
+        [g.utterance for g in graphs],
+        [g.speaker for g in graphs],
+        [int(g.y) for g in graphs],
+        scores,
+        classes,
+    )
+    if is_global_zero():
+        atomic_write_csv(directory / FUSION_PARTS, parts)
+    weight = record["weight"]
+    log(
+        f"{datamodule.fold.name}: fused with the SVM, weight {weight:.1f} of the neural model "
+        f"(validation UA {record['val_ua'][f'{weight:.1f}']:.3f}; test UA neural "
+        f"{record['graph_test_ua']:.3f}, SVM {record['svm_test_ua']:.3f})"
+    )
+    return predictions, record
+
+
+def predicted_probabilities(trainer, module, datamodule, checkpoint: str, split: str):
+    """The class probabilities ``[n, classes]`` (numpy) of a split, in the data module's order."""
+    import torch
+
+    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
+    outputs = gather_from_ranks(trainer.predict(module, dataloaders=loader, ckpt_path=checkpoint))
+    utterances = [u for o in outputs for u in o["utterance"]]
+    expected = [graph.utterance for graph in datamodule.datasets[split]]
+    if utterances != expected:
+        raise RuntimeError(
+            f"{datamodule.fold.name}: {split} predictions of {len(utterances)} utterances, "
+            f"expected the {len(expected)} {split} utterances in order; please report this"
+        )
+    probabilities = torch.cat([o["probabilities"] for o in outputs]).float()
+    if not bool(torch.isfinite(probabilities).all()):
+        raise NonFiniteLossError(
+            f"{datamodule.fold.name}: {split} predictions of {checkpoint} are not finite; the "
+            "model diverged. Lower optim.lr and train again."
+        )
+    return probabilities.numpy().astype(np.float64)
 
 
 def pin_rnn_math(deterministic: bool) -> str | None:
