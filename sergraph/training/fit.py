@@ -155,7 +155,7 @@ def fit_neural(
     fusion = None
     if cfg.model.get("fusion"):
         predictions, fusion = fuse_with_svm(
-            trainer, module, datamodule, best, study.classes, seed, directory
+            trainer, module, datamodule, best, study.classes, directory
         )
     best_score = checkpoint.best_model_score
     extra = {
@@ -170,7 +170,7 @@ def fit_neural(
     return predictions, extra
 
 
-def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, seed, directory: Path):
+def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, directory: Path):
     """``model.fusion=svm``: the fused test predictions frame and the ``fusion`` record (see
     :mod:`sergraph.training.fusion`); the parts go to ``fusion.csv`` in the cell's folder."""
     from sergraph.io import atomic_write_csv
@@ -190,7 +190,7 @@ def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, seed, d
         split: predicted_probabilities(trainer, module, datamodule, checkpoint, split)
         for split in ("val", "test")
     }
-    scores, record, parts = fuse(datamodule, graph, seed)
+    scores, record, parts = fuse(datamodule, graph)
     graphs = datamodule.datasets["test"]
     predictions = predictions_frame(
         [g.utterance for g in graphs],

@@ -21,6 +21,8 @@ validation UA of every weight, the SVM's C and the unfused test UAs of both part
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 
@@ -81,13 +83,32 @@ def split_vectors(datamodule, split: str) -> tuple[np.ndarray, np.ndarray, np.nd
     return u.astype(np.float64), labels, speakers
 
 
-def svm_scores(datamodule, seed: int) -> tuple[dict[str, np.ndarray], dict]:
+#: Seed of the fusion's SVM, the same for every cell: its part of a fusion depends only on the
+#: fold's data, so the cells of one fold (every seed, graph and no-graph alike) share one fit.
+FUSION_SVM_SEED = 0
+#: The SVM scores of the last folds fused in this process, keyed by a hash of their inputs.
+_SVM_MEMO: dict[str, tuple[dict[str, np.ndarray], dict]] = {}
+_SVM_MEMO_SIZE = 16
+
+
+def _inputs_key(*arrays) -> str:
+    digest = hashlib.sha256()
+    for array in arrays:
+        array = np.ascontiguousarray(array)
+        digest.update(str((array.dtype, array.shape)).encode())
+        digest.update(array.tobytes() if array.dtype != object else "\0".join(array).encode())
+    return digest.hexdigest()
+
+
+def svm_scores(datamodule) -> tuple[dict[str, np.ndarray], dict]:
     """The SVM's scores of the validation and test utterances (split -> ``[n, classes]``), and
     its extra fields (``svm_C``, ``inner_cv_ua``).
 
     Fitted on the training split's ``u`` alone; validation and test rows are only scored. The
     vectors are already normalised as the graph model sees them, so the SVM adds only its own
-    standardisation on the training rows (``normalize="train"``).
+    standardisation on the training rows (``normalize="train"``). Seeded with
+    :data:`FUSION_SVM_SEED`; a fit is kept in memory for the next cells with the same inputs
+    (the same fold under another seed, or the no-graph control), so it is computed once.
     """
     from sergraph.models.svm import LinearSVM
 
@@ -103,24 +124,28 @@ def svm_scores(datamodule, seed: int) -> tuple[dict[str, np.ndarray], dict]:
             f"({training_speakers}); use more speakers or fewer folds.val_speakers"
         )
     n_train, n_val = len(parts["train"][1]), len(parts["val"][1])
-    train_rows = np.arange(n_train)
-    scored_rows = np.arange(n_train, len(labels))
-    scores, extra = LinearSVM().fit_predict(
-        values,
-        labels,
-        speakers,
-        train_rows,
-        scored_rows,
-        num_classes=datamodule.num_classes,
-        seed=seed,
-        normalize="train",
-    )
-    return {"val": scores[:n_val], "test": scores[n_val:]}, extra
+    key = _inputs_key(values, labels, speakers, np.array([n_train, n_val, datamodule.num_classes]))
+    if key not in _SVM_MEMO:
+        train_rows = np.arange(n_train)
+        scored_rows = np.arange(n_train, len(labels))
+        scores, extra = LinearSVM().fit_predict(
+            values,
+            labels,
+            speakers,
+            train_rows,
+            scored_rows,
+            num_classes=datamodule.num_classes,
+            seed=FUSION_SVM_SEED,
+            normalize="train",
+        )
+        while len(_SVM_MEMO) >= _SVM_MEMO_SIZE:
+            _SVM_MEMO.pop(next(iter(_SVM_MEMO)))
+        _SVM_MEMO[key] = ({"val": scores[:n_val], "test": scores[n_val:]}, extra)
+    scores, extra = _SVM_MEMO[key]
+    return {split: array.copy() for split, array in scores.items()}, dict(extra)
 
 
-def fuse(
-    datamodule, graph: dict[str, np.ndarray], seed: int
-) -> tuple[np.ndarray, dict, pd.DataFrame]:
+def fuse(datamodule, graph: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, pd.DataFrame]:
     """Fuse a cell's graph probabilities (``graph``: split -> ``[n, classes]`` for ``val`` and
     ``test``, in the data module's order) with the SVM.
 
@@ -130,7 +155,7 @@ def fuse(
     places, as predictions.csv).
     """
     classes = list(datamodule.classes)
-    svm, extra = svm_scores(datamodule, seed)
+    svm, extra = svm_scores(datamodule)
     _, val_labels, _ = split_vectors(datamodule, "val")
     _, test_labels, _ = split_vectors(datamodule, "test")
     weight, val_ua = choose_weight(graph["val"], svm["val"], val_labels, len(classes))

@@ -115,7 +115,7 @@ def fused_fold(table, nodes, functionals, graph, **kwargs):
         **kwargs,
     )
     datamodule.setup()
-    return fuse(datamodule, graph, seed=0), datamodule
+    return fuse(datamodule, graph), datamodule
 
 
 def graph_scores(rng, n_val, n_test):
@@ -161,7 +161,7 @@ def test_weight_and_c_never_see_the_test_speaker(settings):
     pd.testing.assert_frame_equal(parts[val], parts2[val])
     # the validation labels do matter: a different validation set gives other UAs
     flipped = {"val": graph["val"][:, ::-1].copy(), "test": graph["test"]}
-    _, record3, _ = fuse(datamodule, flipped, seed=0)
+    _, record3, _ = fuse(datamodule, flipped)
     assert record3["val_ua"] != record["val_ua"]
 
 
@@ -199,11 +199,11 @@ def test_fusion_needs_two_training_speakers_and_the_functionals():
     datamodule.setup()
     graph["val"] = np.random.default_rng(2).dirichlet(np.ones(3), size=36)
     with pytest.raises(ValueError, match="this fold has 1"):
-        fuse(datamodule, graph, seed=0)
+        fuse(datamodule, graph)
     plain = FoldDataModule(table, nodes, FOLD, LABELS, k=2, max_nodes=6)
     plain.setup()
     with pytest.raises(ValueError, match="features.concat_functionals=true"):
-        fuse(plain, graph_scores(np.random.default_rng(1), 12, 12), seed=0)
+        fuse(plain, graph_scores(np.random.default_rng(1), 12, 12))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,3 +348,33 @@ def test_the_recipe_and_its_no_graph_control_run_fused(small_run, layers):
     parts = pd.read_csv(metrics_path.parent / "fusion.csv")
     assert set(parts.loc[parts["split"] == "val", "speaker"]) == set(metrics["val_speakers"])
     assert set(parts.loc[parts["split"] == "test", "speaker"]) == set(metrics["test_speakers"])
+
+
+def test_the_svm_is_fitted_once_per_fold_and_equals_a_fresh_fit():
+    from sergraph.training import fusion
+
+    table = table_of()
+    nodes, functionals = fold_inputs(table)
+    fusion._SVM_MEMO.clear()
+    rng = np.random.default_rng(3)
+    (_, first, parts_first), datamodule = fused_fold(
+        table, nodes, functionals, graph_scores(rng, 12, 12)
+    )
+    assert len(fusion._SVM_MEMO) == 1
+    # another seed's graph probabilities on the same fold: the same SVM, not fitted again
+    (_, second, parts_second), _ = fused_fold(table, nodes, functionals, graph_scores(rng, 12, 12))
+    assert len(fusion._SVM_MEMO) == 1
+    svm_columns = [c for c in parts_first if c.startswith("svm_")]
+    pd.testing.assert_frame_equal(parts_first[svm_columns], parts_second[svm_columns])
+    assert (first["svm_C"], first["svm_inner_cv_ua"]) == (
+        second["svm_C"],
+        second["svm_inner_cv_ua"],
+    )
+    # a fresh fit (memo cleared) gives the same scores; other functionals are a new entry
+    fusion._SVM_MEMO.clear()
+    fresh, _ = fusion.svm_scores(datamodule)
+    np.testing.assert_array_equal(
+        np.round(fresh["val"], 6), parts_first.loc[parts_first.split == "val", svm_columns]
+    )
+    fused_fold(table, nodes, functionals + 1.0, graph_scores(rng, 12, 12))
+    assert len(fusion._SVM_MEMO) == 2
