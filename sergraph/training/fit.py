@@ -167,6 +167,10 @@ def fit_neural(
         extra["world_size"] = int(trainer.world_size)
     if fusion is not None:
         extra["fusion"] = fusion
+        # what `sergraph select` ranks: the validation UA of the model whose test predictions
+        # are reported (the fused one); the neural model's own is kept beside it
+        extra["model_best_val_ua"] = extra["best_val_ua"]
+        extra["best_val_ua"] = fusion["val_ua"][f"{fusion['weight']:.1f}"]
     return predictions, extra
 
 

@@ -314,7 +314,9 @@ def test_a_fused_run_writes_the_fused_predictions(small_run):
     best = max(record["val_ua"].values())
     assert weight == max(w for w in FUSION_WEIGHTS if record["val_ua"][f"{w:.1f}"] == best)
     # the unfused UAs are there too; w = 1 on validation is the graph model's own val UA
-    assert record["val_ua"]["1.0"] == pytest.approx(metrics["best_val_ua"], abs=1e-6)
+    assert record["val_ua"]["1.0"] == pytest.approx(metrics["model_best_val_ua"], abs=1e-6)
+    # what `sergraph select` ranks: the fused model's validation UA at the chosen weight
+    assert metrics["best_val_ua"] == record["val_ua"][f"{weight:.1f}"] == best
     graph_ua = scores_from_labels(test["true"].map(classes.index), graph.argmax(1), len(classes))[
         "ua"
     ]
