@@ -58,6 +58,8 @@ LATER_KEYS = (
     ("optim", "speaker_adversary", 0.0),
     ("augment", "mixup", 0.0),
     ("model", "fusion", None),
+    ("optim", "sampler", "shuffle"),
+    ("graph", "dilations", None),
 )
 
 #: Keys of ``features.ssl`` that change speed only (left out of the run identity).
