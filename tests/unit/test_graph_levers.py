@@ -203,6 +203,8 @@ def test_new_keys_at_their_defaults_keep_run_ids_and_change_them_when_set():
     assert identity(compose(["optim.sampler=shuffle", "graph.dilations=null"])) == base
     assert identity(compose(["optim.sampler=speaker_balanced"])) != base
     assert identity(compose(["graph.dilations=[1,2]"])) != base
+    assert identity(compose(["model.params.virtual_node=false"])) == base
+    assert identity(compose(["model.params.virtual_node=true"])) != base
     with pytest.raises(ConfigError, match=r"optim.sampler='uniform'.*speaker_balanced"):
         validate(compose(["optim.sampler=uniform"]))
 
