@@ -340,11 +340,11 @@ class FoldDataModule(L.LightningDataModule):
     def export_state(self) -> dict:
         """What export needs of this fold, as tensors and plain data (``weights_only``-safe).
 
-        ``format`` (:data:`EXPORT_STATE_FORMAT`), ``classes``, ``num_features``, ``graph``
-        (``k``, ``max_nodes``, ``pad``, ``normalize``; ``dilations`` when set), ``normalizer``
-        (``mean``/``std`` float32 tensors ``[F]``; ``None`` with per-speaker statistics), ``fold`` (name and the
-        speakers of each split), ``corpus`` (``n_utterances``, ``speakers``), ``test``
-        (``utterances`` in test order, their raw node features concatenated as float32
+        ``format`` (2, or :data:`EXPORT_STATE_FORMAT` with dilated edges), ``classes``,
+        ``num_features``, ``graph`` (``k``, ``max_nodes``, ``pad``, ``normalize``;
+        ``dilations`` when set), ``normalizer`` (``mean``/``std`` float32 tensors ``[F]``;
+        ``None`` with per-speaker statistics), ``fold`` (name and the speakers of each split),
+        ``corpus`` (``n_utterances``, ``speakers``), ``test`` (``utterances`` in test order, their raw node features concatenated as float32
         ``features [sum T_i, F]`` with ``lengths [N]``, each cut to ``max_nodes`` since the
         graph never sees more; under ``enrollment`` the scored ones only, as in predictions.csv;
         their ``speakers``) and ``provenance``.
