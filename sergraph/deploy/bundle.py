@@ -10,8 +10,8 @@ ship a model trained with cross-validation: no fold is preferred by looking at t
 every training speaker contributes. Exporting a single ``seed-S/fold-XX`` folder (or choosing
 ``folds``/``seeds``) gives a smaller bundle.
 
-File format (``format_version`` 1; 2 when ``graph`` has ``dilations``): a single file written with ``torch.save`` (a zip archive),
-by convention named ``*.sergraph``. It holds only strings, numbers and tensors, so it is read
+File format (``format_version`` 1; 2 when ``graph`` has ``dilations``): a single file written
+with ``torch.save`` (a zip archive), by convention named ``*.sergraph``. It holds only strings, numbers and tensors, so it is read
 with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. Its dict::
 
     format          "sergraph-bundle"
