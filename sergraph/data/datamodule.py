@@ -346,8 +346,9 @@ class FoldDataModule(L.LightningDataModule):
         ``None`` with per-speaker statistics), ``fold`` (name and the speakers of each split),
         ``corpus`` (``n_utterances``, ``speakers``), ``test`` (``utterances`` in test order,
         their raw node features concatenated as float32 ``features [sum T_i, F]`` with
-        ``lengths [N]``, each cut to ``max_nodes`` since the graph never sees more; under ``enrollment`` the scored ones only, as in predictions.csv;
-        their ``speakers``) and ``provenance``.
+        ``lengths [N]``, each cut to ``max_nodes`` since the graph never sees more; under
+        ``enrollment`` the scored ones only, as in predictions.csv; their ``speakers``) and
+        ``provenance``.
 
         Under per-speaker normalisation (``normalize="speaker"``) also ``training_normalizer``
         (the statistics of all training rows: what a bundle falls back on for a speaker without
