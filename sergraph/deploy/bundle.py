@@ -11,8 +11,9 @@ every training speaker contributes. Exporting a single ``seed-S/fold-XX`` folder
 ``folds``/``seeds``) gives a smaller bundle.
 
 File format (``format_version`` 1; 2 when ``graph`` has ``dilations``): a single file written
-with ``torch.save`` (a zip archive), by convention named ``*.sergraph``. It holds only strings, numbers and tensors, so it is read
-with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. Its dict::
+with ``torch.save`` (a zip archive), by convention named ``*.sergraph``. It holds only strings,
+numbers and tensors, so it is read with ``torch.load(weights_only=True)``: loading a bundle runs
+no pickled code. Its dict::
 
     format          "sergraph-bundle"
     format_version  1 (2: the graph has dilated edges, ``graph.dilations``)
