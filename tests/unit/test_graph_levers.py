@@ -225,7 +225,7 @@ def two_graph_batch(lengths=(3, 2), features: int = 2, pad: bool = False):
 
 
 def test_virtual_node_off_adds_nothing_to_any_family():
-    for name in ("lstm_gin", "gcn", "gat", "sage_mean", "cheb", "ga_gru"):
+    for name in ("lstm_gin", "gcn", "gat", "sage_mean", "cheb", "ga_gru", "gps"):
         torch.manual_seed(0)
         plain = build_model(name, 3, 2, num_layers=2, hidden=4)
         torch.manual_seed(0)
@@ -331,3 +331,16 @@ def test_virtual_node_fast_path_equals_pyg(name, pad):
     assert grads[0].keys() == grads[1].keys() and "vn_embedding" in grads[0]
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], rtol=1e-8, atol=1e-9)
+
+
+def test_virtual_node_on_a_family_without_fast_path_changes_its_output():
+    # GPS (local GIN + attention) has no banded fast path: the PyG path carries the virtual node
+    torch.manual_seed(0)
+    model = build_model("gps", 3, 2, num_layers=2, hidden=4, heads=2, virtual_node=True).eval()
+    batch = two_graph_batch((5, 3), features=3)
+    assert not model.uses_fast_path(batch)
+    with torch.no_grad():
+        before = model(batch)
+        model.vn_embedding.fill_(1.0)
+        after = model(batch)
+    assert before.shape == (2, 2) and not torch.allclose(before, after)
