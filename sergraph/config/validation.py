@@ -240,6 +240,13 @@ def _validate_topology(cfg: DictConfig) -> None:
             f"trainer.num_nodes={cfg.trainer.num_nodes}: run cells one at a time (run.parallel=1) "
             "when each cell trains on several processes"
         )
+    if several and cfg.optim.get("sampler", "shuffle") == "speaker_balanced":
+        # (inside a SLURM job step the data module refuses it too, when training starts)
+        raise ConfigError(
+            f"optim.sampler=speaker_balanced is single-process only; trainer.devices={devices!r}, "
+            f"trainer.num_nodes={cfg.trainer.num_nodes} train on several processes. Use "
+            "trainer.devices=1 trainer.num_nodes=1, or optim.sampler=shuffle"
+        )
 
 
 def _validate_slurm(cfg: DictConfig) -> None:

@@ -136,6 +136,10 @@ def test_balanced_sampler_is_refused_under_ddp_and_bad_names_are_refused(monkeyp
     with pytest.raises(ValueError, match="speaker_balanced is single-process only.*2 processes"):
         dm.train_dataloader()
     dm.val_dataloader()  # evaluation unaffected
+    for topology in (["trainer.devices=2"], ["trainer.num_nodes=2"]):
+        with pytest.raises(ConfigError, match="speaker_balanced is single-process only"):
+            validate(compose(["optim.sampler=speaker_balanced", *topology]))
+    validate(compose(["optim.sampler=speaker_balanced", "trainer.devices=1"]))
     table, features, fold = unbalanced_table()
     with pytest.raises(ValueError, match="optim.sampler='balanced'.*speaker_balanced"):
         FoldDataModule(table, features, fold, ["x"], k=2, max_nodes=5, sampler="balanced")
