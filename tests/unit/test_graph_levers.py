@@ -254,11 +254,13 @@ def test_virtual_node_one_layer_model_by_hand():
     model = model.double().eval()
     assert len(model.vn_mlps) == 0  # the virtual node of a 1-layer model feeds layer 1 only
     vn0 = torch.tensor([0.5, -1.0], dtype=torch.float64)
-    with torch.no_grad():
+    conv = model.convs[0]
+    with torch.no_grad():  # every weight of the graph layer set by hand
         model.vn_embedding.copy_(vn0)
+        conv.lin.weight.copy_(torch.tensor([[1.0, 2.0], [0.0, -1.0]]))
+        conv.bias.copy_(torch.tensor([0.5, -0.5]))
     batch = two_graph_batch((3, 2))
     batch.x = batch.x.double()
-    conv = model.convs[0]
     # h^(1) = GCN(x + vn0) (the same vn0 on both graphs); GCN on a line graph with self loops:
     # out_i = sum_{j in N(i) + i} (x_j W) / sqrt(d_i d_j) + b, d = degree + 1
     g = batch.x + vn0
