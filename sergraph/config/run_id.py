@@ -58,6 +58,8 @@ LATER_KEYS = (
     ("optim", "speaker_adversary", 0.0),
     ("augment", "mixup", 0.0),
     ("model", "fusion", None),
+    ("optim", "sampler", "shuffle"),
+    ("graph", "dilations", None),
 )
 
 #: Keys of ``features.ssl`` that change speed only (left out of the run identity).
@@ -105,5 +107,9 @@ def identity(cfg: DictConfig) -> str:
     model = container.get("model", {})
     if model.get("family") in (None, model.get("name")):
         model.pop("family", None)
+    # model.params.virtual_node (added later, every graph family): left out when off.
+    params = model.get("params")
+    if isinstance(params, dict) and params.get("virtual_node") is False:
+        params.pop("virtual_node")
     text = json.dumps(container, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -13,6 +13,7 @@ ON_ERROR_CHOICES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
+SAMPLERS = ("shuffle", "speaker_balanced")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 
@@ -39,6 +40,10 @@ class GraphConfig:
     max_nodes: int | None = 120
     pad: bool = True
     normalize: str = "train"
+    # Dilated temporal edges: node i joined to i-d and i+d for every d listed (positive, unique,
+    # each < max_nodes), INSTEAD of the k-nearest band; graph.k is then not used for edges.
+    # null: the k band.
+    dilations: list[int] | None = None
 
 
 @dataclass
@@ -96,6 +101,10 @@ class OptimConfig:
     # goes through a gradient reversal layer (gradient times -speaker_adversary) into a speaker
     # classifier; the training loss is emotion CE + speaker CE (training batches only).
     speaker_adversary: float = 0.0
+    # shuffle: each epoch a permutation of the training graphs | speaker_balanced: each epoch
+    # len(train) draws with replacement, every training speaker equally likely (uniform within
+    # a speaker); single-process runs only (refused under DDP)
+    sampler: str = "shuffle"
 
 
 @dataclass

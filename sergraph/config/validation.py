@@ -10,6 +10,7 @@ from sergraph.config.schema import (
     FUSIONS,
     ON_ERROR_CHOICES,
     OPTIMIZERS,
+    SAMPLERS,
     SCHEDULES,
     ConfigError,
 )
@@ -21,7 +22,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.corpora import CORPORA
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
-    from sergraph.data.graphs import NORMALIZE_CHOICES, check_k
+    from sergraph.data.graphs import NORMALIZE_CHOICES, check_dilations, check_k
     from sergraph.data.protocol import check_enrollment_amount, resolve_protocol
     from sergraph.models import build_baseline, build_model, is_classic
 
@@ -50,6 +51,7 @@ def validate(cfg: DictConfig) -> None:
         positive("graph.max_nodes", cfg.graph.max_nodes)
     try:
         check_k(cfg.graph.k, cfg.graph.max_nodes)
+        check_dilations(cfg.graph.get("dilations"), cfg.graph.max_nodes)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     choice("folds.scheme", cfg.folds.scheme, SCHEMES)
@@ -61,6 +63,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"optim.label_smoothing={cfg.optim.label_smoothing} must be in [0, 1)")
     choice("optim.optimizer", cfg.optim.optimizer, OPTIMIZERS)
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
+    choice("optim.sampler", cfg.optim.get("sampler", "shuffle"), SAMPLERS)
     positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
     if cfg.optim.schedule == "cosine" and cfg.trainer.max_epochs <= cfg.optim.warmup_epochs:
         raise ConfigError(
@@ -236,6 +239,13 @@ def _validate_topology(cfg: DictConfig) -> None:
             f"run.parallel={cfg.run.parallel} with trainer.devices={devices!r}, "
             f"trainer.num_nodes={cfg.trainer.num_nodes}: run cells one at a time (run.parallel=1) "
             "when each cell trains on several processes"
+        )
+    if several and cfg.optim.get("sampler", "shuffle") == "speaker_balanced":
+        # (inside a SLURM job step the data module refuses it too, when training starts)
+        raise ConfigError(
+            f"optim.sampler=speaker_balanced is single-process only; trainer.devices={devices!r}, "
+            f"trainer.num_nodes={cfg.trainer.num_nodes} train on several processes. Use "
+            "trainer.devices=1 trainer.num_nodes=1, or optim.sampler=shuffle"
         )
 
 

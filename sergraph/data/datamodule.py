@@ -11,7 +11,13 @@ from torch_geometric.loader import DataLoader
 
 from sergraph.data.collate import graph_loader
 from sergraph.data.folds import Fold, check_fold, split_indices
-from sergraph.data.graphs import NORMALIZE_CHOICES, Normalizer, build_graph, check_k
+from sergraph.data.graphs import (
+    NORMALIZE_CHOICES,
+    Normalizer,
+    build_graph,
+    check_dilations,
+    check_k,
+)
 from sergraph.data.protocol import (
     check_enrollment_amount,
     check_protocol,
@@ -19,10 +25,15 @@ from sergraph.data.protocol import (
     resolve_protocol,
     statistic_rows,
 )
+from sergraph.data.sampling import SpeakerBalancedSampler
+
+SAMPLER_CHOICES = ("shuffle", "speaker_balanced")
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
-#: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``).
-EXPORT_STATE_FORMAT = 2
+#: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``; 3:
+#: ``graph.dilations``, written as 3 only by folds with dilated edges so that older versions
+#: refuse to export them instead of building the k band).
+EXPORT_STATE_FORMAT = 3
 
 
 def _pick(normalizers: Normalizer | dict, speaker: str) -> Normalizer:
@@ -97,6 +108,14 @@ class FoldDataModule(L.LightningDataModule):
             statistics of its own (non-finite values become 0 after normalisation).
         provenance: plain data about the run that uses this fold (configuration, audio
             pipeline, precision), stored as given in :meth:`export_state`.
+        dilations: ``None`` (each node joined to its ``k`` nearest temporal neighbours) or
+            offsets ``d``: node ``i`` joined to ``i +- d`` instead, ``k`` unused for edges
+            (:func:`~sergraph.data.graphs.dilated_edge_index`).
+        sampler: ``shuffle`` (a permutation of the training graphs each epoch) or
+            ``speaker_balanced`` (:class:`~sergraph.data.sampling.SpeakerBalancedSampler`:
+            ``len(train)`` draws with replacement, every training speaker equally likely;
+            single-process only, refused under DDP). Both draw from the seeded training
+            generator that checkpoints save.
 
     Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``num_global_features``
     (``D``, 0 without utterance features), ``class_weights`` (inverse training-fold class
@@ -132,6 +151,8 @@ class FoldDataModule(L.LightningDataModule):
         protocol: str | None = None,
         enrollment: float = 0.2,
         enrollment_seed: int = 0,
+        dilations: list[int] | None = None,
+        sampler: str = "shuffle",
     ) -> None:
         super().__init__()
         if len(table) != len(features):
@@ -148,6 +169,11 @@ class FoldDataModule(L.LightningDataModule):
                 f"graph.normalize={normalize!r}; choose one of {list(NORMALIZE_CHOICES)}"
             )
         check_k(k, max_nodes)
+        check_dilations(dilations, max_nodes)
+        if sampler not in SAMPLER_CHOICES:
+            raise ValueError(f"optim.sampler={sampler!r}; choose one of {list(SAMPLER_CHOICES)}")
+        self.dilations = None if dilations is None else [int(d) for d in dilations]
+        self.sampler = sampler
         self.protocol = resolve_protocol(protocol, normalize)
         check_enrollment_amount(enrollment)
         self.enrollment, self.enrollment_seed = enrollment, enrollment_seed
@@ -219,6 +245,7 @@ class FoldDataModule(L.LightningDataModule):
                     label_index[row["label"]],
                     str(row["utterance"]),
                     speaker,
+                    dilations=self.dilations,
                 )
                 if global_norm is not None:
                     u = _pick(global_norm, speaker)(self.utterance_features[i][None, :])
@@ -265,6 +292,16 @@ class FoldDataModule(L.LightningDataModule):
                     "devices (every process needs at least one utterance to evaluate)"
                 )
             sampler = EvaluationSampler(self.datasets[split], world_size, rank)
+        if shuffle and self.sampler == "speaker_balanced":
+            if world_size > 1:
+                raise ValueError(
+                    f"optim.sampler=speaker_balanced is single-process only; this run has "
+                    f"{world_size} processes (use trainer.devices=1 trainer.num_nodes=1, or "
+                    "optim.sampler=shuffle)"
+                )
+            speakers = [graph.speaker for graph in self.datasets[split]]
+            sampler = SpeakerBalancedSampler(speakers, generator)
+            shuffle = False
         # Same batches, in the same order, as PyG's DataLoader; cut from one collation of the
         # split instead of rebuilt from Data objects every step, and marked for the models'
         # fast path on the CPU (sergraph/data/collate.py).
@@ -303,14 +340,15 @@ class FoldDataModule(L.LightningDataModule):
     def export_state(self) -> dict:
         """What export needs of this fold, as tensors and plain data (``weights_only``-safe).
 
-        ``format`` (:data:`EXPORT_STATE_FORMAT`), ``classes``, ``num_features``, ``graph``
-        (``k``, ``max_nodes``, ``pad``, ``normalize``), ``normalizer`` (``mean``/``std``
-        float32 tensors ``[F]``; ``None`` with per-speaker statistics), ``fold`` (name and the
-        speakers of each split), ``corpus`` (``n_utterances``, ``speakers``), ``test``
-        (``utterances`` in test order, their raw node features concatenated as float32
-        ``features [sum T_i, F]`` with ``lengths [N]``, each cut to ``max_nodes`` since the
-        graph never sees more; under ``enrollment`` the scored ones only, as in predictions.csv;
-        their ``speakers``) and ``provenance``.
+        ``format`` (2, or :data:`EXPORT_STATE_FORMAT` with dilated edges), ``classes``,
+        ``num_features``, ``graph`` (``k``, ``max_nodes``, ``pad``, ``normalize``;
+        ``dilations`` when set), ``normalizer`` (``mean``/``std`` float32 tensors ``[F]``;
+        ``None`` with per-speaker statistics), ``fold`` (name and the speakers of each split),
+        ``corpus`` (``n_utterances``, ``speakers``), ``test`` (``utterances`` in test order,
+        their raw node features concatenated as float32 ``features [sum T_i, F]`` with
+        ``lengths [N]``, each cut to ``max_nodes`` since the graph never sees more; under
+        ``enrollment`` the scored ones only, as in predictions.csv; their ``speakers``) and
+        ``provenance``.
 
         Under per-speaker normalisation (``normalize="speaker"``) also ``training_normalizer``
         (the statistics of all training rows: what a bundle falls back on for a speaker without
@@ -341,7 +379,7 @@ class FoldDataModule(L.LightningDataModule):
                         if speaker in self.speaker_normalizers
                     }
             self._export_state = {
-                "format": EXPORT_STATE_FORMAT,
+                "format": 2 if self.dilations is None else EXPORT_STATE_FORMAT,
                 "classes": list(self.classes),
                 "num_features": self.num_features,
                 "graph": {
@@ -349,6 +387,8 @@ class FoldDataModule(L.LightningDataModule):
                     "max_nodes": self.max_nodes,
                     "pad": bool(self.pad),
                     "normalize": self.normalize,
+                    # only when set: the graph of runs without dilations is as before
+                    **({} if self.dilations is None else {"dilations": list(self.dilations)}),
                 },
                 "normalizer": normalizer,
                 "training_normalizer": training_normalizer,

@@ -2,7 +2,9 @@
 
 Every utterance becomes one graph whose nodes are pooled openSMILE frames in time order. An
 undirected edge joins each node to its ``k`` nearest temporal neighbours, ``k/2`` on each side
-(``k=2`` is the line graph), as in LSTM-GIN.
+(``k=2`` is the line graph), as in LSTM-GIN. With ``graph.dilations`` (a list of offsets ``d``)
+node ``i`` is joined to ``i - d`` and ``i + d`` for every listed ``d`` instead (multi-scale /
+dilated temporal edges; ``k`` is then not used for edges), see :func:`dilated_edge_index`.
 
 Normalisation statistics are fitted on training-fold utterances only, over their real frames
 (padding is added *after* normalisation and never enters the statistics).
@@ -28,12 +30,33 @@ def check_k(k: int, max_nodes: int | None = None) -> None:
         raise ValueError(f"graph.k={k} must be smaller than graph.max_nodes={max_nodes}")
 
 
-@lru_cache(maxsize=1024)
-def _edge_index_cached(num_nodes: int, k: int) -> torch.Tensor:
-    half = k // 2
+def check_dilations(dilations, max_nodes: int | None = None) -> None:
+    """Validate ``graph.dilations``: ``None``, or a non-empty list of unique positive ints,
+    each smaller than ``max_nodes``."""
+    if dilations is None:
+        return
+    values = list(dilations)
+    if not values or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in values):
+        raise ValueError(
+            f"graph.dilations={values} must be null or a non-empty list of positive integers "
+            "(node i is joined to i-d and i+d for each d), e.g. [1, 2, 4, 8]"
+        )
+    if len(set(values)) != len(values):
+        raise ValueError(f"graph.dilations={values} lists an offset twice; list each once")
+    if max_nodes is not None and max(values) >= max_nodes:
+        raise ValueError(
+            f"graph.dilations={values}: every offset must be smaller than "
+            f"graph.max_nodes={max_nodes} (an offset >= the node count joins nothing)"
+        )
+
+
+def _offset_edges(num_nodes: int, offsets) -> torch.Tensor:
+    """Both directions of ``(i, i + o)`` for every offset, sorted by (source, target)."""
     src, dst = [], []
     nodes = torch.arange(num_nodes)
-    for offset in range(1, half + 1):
+    for offset in offsets:
+        if offset >= num_nodes:
+            continue
         a, b = nodes[:-offset], nodes[offset:]
         src += [a, b]
         dst += [b, a]
@@ -43,6 +66,28 @@ def _edge_index_cached(num_nodes: int, k: int) -> torch.Tensor:
     # Sort by (source, target) so the layout matches PyG's coalesced order.
     order = torch.argsort(edge_index[0] * num_nodes + edge_index[1])
     return edge_index[:, order].contiguous()
+
+
+@lru_cache(maxsize=1024)
+def _edge_index_cached(num_nodes: int, k: int) -> torch.Tensor:
+    return _offset_edges(num_nodes, range(1, k // 2 + 1))
+
+
+@lru_cache(maxsize=1024)
+def _dilated_cached(num_nodes: int, dilations: tuple[int, ...]) -> torch.Tensor:
+    return _offset_edges(num_nodes, sorted(dilations))
+
+
+def dilated_edge_index(num_nodes: int, dilations) -> torch.Tensor:
+    """Undirected edges joining node ``i`` to ``i - d`` and ``i + d`` for every ``d`` in
+    ``dilations`` (within the graph; no self loops, no duplicates).
+
+    Returns:
+        ``LongTensor [2, E]`` holding both directions of each edge, sorted by source then target
+        (PyG's coalesced order). ``dilations=[1, 2, ..., k/2]`` gives :func:`temporal_edge_index`.
+    """
+    check_dilations(dilations)
+    return _dilated_cached(int(num_nodes), tuple(int(d) for d in dilations)).clone()
 
 
 def temporal_edge_index(num_nodes: int, k: int) -> torch.Tensor:
@@ -108,6 +153,7 @@ def build_graph(
     y: int,
     utterance: str,
     speaker: str,
+    dilations=None,
 ) -> Data:
     """One utterance graph.
 
@@ -119,6 +165,9 @@ def build_graph(
             with ``False`` each graph keeps its true length and has no padding nodes.
         y: class index.
         utterance, speaker: provenance carried by the ``Data`` object.
+        dilations: ``None`` (the ``k`` band) or offsets ``d``: edges ``i -- i +- d`` instead
+            (:func:`dilated_edge_index`; ``k`` is then unused). Such graphs carry no ``band_k``,
+            so the models use PyG's message passing on them.
 
     Returns:
         ``Data(x [N, F], edge_index [2, E], y [1], n_valid [1], band_k, utterance, speaker)``.
@@ -135,11 +184,19 @@ def build_graph(
     else:
         nodes = np.asarray(x[:max_nodes] if max_nodes else x, dtype=np.float32)
         n_valid = len(nodes)
+    x = torch.from_numpy(np.ascontiguousarray(nodes))
+    y = torch.tensor([y], dtype=torch.long)
+    n_valid = torch.tensor([n_valid], dtype=torch.long)
+    if dilations is not None:
+        edge_index = dilated_edge_index(len(nodes), dilations)
+        return Data(
+            x=x, edge_index=edge_index, y=y, n_valid=n_valid, utterance=utterance, speaker=speaker
+        )
     return Data(
-        x=torch.from_numpy(np.ascontiguousarray(nodes)),
+        x=x,
         edge_index=temporal_edge_index(len(nodes), k),
-        y=torch.tensor([y], dtype=torch.long),
-        n_valid=torch.tensor([n_valid], dtype=torch.long),
+        y=y,
+        n_valid=n_valid,
         band_k=int(k),
         utterance=utterance,
         speaker=speaker,

@@ -10,12 +10,13 @@ ship a model trained with cross-validation: no fold is preferred by looking at t
 every training speaker contributes. Exporting a single ``seed-S/fold-XX`` folder (or choosing
 ``folds``/``seeds``) gives a smaller bundle.
 
-File format (``format_version`` 1): a single file written with ``torch.save`` (a zip archive),
-by convention named ``*.sergraph``. It holds only strings, numbers and tensors, so it is read
-with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. Its dict::
+File format (``format_version`` 1; 2 when ``graph`` has ``dilations``): a single file written
+with ``torch.save`` (a zip archive), by convention named ``*.sergraph``. It holds only strings,
+numbers and tensors, so it is read with ``torch.load(weights_only=True)``: loading a bundle runs
+no pickled code. Its dict::
 
     format          "sergraph-bundle"
-    format_version  1
+    format_version  1 (2: the graph has dilated edges, ``graph.dilations``)
     meta            JSON text:
         sergraph        version that wrote the bundle; created (UTC, ISO 8601)
         classes         class names, in the order of the probability columns
@@ -23,7 +24,8 @@ with ``torch.load(weights_only=True)``: loading a bundle runs no pickled code. I
                          had one: see ``sergraph.config.resolve_model``)
         features        {"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile",
                          "recipe", "names"}: the audio pipeline the model was trained on
-        graph           {"k", "max_nodes", "pad", "normalize"}
+        graph           {"k", "max_nodes", "pad", "normalize"} and, for graphs with dilated
+                        edges (format 2), "dilations"
         precision       the training precision (``trainer.precision``, e.g. "32-true",
                         "bf16-mixed"); bundles always predict in float32
         config          the run's resolved configuration; config_id: its identity hash

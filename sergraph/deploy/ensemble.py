@@ -42,7 +42,11 @@ from sergraph.deploy.segments import (
 from sergraph.io import atomic_write_bytes
 
 FORMAT = "sergraph-bundle"
-FORMAT_VERSION = 1
+#: The newest bundle format this sergraph reads (2: ``graph.dilations``). Bundles without
+#: dilated edges are still written as format 1, so older sergraph versions read them; a bundle
+#: with ``graph.dilations`` is format 2, which older versions refuse instead of building the
+#: wrong edges.
+FORMAT_VERSION = 2
 SUFFIX = ".sergraph"
 #: openSMILE frame hop (seconds); a node is ``pool`` frames.
 FRAME_SECONDS = 0.010
@@ -162,7 +166,7 @@ class Bundle:
         path = Path(path)
         payload = {
             "format": FORMAT,
-            "format_version": FORMAT_VERSION,
+            "format_version": 2 if self.meta["graph"].get("dilations") is not None else 1,
             "meta": json.dumps(self.meta, default=json_default),
             "members": [
                 {
@@ -233,6 +237,7 @@ class Bundle:
                     0,
                     str(position),
                     "",
+                    dilations=graph.get("dilations"),
                 )
                 for position, array in enumerate(features)
             ]

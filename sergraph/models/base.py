@@ -14,10 +14,25 @@ classifier) comes from the base class, so baselines differ only in their graph l
 A family whose layer has a closed form on the pipeline's banded temporal graphs may also define
 :meth:`TemporalGNN.band_layer` (see :mod:`sergraph.models.banded`); batches of such graphs then
 skip PyG's gather/scatter. It is optional: without it every batch uses message passing.
+
+``virtual_node=True`` adds a virtual global node per graph (OGB style, Gilmer et al. 2017; Hu
+et al. 2020), on both paths. With ``h^(0)`` the layer-0 input and ``vn_0`` a learned vector
+(initialised to zeros) of its width, layer ``l = 1 .. L`` computes::
+
+    g     = h^(l-1) + vn_(l-1)[batch]                        # every node gets its graph's vn
+    h^(l) = act(norm(conv_l(g, edge_index)))
+    vn_l  = ReLU(LayerNorm(Linear(sum_pool(g) + vn_(l-1))))  # for l < L only: the next input
+
+``Linear`` maps the width of layer ``l``'s input to that of layer ``l+1``'s (``hidden``). The
+readouts and the classifier see ``h^(0) .. h^(L)`` as without the virtual node (``h^(0)``
+without ``vn_0``). LayerNorm rather than BatchNorm: its rows are graphs, and a training batch
+of one graph (the last of an epoch) would make BatchNorm fail. ``sum_pool`` counts padding
+nodes as the readout does. ``False`` (the default) adds no parameters and changes nothing.
 """
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 from torch_geometric.nn import global_add_pool, global_mean_pool
 
@@ -67,6 +82,8 @@ class TemporalGNN(nn.Module):
         dropout: dropout in the classifier.
         global_channels: size of the utterance vector ``u`` concatenated with the graph
             embedding (set from the data by ``features.concat_functionals``; 0: none).
+        virtual_node: a virtual global node per graph, added to every node before each graph
+            layer and updated after it (module docstring); no effect with ``num_layers=0``.
 
     Shapes:
         - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]`` (and
@@ -88,6 +105,7 @@ class TemporalGNN(nn.Module):
         classifier_hidden: int = 128,
         dropout: float = 0.0,
         global_channels: int = 0,
+        virtual_node: bool = False,
     ) -> None:
         super().__init__()
         if num_layers < 0:
@@ -107,6 +125,15 @@ class TemporalGNN(nn.Module):
             channels = hidden
             layer_channels.append(hidden)
         self.activation = ACTIVATIONS[activation]()
+        self.virtual_node = bool(virtual_node)
+        if self.virtual_node and num_layers > 0:
+            # created only when asked for: without it the state dict is unchanged
+            self.vn_embedding = nn.Parameter(torch.zeros(layer_channels[0]))
+            # MLP_i maps the input width of layer i to that of layer i + 1 (i < L - 1)
+            self.vn_mlps = nn.ModuleList(
+                nn.Sequential(nn.Linear(c_in, c_out), nn.LayerNorm(c_out), nn.ReLU())
+                for c_in, c_out in zip(layer_channels[:-2], layer_channels[1:-1], strict=True)
+            )
         self.head = ReadoutHead(
             layer_channels, num_classes, readout, classifier_hidden, dropout, global_channels
         )
@@ -159,10 +186,26 @@ class TemporalGNN(nn.Module):
         x, edge_index, batch = data.x, data.edge_index, data.batch
         h = self.front(x, batch) if self.front is not None else x
         layers = [h]
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+        vn = self._vn_start(data.num_graphs)
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if vn is not None:
+                h = h + vn[batch]
+                vn = self._vn_next(index, global_add_pool(h, batch, size=data.num_graphs), vn)
             h = self.activation(norm(self.conv_forward(conv, h, edge_index, batch)))
             layers.append(h)
         return self.head(layers, batch, data.num_graphs, getattr(data, "u", None))
+
+    def _vn_start(self, num_graphs: int):
+        """``vn_0`` of every graph ``[B, C_0]``, or ``None`` without a virtual node."""
+        if not hasattr(self, "vn_embedding"):
+            return None
+        return self.vn_embedding.unsqueeze(0).expand(num_graphs, -1)
+
+    def _vn_next(self, index: int, pooled, vn):
+        """``vn`` after layer ``index`` from the sum of its inputs (``None`` after the last)."""
+        if index >= len(self.vn_mlps):
+            return None
+        return self.vn_mlps[index](pooled + vn)
 
     def _forward_band(self, data, band: banded.Band):
         """:meth:`forward` on a banded batch: the same modules, no edge gather/scatter."""
@@ -177,7 +220,11 @@ class TemporalGNN(nn.Module):
         else:
             h = self.front(x, data.batch)
         layers = [h]
-        for conv, norm in zip(self.convs, self.norms, strict=True):
+        vn = self._vn_start(band.num_graphs)
+        for index, (conv, norm) in enumerate(zip(self.convs, self.norms, strict=True)):
+            if vn is not None:
+                h = h + vn[data.batch]
+                vn = self._vn_next(index, band.pool(h, "sum"), vn)
             h = self.activation(norm(self.band_layer(conv)(conv, h, band)))
             layers.append(h)
         u = getattr(data, "u", None)

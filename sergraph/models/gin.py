@@ -40,6 +40,7 @@ class LSTMGIN(TemporalGNN):
         readout: ``sum`` (paper's best), ``mean`` or ``max``.
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
+        virtual_node: a virtual global node per graph (:mod:`sergraph.models.base`).
 
     Shapes:
         - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
@@ -59,6 +60,7 @@ class LSTMGIN(TemporalGNN):
         classifier_hidden: int = 128,
         dropout: float = 0.0,
         global_channels: int = 0,
+        virtual_node: bool = False,
     ) -> None:
         self.train_eps = train_eps  # read by make_conv during super().__init__
         # gin_mlp has its own BatchNorm and ends in a ReLU, so the base adds neither.
@@ -75,6 +77,7 @@ class LSTMGIN(TemporalGNN):
             classifier_hidden=classifier_hidden,
             dropout=dropout,
             global_channels=global_channels,
+            virtual_node=virtual_node,
         )
 
     def make_conv(self, in_channels: int, out_channels: int) -> GINConv:

@@ -71,6 +71,7 @@ class GPS(TemporalGNN):
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
         global_channels: size of the utterance vector ``u`` (``features.concat_functionals``).
+        virtual_node: a virtual global node per graph (:mod:`sergraph.models.base`).
 
     GPSConv normalises (BatchNorm) and activates inside, so the base adds neither after a layer.
     There is no banded fast path: every batch uses message passing and dense attention.
@@ -95,6 +96,7 @@ class GPS(TemporalGNN):
         classifier_hidden: int = 128,
         dropout: float = 0.0,
         global_channels: int = 0,
+        virtual_node: bool = False,
     ) -> None:
         if heads < 1 or hidden % heads:
             raise ValueError(
@@ -116,6 +118,7 @@ class GPS(TemporalGNN):
             classifier_hidden=classifier_hidden,
             dropout=dropout,
             global_channels=global_channels,
+            virtual_node=virtual_node,
         )
 
     def make_conv(self, in_channels: int, out_channels: int) -> GPSLayer:

@@ -153,6 +153,7 @@ class GAGRU(GAT):
         readout: ``sum``, ``mean`` or ``max`` over each graph's nodes, for every layer.
         classifier_hidden: hidden width of the classifier.
         dropout: dropout in the classifier.
+        virtual_node: a virtual global node per graph (:mod:`sergraph.models.base`).
 
     Shapes:
         - input: PyG ``Batch`` with ``x [N, F]``, ``edge_index [2, E]``, ``batch [N]``.
@@ -174,6 +175,7 @@ class GAGRU(GAT):
         classifier_hidden: int = 128,
         dropout: float = 0.0,
         global_channels: int = 0,
+        virtual_node: bool = False,
     ) -> None:
         super().__init__(
             in_channels,
@@ -191,6 +193,7 @@ class GAGRU(GAT):
             classifier_hidden=classifier_hidden,
             dropout=dropout,
             global_channels=global_channels,
+            virtual_node=virtual_node,
         )
 
     def make_front(self, in_channels: int, hidden: int) -> BiGRUFront:

@@ -281,6 +281,8 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         protocol=protocol_of(cfg),
         enrollment=cfg.eval.enrollment,
         enrollment_seed=cfg.eval.enrollment_seed,
+        dilations=cfg.graph.get("dilations"),
+        sampler=cfg.optim.get("sampler", "shuffle"),
     )
 
 

@@ -327,9 +327,9 @@ def test_files_that_are_not_bundles_are_refused(run, tmp_path):
         load_bundle(tmp_path / "absent.sergraph")
 
     def newer(payload, meta):
-        payload["format_version"] = 2
+        payload["format_version"] = 3
 
-    with pytest.raises(BundleError, match="format 2.*upgrade sergraph"):
+    with pytest.raises(BundleError, match="format 3.*upgrade sergraph"):
         load_bundle(rewrite(run.fold0, tmp_path / "new.sergraph", newer))
 
 

@@ -233,3 +233,61 @@ def test_bf16_mixed_run_still_refuses_a_difference_precision_cannot_explain(bf16
     copy = shifted_copy(bf16_run, tmp_path, 0.2)
     with pytest.raises(BundleError, match=r"> 0.05, the tolerance for training precision bf16"):
         export_bundle(copy, tmp_path / "x.sergraph")
+
+
+# ---------------------------------------------------------------------------------------------
+# dilated edges and the virtual node: the bundle builds the graphs training built
+
+
+@pytest.fixture(scope="module")
+def dilated_run(tmp_path_factory):
+    """One fold of GIN with dilated temporal edges and a virtual node, one epoch."""
+    from sergraph.training.study import run_study
+
+    root = tmp_path_factory.mktemp("dilated")
+    run_study(
+        [
+            f"data.root={root / 'corpus'}",
+            "data.options.n_speakers=4",
+            "data.options.n_per_class=3",
+            "folds.only=[0]",
+            "trainer.max_epochs=1",
+            "trainer.accelerator=cpu",
+            "optim.lr=1e-3",
+            "graph.dilations=[1,3,7]",
+            "model=gin",
+            "model.params.num_layers=2",
+            "model.params.hidden=16",
+            "model.params.virtual_node=true",
+            "features.workers=1",
+            f"features.cache_dir={root / 'features'}",
+            f"run.out_dir={root / 'runs'}",
+            "logger.kind=none",
+        ]
+    )
+    model_dir = root / "runs" / "synthetic" / "gin"
+    corpus = next((root / "corpus").glob("synthetic-*"))
+    audio = {p.stem: str(p) for p in sorted((corpus / "wav").glob("*.wav"))}
+    return model_dir, audio, root
+
+
+def test_bundle_of_a_dilated_virtual_node_run_reproduces_its_predictions(dilated_run, tmp_path):
+    model_dir, audio, root = dilated_run
+    cell = model_dir / "seed-0" / "fold-00"
+    state = torch.load(best_checkpoint(cell), weights_only=True)["FoldDataModule"]["export"]
+    assert state["graph"]["dilations"] == [1, 3, 7] and state["format"] == 3
+    path, _ = export_bundle(model_dir, root / "dilated.sergraph")
+    payload = torch.load(path, weights_only=True)
+    assert payload["format_version"] == 2  # older sergraph versions refuse it
+    bundle = load_bundle(path, map_location="cpu")
+    assert bundle.meta["graph"]["dilations"] == [1, 3, 7]
+    assert bundle.meta["model"]["params"]["virtual_node"] is True
+    saved = pd.read_csv(cell / "predictions.csv")
+    paths = [audio[u] for u in saved["utterance"]]
+    frame = bundle.predict(paths, batch_size=5, cache_dir=tmp_path / "fresh", progress=False)
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+    np.testing.assert_allclose(frame.filter(like="p_").to_numpy(dtype=float), expected, atol=1e-5)
+    # the same weights on the k band give other probabilities: the edges matter and were carried
+    del bundle.meta["graph"]["dilations"]
+    other = bundle.predict(paths, batch_size=5, cache_dir=tmp_path / "fresh", progress=False)
+    assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
