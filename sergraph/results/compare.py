@@ -106,8 +106,11 @@ def comparisons(
     if reference is not None:
         pairs += [(reference, label, "vs reference") for label in labels if label != reference]
     for label, control in (controls or {}).items():
-        if label in by_label and control in by_label and control != reference:
-            pairs.append((label, control, "vs control"))  # A - its control
+        if label not in by_label or control not in by_label:
+            continue
+        # A - its control; a pair already there as "vs reference" is relabelled, not repeated
+        pairs = [pair for pair in pairs if frozenset(pair[:2]) != frozenset((label, control))]
+        pairs.append((label, control, "vs control"))
     others = [label for label in labels if label != reference]
     if len(labels) <= MAX_LABELS_ALL_PAIRS:
         done = {frozenset(pair[:2]) for pair in pairs}

@@ -141,6 +141,15 @@ def select_nested(
             f"candidates were evaluated under different protocols {protocols}; select among "
             "variants of one protocol"
         )
+    fused = {
+        name: any(cell[1].get("fusion") for cell in cells[name].values()) for name in candidates
+    }
+    if len(set(fused.values())) > 1:
+        raise ValueError(
+            f"candidates mix fused (model.fusion) and unfused variants {fused}: a fused cell's "
+            "validation UA is a maximum over fusion weights on the same speakers, not comparable "
+            "with an unfused one; select among one kind"
+        )
     by_fold: dict[int, str] = {}
     if criterion == "fold":
         for fold in sorted({f for _, f in shared}):

@@ -131,6 +131,14 @@ class SERModule(L.LightningModule):
             self.speaker_head = SpeakerHead(
                 width, hidden, len(self.speaker_index), speaker_adversary
             )
+            classifier = emotion_classifier(self.model, option)
+            inside = {id(p) for p in classifier.parameters()}
+            if not any(p.requires_grad and id(p) not in inside for p in self.model.parameters()):
+                log(
+                    f"{option}={speaker_adversary}: nothing trainable comes before the "
+                    "classifier's input (no graph layers, no front end), so the reversed "
+                    "gradient changes no weight: the speaker head trains alone"
+                )
         if self.mixup > 0:
             emotion_classifier(self.model, "augment.mixup")
         weight = torch.tensor(class_weights, dtype=torch.float32) if class_weights else None

@@ -384,6 +384,16 @@ def test_nested_selection_over_seeds_with_the_fold_criterion(tmp_path):
     assert table["difference"].tolist() == pytest.approx([1.0, 0.75])
 
 
+def test_nested_selection_refuses_to_mix_fused_and_unfused_candidates(tmp_path):
+    _cell(tmp_path, "x", 0, 0, 0.9, 0.1, ["a", "a", "b", "b"])
+    _cell(tmp_path, "y", 0, 0, 0.5, 1.0, ["a", "a", "b", "b"])
+    path = tmp_path / "y/seed-0/fold-00/metrics.json"
+    metrics = json.loads(path.read_text())
+    path.write_text(json.dumps(metrics | {"fusion": {"with": "svm", "weight": 0.5}}))
+    with pytest.raises(ValueError, match="mix fused"):
+        select.select_nested(tmp_path, ["x", "y"])
+
+
 def test_nested_selection_refuses_candidates_of_different_protocols(tmp_path):
     _cell(tmp_path, "x", 0, 0, 0.9, 0.1, ["a", "a", "b", "b"])
     _cell(tmp_path, "y", 0, 0, 0.5, 1.0, ["a", "a", "b", "b"])

@@ -369,3 +369,15 @@ def test_declared_controls_are_paired_with_their_variant(run_dir, tmp_path):
     assert control["paired"] == 4
     assert control["mean_difference"] == pytest.approx((-0.25 + 0.125 + 0.125 + 0.25) / 4)
     assert "B is A's declared control" in (study / "report" / "report.md").read_text()
+
+
+def test_a_control_that_is_the_reference_is_tested_once(run_dir, tmp_path):
+    study = tmp_path / "study"
+    shutil.copytree(run_dir, study, ignore=shutil.ignore_patterns("report"))
+    for config in study.glob("*/seed-*/fold-*/config.yaml"):
+        config.write_text(config.read_text() + "controls:\n  C: A\n")  # A is the reference
+    result = write_report(study)
+    kinds = [(t["first"], t["second"], t["kind"]) for t in result["comparisons"]]
+    assert ("C", "A", "vs control") in kinds
+    assert [k for k in kinds if {k[0], k[1]} == {"A", "C"}] == [("C", "A", "vs control")]
+    assert ("A", "B", "vs reference") in kinds
