@@ -102,6 +102,15 @@ def log(message: str) -> None:
         logging.getLogger("sergraph").info(message)
 
 
+def detail(message: str) -> None:
+    """A detail of one cell (e.g. its fusion weight): the log file always, the console only
+    with ``-v``, so that the console keeps one line per finished cell."""
+    if verbose():
+        log(message)
+    elif _state["file"] is not None:
+        logging.getLogger("sergraph").info(message)
+
+
 class StudyProgress:
     """One progress bar for a study: cells done of all, the running cell's epoch and val UA,
     elapsed time and ETA. Shown on a terminal only; elsewhere (log files of cluster jobs) the

@@ -21,7 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import model_spec, protocol_of
 from sergraph.console import configure as configure_console
-from sergraph.console import log
+from sergraph.console import detail, log
 from sergraph.data.features.ssl import stacked_layers
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
@@ -206,7 +206,7 @@ def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, directo
     if is_global_zero():
         atomic_write_csv(directory / FUSION_PARTS, parts)
     weight = record["weight"]
-    log(
+    detail(
         f"{datamodule.fold.name}: fused with the SVM, weight {weight:.1f} of the neural model "
         f"(validation UA {record['val_ua'][f'{weight:.1f}']:.3f}; test UA neural "
         f"{record['graph_test_ua']:.3f}, SVM {record['svm_test_ua']:.3f})"

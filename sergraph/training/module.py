@@ -16,7 +16,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torchmetrics import MeanMetric
 
 from sergraph.config import resolve_model
-from sergraph.console import log
+from sergraph.console import detail, log
 from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
 from sergraph.models.layers import LayerWeightedSum
@@ -134,7 +134,7 @@ class SERModule(L.LightningModule):
             classifier = emotion_classifier(self.model, option)
             inside = {id(p) for p in classifier.parameters()}
             if not any(p.requires_grad and id(p) not in inside for p in self.model.parameters()):
-                log(
+                detail(
                     f"{option}={speaker_adversary}: nothing trainable comes before the "
                     "classifier's input (no graph layers, no front end), so the reversed "
                     "gradient changes no weight: the speaker head trains alone"
