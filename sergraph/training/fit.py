@@ -141,7 +141,9 @@ def fit_neural(
         set_aside_csv_log(directory / "logs" / "metrics.csv")
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
-    predictions, tested = test_and_predict(trainer, module, datamodule, best, study.classes)
+    predictions, tested, probabilities = test_and_predict(
+        trainer, module, datamodule, best, study.classes
+    )
     # Independent route: scores from the predictions file must equal the torchmetrics ones.
     check = scores_from_labels(
         predictions["true"].map(study.classes.index),
@@ -155,7 +157,7 @@ def fit_neural(
     fusion = None
     if cfg.model.get("fusion"):
         predictions, fusion = fuse_with_svm(
-            trainer, module, datamodule, best, study.classes, directory
+            trainer, module, datamodule, best, probabilities, study.classes, directory
         )
     best_score = checkpoint.best_model_score
     extra = {
@@ -174,25 +176,28 @@ def fit_neural(
     return predictions, extra
 
 
-def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, directory: Path):
+def fuse_with_svm(
+    trainer, module, datamodule, checkpoint: str, test_probabilities, classes, directory: Path
+):
     """``model.fusion=svm``: the fused test predictions frame and the ``fusion`` record (see
-    :mod:`sergraph.training.fusion`); the parts go to ``fusion.csv`` in the cell's folder."""
+    :mod:`sergraph.training.fusion`); the parts go to ``fusion.csv`` in the cell's folder.
+
+    ``test_probabilities`` are the checkpoint's test probabilities from :func:`test_and_predict`
+    (one process: :func:`fit_neural` refuses fusion on several before training); the
+    validation ones are predicted here.
+    """
     from sergraph.io import atomic_write_csv
     from sergraph.training.fusion import FUSION_PARTS, fuse
 
-    if trainer.world_size > 1:
-        raise ValueError(
-            f"{directory}: model.fusion=svm runs in one process only; this run has "
-            f"{trainer.world_size} (use trainer.devices=1 and trainer.num_nodes=1, outside srun)"
-        )
     if not datamodule.datasets["val"]:
         raise ValueError(
             f"{directory}: model.fusion=svm chooses its weight on the validation speakers, and "
             f"{datamodule.fold.name} has none; set folds.val_speakers >= 1"
         )
+    validation = predict_split(trainer, module, datamodule, checkpoint, "val")[3]
     graph = {
-        split: predicted_probabilities(trainer, module, datamodule, checkpoint, split)
-        for split in ("val", "test")
+        "val": validation.astype(np.float64),
+        "test": np.asarray(test_probabilities).astype(np.float64),
     }
     scores, record, parts = fuse(datamodule, graph)
     graphs = datamodule.datasets["test"]
@@ -212,28 +217,6 @@ def fuse_with_svm(trainer, module, datamodule, checkpoint: str, classes, directo
         f"{record['graph_test_ua']:.3f}, SVM {record['svm_test_ua']:.3f})"
     )
     return predictions, record
-
-
-def predicted_probabilities(trainer, module, datamodule, checkpoint: str, split: str):
-    """The class probabilities ``[n, classes]`` (numpy) of a split, in the data module's order."""
-    import torch
-
-    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
-    outputs = gather_from_ranks(trainer.predict(module, dataloaders=loader, ckpt_path=checkpoint))
-    utterances = [u for o in outputs for u in o["utterance"]]
-    expected = [graph.utterance for graph in datamodule.datasets[split]]
-    if utterances != expected:
-        raise RuntimeError(
-            f"{datamodule.fold.name}: {split} predictions of {len(utterances)} utterances, "
-            f"expected the {len(expected)} {split} utterances in order; please report this"
-        )
-    probabilities = torch.cat([o["probabilities"] for o in outputs]).float()
-    if not bool(torch.isfinite(probabilities).all()):
-        raise NonFiniteLossError(
-            f"{datamodule.fold.name}: {split} predictions of {checkpoint} are not finite; the "
-            "model diverged. Lower optim.lr and train again."
-        )
-    return probabilities.numpy().astype(np.float64)
 
 
 def pin_rnn_math(deterministic: bool) -> str | None:
@@ -289,42 +272,54 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
 def test_and_predict(trainer, module, datamodule, checkpoint: str, classes: list[str]):
     """Test scores (torchmetrics, synchronised over ranks) and the predictions of every rank.
 
-    Returns the predictions frame in test-table order (the same on every rank) and the test
-    scores of :class:`~sergraph.training.module.SERModule`.
+    Returns the predictions frame in test-table order (the same on every rank), the test
+    scores of :class:`~sergraph.training.module.SERModule` and the test probabilities
+    ``[n, classes]`` (float32 numpy, the frame's order, unrounded).
+    """
+    trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
+    tested = trainer.lightning_module.test_result
+    utterances, speakers, true, probabilities = predict_split(
+        trainer, module, datamodule, checkpoint, "test"
+    )
+    predictions = predictions_frame(utterances, speakers, true, probabilities, classes)
+    return predictions, tested, probabilities
+
+
+def predict_split(trainer, module, datamodule, checkpoint: str, split: str):
+    """``(utterances, speakers, true, probabilities)`` of a split (``val`` or ``test``),
+    predicted by ``checkpoint`` on every rank and gathered, in the data module's order;
+    ``probabilities`` is float32 numpy ``[n, classes]``.
+
+    Raises :class:`NonFiniteLossError` when a probability is nan or inf (the model diverged).
     """
     import torch
 
-    trainer.test(module, datamodule=datamodule, ckpt_path=checkpoint, verbose=False)
-    tested = trainer.lightning_module.test_result
-    outputs = trainer.predict(
-        module, dataloaders=datamodule.test_dataloader(), ckpt_path=checkpoint
-    )
-    outputs = gather_from_ranks(outputs)
+    loader = {"val": datamodule.val_dataloader, "test": datamodule.test_dataloader}[split]()
+    outputs = gather_from_ranks(trainer.predict(module, dataloaders=loader, ckpt_path=checkpoint))
     probabilities = torch.cat([o["probabilities"] for o in outputs]).float()
     if not bool(torch.isfinite(probabilities).all()):
         bad = int((~torch.isfinite(probabilities)).any(dim=1).sum())
         raise NonFiniteLossError(
-            f"{datamodule.fold.name}: {bad} of {len(probabilities)} test predictions of "
+            f"{datamodule.fold.name}: {bad} of {len(probabilities)} {split} predictions of "
             f"{checkpoint} are not finite (nan or inf); the model diverged. No metrics.json was "
             "written. Lower optim.lr (or use trainer.precision=32) and train again."
         )
-    predictions = predictions_frame(
-        [u for o in outputs for u in o["utterance"]],
-        [s for o in outputs for s in o["speaker"]],
-        torch.cat([o["true"] for o in outputs]).numpy(),
-        probabilities.numpy(),
-        classes,
-    )
-    # The evaluation shards are disjoint; de-duplicating by utterance guards the invariant that
-    # every test utterance is counted exactly once whatever the sampler did.
-    predictions = predictions.drop_duplicates("utterance", ignore_index=True)
-    expected = [graph.utterance for graph in datamodule.datasets["test"]]
-    if predictions["utterance"].tolist() != expected:
+    utterances = [u for o in outputs for u in o["utterance"]]
+    # The evaluation shards are disjoint; keeping each utterance's first prediction guards the
+    # invariant that every utterance is counted exactly once whatever the sampler did.
+    first: dict[str, int] = {}
+    for row, utterance in enumerate(utterances):
+        first.setdefault(utterance, row)
+    keep = list(first.values())
+    expected = [graph.utterance for graph in datamodule.datasets[split]]
+    if list(first) != expected:
         raise RuntimeError(
-            f"{datamodule.fold.name}: predictions of {len(predictions)} utterances, expected "
-            f"the {len(expected)} test utterances in order; please report this"
+            f"{datamodule.fold.name}: predictions of {len(first)} utterances, expected "
+            f"the {len(expected)} {split} utterances in order; please report this"
         )
-    return predictions, tested
+    speakers = [s for o in outputs for s in o["speaker"]]
+    true = torch.cat([o["true"] for o in outputs]).numpy()
+    return list(first), [speakers[i] for i in keep], true[keep], probabilities.numpy()[keep]
 
 
 def evaluate_checkpoint(
@@ -354,7 +349,10 @@ def evaluate_checkpoint(
         enable_progress_bar=False,
         enable_model_summary=False,
     )
-    return test_and_predict(trainer, module, datamodule, str(checkpoint), study.classes)
+    predictions, tested, _ = test_and_predict(
+        trainer, module, datamodule, str(checkpoint), study.classes
+    )
+    return predictions, tested
 
 
 class NonFiniteLossError(RuntimeError):
