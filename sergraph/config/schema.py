@@ -13,7 +13,6 @@ ON_ERROR_CHOICES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
 FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
-SAMPLERS = ("shuffle", "speaker_balanced")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 

@@ -10,7 +10,6 @@ from sergraph.config.schema import (
     FUSIONS,
     ON_ERROR_CHOICES,
     OPTIMIZERS,
-    SAMPLERS,
     SCHEDULES,
     ConfigError,
 )
@@ -24,6 +23,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import NORMALIZE_CHOICES, check_dilations, check_k
     from sergraph.data.protocol import check_enrollment_amount, resolve_protocol
+    from sergraph.data.sampling import SAMPLERS
     from sergraph.models import build_baseline, build_model, is_classic
 
     def choice(key: str, value, choices) -> None:

@@ -25,9 +25,7 @@ from sergraph.data.protocol import (
     resolve_protocol,
     statistic_rows,
 )
-from sergraph.data.sampling import SpeakerBalancedSampler
-
-SAMPLER_CHOICES = ("shuffle", "speaker_balanced")
+from sergraph.data.sampling import SAMPLERS, SpeakerBalancedSampler
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
 #: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``; 3:
@@ -170,8 +168,8 @@ class FoldDataModule(L.LightningDataModule):
             )
         check_k(k, max_nodes)
         check_dilations(dilations, max_nodes)
-        if sampler not in SAMPLER_CHOICES:
-            raise ValueError(f"optim.sampler={sampler!r}; choose one of {list(SAMPLER_CHOICES)}")
+        if sampler not in SAMPLERS:
+            raise ValueError(f"optim.sampler={sampler!r}; choose one of {list(SAMPLERS)}")
         self.dilations = None if dilations is None else [int(d) for d in dilations]
         self.sampler = sampler
         self.protocol = resolve_protocol(protocol, normalize)
