@@ -184,20 +184,16 @@ def build_graph(
     else:
         nodes = np.asarray(x[:max_nodes] if max_nodes else x, dtype=np.float32)
         n_valid = len(nodes)
-    x = torch.from_numpy(np.ascontiguousarray(nodes))
-    y = torch.tensor([y], dtype=torch.long)
-    n_valid = torch.tensor([n_valid], dtype=torch.long)
-    if dilations is not None:
-        edge_index = dilated_edge_index(len(nodes), dilations)
-        return Data(
-            x=x, edge_index=edge_index, y=y, n_valid=n_valid, utterance=utterance, speaker=speaker
-        )
+    if dilations is None:
+        edge_index, band = temporal_edge_index(len(nodes), k), {"band_k": int(k)}
+    else:  # not the k band: no band mark, so the models use message passing
+        edge_index, band = dilated_edge_index(len(nodes), dilations), {}
     return Data(
-        x=x,
-        edge_index=temporal_edge_index(len(nodes), k),
-        y=y,
-        n_valid=n_valid,
-        band_k=int(k),
+        x=torch.from_numpy(np.ascontiguousarray(nodes)),
+        edge_index=edge_index,
+        y=torch.tensor([y], dtype=torch.long),
+        n_valid=torch.tensor([n_valid], dtype=torch.long),
+        **band,
         utterance=utterance,
         speaker=speaker,
     )
