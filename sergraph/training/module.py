@@ -126,12 +126,12 @@ class SERModule(L.LightningModule):
             option = "optim.speaker_adversary"
             if not train_speakers:
                 raise ValueError(f"{option}={speaker_adversary} needs the training speakers")
-            width, hidden = classifier_widths(emotion_classifier(self.model, option), option)
+            classifier = emotion_classifier(self.model, option)
+            width, hidden = classifier_widths(classifier, option)
             self.speaker_index = {str(s): i for i, s in enumerate(train_speakers)}
             self.speaker_head = SpeakerHead(
                 width, hidden, len(self.speaker_index), speaker_adversary
             )
-            classifier = emotion_classifier(self.model, option)
             inside = {id(p) for p in classifier.parameters()}
             if not any(p.requires_grad and id(p) not in inside for p in self.model.parameters()):
                 detail(
