@@ -137,6 +137,21 @@ def step_fn(model, batch, optimizer, precision: str = "32", fast_path: bool | No
     return step
 
 
+def lacks_cpu_kernel(name: str, precision: str) -> str | None:
+    """Why ``name`` cannot step under ``precision`` autocast on this CPU (no LSTM kernel)."""
+    import torch
+
+    from sergraph.training.capabilities import cpu_autocast_lstm_error
+
+    error = cpu_autocast_lstm_error(PRECISIONS[precision])
+    if error is None:
+        return None
+    model = build_named(name, 76, 4)
+    if not any(isinstance(m, torch.nn.LSTM) for m in model.modules()):
+        return None
+    return f"skipped: this CPU has no {precision} LSTM kernel ({error})"
+
+
 def throughput(
     name: str,
     batch_size: int,
@@ -361,6 +376,8 @@ def main() -> int:
         for device, name, batch_size, precision, fast in configurations:
             arguments = (name, batch_size, device, steps, 120, precision, fast)
             try:
+                if device == "cpu" and PRECISIONS[precision] and lacks_cpu_kernel(name, precision):
+                    raise RuntimeError(lacks_cpu_kernel(name, precision))
                 if device == "cpu":
                     rows.append(in_fresh_child(throughput, *arguments))
                 else:

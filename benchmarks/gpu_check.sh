@@ -126,6 +126,12 @@ for precision in 32-true 16-mixed bf16-mixed; do
         skip "fold 16-mixed" "fp16 AMP is CUDA only (Lightning refuses it on CPU)"
         continue
     fi
+    if [ "$MODE" = cpu ] && [ "$precision" = bf16-mixed ] && ! "$PY" -c "import sys
+from sergraph.training.capabilities import cpu_autocast_lstm_error as probe
+sys.exit(probe('bfloat16') is not None)"; then
+        skip "fold bf16-mixed" "this CPU has no bf16 LSTM kernel (sergraph train refuses it)"
+        continue
+    fi
     if check "fold $precision" fold "precision-$precision" "trainer.precision=$precision"; then
         check "export $precision" sergraph export "$WORK/precision-$precision/synthetic/lstm_gin" \
             -o "$WORK/precision-$precision.sergraph"

@@ -60,6 +60,23 @@ def env(tmp_path_factory) -> dict[str, str]:
     return {**os.environ, "SERGRAPH_CACHE": str(cache), "WANDB_MODE": "offline"}
 
 
+def skip_without_cpu_lstm_kernel(dtype: str = "bfloat16") -> None:
+    """Skip, saying why, where this CPU has no LSTM kernel for CPU autocast in ``dtype``
+    (:func:`sergraph.training.capabilities.cpu_autocast_lstm_error`, probed once per run)."""
+    from sergraph.training.capabilities import cpu_autocast_lstm_error
+
+    error = cpu_autocast_lstm_error(dtype)
+    if error is not None:
+        short = {"bfloat16": "bf16", "float16": "fp16"}[dtype]
+        pytest.skip(f"this CPU has no {short} LSTM kernel ({error})")
+
+
+@pytest.fixture
+def cpu_bf16_lstm():
+    """For tests that run ``nn.LSTM`` under CPU bf16 autocast: skip where the CPU lacks it."""
+    skip_without_cpu_lstm_kernel("bfloat16")
+
+
 @pytest.fixture
 def cuda_like_rnn():
     """``nn.LSTM``/``nn.GRU`` return the autocast dtype under CPU autocast, as on CUDA

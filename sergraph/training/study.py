@@ -46,6 +46,7 @@ from sergraph.results.layout import (
 )
 from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
+from sergraph.training.capabilities import require_precision_kernels
 from sergraph.training.checkpoints import (
     remove_resume_files,
     restore_csv_log,
@@ -195,6 +196,8 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     """
     start = time.perf_counter()
     configs, cells = plan(overrides)
+    for cfg in configs.values():  # before any work: a kernel this CPU lacks stops step one
+        require_precision_kernels(cfg)
     first = next(iter(configs.values()))
     if is_global_zero():
         attach_log_file(log_file_path(first))

@@ -170,32 +170,48 @@ def test_float32_run_is_held_to_float32_tolerance(model_dir, tmp_path):
         export_bundle(model_dir, tmp_path / "x.sergraph")
 
 
-@pytest.fixture(scope="module")
-def bf16_run(bundle_run, tmp_path_factory) -> Path:
-    """One fold of a small LSTM-GIN trained one epoch under bf16-mixed (CPU autocast)."""
-    from sergraph.training.study import run_study
+@pytest.fixture(scope="module", params=["native", "emulated"])
+def bf16_run(request, bundle_run, tmp_path_factory) -> Path:
+    """One fold of a small LSTM-GIN trained one epoch under bf16-mixed (CPU autocast).
 
-    root = tmp_path_factory.mktemp("bf16")
-    run_study(
-        [
-            f"data.root={bundle_run.root / 'corpus'}",  # the same corpus and feature cache
-            "data.options.n_speakers=4",
-            "data.options.n_per_class=3",
-            "folds.only=[0]",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.precision=bf16-mixed",
-            "model.params.lstm_hidden=32",
-            "model.params.hidden=32",
-            "model.params.classifier_hidden=32",
-            "model.params.num_layers=2",
-            "optim.lr=1e-3",
-            "features.workers=1",
-            f"features.cache_dir={bundle_run.cache}",
-            f"run.out_dir={root / 'runs'}",
-            "logger.kind=none",
-        ]
-    )
+    ``native``: the CPU's own bf16 LSTM kernel (skipped, saying so, where the CPU has none).
+    ``emulated``: the LSTM computes in float32 and returns bf16, as under CUDA autocast
+    (``tests/emulation.py``), so the rest of the model still runs in bf16 and the export's
+    precision tolerance is exercised on every CPU.
+    """
+    import contextlib
+
+    from sergraph.training.study import run_study
+    from tests.conftest import skip_without_cpu_lstm_kernel
+    from tests.emulation import cuda_like_recurrent_layers
+
+    if request.param == "native":
+        skip_without_cpu_lstm_kernel("bfloat16")
+        context = contextlib.nullcontext()
+    else:
+        context = cuda_like_recurrent_layers()
+    root = tmp_path_factory.mktemp(f"bf16-{request.param}")
+    with context:
+        run_study(
+            [
+                f"data.root={bundle_run.root / 'corpus'}",  # the same corpus and feature cache
+                "data.options.n_speakers=4",
+                "data.options.n_per_class=3",
+                "folds.only=[0]",
+                "trainer.max_epochs=1",
+                "trainer.accelerator=cpu",
+                "trainer.precision=bf16-mixed",
+                "model.params.lstm_hidden=32",
+                "model.params.hidden=32",
+                "model.params.classifier_hidden=32",
+                "model.params.num_layers=2",
+                "optim.lr=1e-3",
+                "features.workers=1",
+                f"features.cache_dir={bundle_run.cache}",
+                f"run.out_dir={root / 'runs'}",
+                "logger.kind=none",
+            ]
+        )
     return root / "runs" / "synthetic" / "lstm_gin"
 
 

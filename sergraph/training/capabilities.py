@@ -1,0 +1,125 @@
+"""What this machine's CPU can run: probes for the kernels mixed precision needs on the CPU.
+
+Under ``trainer.precision=bf16-mixed`` or ``16-mixed`` on the CPU, ``torch.autocast`` runs
+``nn.LSTM`` in the autocast dtype through oneDNN. oneDNN has a bf16 LSTM kernel only on CPUs
+with bf16 instructions (AVX512-BF16 or AMX; not, for example, AMD EPYC before Zen 4) and, in the
+torch builds seen so far, no fp16 one at all; without the kernel training stops with "could not
+create a primitive descriptor for the LSTM forward propagation primitive" at the first batch
+whose graphs have equal lengths (every batch of padded graphs: the LSTM then runs unpacked;
+packed sequences CPU autocast keeps in float32).
+
+:func:`cpu_autocast_lstm_error` runs a tiny LSTM forward and backward under CPU autocast once per
+process and dtype, and :func:`require_precision_kernels` turns a missing kernel into a clear
+error before any work. The probe calls ``nn.LSTM`` itself, so it answers for this process as it
+is: where ``nn.LSTM.forward`` is replaced (the tests' CUDA emulation runs it in float32), the
+probe follows the replacement. ``ONEDNN_MAX_CPU_ISA=AVX2`` (read once, when torch first uses
+oneDNN) caps a CPU that has the kernel to one that has not.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from omegaconf import DictConfig
+
+from sergraph.config import ConfigError
+
+#: ``trainer.precision`` values that run the model under autocast, and the autocast dtype.
+AUTOCAST_PRECISIONS = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
+_SHORT = {"bfloat16": "bf16", "float16": "fp16"}
+
+
+def cpu_autocast_lstm_error(dtype: str) -> str | None:
+    """``None`` where ``nn.LSTM`` runs forward and backward under CPU autocast in ``dtype``
+    (``"bfloat16"`` or ``"float16"``), else the error torch raised, on one line.
+
+    Computed once per process, dtype and ``nn.LSTM.forward`` (a few milliseconds): a process
+    whose ``nn.LSTM.forward`` is replaced later is probed again.
+    """
+    from torch import nn
+
+    if dtype not in _SHORT:
+        raise ValueError(f"dtype={dtype!r}: choose one of {sorted(_SHORT)}")
+    return _probe(dtype, nn.LSTM.forward)
+
+
+@functools.cache
+def _probe(dtype: str, forward) -> str | None:
+    import torch
+    from torch import nn
+
+    generator = torch.Generator().manual_seed(0)
+    with torch.random.fork_rng(devices=[]):  # the probe's weights leave the caller's seed alone
+        torch.manual_seed(0)
+        lstm = nn.LSTM(4, 3, batch_first=True, bidirectional=True)
+    inputs = torch.randn(2, 5, 4, generator=generator, requires_grad=True)
+    try:
+        with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+            output, _ = lstm(inputs)
+        output.float().sum().backward()
+    except RuntimeError as error:
+        return " ".join(str(error).split()).split(". Run workload")[0]
+    return None
+
+
+def trains_on_cpu(cfg: DictConfig) -> bool:
+    """Whether the run's Trainer puts the model on the CPU (``trainer.accelerator``)."""
+    accelerator = str(cfg.trainer.accelerator)
+    if accelerator == "cpu":
+        return True
+    if accelerator != "auto":
+        return False
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return not torch.cuda.is_available() and not (mps is not None and mps.is_available())
+
+
+def missing_kernel_message(precision: str) -> str | None:
+    """Why ``precision`` cannot train on this CPU, or ``None`` where it can (or is not mixed)."""
+    dtype = AUTOCAST_PRECISIONS.get(str(precision))
+    if dtype is None:
+        return None
+    error = cpu_autocast_lstm_error(dtype)
+    if error is None:
+        return None
+    return (
+        f"trainer.precision={precision} on the CPU: this CPU has no {_SHORT[dtype]} LSTM kernel "
+        f"(torch: {error}): training stops at the first batch whose graphs have equal lengths "
+        "(every batch with graph.pad=true; true-length graphs are packed, which CPU autocast "
+        "keeps in float32). Use "
+        "trainer.precision=32-true on this CPU, or train on a GPU "
+        f"(trainer.accelerator=gpu trainer.precision={precision})"
+    )
+
+
+def runs_an_lstm(cfg: DictConfig) -> bool:
+    """Whether the run's model holds an ``nn.LSTM`` (built small from its configuration; a
+    classic baseline holds none). A model that cannot be built here counts as holding one."""
+    import torch
+    from torch import nn
+
+    from sergraph.config import model_spec
+    from sergraph.models import build_model, is_classic
+
+    family, params = model_spec(cfg)
+    if is_classic(family):
+        return False
+    try:
+        with torch.random.fork_rng(devices=[]):  # the caller's random state is left alone
+            model = build_model(family, 4, 2, **params)
+    except (TypeError, ValueError):
+        return True
+    return any(isinstance(module, nn.LSTM) for module in model.modules())
+
+
+def require_precision_kernels(cfg: DictConfig) -> None:
+    """Refuse, before any work, a mixed precision whose recurrent kernel this CPU lacks: a
+    model with an LSTM trained under ``bf16-mixed``/``16-mixed`` on the CPU."""
+    if str(cfg.trainer.precision) not in AUTOCAST_PRECISIONS or not trains_on_cpu(cfg):
+        return
+    if not runs_an_lstm(cfg):
+        return
+    message = missing_kernel_message(cfg.trainer.precision)
+    if message is not None:
+        raise ConfigError(message)

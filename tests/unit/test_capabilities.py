@@ -1,0 +1,160 @@
+"""CPU capability probes: mixed precision on a CPU without the LSTM kernel stops before training.
+
+A CPU with bf16 instructions is made into one without by ``ONEDNN_MAX_CPU_ISA=AVX2`` (oneDNN's
+own cap, read when torch first uses oneDNN), in a subprocess: the same oneDNN refusal a CPU
+without AVX512-BF16/AMX gives. The probe's answer is checked against an independent route, a real
+training step of LSTM-GIN under CPU autocast in the same capped process, on padded graphs (equal
+lengths run the LSTM unpacked; CPU autocast leaves packed sequences in float32).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from sergraph.config import compose
+from sergraph.training.capabilities import (
+    AUTOCAST_PRECISIONS,
+    cpu_autocast_lstm_error,
+    runs_an_lstm,
+    trains_on_cpu,
+)
+from tests.cli import run_cli
+
+#: oneDNN capped to AVX2: no bf16 LSTM kernel, whatever the host CPU has.
+NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
+
+PROBE_AND_STEP = """
+import json, sys
+import numpy as np, torch, torch.nn.functional as F
+from sergraph.data.collate import graph_loader
+from sergraph.data.graphs import build_graph
+from sergraph.models import build_model
+from sergraph.training.capabilities import cpu_autocast_lstm_error
+
+dtype = sys.argv[1]
+probe = cpu_autocast_lstm_error(dtype)
+rng = np.random.default_rng(0)
+items = [build_graph(rng.normal(size=(n, 6)), 4, 12, True, i % 3, f"u{i}", "s")
+         for i, n in enumerate((12, 5, 9))]
+batch = next(iter(graph_loader(items, batch_size=3)))
+model = build_model("lstm_gin", 6, 3, hidden=8, lstm_hidden=5, num_layers=2)
+try:
+    with torch.autocast("cpu", dtype=getattr(torch, dtype)):
+        loss = F.cross_entropy(model(batch).float(), batch.y)
+    loss.backward()
+    step = None
+except RuntimeError as error:
+    step = str(error)
+print(json.dumps({"probe": probe, "step": step}))
+"""
+
+
+def probe_in_subprocess(dtype: str, env: dict[str, str]) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-c", PROBE_AND_STEP, dtype],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    "dtype,env",
+    [("bfloat16", {}), ("bfloat16", NO_BF16), ("float16", {})],
+    ids=["bf16-host", "bf16-capped", "fp16-host"],
+)
+def test_the_probe_agrees_with_a_real_training_step(dtype, env):
+    answer = probe_in_subprocess(dtype, env)
+    # the probe says "no kernel" exactly where a real LSTM-GIN step under autocast fails
+    assert (answer["probe"] is None) == (answer["step"] is None), answer
+    if answer["probe"] is not None:
+        assert "LSTM" in answer["step"]
+
+
+def test_the_probe_answers_for_the_lstm_in_effect(cuda_like_rnn):
+    # the CUDA emulation runs the LSTM in float32: no kernel needed, whatever the CPU
+    assert cpu_autocast_lstm_error("bfloat16") is None
+    assert cpu_autocast_lstm_error("float16") is None
+
+
+def test_the_probe_refuses_an_unknown_dtype():
+    with pytest.raises(ValueError, match=r"dtype='float8'.*'bfloat16', 'float16'"):
+        cpu_autocast_lstm_error("float8")
+
+
+@pytest.mark.parametrize(
+    "model,expected",
+    [("lstm_gin", True), ("lstm_gat", True), ("sage_lstm", True), ("gin", False)]
+    + [("gcn", False), ("bigru_attn", False), ("svm", False)],
+)
+def test_which_models_hold_an_lstm(model, expected):
+    # PAPER.md / the model files: LSTM-GIN, LSTM-GAT and GraphSAGE-LSTM hold an LSTM; GIN and
+    # GCN none; the BiGRU baseline a GRU (CPU autocast keeps GRUs in float32); the SVM is numpy
+    assert runs_an_lstm(compose([f"model={model}"])) is expected
+
+
+def test_the_accelerator_decides_whether_training_is_on_the_cpu():
+    import torch
+
+    assert trains_on_cpu(compose(["trainer.accelerator=cpu"])) is True
+    assert trains_on_cpu(compose(["trainer.accelerator=gpu"])) is False
+    auto = trains_on_cpu(compose(["trainer.accelerator=auto"]))
+    assert auto is not torch.cuda.is_available()
+
+
+def tiny_train(tmp_path, precision: str, model: str = "lstm_gin") -> list[str]:
+    return [
+        "train",
+        f"model={model}",
+        f"data.root={tmp_path / 'corpus'}",
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "folds.only=[0]",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        f"trainer.precision={precision}",
+        "features.workers=1",
+        f"features.cache_dir={tmp_path / 'features'}",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "logger.kind=none",
+    ]
+
+
+@pytest.mark.parametrize(
+    "precision,env,short",
+    [("bf16-mixed", NO_BF16, "bf16"), ("16-mixed", {"OMP_NUM_THREADS": "1"}, "fp16")],
+    ids=["bf16-capped", "fp16-host"],
+)
+def test_train_stops_before_training_on_a_cpu_without_the_kernel(tmp_path, precision, env, short):
+    dtype = AUTOCAST_PRECISIONS[precision]
+    if probe_in_subprocess(dtype, env)["probe"] is None:
+        pytest.skip(f"this CPU (as capped: {env}) has the {short} LSTM kernel")
+    done = run_cli(tiny_train(tmp_path, precision), env={**os.environ, **env}, timeout=300)
+    assert done.returncode != 0
+    message = done.stderr + done.stdout
+    assert f"trainer.precision={precision} on the CPU: this CPU has no {short} LSTM kernel" in (
+        message
+    )
+    assert "Use trainer.precision=32-true on this CPU" in message
+    assert "primitive descriptor" in message  # torch's own words, quoted once
+    assert "Traceback" not in message
+    # stopped before any work: no feature extracted, no cell folder
+    assert not [p for p in (tmp_path / "features").rglob("*") if p.is_file()]
+    assert not list((tmp_path / "runs").rglob("fold-*"))
+
+
+@pytest.mark.slow
+def test_a_model_without_an_lstm_still_trains_in_bf16_on_such_a_cpu(tmp_path):
+    if probe_in_subprocess("bfloat16", NO_BF16)["probe"] is None:
+        pytest.skip("this CPU, capped to AVX2, still has the bf16 LSTM kernel")
+    done = run_cli(tiny_train(tmp_path, "bf16-mixed", "gin"), env={**os.environ, **NO_BF16})
+    assert done.returncode == 0, done.stderr
+    assert len(list((tmp_path / "runs").rglob("predictions.csv"))) == 1
