@@ -85,3 +85,13 @@ def cuda_like_rnn():
 
     with cuda_like_recurrent_layers():
         yield
+
+
+@pytest.fixture
+def cudnn_fp16_rnn():
+    """``nn.LSTM``/``nn.GRU`` return fp16 under any CPU autocast, as autocast's cuDNN RNN wrapper
+    does under ``bf16-mixed`` (:func:`tests.emulation.cuda_like_recurrent_layers`)."""
+    from tests.emulation import cuda_like_recurrent_layers
+
+    with cuda_like_recurrent_layers(returns="float16"):
+        yield

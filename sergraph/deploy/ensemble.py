@@ -210,6 +210,7 @@ class Bundle:
         """
         from sergraph.data.collate import graph_loader
         from sergraph.data.graphs import build_graph
+        from sergraph.training.fit import ieee_rnn_math
 
         check_positive_int(batch_size, "batch_size")
         graph = self.meta["graph"]
@@ -242,10 +243,12 @@ class Bundle:
                 for position, array in enumerate(features)
             ]
             outputs = []
-            # batches marked for the models' fast path, as in training
-            for batch in graph_loader(graphs, batch_size=batch_size, shuffle=False):
-                logits = self.models[index](batch.to(self.device))
-                outputs.append(torch.softmax(logits.double(), dim=-1).cpu())
+            # batches marked for the models' fast path, as in training; cuDNN RNNs in IEEE
+            # fp32 (not TF32), so the answer does not depend on the GPU generation
+            with ieee_rnn_math():
+                for batch in graph_loader(graphs, batch_size=batch_size, shuffle=False):
+                    logits = self.models[index](batch.to(self.device))
+                    outputs.append(torch.softmax(logits.double(), dim=-1).cpu())
             total += torch.cat(outputs).numpy()
         return total / len(chosen)
 

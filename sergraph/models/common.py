@@ -19,6 +19,19 @@ def check_choice(key: str, value: str, choices) -> None:
         )
 
 
+def recurrent_output(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A recurrent layer's output in the dtype of its input ``like``, before it meets any other
+    tensor.
+
+    Under CUDA autocast cuDNN's RNN returns half precision for float32 input, and autocast's
+    cuDNN RNN wrapper has returned fp16 whatever the autocast dtype: under ``bf16-mixed`` an
+    fp16 tensor in a bf16 region, which ``torch.cat`` refuses ("Unexpected floating ScalarType
+    in at::autocast::prioritize"). In its input's dtype the output is autocast by the layers
+    that follow like any other input; outside autocast this is the identity.
+    """
+    return out if out.dtype == like.dtype else out.to(like.dtype)
+
+
 class BiLSTMFront(nn.Module):
     """A bidirectional LSTM run over each graph's nodes in time order.
 
@@ -51,7 +64,7 @@ class BiLSTMFront(nn.Module):
             )
             out, _ = self.lstm(packed)
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=dense.size(1))
-        return out[mask]
+        return recurrent_output(out[mask], x)
 
     def forward_band(self, x: torch.Tensor, band) -> torch.Tensor:
         """:meth:`forward` on a :class:`~sergraph.models.banded.Band`, whose sizes are known on
@@ -59,7 +72,7 @@ class BiLSTMFront(nn.Module):
         graphs are packed longest first, the order sorted on the CPU)."""
         if band.uniform:
             out, _ = self.lstm(x.reshape(band.num_graphs, band.max_length, -1))
-            return out.reshape(band.num_nodes, -1)
+            return recurrent_output(out.reshape(band.num_nodes, -1), x)
         dense = x.new_zeros(band.num_graphs, band.max_length, x.size(-1))
         dense[band.graph, band.position] = x
         # stable sorts give the same order on the CPU and on the device
@@ -71,7 +84,7 @@ class BiLSTMFront(nn.Module):
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=band.max_length)
         out = out.index_select(0, torch.argsort(order))
-        return out[band.graph, band.position]
+        return recurrent_output(out[band.graph, band.position], x)
 
 
 class ReadoutHead(nn.Module):

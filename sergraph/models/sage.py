@@ -31,7 +31,7 @@ from torch_geometric.utils import to_dense_batch
 
 from sergraph.models import banded
 from sergraph.models.base import TemporalGNN
-from sergraph.models.common import check_choice
+from sergraph.models.common import check_choice, recurrent_output
 from sergraph.models.registry import register
 
 
@@ -76,9 +76,8 @@ class PackedLSTMAggregation(Aggregation):
             enforce_sorted=False,
         )
         _, (last_hidden, _) = self.lstm(packed)
-        # The LSTM's dtype, not x's: under CUDA autocast cuDNN returns fp16/bf16 for fp32 x.
-        out = last_hidden.new_zeros(dense.size(0), self.out_channels)
-        out[has_neighbours] = last_hidden[-1]
+        out = x.new_zeros(dense.size(0), self.out_channels)
+        out[has_neighbours] = recurrent_output(last_hidden[-1], x)
         return out
 
     def __repr__(self) -> str:
@@ -103,7 +102,7 @@ def sage_lstm_band(conv: SAGEConv, h: torch.Tensor, band: banded.Band) -> torch.
     windows = F.pad(h, (0, 0, r, r)).unfold(0, 2 * r + 1, 1)  # [N, C, W]: slot i = node n+i-r
     # a product with 0/1 weights: exact, and its backward is another product (no scatter)
     dense = torch.einsum("nkw,ncw->nkc", selector, windows)
-    states, _ = aggregation.lstm(dense)  # [N, k, C_out]
+    states = recurrent_output(aggregation.lstm(dense)[0], h)  # [N, k, C_out]
     # the state after the node's last neighbour (an LSTM is causal: the packed result);
     # nodes without neighbours get 0
     last = (step[None, :] == (count - 1)[:, None]).to(states.dtype)  # [N, k]

@@ -13,6 +13,8 @@ A training or validation loss that is not finite stops the cell at the end of th
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -238,6 +240,29 @@ def pin_rnn_math(deterministic: bool) -> str | None:
         return None
     rnn.fp32_precision = "ieee"
     return rnn.fp32_precision
+
+
+@contextlib.contextmanager
+def ieee_rnn_math() -> Iterator[str | None]:
+    """cuDNN's recurrent layers in IEEE fp32 inside the block, the previous setting after it.
+
+    For prediction with a trained model (bundles, export's verification, ``sergraph predict``):
+    a TF32 LSTM moves probabilities by 5e-4 to 8e-4 on Ampere and newer GPUs, close to export's
+    1e-3 tolerance, and makes a bundle's answer depend on the GPU generation. Yields the setting
+    applied (``None`` on a torch without ``torch.backends.cudnn.rnn.fp32_precision``).
+    """
+    import torch
+
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        yield None
+        return
+    previous = rnn.fp32_precision
+    rnn.fp32_precision = "ieee"
+    try:
+        yield rnn.fp32_precision
+    finally:
+        rnn.fp32_precision = previous
 
 
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):

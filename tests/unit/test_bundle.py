@@ -173,6 +173,26 @@ def test_python_api_is_exported_lazily():
     ]
 
 
+def test_bundle_predicts_with_ieee_rnn_math_and_restores_the_setting(run, monkeypatch):
+    """A TF32 cuDNN LSTM moves probabilities by up to 8e-4 on a GPU: the bundle's forward runs
+    with IEEE RNN math whatever the process set, and leaves the process's setting as it was."""
+    rnn = getattr(torch.backends.cudnn, "rnn", None)
+    if rnn is None or not hasattr(rnn, "fp32_precision"):
+        pytest.skip("this torch has no torch.backends.cudnn.rnn.fp32_precision")
+    monkeypatch.setattr(rnn, "fp32_precision", "tf32")
+    bundle = load_bundle(run.fold0, map_location="cpu")
+    seen = []
+    hook = bundle.models[0].register_forward_pre_hook(
+        lambda module, args: seen.append(rnn.fp32_precision)
+    )
+    try:
+        bundle.predict(list(run.audio.values())[:3], cache_dir=run.cache, progress=False)
+    finally:
+        hook.remove()
+    assert seen and set(seen) == {"ieee"}
+    assert rnn.fp32_precision == "tf32"
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_bundle_on_gpu_matches_cpu(run):
