@@ -102,6 +102,47 @@ def diff(a: str, b: str) -> int:
     return 0
 
 
+def within(a: str, b: str, tolerance: float) -> int:
+    """Two predictions files of the same cell on two devices: every probability within
+    ``tolerance`` (fails otherwise)."""
+    first, second = read_predictions(a), read_predictions(b)
+    if first["utterance"].tolist() != second["utterance"].tolist():
+        print("the files hold different utterances")
+        return 1
+    probabilities = [c for c in first.columns if c.startswith("p_")]
+    gap = float((first[probabilities] - second[probabilities]).abs().to_numpy().max())
+    verdict = "WITHIN" if gap <= tolerance else "BEYOND"
+    print(f"{verdict} {tolerance:g}: max |probability difference| {gap:.3g} ({a} vs {b})")
+    return 0 if gap <= tolerance else 1
+
+
+def results(table: str, out: str, mode: str) -> int:
+    """``results.json`` from the check's table (name, status, seconds per line, tab-separated):
+    the machine, each check and the failures."""
+    import json
+    import platform
+
+    import torch
+
+    checks = []
+    with open(table) as rows:
+        for row in rows:
+            name, status, seconds = row.rstrip("\n").split("\t")
+            checks.append({"name": name, "status": status, "seconds": int(seconds)})
+    record = {
+        "mode": mode,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())],
+        "checks": checks,
+        "failed": [c["name"] for c in checks if c["status"] == "FAIL"],
+    }
+    with open(out, "w") as handle:
+        json.dump(record, handle, indent=1)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     verbs = parser.add_subparsers(dest="verb", required=True)
@@ -109,11 +150,21 @@ def main() -> int:
     run.add_argument("--device", default="cuda")
     run.add_argument("--dtypes", default="float16,bfloat16")
     run.add_argument("--batch-size", type=int, default=8)
-    for verb in ("same", "diff"):
+    for verb in ("same", "diff", "within"):
         compare = verbs.add_parser(verb)
         compare.add_argument("a")
         compare.add_argument("b")
+        if verb == "within":
+            compare.add_argument("--tolerance", type=float, default=1e-3)
+    table = verbs.add_parser("results")
+    table.add_argument("table")
+    table.add_argument("out")
+    table.add_argument("--mode", default="gpu")
     args = parser.parse_args()
+    if args.verb == "results":
+        return results(args.table, args.out, args.mode)
+    if args.verb == "within":
+        return within(args.a, args.b, args.tolerance)
     if args.verb == "autocast":
         print(machine(), flush=True)
         return 1 if autocast(args.device, args.dtypes.split(","), args.batch_size) else 0

@@ -1,190 +1,238 @@
 #!/usr/bin/env bash
-# One prepared check of sergraph on a machine with a CUDA GPU (under 10 minutes on one GPU of the
-# H100 class), run from the repository root:
+# One prepared, offline check of sergraph on a machine with a CUDA GPU, run from the repository
+# root in one call of well under 10 minutes:
 #
-#   bash benchmarks/gpu_check.sh               # on a GPU machine
-#   bash benchmarks/gpu_check.sh --cpu-smoke   # dry run on CPU: the same sections, smaller;
-#                                              # the parts that need CUDA say "skipped"
-#   bash benchmarks/gpu_check.sh --work DIR    # keep runs and logs in DIR (default: a new temp dir)
+#   bash benchmarks/device_wheels.sh            # once, on a machine with a package index:
+#                                               # the wheels a GPU image lacks, into .whl/
+#   OUT=DIR bash benchmarks/gpu_check.sh        # on the GPU machine (no network needed)
+#   OUT=DIR bash benchmarks/gpu_check.sh --cpu-smoke   # the same sections, smaller, on a CPU
+#                                               # (chosen by itself where no GPU is visible)
 #
-# Prints, section by section: the machine and CUDA/cuDNN/TF32 settings; the tests marked `gpu`;
-# every registered model forward+backward under fp16 and bf16 autocast (padded and true-length
-# batches, fast path on and off); a 2-epoch fold under 32-true, 16-mixed and bf16-mixed, each
-# then exported (the export re-predicts and checks against predictions.csv); a deterministic
-# rerun (trainer.deterministic=true, the default) and non-deterministic reruns compared;
-# training-step graphs/s of every model at batch 32/128 with AMP off/fp16/bf16 and the fast path
-# on/off; a two-GPU DDP fold when two GPUs are present.
-# Each section ends with PASS or FAIL and its time; the last lines list the failures, and the
-# exit status is 1 if any. Python: $PYTHON (default: python) with sergraph importable.
+# Offline: the wheels in .whl/ (if any) are installed with --no-index --no-deps into the work
+# folder, and sergraph is imported from the tree (PYTHONPATH; its configs are found there). If an
+# import fails the check stops at once, saying which. Every section runs under its own time
+# limit, the most decisive first:
+#   1 versions and the GPU;
+#   2 every model and preset, forward + backward under fp16 and bf16 autocast;
+#   3 one synthetic fold under 32-true, 16-mixed, bf16-mixed, each exported (the export
+#     re-predicts and verifies); the fold on the CPU compared with the GPU's within 1e-3; a
+#     deterministic rerun compared byte for byte;
+#   4 DDP over NCCL on one GPU (two where present; gloo on two CPU processes in smoke mode);
+#   5 training-step graphs/s, AMP off/fp16/bf16, fast path on/off;
+#   6 the tests marked gpu.
+# Writes under $OUT (default: WORK/out): results.json (machine, every check with PASS/FAIL/SKIP
+# and seconds), gpu_check.log (every section's output) and sections.tar.gz (one log per check).
+# Prints only a short line per check. Exit status 1 if any check failed. Python: $PYTHON
+# (default python3).
 set -u
 
-MODE=gpu
+MODE=""
 WORK=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --cpu-smoke) MODE=cpu ;;
         --work) WORK="$2"; shift ;;
-        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,28p' "$0"; exit 0 ;;
         *) echo "gpu_check.sh: unknown argument $1 (use --cpu-smoke, --work DIR)" >&2; exit 2 ;;
     esac
     shift
 done
 
-PY="${PYTHON:-python}"
+PY="${PYTHON:-python3}"
 cd "$(dirname "$0")/.." || exit 2
 WORK="${WORK:-$(mktemp -d "${TMPDIR:-/tmp}/sergraph-gpu-check.XXXXXX")}"
-mkdir -p "$WORK"
+OUT="${OUT:-$WORK/out}"
+LOGS="$WORK/logs"
+mkdir -p "$WORK" "$OUT" "$LOGS"
 export SERGRAPH_CACHE="$WORK/cache" WANDB_MODE=offline PYTHONUNBUFFERED=1
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 FAILED=()
 START=$SECONDS
+TABLE="$WORK/results.tsv"
+: >"$TABLE"
 
-section() { printf '\n=== %s (%s, %d s so far)\n' "$1" "$(date -u +%H:%M:%S)" "$((SECONDS - START))"; }
-# check NAME COMMAND...: run it, print PASS/FAIL with its time, remember failures.
+# The carried wheels, offline, into the work folder; then sergraph from the tree.
+if compgen -G ".whl/*.whl" >/dev/null; then
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+        --target "$WORK/site" .whl/*.whl >"$LOGS/wheels.log" 2>&1; then
+        echo "FAIL installing the wheels in .whl/ offline:"; tail -n 5 "$LOGS/wheels.log"; exit 2
+    fi
+    export PYTHONPATH="$PWD:$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+else
+    export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+fi
+if ! "$PY" -c "import omegaconf, opensmile, sklearn, torch_geometric, lightning, torchmetrics
+import sergraph.cli
+from sergraph.config import compose
+compose([])" >"$LOGS/imports.log" 2>&1; then
+    echo "FAIL: sergraph does not import here ($PY); bring the missing packages as wheels in"
+    echo "  .whl/ (bash benchmarks/device_wheels.sh on a machine with a package index):"
+    tail -n 3 "$LOGS/imports.log"
+    exit 2
+fi
+if [ -z "$MODE" ]; then
+    if "$PY" -c "import sys, torch; sys.exit(not torch.cuda.is_available())"; then MODE=gpu; else MODE=cpu; fi
+fi
+if [ "$MODE" = gpu ]; then LIMIT=150; else LIMIT=600; fi  # seconds per check
+
+section() { printf '=== %s (%d s so far)\n' "$1" "$((SECONDS - START))" | tee -a "$LOGS/sections.log"; }
+# check NAME COMMAND...: run it under the time limit, its output into its own log; one line.
 check() {
-    local name="$1" begin=$SECONDS status
+    local name="$1" begin=$SECONDS status log
     shift
-    "$@"
+    log="$LOGS/$(printf '%s' "$name" | tr -c 'A-Za-z0-9._-' '_').log"
+    # shell functions too (exported below): each check runs in a child bash under its limit
+    timeout "$LIMIT" bash -c '"$@"' check "$@" >"$log" 2>&1
     status=$?
     if [ $status -eq 0 ]; then
-        echo "PASS $name ($((SECONDS - begin)) s)"
+        printf 'PASS %s (%d s)\n' "$name" "$((SECONDS - begin))"
+        printf '%s\tPASS\t%d\n' "$name" "$((SECONDS - begin))" >>"$TABLE"
     else
-        echo "FAIL $name (exit $status, $((SECONDS - begin)) s)"
+        [ $status -eq 124 ] && echo "(stopped after its limit of $LIMIT s)" >>"$log"
+        printf 'FAIL %s (exit %d, %d s): %s\n' "$name" "$status" "$((SECONDS - begin))" \
+            "$(grep -v '^\s*$' "$log" | tail -n 1 | cut -c1-160)"
+        printf '%s\tFAIL\t%d\n' "$name" "$((SECONDS - begin))" >>"$TABLE"
         FAILED+=("$name")
     fi
     return $status
 }
-skip() { echo "SKIPPED $1: $2"; }
+skip() { echo "SKIP $1: $2"; printf '%s\tSKIP\t0\n' "$1" >>"$TABLE"; }
 sergraph() { "$PY" -m sergraph.cli "$@"; }
+finish() {
+    "$PY" benchmarks/gpu_check.py results "$TABLE" "$OUT/results.json" --mode "$MODE"
+    for log in "$LOGS"/*.log; do printf '\n##### %s\n' "$(basename "$log")"; cat "$log"; done \
+        >"$OUT/gpu_check.log"
+    tar -czf "$OUT/sections.tar.gz" -C "$WORK" logs
+}
+trap finish EXIT
 
-# The small synthetic study of the DDP tests: 4 speakers x 3 classes x 3 utterances, one fold.
-SMALL=(
-    data.options.n_speakers=4 data.options.n_per_class=3 "data.classes=[neutral,happy,sad]"
-    "folds.only=[0]" trainer.max_epochs=2 optim.lr=3e-3 optim.batch_size=4 trainer.progress_bar=false
-)
+# The small synthetic study of the DDP tests: 4 speakers x 3 classes x 3 utterances, one fold
+# (overrides without spaces: they travel to the checks' child shells as one string).
+SMALL="data.options.n_speakers=4 data.options.n_per_class=3 data.classes=[neutral,happy,sad] \
+folds.only=[0] trainer.max_epochs=2 optim.lr=3e-3 optim.batch_size=4 trainer.progress_bar=false \
+logger.kind=none"
 CELL=synthetic/lstm_gin/seed-0/fold-00
 if [ "$MODE" = gpu ]; then
-    ACCEL=(trainer.accelerator=gpu trainer.devices=1)
-    DEVICE=cuda
+    ACCEL="trainer.accelerator=gpu trainer.devices=1"
 else
-    ACCEL=(trainer.accelerator=cpu trainer.devices=1)
-    DEVICE=cpu
+    ACCEL="trainer.accelerator=cpu trainer.devices=1"
 fi
-# fold NAME OVERRIDES...: train the small study into $WORK/NAME, log in $WORK/NAME.log.
+# fold NAME OVERRIDES...: train the small study into $WORK/NAME.
 fold() {
     local name="$1"
     shift
-    sergraph train "${SMALL[@]}" "${ACCEL[@]}" "run.out_dir=$WORK/$name" "$@" >"$WORK/$name.log" 2>&1
-    local status=$?
-    grep -E "WA [0-9.]+ UA" "$WORK/$name.log" | tail -n 1
-    [ $status -eq 0 ] || tail -n 15 "$WORK/$name.log"
-    return $status
+    # shellcheck disable=SC2086 # SMALL and ACCEL are lists of overrides
+    sergraph train $SMALL $ACCEL "run.out_dir=$WORK/$name" "$@"
 }
+cpu_has_bf16_lstm() {
+    "$PY" -c "import sys
+from sergraph.training.capabilities import cpu_autocast_lstm_error as probe
+sys.exit(probe('bfloat16') is not None)"
+}
+# rerun_same: the 32-true fold again; its predictions.csv must be byte-identical.
+rerun_same() {
+    fold det-rerun && "$PY" benchmarks/gpu_check.py same \
+        "$WORK/precision-32-true/$CELL/predictions.csv" "$WORK/det-rerun/$CELL/predictions.csv"
+}
+export PY WORK SMALL ACCEL CELL
+export -f sergraph fold cpu_has_bf16_lstm rerun_same
 
-section "machine (mode: $MODE, work folder: $WORK)"
-command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=index,name,driver_version,memory.total --format=csv
-"$PY" - <<'EOF'
-import torch
+section "1 machine (mode: $MODE, work folder: $WORK, results: $OUT)"
+check "versions" "$PY" - <<'EOF'
+import torch, torch_geometric, lightning, torchmetrics, opensmile
 print(f"torch {torch.__version__}, CUDA build {torch.version.cuda}, cuDNN "
       f"{torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None}, "
-      f"CUDA devices {torch.cuda.device_count()}")
+      f"CUDA devices {torch.cuda.device_count()}; torch_geometric {torch_geometric.__version__}, "
+      f"lightning {lightning.__version__}, torchmetrics {torchmetrics.__version__}, "
+      f"opensmile {opensmile.__version__}")
 for i in range(torch.cuda.device_count()):
     print(f"  cuda:{i} {torch.cuda.get_device_name(i)}, capability {torch.cuda.get_device_capability(i)}")
 for name, backend in (("matmul", torch.backends.cuda.matmul), ("cudnn", torch.backends.cudnn),
-                      ("cudnn.conv", getattr(torch.backends.cudnn, "conv", None)),
                       ("cudnn.rnn", getattr(torch.backends.cudnn, "rnn", None))):
     precision = getattr(backend, "fp32_precision", None)
     if precision is not None:
-        print(f"  {name}.fp32_precision = {precision}  (tf32 = TF32 math for fp32 on Ampere+)")
+        print(f"  {name}.fp32_precision = {precision}")
 try:
     import torch_scatter  # noqa: F401
     print("WARNING: torch_scatter is installed: its atomic CUDA kernels are not deterministic")
 except ImportError:
     print("torch_scatter not installed (good: PyG uses torch's own scatter)")
 EOF
-if [ "$MODE" = gpu ] && ! "$PY" -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then
-    echo "no CUDA device: run with --cpu-smoke on a machine without a GPU"
-    exit 2
-fi
+head -n 2 "$LOGS/versions.log"
 
-section "tests marked gpu (pytest -m gpu)"
-check "pytest -m gpu" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs tests
-
+section "2 every model and preset, forward + backward under fp16 and bf16 autocast"
 if [ "$MODE" = gpu ]; then
-    section "every model, forward + backward under fp16 and bf16 autocast on cuda"
-    check "autocast fp16/bf16, every model" "$PY" benchmarks/gpu_check.py autocast --device cuda
+    check "autocast fp16+bf16 cuda" "$PY" benchmarks/gpu_check.py autocast --device cuda
 else
-    section "every model, forward + backward under bf16 autocast on cpu"
-    skip "fp16 autocast" "CUDA only (CPU training has no 16-mixed; oneDNN has no fp16 LSTM)"
-    check "autocast bf16, every model" "$PY" benchmarks/gpu_check.py autocast --device cpu \
-        --dtypes bfloat16
+    skip "autocast fp16 cpu" "CPU autocast has no fp16 LSTM kernel (sergraph train refuses it)"
+    check "autocast bf16 cpu" "$PY" benchmarks/gpu_check.py autocast --device cpu --dtypes bfloat16
 fi
 
-section "2-epoch fold under each precision, then export (the export re-predicts and compares)"
+section "3 one fold per precision, exported and verified; CPU vs GPU; deterministic rerun"
 for precision in 32-true 16-mixed bf16-mixed; do
     if [ "$MODE" = cpu ] && [ "$precision" = 16-mixed ]; then
-        skip "fold 16-mixed" "fp16 AMP is CUDA only (Lightning refuses it on CPU)"
+        skip "fold 16-mixed" "fp16 AMP trains on a GPU only"
         continue
     fi
-    if [ "$MODE" = cpu ] && [ "$precision" = bf16-mixed ] && ! "$PY" -c "import sys
-from sergraph.training.capabilities import cpu_autocast_lstm_error as probe
-sys.exit(probe('bfloat16') is not None)"; then
+    if [ "$MODE" = cpu ] && [ "$precision" = bf16-mixed ] && ! cpu_has_bf16_lstm; then
         skip "fold bf16-mixed" "this CPU has no bf16 LSTM kernel (sergraph train refuses it)"
         continue
     fi
     if check "fold $precision" fold "precision-$precision" "trainer.precision=$precision"; then
         check "export $precision" sergraph export "$WORK/precision-$precision/synthetic/lstm_gin" \
             -o "$WORK/precision-$precision.sergraph"
-        if [ "$precision" != 32-true ] && [ -f "$WORK/precision-32-true/$CELL/predictions.csv" ]; then
-            "$PY" benchmarks/gpu_check.py diff "$WORK/precision-32-true/$CELL/predictions.csv" \
-                "$WORK/precision-$precision/$CELL/predictions.csv"
-        fi
     fi
 done
-
-section "determinism: trainer.deterministic=true (the default) rerun must be identical; =false twice"
-if [ -f "$WORK/precision-32-true/$CELL/predictions.csv" ]; then
-    check "fold deterministic rerun" fold det-rerun trainer.deterministic=true
-    check "deterministic reruns identical" "$PY" benchmarks/gpu_check.py same \
-        "$WORK/precision-32-true/$CELL/predictions.csv" "$WORK/det-rerun/$CELL/predictions.csv"
+REFERENCE="$WORK/precision-32-true/$CELL/predictions.csv"
+if [ -f "$REFERENCE" ]; then
+    check "deterministic rerun byte-identical" rerun_same
+    if [ "$MODE" = gpu ]; then
+        # shellcheck disable=SC2086
+        if check "fold 32-true on the cpu" sergraph train $SMALL trainer.accelerator=cpu \
+            "run.out_dir=$WORK/cpu-32"; then
+            check "gpu vs cpu fold within 1e-3" "$PY" benchmarks/gpu_check.py within \
+                "$REFERENCE" "$WORK/cpu-32/$CELL/predictions.csv" --tolerance 1e-3
+        fi
+    fi
 else
-    skip "deterministic rerun" "the 32-true fold above failed"
+    skip "deterministic rerun" "the 32-true fold failed"
 fi
-check "fold non-deterministic run 1" fold nondet-1 trainer.deterministic=false
-check "fold non-deterministic run 2" fold nondet-2 trainer.deterministic=false
-echo "non-deterministic rerun vs run (informational):"
-"$PY" benchmarks/gpu_check.py diff "$WORK/nondet-1/$CELL/predictions.csv" \
-    "$WORK/nondet-2/$CELL/predictions.csv"
-echo "deterministic vs non-deterministic (informational; TF32 vs IEEE fp32 on Ampere+):"
-"$PY" benchmarks/gpu_check.py diff "$WORK/precision-32-true/$CELL/predictions.csv" \
-    "$WORK/nondet-1/$CELL/predictions.csv"
 
-section "training-step graphs/s (forward + backward + Adam), AMP off/on, fast path on/off"
+section "4 DDP"
+GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
 if [ "$MODE" = gpu ]; then
-    check "bench_train_step" "$PY" benchmarks/bench_train_step.py --device cuda --batch-sizes 32,128 \
-        --precision 32,16-mixed,bf16-mixed --fast-path on,off --steps 3 --skip-ratios --skip-packing
+    check "DDP fold, NCCL, 1 GPU" fold ddp-1gpu trainer.strategy=ddp trainer.devices=1
+    if [ "$GPUS" -ge 2 ]; then
+        check "DDP fold, NCCL, 2 GPUs" fold ddp-2gpu trainer.strategy=ddp trainer.devices=2
+    else
+        skip "DDP fold, 2 GPUs" "$GPUS GPU visible"
+    fi
 else
-    check "bench_train_step (smoke: 2 models, batch 32, 1 step)" "$PY" benchmarks/bench_train_step.py \
+    check "DDP fold, gloo, 2 CPU processes" fold ddp-cpu trainer.devices=2 trainer.strategy=ddp
+fi
+
+section "5 training-step graphs/s (forward + backward + Adam)"
+if [ "$MODE" = gpu ]; then
+    LIMIT=200 check "bench_train_step cuda" "$PY" benchmarks/bench_train_step.py --device cuda \
+        --batch-sizes 32,128,512 --precision 32,bf16-mixed --fast-path on,off --steps 20 \
+        --skip-ratios --skip-packing
+else
+    check "bench_train_step cpu (2 models, batch 32, 1 step)" "$PY" benchmarks/bench_train_step.py \
         --device cpu --models gin,lstm_gin --batch-sizes 32 --precision 32,bf16-mixed \
         --fast-path on,off --steps 1 --skip-ratios --skip-packing
 fi
 
-section "DDP fold over two processes"
-GPUS=$("$PY" -c "import torch; print(torch.cuda.device_count())")
-if [ "$MODE" = gpu ] && [ "$GPUS" -ge 2 ]; then
-    check "DDP fold on 2 GPUs" fold ddp-2gpu trainer.devices=2 trainer.strategy=ddp
-elif [ "$MODE" = gpu ]; then
-    skip "DDP fold on 2 GPUs" "$GPUS GPU visible, needs 2"
+section "6 tests marked gpu"
+if [ "$MODE" = gpu ]; then
+    check "pytest -m gpu" "$PY" -m pytest -m gpu -q -p no:cacheprovider -rs \
+        --continue-on-collection-errors tests
 else
-    echo "(smoke: the same command over gloo on CPU)"
-    check "DDP fold, 2 CPU processes (gloo)" fold ddp-cpu trainer.devices=2 trainer.strategy=ddp
+    skip "pytest -m gpu" "no GPU"
 fi
 
-section "done in $((SECONDS - START)) s"
+section "done in $((SECONDS - START)) s (mode: $MODE)"
 if [ ${#FAILED[@]} -eq 0 ]; then
-    echo "all checks passed (mode: $MODE)"
+    echo "all checks passed; results in $OUT"
     exit 0
 fi
-echo "FAILED (${#FAILED[@]}):"
-printf '  %s\n' "${FAILED[@]}"
+echo "FAILED (${#FAILED[@]}): ${FAILED[*]}; results in $OUT"
 exit 1

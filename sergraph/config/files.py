@@ -12,8 +12,22 @@ from sergraph.config.schema import ConfigError
 
 
 def config_dir() -> Path:
-    """The folder holding ``default.yaml`` and the group folders (shipped with the package)."""
-    return Path(str(resources.files("sergraph.configs")))
+    """The folder holding ``default.yaml`` and the group folders: package data
+    ``sergraph.configs`` of an installed sergraph (wheel or editable), else the ``configs/``
+    folder of a source tree on the path (``PYTHONPATH=.`` on a machine that cannot install)."""
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files("sergraph.configs"))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[2] / "configs")
+    for folder in candidates:
+        if (folder / "default.yaml").is_file():
+            return folder
+    raise ConfigError(
+        "sergraph's configs were not found: install sergraph (pip install -e .) or run from a "
+        f"source tree with its configs/ folder (looked in {', '.join(map(str, candidates))})"
+    )
 
 
 def group_choices(group: str) -> list[str]:
