@@ -11,6 +11,38 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
+#: Unit modules for the edit-test loop, ``pytest -m quick`` (under 2 minutes on 2 cores): they
+#: train no study, start no subprocess and read no corpus.
+QUICK_MODULES = {
+    "test_audformat_corpus",
+    "test_autocast",
+    "test_console_detail",
+    "test_datamodule",
+    "test_experiments",
+    "test_fast_path",
+    "test_fastdata",
+    "test_folds",
+    "test_graph_levers",
+    "test_graphs",
+    "test_host_syncs",
+    "test_long_and_mixed_audio",
+    "test_metrics",
+    "test_models",
+    "test_model_zoo",
+    "test_packaging",
+    "test_parallel_devices",
+    "test_segment_nodes",
+    "test_structure",
+    "test_synthetic",
+}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        module = item.module.__name__.rpartition(".")[2] if item.module else ""
+        if module in QUICK_MODULES and not item.get_closest_marker("slow"):
+            item.add_marker(pytest.mark.quick)
+
 
 def emodb_root() -> Path | None:
     """EmoDB from $SERGRAPH_EMODB or ../shared/data/emodb beside the repository."""
