@@ -225,7 +225,7 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         seeds = [cell_metrics["seed"] for _, cell_metrics in members]
         keys = ("config_id", "model", "fold", "train_speakers", "val_speakers", "test_speakers")
         record = {key: metrics[key] for key in (*keys, "classes")}
-        record |= {key: metrics[key] for key in ("protocol",) if key in metrics}
+        record |= {key: metrics[key] for key in ("protocol", "data") if key in metrics}
         record["provenance_members"] = [m.get("provenance") for _, m in members]
         record["provenance"] = _shared_provenance(record["provenance_members"])
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
@@ -246,7 +246,11 @@ def _shared_provenance(states: list) -> dict:
     dirty = [state.get("dirty", "unknown") for state in states]
     commit = commits.pop() if len(commits) == 1 else "several"
     flag = "unknown" if "unknown" in dirty or commit == "unknown" else any(dirty)
-    return {"commit": commit, "dirty": flag}
+    versions = {state.get("sergraph") for state in states}
+    shared = {"commit": commit, "dirty": flag}
+    return shared | (
+        {"sergraph": versions.pop()} if len(versions) == 1 and None not in versions else {}
+    )
 
 
 def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.DataFrame:

@@ -29,8 +29,9 @@ from omegaconf import DictConfig
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
+from sergraph.data.fingerprint import cell_fingerprint
 from sergraph.data.folds import Fold, check_fold
-from sergraph.data.prepared import PreparedData, prepared
+from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
 from sergraph.data.protocol import check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
@@ -345,6 +346,14 @@ def fit_cell(
         **scores,
         **extra,
         "seconds": time.perf_counter() - start,
+        "data": cell_fingerprint(
+            data_fingerprint(cfg, study),
+            fold,
+            predictions["utterance"].tolist(),
+            protocol_of(cfg),
+            cfg.eval.enrollment,
+            cfg.eval.enrollment_seed,
+        ),
     }
     result["provenance"] = provenance(cfg, started)
     return result, predictions
