@@ -53,6 +53,7 @@ from sergraph.training.checkpoints import (
     resume_checkpoint,
 )
 from sergraph.training.classic import fit_classic
+from sergraph.training.data_check import check_finished_data
 from sergraph.training.distributed import is_global_zero
 from sergraph.training.fit import fit_neural
 from sergraph.training.lock import CellLocked, cell_lock
@@ -186,16 +187,23 @@ def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | 
     return run_cell(configs[cell.label], cell)
 
 
-def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
+def run_study(
+    overrides: list[str] | tuple[str, ...] = (), rerun_changed: bool = False
+) -> dict[str, dict]:
     """Run every unfinished cell of a study (or only ``run.cell``), then summarise each variant.
 
     Cells run one after another, or ``run.parallel`` at a time in separate processes (each with
     ``cores / run.parallel`` torch threads and, on a node with several GPUs, its own GPU, see
     :func:`worker_devices`). Returns the summary of each variant by label
     (empty when only one cell was asked for).
+
+    Finished cells whose data changed are refused before any work, or with ``rerun_changed``
+    moved aside and computed again (:mod:`sergraph.training.data_check`).
     """
     start = time.perf_counter()
     configs, cells = plan(overrides)
+    if is_global_zero():  # the other processes of a DDP run follow rank zero's files
+        check_finished_data(configs, lambda cfg: study_data(cfg, False), rerun_changed)
     first = next(iter(configs.values()))
     if is_global_zero():
         attach_log_file(log_file_path(first))
