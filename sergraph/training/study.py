@@ -4,8 +4,9 @@ checkpoint once on the held-out speakers and writes its result files (see
 :mod:`sergraph.results.layout`).
 
 Re-running the same command skips finished cells; a cell whose saved configuration differs
-from the current one is refused instead of silently mixed into the summary, and one whose
-result files were damaged stops the run naming the file (see :mod:`sergraph.results.layout`).
+from the current one is refused instead of silently mixed into the summary, so is one whose data
+changed since it ran (:mod:`sergraph.training.data_check`), and one whose result files were
+damaged stops the run naming the file (see :mod:`sergraph.results.layout`).
 
 A cell is claimed with a lock before it runs (:mod:`sergraph.training.lock`), so that two
 ``sergraph train`` processes on one study (a study submitted twice, ``run.parallel`` beside an
