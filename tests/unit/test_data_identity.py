@@ -374,3 +374,24 @@ def test_a_label_pooling_cells_of_different_data_is_refused(corpus, capsys, fres
         r"speaker\(s\) spk03",
     ):
         summarize(variant)
+
+
+def test_replaced_audio_is_a_changed_cell_not_a_finished_one(corpus, capsys, fresh, tmp_path):
+    import shutil
+
+    root, table = corpus
+    rows = four(table)
+    copies = tmp_path / "wav"
+    copies.mkdir()
+    rows["path"] = [shutil.copy(path, copies / Path(path).name) for path in rows["path"]]
+    manifest = write_manifest(rows, tmp_path / "audio.csv")
+    args = svm_args(root, manifest, "audio", "folds.only=[1]")
+    assert train(args, capsys)[0] == 0
+    import soundfile
+
+    target = rows["path"][rows["speaker"] == "spk03"].iloc[0]
+    audio, rate = soundfile.read(target)
+    soundfile.write(target, 0.5 * audio, rate)  # same path, the recording re-recorded quieter
+    code, err = train(args, capsys)
+    assert code == 2
+    assert "seed-0/fold-01: audio changed for speaker(s) spk03" in err
