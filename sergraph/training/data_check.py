@@ -67,8 +67,12 @@ def check_finished_data(
     configs: dict[str, DictConfig],
     study_of: Callable[[DictConfig], PreparedData],
     rerun_changed: bool = False,
+    writer: bool = True,
 ) -> None:
     """Refuse (or with ``rerun_changed`` move aside) finished cells whose data changed.
+
+    Every process of a multi-process (DDP) run checks, so that all of them stop alike; only the
+    ``writer`` (global rank zero) moves cells aside, and the others wait until it has.
 
     Raises:
         DataChangedError: naming each changed cell, what changed and the two ways on.
@@ -84,8 +88,24 @@ def check_finished_data(
             "Either choose a new run.name (a new study folder), or run the same command with "
             "`sergraph train --rerun-changed` to move these cells aside and compute them again"
         )
+    if not writer:
+        _wait_until_moved([cell for cell, _ in changed])
+        return
     for cell, _ in changed:
         aside = aside_path(cell, "changed")
         os.replace(cell, aside)
         log(f"{cell}: its data changed; moved aside to {aside.name}, computed again if run")
     log(f"--rerun-changed: {len(changed)} cell(s) of changed data moved aside:\n{listed}")
+
+
+def _wait_until_moved(cells: list[Path], timeout: float = 300.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while any((cell / "metrics.json").exists() for cell in cells):
+        if time.monotonic() > deadline:
+            raise DataChangedError(
+                f"rank zero did not move the changed cells aside within {timeout:.0f} s: "
+                f"{[str(cell) for cell in cells]}"
+            )
+        time.sleep(0.5)

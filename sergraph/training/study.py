@@ -203,8 +203,9 @@ def run_study(
     """
     start = time.perf_counter()
     configs, cells = plan(overrides)
-    if is_global_zero():  # the other processes of a DDP run follow rank zero's files
-        check_finished_data(configs, lambda cfg: study_data(cfg, False), rerun_changed)
+    check_finished_data(
+        configs, lambda cfg: study_data(cfg, False), rerun_changed, writer=is_global_zero()
+    )
     first = next(iter(configs.values()))
     if is_global_zero():
         attach_log_file(log_file_path(first))
