@@ -61,6 +61,7 @@ def _run(args) -> int:
                 args.out,
                 args.cross_protocol,
                 folds,
+                args.cross_data,
             )
         if args.verb == "select":
             return _select(args)
@@ -73,7 +74,7 @@ def _run(args) -> int:
         if args.verb == "slurm":
             return _slurm(args)
         if args.verb == "train":
-            return _train(args.overrides)
+            return _train(args.overrides, args.rerun_changed)
         if args.verb == "cells":
             return _cells(args.overrides)
         cfg = compose(args.overrides)
@@ -99,14 +100,14 @@ def _run(args) -> int:
     return 0
 
 
-def _train(overrides: list[str]) -> int:
+def _train(overrides: list[str], rerun_changed: bool = False) -> int:
     import time
 
     from sergraph.results.summary import format_summary
     from sergraph.training.study import run_study
 
     start = time.perf_counter()
-    summaries = run_study(overrides)
+    summaries = run_study(overrides, rerun_changed=rerun_changed)
     for summary in summaries.values():
         print(format_summary(summary))
     print(f"total wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)
@@ -127,7 +128,9 @@ def _select(args) -> int:
     from sergraph.results.select import select_nested
 
     candidates = args.candidates.split(",") if args.candidates else None
-    chosen = select_nested(Path(args.study_dir), candidates, args.label, args.criterion)
+    chosen = select_nested(
+        Path(args.study_dir), candidates, args.label, args.criterion, cross_data=args.cross_data
+    )
     print("seed\tfold\tselected")
     for (seed, fold), label in chosen.items():
         print(f"{seed}\t{fold}\t{label}")
@@ -157,12 +160,24 @@ def _report(
     out: str | None = None,
     cross_protocol: bool = False,
     folds: list[int] | None = None,
+    cross_data: bool = False,
 ) -> int:
     from sergraph.results.report import write_report
 
     report = write_report(
-        run_dirs, out, reference=reference, cross_protocol=cross_protocol, folds=folds
+        run_dirs,
+        out,
+        reference=reference,
+        cross_protocol=cross_protocol,
+        folds=folds,
+        cross_data=cross_data,
     )
+    for first, second, what in report["refused_data"]:
+        print(
+            f"sergraph report: refused to pair {first} with {second}: {'; '.join(what)} "
+            "(--cross-data to pair anyway)",
+            file=sys.stderr,
+        )
     for label, files in report["changed_sources"].items():
         print(
             f"WARNING: {label}: config files changed since its cells ran: {'; '.join(files)}",

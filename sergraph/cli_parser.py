@@ -43,6 +43,13 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
+    train.add_argument(
+        "--rerun-changed",
+        action="store_true",
+        help="finished cells whose data changed since they ran (speakers added or removed, "
+        "labels or audio changed, fold numbering shifted) are moved aside and computed again; "
+        "without it such a rerun is refused before any work",
+    )
     for verb, text in (
         ("features", "extract and cache node features (openSMILE, SSL, precomputed)"),
         ("folds", "print the speaker-held-out fold table"),
@@ -67,6 +74,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="also pair labels of different evaluation protocols (labelled in the report)",
     )
     report.add_argument(
+        "--cross-data",
+        action="store_true",
+        help="also pair labels whose cells scored other utterances or come from other data "
+        "(a deliberate cross-corpus comparison; labelled CROSS-DATA in the report)",
+    )
+    report.add_argument(
         "--folds",
         help="only these fold indices, comma-separated (e.g. the folds never looked at while "
         "shaping a recipe); the labels' summary files are left alone",
@@ -80,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--candidates", help="comma-separated variant labels (default: all variants)"
     )
     select.add_argument("--label", default="nested", help="name of the new label folder")
+    select.add_argument(
+        "--cross-data",
+        action="store_true",
+        help="also choose between candidates whose cells scored other utterances or come from "
+        "other data (recorded in each chosen cell's metrics.json)",
+    )
     select.add_argument(
         "--criterion",
         choices=("cell", "fold"),

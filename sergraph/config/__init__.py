@@ -24,14 +24,18 @@ from sergraph.config.files import config_dir, file_sha256, group_choices
 from sergraph.config.presets import model_family, model_spec, resolve_model
 from sergraph.config.run_id import (
     LATER_KEYS,
+    LEGACY_NORMALIZE,
     RUNTIME_KEYS,
     SSL_RUNTIME_KEYS,
     identity,
+    normalization_of,
     protocol_of,
     to_yaml,
+    upgrade_saved,
 )
 from sergraph.config.schema import (
     DEFAULT_GROUPS,
+    GRAPH_NORMALIZE,
     GROUPS,
     ON_ERROR_CHOICES,
     OPTIMIZERS,
@@ -52,12 +56,20 @@ from sergraph.config.schema import (
     SlurmConfig,
     TrainerConfig,
 )
-from sergraph.config.validation import PRECISIONS, STRATEGIES, check_precision, validate
+from sergraph.config.validation import (
+    PRECISIONS,
+    STRATEGIES,
+    check_precision,
+    validate,
+    validate_protocol,
+)
 
 __all__ = [
     "DEFAULT_GROUPS",
+    "GRAPH_NORMALIZE",
     "GROUPS",
     "LATER_KEYS",
+    "LEGACY_NORMALIZE",
     "ON_ERROR_CHOICES",
     "OPTIMIZERS",
     "PRECISIONS",
@@ -89,8 +101,11 @@ __all__ = [
     "identity",
     "model_family",
     "model_spec",
+    "normalization_of",
     "protocol_of",
     "resolve_model",
     "to_yaml",
+    "upgrade_saved",
     "validate",
+    "validate_protocol",
 ]

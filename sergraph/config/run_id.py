@@ -67,13 +67,55 @@ SSL_RUNTIME_KEYS = ("device", "batch_size")
 
 
 def protocol_of(cfg: DictConfig) -> str:
-    """The evaluation protocol a configuration runs under (``eval.protocol`` resolved; see
-    :func:`sergraph.data.protocol.resolve_protocol`). Configurations saved before protocols
-    were named have no ``eval`` section and resolve from ``graph.normalize``."""
-    from sergraph.data.protocol import resolve_protocol
-
+    """The evaluation protocol a configuration runs under: ``eval.protocol``. Configurations
+    saved before protocols were named (``eval.protocol`` absent or null) resolve from their
+    ``graph.normalize``: ``speaker`` then meant transductive, anything else inductive."""
     protocol = OmegaConf.select(cfg, "eval.protocol", default=None)
-    return resolve_protocol(protocol, OmegaConf.select(cfg, "graph.normalize", default="train"))
+    if protocol is None:
+        normalize = OmegaConf.select(cfg, "graph.normalize", default="train")
+        return "transductive" if normalize == "speaker" else "inductive"
+    return str(protocol)
+
+
+def normalization_of(cfg: DictConfig) -> str:
+    """How the node (and functional) features are normalised, in the data module's terms:
+    ``train`` (one statistic of the training side), ``speaker`` (each speaker its own; a
+    held-out speaker's from the part of its audio ``eval.protocol`` allows) or ``none``.
+
+    ``graph.normalize=zscore`` leaves whose statistics to the protocol: ``train`` under
+    ``inductive``, ``speaker`` under ``enrollment`` and ``transductive``. A configuration saved
+    before the protocol was the one key spells the mode itself (``train``/``speaker``)."""
+    normalize = str(OmegaConf.select(cfg, "graph.normalize", default="train"))
+    if normalize in LEGACY_NORMALIZE or normalize == "none":
+        return normalize
+    return "train" if protocol_of(cfg) == "inductive" else "speaker"
+
+
+#: ``graph.normalize`` values of configurations saved before ``eval.protocol`` was the one key
+#: (they named whose statistics: the training side's or each speaker's own).
+LEGACY_NORMALIZE = ("train", "speaker")
+
+
+def upgrade_saved(cfg: DictConfig) -> DictConfig:
+    """A saved configuration (``config.yaml`` of a cell) in today's spelling: ``eval.protocol``
+    named, ``graph.normalize`` ``zscore`` or ``none``. Its identity is unchanged.
+
+    Raises:
+        ValueError: a saved combination today's keys cannot express (``eval.protocol=
+            enrollment`` with the training side's statistics: its enrollment audio was unused).
+    """
+    cfg = cfg.copy()
+    protocol, mode = protocol_of(cfg), normalization_of(cfg)
+    if mode == "train" and protocol != "inductive":
+        raise ValueError(
+            f"this configuration ran eval.protocol={protocol} with graph.normalize=train (the "
+            "training side's statistics, so its enrollment audio was never used); that "
+            "combination is no longer accepted: re-run with eval.protocol=inductive or "
+            f"eval.protocol={protocol} graph.normalize=zscore"
+        )
+    OmegaConf.update(cfg, "eval.protocol", protocol, force_add=True)
+    OmegaConf.update(cfg, "graph.normalize", "none" if mode == "none" else "zscore", force_add=True)
+    return cfg
 
 
 def identity(cfg: DictConfig) -> str:
@@ -88,12 +130,16 @@ def identity(cfg: DictConfig) -> str:
     container.pop("reference", None)
     container.pop("controls", None)
     # The protocol enters the identity only where it changes behaviour: a configuration that
-    # runs as it did before protocols were named (inductive, or graph.normalize=speaker alone,
-    # now spelled transductive) keeps its id.
+    # runs as it did before protocols were named (inductive, or transductive: once spelled
+    # graph.normalize=speaker alone) keeps its id.
     if protocol_of(cfg) != "enrollment":
         container.pop("eval", None)
     else:
         container["eval"]["protocol"] = "enrollment"
+    # graph.normalize enters in the spelling it had before eval.protocol became the one key
+    # (train | speaker | none: the mode), so that runs whose meaning is unchanged keep their id.
+    if "graph" in container:
+        container["graph"]["normalize"] = normalization_of(cfg)
     for key in SSL_RUNTIME_KEYS:
         container.get("features", {}).get("ssl", {}).pop(key, None)
     # Keys added after the first release: at their defaults they are left out, so that runs

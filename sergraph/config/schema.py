@@ -12,7 +12,10 @@ GROUPS = ("data", "model", "trainer")
 ON_ERROR_CHOICES = ("stop", "skip")
 OPTIMIZERS = ("adam", "adamw")
 SCHEDULES = ("constant", "cosine")
-FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
+FUSIONS = ("svm",)
+#: ``graph.normalize``: z-score the node features (whose statistics ``eval.protocol`` decides)
+#: or not at all.
+GRAPH_NORMALIZE = ("zscore", "none")  # model.fusion besides null; see sergraph.training.fusion
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 
@@ -38,7 +41,9 @@ class GraphConfig:
     k: int = 4
     max_nodes: int | None = 120
     pad: bool = True
-    normalize: str = "train"
+    # zscore: z-score the node features (whose statistics: eval.protocol, never this key) |
+    # none: leave them as extracted.
+    normalize: str = "zscore"
     # Dilated temporal edges: node i joined to i-d and i+d for every d listed (positive, unique,
     # each < max_nodes), INSTEAD of the k-nearest band; graph.k is then not used for edges.
     # null: the k band.
@@ -49,9 +54,11 @@ class GraphConfig:
 class EvalConfig:
     """The evaluation protocol (see :mod:`sergraph.data.protocol`)."""
 
-    # inductive | enrollment | transductive; null: inductive, or transductive when
-    # graph.normalize=speaker is given alone (its meaning before protocols were named).
-    protocol: str | None = None
+    # The one key for whose unlabelled audio shapes normalisation: inductive (the training
+    # speakers' only) | enrollment (plus a held-aside, never-scored part of each held-out
+    # speaker) | transductive (all of a held-out speaker's audio, the scored part included).
+    # Optional only so that an old null is refused with a message (sergraph.config.validation).
+    protocol: str | None = "inductive"
     # enrollment: per validation/test speaker, a fraction in (0, 1) or a count >= 1 of its
     # utterances held aside (label-free, seeded), used unlabelled for its statistics, never scored.
     enrollment: float = 0.2

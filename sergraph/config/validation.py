@@ -8,6 +8,7 @@ from omegaconf import DictConfig, ListConfig
 from sergraph.config.presets import model_spec
 from sergraph.config.schema import (
     FUSIONS,
+    GRAPH_NORMALIZE,
     ON_ERROR_CHOICES,
     OPTIMIZERS,
     SCHEDULES,
@@ -21,8 +22,8 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.corpora import CORPORA
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
-    from sergraph.data.graphs import NORMALIZE_CHOICES, check_dilations, check_k
-    from sergraph.data.protocol import check_enrollment_amount, resolve_protocol
+    from sergraph.data.graphs import check_dilations, check_k
+    from sergraph.data.protocol import check_enrollment_amount
     from sergraph.data.sampling import SAMPLERS
     from sergraph.models import build_baseline, build_model, is_classic
 
@@ -41,9 +42,8 @@ def validate(cfg: DictConfig) -> None:
     choice("features.functionals", cfg.features.functionals, FUNCTIONAL_SETS)
     positive("features.workers", cfg.features.workers)
     choice("features.on_error", cfg.features.on_error, ON_ERROR_CHOICES)
-    choice("graph.normalize", cfg.graph.normalize, NORMALIZE_CHOICES)
+    validate_protocol(cfg.eval.protocol, cfg.graph.normalize)
     try:
-        resolve_protocol(cfg.eval.protocol, cfg.graph.normalize)
         check_enrollment_amount(cfg.eval.enrollment)
     except ValueError as error:
         raise ConfigError(str(error)) from None
@@ -101,6 +101,63 @@ def validate(cfg: DictConfig) -> None:
             build_model(family, 4, 2, **params)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
+
+
+#: Why an old ``graph.normalize`` value is refused, and what to write instead.
+_REMOVED_NORMALIZE = {
+    "train": "write graph.normalize=zscore with eval.protocol=inductive (the default; what "
+    "graph.normalize=train meant)",
+    "speaker": "write graph.normalize=zscore with eval.protocol=transductive (what "
+    "graph.normalize=speaker alone meant: a held-out speaker normalised with the very "
+    "utterances it is scored on) or eval.protocol=enrollment (a held-aside, never-scored part "
+    "of each held-out speaker; deployable)",
+}
+
+
+def validate_protocol(protocol, normalize) -> None:
+    """``eval.protocol`` is the one key for whose unlabelled audio shapes normalisation;
+    ``graph.normalize`` says only whether to z-score. Refuse old spellings and contradictions,
+    naming both keys and what would be accepted."""
+    from sergraph.data.protocol import PROTOCOLS
+
+    if protocol is None:
+        raise ConfigError(
+            "eval.protocol=null is no longer accepted: name the protocol, one of "
+            f"{list(PROTOCOLS)} (inductive is the default). null used to mean transductive "
+            "under graph.normalize=speaker and inductive otherwise"
+        )
+    if protocol not in PROTOCOLS:
+        raise ConfigError(
+            f"eval.protocol={protocol!r} is not valid; choose one of {list(PROTOCOLS)}"
+        )
+    if normalize in _REMOVED_NORMALIZE:
+        raise ConfigError(
+            f"graph.normalize={normalize} was removed: whose statistics normalise a speaker is "
+            f"now eval.protocol's alone, and graph.normalize is {' or '.join(GRAPH_NORMALIZE)}; "
+            + _REMOVED_NORMALIZE[normalize]
+        )
+    if normalize not in GRAPH_NORMALIZE:
+        raise ConfigError(
+            f"graph.normalize={normalize!r} is not valid; choose one of {list(GRAPH_NORMALIZE)} "
+            "(whose statistics: eval.protocol)"
+        )
+    if normalize == "none" and protocol != "inductive":
+        used = (
+            "a held-aside part of each held-out speaker"
+            if protocol == "enrollment"
+            else "a held-out speaker's own audio"
+        )
+        raise ConfigError(
+            f"eval.protocol={protocol} with graph.normalize=none: {protocol} lets {used} shape "
+            "normalisation statistics, and graph.normalize=none computes none"
+            + (
+                " (its held-aside utterances would go unscored for nothing)"
+                if protocol == "enrollment"
+                else ""
+            )
+            + f"; accepted: eval.protocol={protocol} with graph.normalize=zscore, or "
+            "graph.normalize=none with eval.protocol=inductive"
+        )
 
 
 def _validate_fusion(cfg: DictConfig, classic: bool) -> None:

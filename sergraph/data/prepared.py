@@ -25,6 +25,8 @@ class PreparedData:
     folds: list[Fold]
     features: list[np.ndarray] | None = None
     functionals: np.ndarray | None = None
+    #: :func:`data_fingerprint`, computed on first use.
+    fingerprint: dict | None = None
 
 
 def default_cache_dir() -> Path:
@@ -50,6 +52,27 @@ def feature_inputs(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
     root = Path(cfg.data.root).expanduser() if cfg.data.root else None
     manifest_dir = root.parent if root is not None and root.is_file() else root
     return array_paths(table, FeatureConfig.from_any(cfg.features), manifest_dir)
+
+
+def data_fingerprint(cfg: DictConfig, study: PreparedData) -> dict:
+    """The study's data fingerprint (:func:`sergraph.data.fingerprint.study_fingerprint`): the
+    corpus table and the content keys of its feature inputs, the feature cache's own keys
+    (hashed once per process; a cache look-up has usually hashed them already)."""
+    if study.fingerprint is None:
+        from sergraph.data.features.hashing import file_sha256
+        from sergraph.data.fingerprint import study_fingerprint
+
+        precomputed = cfg.features.feature_set == "precomputed"
+        study.fingerprint = study_fingerprint(
+            study.table,
+            [file_sha256(path) for path in feature_inputs(cfg, study.table)],
+            study.folds,
+            inputs_kind="precomputed" if precomputed else "audio",
+            fold_column=cfg.folds.get("column", "fold")
+            if cfg.folds.scheme == "predefined"
+            else None,
+        )
+    return study.fingerprint
 
 
 def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:

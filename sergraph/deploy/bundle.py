@@ -40,7 +40,7 @@ no pickled code. Its dict::
                         "precision" when a difference above float32's tolerance is explained
                         by the training precision, else null
     members         [{"state_dict": {name: tensor}, "mean": tensor [F], "std": tensor [F]}]
-                    (under graph.normalize=speaker, with eval.protocol=enrollment only: the
+                    (per-speaker statistics, under eval.protocol=enrollment only: the
                     training speakers' pooled statistics, used for speakers without
                     enrollment audio; see :mod:`~sergraph.deploy.enroll`)
 

@@ -131,8 +131,11 @@ def enrollment_plan(
     if normalize != "speaker":
         if enrollment:
             raise BundleError(
-                "this bundle normalises with its training speakers' statistics "
-                f"(graph.normalize={normalize}); it takes no enrollment audio"
+                "this bundle normalises with its training speakers' statistics (it was "
+                "trained under eval.protocol=inductive"
+                + (", graph.normalize=none" if normalize == "none" else "")
+                + "); it takes no enrollment audio. A bundle that does comes from a run "
+                "trained with eval.protocol=enrollment"
             )
         return None
     enrollment = enrollment or {}

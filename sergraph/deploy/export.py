@@ -12,7 +12,7 @@ module as in training.
 Verification (:mod:`sergraph.deploy.verify`): each member re-predicts its fold's test inputs
 through the bundle's own route and must agree with the run's ``predictions.csv``.
 
-Runs trained with ``graph.normalize=speaker`` are exportable under ``eval.protocol=enrollment``
+Runs trained with per-speaker statistics are exportable under ``eval.protocol=enrollment``
 only (a transductive run normalised each held-out speaker with the utterances it scored, which
 new speakers cannot give). Each member's own statistics are then the training speakers'
 (``training_normalizer`` of the export state), used for a speaker who brings no enrollment audio;
@@ -91,7 +91,14 @@ def export_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import Config, identity, model_spec, protocol_of, validate
+    from sergraph.config import (
+        Config,
+        identity,
+        model_spec,
+        protocol_of,
+        upgrade_saved,
+        validate,
+    )
     from sergraph.data.protocol import protocol_record
     from sergraph.training.provenance import run_provenance
     from sergraph.version import __version__
@@ -102,7 +109,12 @@ def export_bundle(
     ids = sorted({record["config_id"] for record in records})
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
-    cfg = OmegaConf.merge(OmegaConf.structured(Config), OmegaConf.load(cells[0] / "config.yaml"))
+    saved = OmegaConf.load(cells[0] / "config.yaml")
+    try:  # a config.yaml of an older release, in today's spelling (same identity)
+        saved = upgrade_saved(saved)
+    except ValueError as error:
+        raise BundleError(f"{cells[0] / 'config.yaml'}: {error}") from None
+    cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     family, model_params = model_spec(cfg)
     protocol = protocol_of(cfg)
     _check_exportable(cfg, family, protocol)
@@ -187,6 +199,7 @@ def export_bundle(
 
 
 def _check_exportable(cfg, family: str, protocol: str) -> None:
+    from sergraph.config import normalization_of
     from sergraph.models import is_classic
 
     if is_classic(family):
@@ -200,12 +213,12 @@ def _check_exportable(cfg, family: str, protocol: str) -> None:
             "an SVM that is not part of a bundle (a bundle would predict with the neural model "
             "alone, not what was evaluated); export a run trained without model.fusion"
         )
-    if cfg.graph.normalize == "speaker" and protocol != "enrollment":
+    if protocol == "transductive" and normalization_of(cfg) == "speaker":
         raise BundleError(
-            f"graph.normalize=speaker under eval.protocol={protocol} normalises each held-out "
-            "speaker with the very utterances it scores, which a bundle cannot do for new "
-            "speakers; export a run trained with eval.protocol=enrollment (speakers then bring "
-            "enrollment audio) or graph.normalize=train"
+            "eval.protocol=transductive normalises each held-out speaker with the very "
+            "utterances it scores, which a bundle cannot do for new speakers; export a run "
+            "trained with eval.protocol=enrollment (speakers then bring enrollment audio) or "
+            "eval.protocol=inductive"
         )
     if cfg.features.get("concat_functionals", False):
         raise BundleError(

@@ -8,7 +8,7 @@ float32 on the CPU) and must agree with the run's ``predictions.csv`` within
 differs from the float32 bundle by more than float32 rounding; a difference above float32's
 tolerance but within the precision's is reported with ``cause: "precision"``.
 
-Runs trained under ``eval.protocol=enrollment`` with ``graph.normalize=speaker`` normalised each
+Runs trained under ``eval.protocol=enrollment`` (per-speaker statistics) normalised each
 test utterance with its speaker's enrollment statistics; their checkpoints carry those
 statistics (``enrollment_normalizers`` of the export state), and verification uses them, as a
 user of the bundle does with the speaker's enrollment audio.

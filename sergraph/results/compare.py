@@ -89,17 +89,24 @@ def comparisons(
     reference: str | None,
     cross_protocol: bool = False,
     controls: dict[str, str] | None = None,
-) -> tuple[list[dict], list[tuple[str, str]]]:
+    cross_data: bool = False,
+) -> tuple[list[dict], list[tuple[str, str]], list[tuple[str, str, list[str]]]]:
     """Every label against the declared ``reference`` and against its declared control
     (``controls``: label -> control label, see :func:`declared_controls`); also every other
     pair when there are few labels (all pairs when there is no reference).
 
-    Labels of different protocols are not paired unless ``cross_protocol``; then the test's
-    ``kind`` says so.
+    Labels of different protocols are not paired unless ``cross_protocol``; labels whose
+    cells of a shared fold scored other utterances or come from other data
+    (:func:`sergraph.results.comparable.fold_differences`) are not paired unless
+    ``cross_data``. The test's ``kind`` says when either was asked for; its ``undeclared``
+    lists the config keys the pair differs in that its variants do not declare.
 
     Returns:
-        (the tests, the pairs refused because their protocols differ).
+        (the tests, the pairs refused because their protocols differ, the pairs refused
+        because their scored sets or data differ with what differs).
     """
+    from sergraph.results.comparable import fold_differences, undeclared_differences
+
     by_label = {c["label"]: c for c in collected}
     labels = [c["label"] for c in collected]
     pairs = []
@@ -119,7 +126,7 @@ def comparisons(
             for a, b in itertools.combinations(others, 2)
             if frozenset((a, b)) not in done
         ]
-    out, refused = [], []
+    out, refused, refused_data = [], [], []
     for a, b, kind in pairs:
         protocols = by_label[a]["protocol"]["name"], by_label[b]["protocol"]["name"]
         if protocols[0] != protocols[1]:
@@ -127,9 +134,23 @@ def comparisons(
                 refused.append((a, b))
                 continue
             kind = f"{kind}, CROSS-PROTOCOL ({protocols[0]} vs {protocols[1]})"
+        differing, unchecked = fold_differences(
+            by_label[a].get("fold_data") or {}, by_label[b].get("fold_data") or {}
+        )
+        if differing:
+            if not cross_data:
+                refused_data.append((a, b, differing))
+                continue
+            kind = f"{kind}, CROSS-DATA"
         test = paired_test(by_label[a]["fold_ua"], by_label[b]["fold_ua"])
-        out.append({"first": a, "second": b, "kind": kind, **test})
-    return out, refused
+        test["cross_data"] = differing
+        if unchecked:
+            test["note"] = "; ".join(
+                n for n in (test["note"], "data not recorded by some cells: not checked") if n
+            )
+        undeclared = undeclared_differences(by_label[a].get("config"), by_label[b].get("config"))
+        out.append({"first": a, "second": b, "kind": kind, "undeclared": undeclared, **test})
+    return out, refused, refused_data
 
 
 def declared_reference(collected: list[dict]) -> str | None:

@@ -72,6 +72,15 @@ def fold_dir(cfg: DictConfig, seed: int, fold) -> Path:
     return run_root(cfg) / f"seed-{seed}" / fold.name
 
 
+def aside_path(cell: Path, why: str) -> Path:
+    """Where a cell folder set aside goes (``seed-S/<why>-fold-XX-N``, the first free N): out
+    of the cell glob, so no summary, report or export reads it again."""
+    number = 1
+    while (aside := cell.parent / f"{why}-{cell.name}-{number}").exists():
+        number += 1
+    return aside
+
+
 # ---------------------------------------------------------------------------------------------
 # cells
 

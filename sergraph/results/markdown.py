@@ -21,6 +21,27 @@ def _fold_list(keys: list[tuple[int, str]]) -> str:
     return ", ".join(f"{fold} ({speakers})" for fold, speakers in keys)
 
 
+#: The level below which a paired test's difference is called significant.
+SIGNIFICANCE = 0.05
+
+
+def significance_words(test: dict) -> str:
+    """What a paired test allows one to say, in words: "significant" only where the Wilcoxon
+    p < :data:`SIGNIFICANCE`; a bootstrap interval that excludes 0 is not a conclusion the test
+    does not back."""
+    p = test.get("p_value")
+    if p is not None and p < SIGNIFICANCE:
+        return f"significant (p < {SIGNIFICANCE})"
+    low, high = test.get("ci_low", math.nan), test.get("ci_high", math.nan)
+    excludes_zero = not math.isnan(low) and (low > 0 or high < 0)
+    if excludes_zero:
+        return (
+            f"not significant (p ≥ {SIGNIFICANCE}); the bootstrap interval excludes 0, which the "
+            "paired test does not back"
+        )
+    return f"not significant (p ≥ {SIGNIFICANCE})" if p is not None else "not tested"
+
+
 def format_report(
     name: str,
     collected: list[dict],
@@ -30,6 +51,7 @@ def format_report(
     same_folds: bool = True,
     unfinished: list[str] = (),
     refused: list[tuple[str, str]] = (),
+    refused_data: list[tuple[str, str, list[str]]] = (),
 ) -> str:
     rows = [item["row"] for item in collected]
     lines = [
@@ -106,6 +128,13 @@ def format_report(
             f"Not compared, their protocols differ (--cross-protocol to test anyway): {shown}.",
             "",
         ]
+    if refused_data:
+        lines += [
+            "Not compared, their scored sets or data differ (--cross-data to test anyway, e.g. "
+            "a deliberate cross-corpus comparison):",
+            *[f"- {a} / {b}: {'; '.join(what)}" for a, b, what in refused_data],
+            "",
+        ]
     if not tests:
         lines += [
             "One label only: nothing to compare." if len(rows) == 1 else "No pair to compare.",
@@ -117,15 +146,25 @@ def format_report(
             f"bootstrap of the mean over folds ({BOOTSTRAP_RESAMPLES} resamples, seed "
             f"{BOOTSTRAP_SEED}); p: two-sided Wilcoxon signed-rank test (zero differences "
             "dropped), not corrected for multiple comparisons. With few folds the bootstrap "
-            "interval is too narrow and the test is weak.",
+            "interval is too narrow and the test is weak: a difference is called significant "
+            f"only where p < {SIGNIFICANCE}, and an interval that excludes 0 while p ≥ "
+            f"{SIGNIFICANCE} is no evidence of a difference.",
             "",
             "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | note |",
             "| --- | --- | ---: | ---: | --- | ---: | --- |",
         ]
         for test in tests:
-            notes = [test["note"]] if test["note"] else []
+            notes = [significance_words(test)]
+            notes += [test["note"]] if test["note"] else []
+            if test.get("cross_data"):
+                notes.insert(0, f"CROSS-DATA: {'; '.join(test['cross_data'])}")
             if "CROSS-PROTOCOL" in test["kind"]:
-                notes.insert(0, test["kind"].split(", ", 1)[1])
+                notes.insert(0, test["kind"].split(", ")[1])
+            if test.get("undeclared"):
+                notes.append(
+                    "configs also differ in keys their variants do not declare: "
+                    + ", ".join(test["undeclared"])
+                )
             if test["kind"].startswith("vs control"):
                 notes.insert(0, "B is A's declared control")
             if test["only_first"]:

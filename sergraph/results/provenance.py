@@ -68,6 +68,17 @@ def git_state(root: Path | None = None) -> dict:
     }
 
 
+def sergraph_version() -> str:
+    """The installed sergraph's version, from its package metadata (what a wheel install has);
+    the source tree's own version where the package is not installed."""
+    try:
+        return metadata.version("sergraph")
+    except metadata.PackageNotFoundError:
+        from sergraph.version import __version__
+
+        return __version__
+
+
 @lru_cache(maxsize=1)
 def package_versions() -> dict[str, str]:
     out = {}
@@ -113,6 +124,7 @@ def provenance(cfg: DictConfig, started: str, ended: str | None = None) -> dict:
     sources = OmegaConf.select(cfg, "run.sources", default=None)
     return {
         **git_state(),
+        "sergraph": sergraph_version(),
         "config_files": dict(OmegaConf.to_container(sources)) if sources else {},
         "packages": package_versions(),
         "torch_threads": torch.get_num_threads(),
@@ -124,18 +136,24 @@ def provenance(cfg: DictConfig, started: str, ended: str | None = None) -> dict:
 
 def row_provenance(records: list[dict]) -> dict:
     """Per report row: ``clean`` (every cell from a clean tree), ``commits`` (distinct
-    commits) and a short text (``clean @ abc1234``, ``DIRTY``, ``2 commits``, ``unknown``)."""
+    commits), ``versions`` (distinct sergraph versions recorded) and a short text (``clean @
+    abc1234``, ``DIRTY``, ``2 commits``, ``installed package 0.2.0`` for cells run from an
+    installed package rather than a checkout, ``unknown``)."""
     states = [record.get("provenance") or {} for record in records]
     commits = sorted({str(state.get("commit", UNKNOWN)) for state in states})
+    versions = sorted({str(state["sergraph"]) for state in states if state.get("sergraph")})
     dirty = [state.get("dirty", UNKNOWN) for state in states]
     clean = all(flag is False for flag in dirty)
     if UNKNOWN in commits or any(flag == UNKNOWN for flag in dirty):
-        text = "unknown (cells without git provenance)"
+        if versions and all(state.get("sergraph") for state in states):
+            text = f"installed package {', '.join(versions)}"
+        else:
+            text = "unknown (cells without git provenance)"
     elif len(commits) > 1:
         text = f"{len(commits)} commits" + ("" if clean else ", DIRTY tree")
     else:
         text = f"{'clean' if clean else 'DIRTY'} @ {commits[0][:8]}"
-    return {"clean": clean, "commits": commits, "text": text}
+    return {"clean": clean, "commits": commits, "versions": versions, "text": text}
 
 
 def changed_sources(records: list[dict], root: Path | None = None) -> list[str]:

@@ -155,12 +155,18 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
     # A fold is identified by its number and its test speakers: the same number with other
     # speakers (another fold scheme) is not the same fold and must not be paired.
     fold_ua = folds.groupby(["fold", "test_speakers"])["ua"].mean()
+    # the data of each fold (check_pooled made sure its seeds share it); None: not recorded
+    fold_data = {
+        (int(record["fold"]), ",".join(record["test_speakers"])): record.get("data")
+        for record in records
+    }
     return {
         "label": label,
         "root": root,
         "row": row,
         "folds": folds,
         "fold_ua": {(int(fold), speakers): float(ua) for (fold, speakers), ua in fold_ua.items()},
+        "fold_data": fold_data,
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
         "config": _load_config(first_cell / "config.yaml"),
@@ -249,6 +255,7 @@ def write_report(
     reference: str | None = None,
     cross_protocol: bool = False,
     folds: list[int] | None = None,
+    cross_data: bool = False,
 ) -> dict:
     """Tables, paired tests and figures for every label under ``run_dir``.
 
@@ -265,11 +272,16 @@ def write_report(
             CROSS-PROTOCOL); refused by default.
         folds: only these fold indices (e.g. the folds never looked at while shaping a
             recipe); the report says so, and the labels' own summary files are left alone.
+        cross_data: also pair labels whose cells scored other utterances or come from other
+            data (a deliberate cross-corpus comparison; labelled CROSS-DATA); refused by
+            default, naming what differs.
 
     Returns:
         ``rows`` (the table, one dict per label, fractions), ``reference`` (the label paired with
         all others, or ``None``), ``comparisons`` (see :func:`paired_test`; plus ``first``,
-        ``second``, ``kind``), ``refused`` (pairs not tested: different protocols),
+        ``second``, ``kind``, ``undeclared``: config keys the pair differs in that its variants
+        do not declare), ``refused`` (pairs not tested: different protocols), ``refused_data``
+        (pairs not tested: ``(first, second, [what differs])``),
         ``changed_sources`` (label -> config files changed since its cells ran),
         ``k_groups`` (see :func:`k_groups`), ``unfinished`` (label folders without a finished
         cell) and ``paths`` (``report``, ``results``, ``folds``,
@@ -312,8 +324,12 @@ def write_report(
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
     reference = reference or declared_reference(collected)
-    tests, refused = comparisons(
-        collected, reference, cross_protocol, controls=declared_controls(collected)
+    tests, refused, refused_data = comparisons(
+        collected,
+        reference,
+        cross_protocol,
+        controls=declared_controls(collected),
+        cross_data=cross_data,
     )
     groups = k_groups(collected)
 
@@ -350,6 +366,7 @@ def write_report(
         same_folds,
         unfinished,
         refused,
+        refused_data,
     )
     atomic_write_text(paths["report"], text)
     return {
@@ -359,6 +376,7 @@ def write_report(
         "reference": reference,
         "comparisons": tests,
         "refused": refused,
+        "refused_data": refused_data,
         "changed_sources": {
             i["label"]: i["changed_sources"] for i in collected if i["changed_sources"]
         },

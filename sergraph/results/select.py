@@ -93,6 +93,7 @@ def select_nested(
     candidates: list[str] | None = None,
     label: str = "nested",
     criterion: str = "cell",
+    cross_data: bool = False,
 ) -> dict:
     """Write label ``label``: per cell, the candidate variant chosen on validation UA.
 
@@ -103,6 +104,9 @@ def select_nested(
         label: name of the new folder.
         criterion: ``cell``: per (seed, fold), the best validation UA of that seed; ``fold``:
             per fold, the best validation UA averaged over the seeds (see the module docstring).
+        cross_data: also choose between candidates whose cells of a (seed, fold) scored other
+            utterances or come from other data; each chosen cell then records what differed
+            (``selection_cross_data``). Refused by default, naming what differs.
 
     Returns:
         ``{(seed, fold): chosen variant}`` for every cell that all candidates finished.
@@ -141,6 +145,15 @@ def select_nested(
             f"candidates were evaluated under different protocols {protocols}; select among "
             "variants of one protocol"
         )
+    differing, unchecked = _data_differences(cells, candidates, shared)
+    if differing and not cross_data:
+        raise ValueError(
+            "candidates scored other utterances or come from other data, so their cells are "
+            f"not comparable: {'; '.join(differing)}. Select among variants of one data and "
+            "scored set (or pass --cross-data to choose anyway, recorded in the output)"
+        )
+    if unchecked:
+        log("note: some candidate cells recorded no data fingerprint; their data were not checked")
     fused = {
         name: any(cell[1].get("fusion") for cell in cells[name].values()) for name in candidates
     }
@@ -173,11 +186,30 @@ def select_nested(
         metrics["selected"] = pick
         metrics["selection_criterion"] = criterion
         metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
+        if differing:
+            metrics["selection_cross_data"] = differing
         target = study_dir / label / source.parent.name / source.name
         if (source / "config.yaml").is_file():
             atomic_write_text(target / "config.yaml", (source / "config.yaml").read_text())
         write_cell(target, read_predictions(source), metrics)
     return chosen
+
+
+def _data_differences(cells: dict, candidates: list[str], shared: list) -> tuple[list[str], bool]:
+    """What differs between the candidates' cells of each shared (seed, fold), named by
+    candidate (see :func:`sergraph.results.comparable.fold_differences`)."""
+    from sergraph.results.comparable import fold_differences
+
+    first = candidates[0]
+    out, unchecked = [], False
+    for name in candidates[1:]:
+        what, missing = fold_differences(
+            {key: cells[first][key][1].get("data") for key in shared},
+            {key: cells[name][key][1].get("data") for key in shared},
+        )
+        unchecked |= missing
+        out += [f"{first} vs {name}: {item}" for item in what]
+    return out, unchecked
 
 
 def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -> dict:
@@ -225,7 +257,7 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         seeds = [cell_metrics["seed"] for _, cell_metrics in members]
         keys = ("config_id", "model", "fold", "train_speakers", "val_speakers", "test_speakers")
         record = {key: metrics[key] for key in (*keys, "classes")}
-        record |= {key: metrics[key] for key in ("protocol",) if key in metrics}
+        record |= {key: metrics[key] for key in ("protocol", "data") if key in metrics}
         record["provenance_members"] = [m.get("provenance") for _, m in members]
         record["provenance"] = _shared_provenance(record["provenance_members"])
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
@@ -246,7 +278,11 @@ def _shared_provenance(states: list) -> dict:
     dirty = [state.get("dirty", "unknown") for state in states]
     commit = commits.pop() if len(commits) == 1 else "several"
     flag = "unknown" if "unknown" in dirty or commit == "unknown" else any(dirty)
-    return {"commit": commit, "dirty": flag}
+    versions = {state.get("sergraph") for state in states}
+    shared = {"commit": commit, "dirty": flag}
+    return shared | (
+        {"sergraph": versions.pop()} if len(versions) == 1 and None not in versions else {}
+    )
 
 
 def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.DataFrame:

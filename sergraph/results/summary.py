@@ -10,6 +10,7 @@ import pandas as pd
 
 from sergraph.io import atomic_write_json, atomic_write_text
 from sergraph.metrics import pooled_scores
+from sergraph.results.comparable import check_pooled
 from sergraph.results.layout import finished_cells, read_predictions
 
 
@@ -35,6 +36,7 @@ def summarize(
     cells = finished_cells(root)  # verified: a damaged file stops here, naming it
     if not cells:
         raise FileNotFoundError(f"no finished folds (metrics.json) under {root}")
+    check_pooled(root, [c for c in cells if folds is None or int(c[1]["fold"]) in folds])
     rows, pooled, folders, protocols, overlapping = [], [], {}, {}, False
     for directory, metrics in cells:
         if folds is not None and int(metrics["fold"]) not in folds:

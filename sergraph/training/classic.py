@@ -47,7 +47,7 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     """Fit the configured classic baseline on the fold's training and validation rows and score
     its test rows (under the evaluation protocol: :func:`protocol_rows`); returns
     ``(predictions frame, extra metrics fields)``."""
-    from sergraph.config import protocol_of
+    from sergraph.config import normalization_of, protocol_of
 
     family, params = model_spec(cfg)
     baseline = build_baseline(family, **params)
@@ -55,7 +55,7 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
         study.table,
         fold,
         protocol_of(cfg),
-        cfg.graph.normalize,
+        normalization_of(cfg),
         cfg.eval.enrollment,
         cfg.eval.enrollment_seed,
     )
@@ -64,7 +64,7 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     protocol_kwargs = {}
     if _accepts(baseline.fit_predict, "statistics"):
         protocol_kwargs["statistics"] = statistics
-    elif cfg.graph.normalize == "speaker" and protocol_of(cfg) != "transductive":
+    elif protocol_of(cfg) == "enrollment" and normalization_of(cfg) == "speaker":
         raise ValueError(
             f"model {cfg.model.name!r}: its fit_predict takes no `statistics`, so it cannot "
             f"normalise per speaker under eval.protocol={protocol_of(cfg)} (the protocol "
@@ -79,7 +79,7 @@ def fit_classic(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
         test_rows,
         num_classes=len(study.classes),
         seed=seed,
-        normalize=cfg.graph.normalize,
+        normalize=normalization_of(cfg),
         **protocol_kwargs,
     )
     tested = study.table.iloc[test_rows]

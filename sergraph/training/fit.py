@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import model_spec, protocol_of
+from sergraph.config import model_spec, normalization_of, protocol_of
 from sergraph.console import configure as configure_console
 from sergraph.console import detail, log
 from sergraph.data.features.ssl import stacked_layers
@@ -278,7 +278,7 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         k=cfg.graph.k,
         max_nodes=cfg.graph.max_nodes,
         pad=cfg.graph.pad,
-        normalize=cfg.graph.normalize,
+        normalize=normalization_of(cfg),
         batch_size=cfg.optim.batch_size,
         num_workers=cfg.trainer.num_workers,
         seed=seed,

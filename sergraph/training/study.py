@@ -4,8 +4,9 @@ checkpoint once on the held-out speakers and writes its result files (see
 :mod:`sergraph.results.layout`).
 
 Re-running the same command skips finished cells; a cell whose saved configuration differs
-from the current one is refused instead of silently mixed into the summary, and one whose
-result files were damaged stops the run naming the file (see :mod:`sergraph.results.layout`).
+from the current one is refused instead of silently mixed into the summary, so is one whose data
+changed since it ran (:mod:`sergraph.training.data_check`), and one whose result files were
+damaged stops the run naming the file (see :mod:`sergraph.results.layout`).
 
 A cell is claimed with a lock before it runs (:mod:`sergraph.training.lock`), so that two
 ``sergraph train`` processes on one study (a study submitted twice, ``run.parallel`` beside an
@@ -29,8 +30,9 @@ from omegaconf import DictConfig
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
+from sergraph.data.fingerprint import cell_fingerprint
 from sergraph.data.folds import Fold, check_fold
-from sergraph.data.prepared import PreparedData, prepared
+from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
 from sergraph.data.protocol import check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
@@ -53,6 +55,7 @@ from sergraph.training.checkpoints import (
     resume_checkpoint,
 )
 from sergraph.training.classic import fit_classic
+from sergraph.training.data_check import check_finished_data
 from sergraph.training.distributed import is_global_zero
 from sergraph.training.fit import fit_neural
 from sergraph.training.lock import CellLocked, cell_lock
@@ -186,18 +189,26 @@ def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | 
     return run_cell(configs[cell.label], cell)
 
 
-def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
+def run_study(
+    overrides: list[str] | tuple[str, ...] = (), rerun_changed: bool = False
+) -> dict[str, dict]:
     """Run every unfinished cell of a study (or only ``run.cell``), then summarise each variant.
 
     Cells run one after another, or ``run.parallel`` at a time in separate processes (each with
     ``cores / run.parallel`` torch threads and, on a node with several GPUs, its own GPU, see
     :func:`worker_devices`). Returns the summary of each variant by label
     (empty when only one cell was asked for).
+
+    Finished cells whose data changed are refused before any work, or with ``rerun_changed``
+    moved aside and computed again (:mod:`sergraph.training.data_check`).
     """
     start = time.perf_counter()
     configs, cells = plan(overrides)
     for cfg in configs.values():  # before any work: a kernel this CPU lacks stops step one
         require_precision_kernels(cfg)
+    check_finished_data(
+        configs, lambda cfg: study_data(cfg, False), rerun_changed, writer=is_global_zero()
+    )
     first = next(iter(configs.values()))
     if is_global_zero():
         attach_log_file(log_file_path(first))
@@ -348,6 +359,14 @@ def fit_cell(
         **scores,
         **extra,
         "seconds": time.perf_counter() - start,
+        "data": cell_fingerprint(
+            data_fingerprint(cfg, study),
+            fold,
+            predictions["utterance"].tolist(),
+            protocol_of(cfg),
+            cfg.eval.enrollment,
+            cfg.eval.enrollment_seed,
+        ),
     }
     result["provenance"] = provenance(cfg, started)
     return result, predictions

@@ -274,6 +274,9 @@ def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
     metrics.pop("provenance")  # when and with how many threads a cell ran is not a result
+    # The corpus table's hash holds its paths: the synthetic corpus of each cache folder has
+    # its own (same audio, same utterances and labels: the speakers' hashes must agree).
+    metrics["data"].pop("table")
     # The checkpoint's bytes hold its own folder's path (best_model_path): its recorded hash
     # differs between two run folders; the predictions file's must not.
     metrics["files"].pop("checkpoints/best.ckpt", None)

@@ -97,3 +97,45 @@ def test_slurm_dry_run_from_the_installed_wheel(installed):
         assert f"slurm/{script}.sbatch" in result.stdout
     assert "#SBATCH --partition=gpu" in result.stdout
     assert "--array=0-2" in result.stdout  # one task per cell: 3 folds of 3 speakers
+
+
+def test_cells_of_the_installed_wheel_record_its_version(installed):
+    """No git checkout, so no commit: the version from the package metadata says what ran."""
+    import json
+
+    venv, work, env = installed
+    version = run(
+        [
+            venv / "bin" / "python",
+            "-c",
+            "from importlib import metadata as m; print(m.version('sergraph'))",
+        ],
+        cwd=work,
+        env=env,
+    ).stdout.strip()
+    from sergraph.version import __version__
+
+    assert version == __version__
+    train = [
+        venv / "bin" / "sergraph",
+        "train",
+        "model=svm",
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "folds.only=[0]",
+        "folds.val_speakers=0",
+        "features.workers=1",
+        "logger.kind=none",
+        "run.name=wheel_provenance",
+    ]
+    result = run(train, cwd=work, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    (cell,) = (work / "runs" / "wheel_provenance").glob("svm/seed-0/fold-00")
+    provenance = json.loads((cell / "metrics.json").read_text())["provenance"]
+    assert provenance["sergraph"] == version and provenance["commit"] == "unknown"
+    report = run(
+        [venv / "bin" / "sergraph", "report", "runs/wheel_provenance/svm"], cwd=work, env=env
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert f"installed package {version}" in report.stdout
+    assert "cells without git provenance" not in report.stdout

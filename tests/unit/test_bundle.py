@@ -368,8 +368,12 @@ def edit_config(cell: Path, change) -> None:
 def test_export_refuses_svm_and_per_speaker_normalisation(run, tmp_path):
     model_dir = copy_run(run, tmp_path)
     cell = model_dir / "seed-0" / "fold-00"
-    edit_config(cell, lambda c: c["graph"].update(normalize="speaker"))
-    with pytest.raises(BundleError, match="graph.normalize=speaker.*graph.normalize=train"):
+    edit_config(cell, lambda c: c["eval"].update(protocol="transductive"))
+    with pytest.raises(BundleError, match="eval.protocol=transductive.*eval.protocol=inductive"):
+        export_bundle(cell)
+    edit_config(cell, lambda c: c["graph"].update(normalize="speaker"))  # an older release's
+    edit_config(cell, lambda c: c["eval"].update(protocol=None))  # spelling of transductive
+    with pytest.raises(BundleError, match="eval.protocol=transductive.*eval.protocol=inductive"):
         export_bundle(cell)
     edit_config(cell, lambda c: c["model"].update(name="svm", params={}))
     with pytest.raises(BundleError, match="model 'svm' cannot be exported"):

@@ -33,7 +33,6 @@ def run(tmp_path_factory):
         "data.options.n_per_class=3",
         "eval.protocol=enrollment",
         "eval.enrollment=3",
-        "graph.normalize=speaker",
         "folds.only=[0]",
         "trainer.max_epochs=1",
         "trainer.accelerator=cpu",
@@ -122,7 +121,7 @@ def test_transductive_runs_are_not_exported(run, tmp_path):
     shutil.copytree(run.model_dir, copy)
     config_path = copy / "seed-0" / "fold-00" / "config.yaml"
     config = yaml.safe_load(config_path.read_text())
-    config["eval"]["protocol"] = None  # graph.normalize=speaker alone: transductive
+    config["eval"]["protocol"] = "transductive"
     config_path.write_text(yaml.safe_dump(config))
     with pytest.raises(BundleError, match="eval.protocol=transductive"):
         export_bundle(copy, tmp_path / "x.sergraph", verify=False)

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from sergraph.config import ConfigError, compose, identity, protocol_of
+from sergraph.config import ConfigError, compose, identity, normalization_of, protocol_of
 from sergraph.data.datamodule import FoldDataModule
 from sergraph.data.folds import Fold, FoldLeakError, split_indices
 from sergraph.data.graphs import Normalizer
@@ -51,6 +51,7 @@ def features_of(table: pd.DataFrame, width: int = 5, seed: int = 0) -> list[np.n
 
 
 def test_protocol_names_and_the_older_spelling():
+    # The data module's own modes (train | speaker | none) keep their resolution.
     assert resolve_protocol(None, "train") == "inductive"
     assert resolve_protocol(None, "speaker") == "transductive"
     assert resolve_protocol("enrollment", "train") == "enrollment"
@@ -58,42 +59,147 @@ def test_protocol_names_and_the_older_spelling():
         resolve_protocol("inductive", "speaker")
     with pytest.raises(ValueError, match="transductive applies"):
         resolve_protocol("transductive", "train")
-    with pytest.raises(ConfigError, match="eval.protocol"):
-        compose(["eval.protocol=inductive", "graph.normalize=speaker"])
     with pytest.raises(ConfigError, match="eval.enrollment"):
         compose(["eval.protocol=enrollment", "eval.enrollment=2.5"])
-    assert protocol_of(compose(["graph.normalize=speaker"])) == "transductive"
 
 
-def test_identity_of_runs_made_before_protocols_is_unchanged():
-    # Same behaviour, same id: the default is inductive, speaker alone is transductive.
-    assert identity(compose([])) == identity(compose(["eval.protocol=inductive"]))
-    older = identity(compose(["graph.normalize=speaker"]))
-    assert identity(compose(["graph.normalize=speaker", "eval.protocol=transductive"])) == older
-    # The reference and the recorded config files never change an id.
-    assert identity(compose(["reference=svm"])) == identity(compose([]))
-    assert compose(["experiment=quickstart"]).run.sources  # hashes of the composing files
-    # Enrollment changes what is scored: another id, and its amount matters.
-    enrolled = identity(compose(["eval.protocol=enrollment", "graph.normalize=speaker"]))
-    assert enrolled != older
-    assert enrolled != identity(
-        compose(["eval.protocol=enrollment", "graph.normalize=speaker", "eval.enrollment=3"])
-    )
+def test_eval_protocol_is_the_one_key_and_graph_normalize_says_only_whether():
+    cfg = compose([])
+    assert cfg.eval.protocol == "inductive" and cfg.graph.normalize == "zscore"
+    assert (normalization_of(cfg), protocol_of(cfg)) == ("train", "inductive")
+    for protocol in ("enrollment", "transductive"):
+        chosen = compose([f"eval.protocol={protocol}"])
+        assert (normalization_of(chosen), protocol_of(chosen)) == ("speaker", protocol)
+    assert normalization_of(compose(["graph.normalize=none"])) == "none"
+    best = compose(["experiment=best_emodb"])  # says transductive in so many words
+    assert best.eval.protocol == "transductive" and normalization_of(best) == "speaker"
 
 
-def test_a_config_saved_before_protocols_keeps_its_identity():
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (
+            ["eval.protocol=enrollment", "graph.normalize=none"],
+            r"eval.protocol=enrollment with graph.normalize=none: .*accepted: "
+            r"eval.protocol=enrollment with graph.normalize=zscore, or graph.normalize=none "
+            r"with eval.protocol=inductive",
+        ),
+        (
+            ["eval.protocol=transductive", "graph.normalize=none"],
+            r"eval.protocol=transductive with graph.normalize=none",
+        ),
+        (
+            ["graph.normalize=speaker"],
+            r"graph.normalize=speaker was removed: .*eval.protocol's alone.*"
+            r"graph.normalize=zscore with eval.protocol=transductive.*eval.protocol=enrollment",
+        ),
+        (
+            ["eval.protocol=enrollment", "graph.normalize=train"],
+            r"graph.normalize=train was removed: .*graph.normalize=zscore with "
+            r"eval.protocol=inductive",
+        ),
+        (["eval.protocol=null"], r"eval.protocol=null is no longer accepted: .*inductive"),
+        (["eval.protocol=lenient"], r"eval.protocol='lenient' is not valid; choose one of"),
+        (["graph.normalize=global"], r"graph.normalize='global' is not valid.*zscore"),
+    ],
+)
+def test_contradicting_or_removed_settings_are_refused_naming_both_keys(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        compose(overrides)
+
+
+def test_sergraph_config_prints_the_protocol(capsys):
+    from sergraph import cli
+
+    assert cli.main(["config"]) == 0
+    printed = capsys.readouterr().out
+    assert "protocol: inductive" in printed and "protocol: null" not in printed
+    assert cli.main(["config", "eval.protocol=enrollment", "graph.normalize=none"]) != 0
+    error = capsys.readouterr().err
+    assert "eval.protocol=enrollment" in error and "graph.normalize=none" in error
+
+
+def test_every_experiment_file_names_its_protocol():
+    from omegaconf import OmegaConf
+
+    from sergraph.config import config_dir
+
+    for path in sorted((config_dir() / "experiment").glob("*.yaml")):
+        text = OmegaConf.load(path)
+        assert OmegaConf.select(text, "eval.protocol") in ("inductive", "transductive"), path
+        for label, overrides in (text.get("variants") or {}).items():
+            assert not any(o.startswith("graph.normalize=") for o in overrides), (path, label)
+
+
+def _as_saved_by_an_older_release(cfg):
+    """A config.yaml of a release before eval.protocol was the one key: graph.normalize spelled
+    the mode (train | speaker | none) and eval.protocol was null unless enrollment."""
     from omegaconf import OmegaConf
 
     from sergraph.config import to_yaml
 
-    for overrides in ([], ["experiment=best_emodb"], ["model=svm", "graph.normalize=speaker"]):
-        cfg = compose(overrides)
-        saved = OmegaConf.create(to_yaml(cfg))
+    saved = OmegaConf.create(to_yaml(cfg))
+    saved.graph.normalize = normalization_of(cfg)
+    if saved.eval.protocol != "enrollment":
+        saved.eval.protocol = None
+    saved.run.pop("sources")
+    return saved
+
+
+def test_identity_of_runs_made_before_protocols_is_unchanged():
+    # Same behaviour, same id: the default is inductive, transductive is what
+    # graph.normalize=speaker alone meant.
+    assert identity(compose([])) == identity(compose(["eval.protocol=inductive"]))
+    assert identity(compose([])) == "0f1268d2ea22"  # pinned in test_features too
+    transductive = compose(["eval.protocol=transductive"])
+    older = _as_saved_by_an_older_release(transductive)
+    assert (older.graph.normalize, older.eval.protocol) == ("speaker", None)
+    assert identity(older) == identity(transductive)
+    # The reference and the recorded config files never change an id.
+    assert identity(compose(["reference=svm"])) == identity(compose([]))
+    assert compose(["experiment=quickstart"]).run.sources  # hashes of the composing files
+    # Enrollment changes what is scored: another id, and its amount matters.
+    enrolled = identity(compose(["eval.protocol=enrollment"]))
+    assert enrolled != identity(transductive)
+    assert enrolled != identity(compose(["eval.protocol=enrollment", "eval.enrollment=3"]))
+    assert identity(compose(["graph.normalize=none"])) != identity(compose([]))
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        [],
+        ["experiment=best_emodb"],
+        ["model=svm", "eval.protocol=transductive"],
+        ["eval.protocol=enrollment"],
+        ["graph.normalize=none"],
+    ],
+)
+def test_a_config_saved_before_protocols_keeps_its_identity(overrides):
+    from sergraph.config import upgrade_saved
+
+    cfg = compose(overrides)
+    saved = _as_saved_by_an_older_release(cfg)
+    if saved.eval.protocol is None:  # a release before protocols: no eval section at all
         for key in ("eval", "reference"):
             saved.pop(key)
-        saved.run.pop("sources")  # what a config.yaml of an older release holds
-        assert identity(saved) == identity(cfg)
-        assert protocol_of(saved) == protocol_of(cfg)
+    assert identity(saved) == identity(cfg)
+    assert protocol_of(saved) == protocol_of(cfg)
+    upgraded = upgrade_saved(saved)
+    assert (upgraded.eval.protocol, upgraded.graph.normalize) == (
+        cfg.eval.protocol,
+        cfg.graph.normalize,
+    )
+    assert identity(upgraded) == identity(cfg)
+
+
+def test_an_old_enrollment_run_with_training_statistics_cannot_be_upgraded():
+    from sergraph.config import upgrade_saved
+
+    saved = _as_saved_by_an_older_release(compose(["eval.protocol=enrollment"]))
+    saved.graph.normalize = "train"  # accepted before: enrollment audio held aside, unused
+    with pytest.raises(ValueError, match="eval.protocol=enrollment with graph.normalize=train"):
+        upgrade_saved(saved)
 
 
 def test_config_sources_are_the_sha256_of_each_composing_file():
@@ -274,7 +380,7 @@ def svm_study(table, seed=0) -> PreparedData:
     "overrides",
     [
         [],
-        ["eval.protocol=enrollment", "graph.normalize=speaker"],
+        ["eval.protocol=enrollment"],
         ["eval.protocol=enrollment"],
     ],
 )
@@ -358,7 +464,7 @@ def test_enrollment_utterances_are_never_in_predictions(small_run, model):
     from sergraph.data.prepared import _PREPARED, load_table
 
     _PREPARED.clear()
-    protocol = ["eval.protocol=enrollment", "graph.normalize=speaker", "eval.enrollment=3"]
+    protocol = ["eval.protocol=enrollment", "eval.enrollment=3"]
     args = ["train", f"model={model}", *SMALL, *protocol, "run.name=enrol", "folds.only=[0,1]"]
     assert (
         cli.main(

@@ -279,7 +279,9 @@ def test_ablation_extends_the_recipe_and_switches_one_lever_each():
     assert study["best"].optim == recipe.optim and study["best"].model == recipe.model
     assert study["best"].augment == recipe.augment and study["best"].graph == recipe.graph
     assert study["no_functionals"].features.concat_functionals is False
-    assert study["train_norm"].graph.normalize == "train"
+    assert study["best"].eval.protocol == "transductive"
+    assert study["train_norm"].eval.protocol == "inductive"
+    assert study["train_norm"].graph == recipe.graph
     assert study["no_graph"].model.params.num_layers == 0
     assert study["best"].run.seeds == [0] and recipe.run.seeds == [0, 1, 2]
 

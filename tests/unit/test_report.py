@@ -181,8 +181,15 @@ def test_paired_comparisons(run_dir, result):
     assert b_c["kind"] == "pair" and b_c["paired"] == 4
     assert b_c["differences"] == pytest.approx([0.25, -0.125, -0.125, -0.25])
 
+    # no variant declares readout or k here, so each pair notes what else differs
+    assert tests["A", "B"]["undeclared"] == ["model.params.readout"]
+    assert tests["A", "C"]["undeclared"] == ["graph.k"]
+
     report = (run_dir / "report" / "report.md").read_text()
     assert "Paired comparisons" in report
+    assert "| A | B | 5 | +15.00 | [" in report and "| not significant (p ≥ 0.05);" in report
+    assert "configs also differ in keys their variants do not declare: graph.k" in report
+    assert "data not recorded by some cells: not checked" in report  # hand-written cells
     assert "unpaired, only in A: 4 (s4)" in report
     assert "| A | B | 5 | +15.00 |" in report
     assert "| A (reference) |" in report and "**" not in report  # nothing bolded by a score
@@ -381,3 +388,24 @@ def test_a_control_that_is_the_reference_is_tested_once(run_dir, tmp_path):
     assert ("C", "A", "vs control") in kinds
     assert [k for k in kinds if {k[0], k[1]} == {"A", "C"}] == [("C", "A", "vs control")]
     assert ("A", "B", "vs reference") in kinds
+
+
+def test_the_report_calls_a_difference_significant_only_where_the_paired_test_does():
+    from sergraph.results.markdown import significance_words
+
+    # the README's fusion row: the interval above 0, p = 0.131: not significant
+    fused = {"p_value": 0.131, "ci_low": 0.0011, "ci_high": 0.0917}
+    assert significance_words(fused) == (
+        "not significant (p ≥ 0.05); the bootstrap interval excludes 0, which the paired test "
+        "does not back"
+    )
+    assert significance_words({"p_value": 0.105, "ci_low": -0.0008, "ci_high": 0.0937}) == (
+        "not significant (p ≥ 0.05)"
+    )
+    assert significance_words({"p_value": 0.05, "ci_low": 0.01, "ci_high": 0.02}).startswith(
+        "not significant"
+    )
+    assert significance_words({"p_value": 0.0273, "ci_low": 0.03, "ci_high": 0.16}) == (
+        "significant (p < 0.05)"
+    )
+    assert significance_words({"p_value": None, "ci_low": 0.0, "ci_high": 0.0}) == "not tested"
