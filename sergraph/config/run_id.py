@@ -23,6 +23,7 @@ RUNTIME_KEYS = (
     "run.out_dir",
     "run.seeds",
     "run.parallel",
+    "run.threads",
     "run.cell",
     "run.variants",
     "folds.only",

@@ -151,6 +151,10 @@ class RunConfig:
     out_dir: str = "runs"
     seeds: list[int] = field(default_factory=lambda: [0])
     parallel: int = 1
+    # torch threads of each process (null: the cores this process may use, from
+    # SLURM_CPUS_PER_TASK or the affinity mask, divided by run.parallel; OMP_NUM_THREADS, where
+    # set, wins over that default). Speed only: not part of a run's identity.
+    threads: int | None = None
     cell: int | None = None
     # Only these variants of an experiment (all when null): run part of a committed study
     # without editing its file.

@@ -81,6 +81,8 @@ def validate(cfg: DictConfig) -> None:
     _validate_slurm(cfg)
     positive("trainer.patience", cfg.trainer.patience)
     positive("run.parallel", cfg.run.parallel)
+    if cfg.run.get("threads") is not None:
+        positive("run.threads", cfg.run.threads)
     choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
     check_precision(cfg.trainer.precision)
     choice("logger.kind", cfg.logger.kind, ("csv", "wandb", "none"))

@@ -1,4 +1,5 @@
-"""What this machine's CPU can run: probes for the kernels mixed precision needs on the CPU.
+"""What this machine's CPU can run: probes for the kernels mixed precision needs on the CPU,
+and the cores a process may use (:func:`torch_threads`).
 
 Under ``trainer.precision=bf16-mixed`` or ``16-mixed`` on the CPU, ``torch.autocast`` runs
 ``nn.LSTM`` in the autocast dtype through oneDNN. oneDNN has a bf16 LSTM kernel only on CPUs
@@ -19,6 +20,7 @@ oneDNN) caps a CPU that has the kernel to one that has not.
 from __future__ import annotations
 
 import functools
+import os
 
 from omegaconf import DictConfig
 
@@ -123,3 +125,35 @@ def require_precision_kernels(cfg: DictConfig) -> None:
     message = missing_kernel_message(cfg.trainer.precision)
     if message is not None:
         raise ConfigError(message)
+
+
+def allotted_cores() -> int:
+    """The cores this process may use: SLURM's allotment (``SLURM_CPUS_PER_TASK``) where set,
+    within the process's affinity mask (``taskset``, cgroups' cpusets, SLURM's binding), else
+    the mask alone; ``os.cpu_count()`` where the platform has no mask."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity masks on this platform (macOS)
+        cores = os.cpu_count() or 1
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "").strip()
+    if slurm.isdigit() and int(slurm) > 0:
+        cores = min(cores, int(slurm))
+    return max(1, cores)
+
+
+def torch_threads(cfg: DictConfig, processes: int) -> tuple[int, str]:
+    """torch threads for each of ``processes`` processes sharing this one's cores, and why.
+
+    ``run.threads`` where given; else ``OMP_NUM_THREADS`` where set (the user's or the
+    cluster's choice); else the allotted cores divided among the processes (at least 1), so
+    that processes never fight over cores.
+    """
+    given = cfg.run.get("threads")
+    if given is not None:
+        return int(given), f"run.threads={given}"
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    if omp.isdigit() and int(omp) > 0:
+        return int(omp), f"OMP_NUM_THREADS={omp}"
+    cores = allotted_cores()
+    threads = max(1, cores // max(1, processes))
+    return threads, f"{cores} allotted core(s) / {processes} process(es)"

@@ -48,7 +48,7 @@ from sergraph.results.layout import (
 )
 from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
-from sergraph.training.capabilities import require_precision_kernels
+from sergraph.training.capabilities import require_precision_kernels, torch_threads
 from sergraph.training.checkpoints import (
     remove_resume_files,
     restore_csv_log,
@@ -233,6 +233,12 @@ def run_study(
     if len(pending) < len(cells):
         log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
     parallel = min(first.run.parallel, max(1, len(pending)))
+    threads, why = torch_threads(first, parallel)
+    if parallel == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+    log(f"torch threads: {threads} per process ({why})")
     with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
         if parallel == 1:
             for cell in pending:
@@ -247,7 +253,6 @@ def run_study(
 
             for cfg in configs.values():
                 study_data(cfg)  # fill the feature cache once, before the workers read it
-            threads = max(1, (os.cpu_count() or 1) // parallel)
             context = multiprocessing.get_context("spawn")
             gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
             if gpus[0] is not None:

@@ -158,3 +158,73 @@ def test_a_model_without_an_lstm_still_trains_in_bf16_on_such_a_cpu(tmp_path):
     done = run_cli(tiny_train(tmp_path, "bf16-mixed", "gin"), env={**os.environ, **NO_BF16})
     assert done.returncode == 0, done.stderr
     assert len(list((tmp_path / "runs").rglob("predictions.csv"))) == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# threads: the allotted cores divided among the processes
+
+
+def test_allotted_cores_follow_the_affinity_mask_and_slurm(monkeypatch):
+    from sergraph.training.capabilities import allotted_cores
+
+    mask = len(os.sched_getaffinity(0))
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    assert allotted_cores() == mask
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert allotted_cores() == 1
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", str(mask + 8))  # never more than the mask
+    assert allotted_cores() == mask
+
+
+def test_threads_per_process_from_the_key_the_environment_or_the_cores(monkeypatch):
+    from sergraph.training.capabilities import torch_threads
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "8")
+    cores = min(8, len(os.sched_getaffinity(0)))
+    assert torch_threads(compose([]), 1) == (cores, f"{cores} allotted core(s) / 1 process(es)")
+    assert torch_threads(compose([]), 2)[0] == max(1, cores // 2)
+    assert torch_threads(compose([]), 64)[0] == 1  # never 0
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert torch_threads(compose([]), 2) == (3, "OMP_NUM_THREADS=3")
+    assert torch_threads(compose(["run.threads=5"]), 2) == (5, "run.threads=5")
+
+
+def test_run_threads_must_be_positive():
+    from sergraph.config import ConfigError
+
+    with pytest.raises(ConfigError, match=r"run.threads=0 must be > 0"):
+        compose(["run.threads=0"])
+
+
+def svm_cell_threads(tmp_path, env: dict, one_core: bool) -> list[int]:
+    """torch threads recorded in the metrics.json of a default `sergraph train model=svm`."""
+    environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
+    environment.pop("SLURM_CPUS_PER_TASK", None)
+    environment.update(env, SERGRAPH_CACHE=str(tmp_path.parent / "cache"))  # shared: one extraction
+    tmp_path.mkdir()
+    first_core = min(os.sched_getaffinity(0))
+    done = subprocess.run(
+        [sys.executable, "-m", "sergraph.cli", "train", "model=svm", "folds.only=[0]"]
+        + ["data.options.n_speakers=3", "data.options.n_per_class=2", "logger.kind=none"],
+        cwd=tmp_path,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=(lambda: os.sched_setaffinity(0, {first_core})) if one_core else None,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "torch threads:" in done.stderr + done.stdout
+    return [
+        json.loads(path.read_text())["provenance"]["torch_threads"]
+        for path in (tmp_path / "runs").rglob("metrics.json")
+    ]
+
+
+@pytest.mark.slow
+def test_a_default_run_uses_the_allotted_cores(tmp_path):
+    assert svm_cell_threads(tmp_path / "one", {}, one_core=True) == [1]
+    assert svm_cell_threads(tmp_path / "slurm", {"SLURM_CPUS_PER_TASK": "1"}, False) == [1]
+    all_cores = len(os.sched_getaffinity(0))
+    assert svm_cell_threads(tmp_path / "all", {}, one_core=False) == [all_cores]
