@@ -91,3 +91,19 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+def shipped_folder(package: str, tree_folder: str, marker: str) -> tuple[Path | None, list[Path]]:
+    """A data folder sergraph ships: package data ``package`` of an installed sergraph (wheel
+    or editable), else ``tree_folder`` at the top of a source tree on the path. Returns the
+    first candidate holding the file ``marker`` (or ``None``) and every candidate looked in."""
+    from importlib import resources
+
+    candidates = []
+    try:
+        candidates.append(Path(str(resources.files(package))))
+    except (ModuleNotFoundError, TypeError):
+        pass
+    candidates.append(Path(__file__).resolve().parents[1] / tree_folder)
+    found = next((folder for folder in candidates if (folder / marker).is_file()), None)
+    return found, candidates

@@ -16,3 +16,22 @@ def run_cli(args, env=None, cwd=None, timeout: float = 900) -> subprocess.Comple
         text=True,
         timeout=timeout,
     )
+
+
+def tiny_study(tmp_path, *more: str) -> list[str]:
+    """Overrides of the smallest study the tests train: a synthetic corpus of 3 speakers x 4
+    classes x 2 utterances under ``tmp_path``, fold 0 only, one epoch on the CPU, its own
+    feature cache and run folder, no logger; ``more`` overrides follow (and win)."""
+    return [
+        f"data.root={tmp_path / 'corpus'}",
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "folds.only=[0]",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "features.workers=1",
+        f"features.cache_dir={tmp_path / 'features'}",
+        f"run.out_dir={tmp_path / 'runs'}",
+        "logger.kind=none",
+        *more,
+    ]

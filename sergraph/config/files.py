@@ -3,27 +3,21 @@
 from __future__ import annotations
 
 import hashlib
-from importlib import resources
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config.schema import ConfigError
+from sergraph.io import shipped_folder
 
 
 def config_dir() -> Path:
     """The folder holding ``default.yaml`` and the group folders: package data
     ``sergraph.configs`` of an installed sergraph (wheel or editable), else the ``configs/``
     folder of a source tree on the path (``PYTHONPATH=.`` on a machine that cannot install)."""
-    candidates = []
-    try:
-        candidates.append(Path(str(resources.files("sergraph.configs"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / "configs")
-    for folder in candidates:
-        if (folder / "default.yaml").is_file():
-            return folder
+    folder, candidates = shipped_folder("sergraph.configs", "configs", "default.yaml")
+    if folder is not None:
+        return folder
     raise ConfigError(
         "sergraph's configs were not found: install sergraph (pip install -e .) or run from a "
         f"source tree with its configs/ folder (looked in {', '.join(map(str, candidates))})"

@@ -100,12 +100,13 @@ def fold_differences(first: dict, second: dict) -> tuple[list[str], bool]:
     return out, unchecked
 
 
-def _flatten(node, prefix: str = "") -> dict:
+def flatten(node, prefix: str = "") -> dict:
+    """A nested configuration as ``{"dotted.key": value}``."""
     if not isinstance(node, dict):
         return {prefix: node}
     flat = {}
     for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
+        flat.update(flatten(value, f"{prefix}{key}."))
     return {key.rstrip("."): value for key, value in flat.items()}
 
 
@@ -115,7 +116,7 @@ def result_keys(config: dict) -> dict:
 
     return {
         key: value
-        for key, value in _flatten(config).items()
+        for key, value in flatten(config).items()
         if key not in RUNTIME_KEYS
         and key not in IGNORED_KEYS
         and not key.startswith(IGNORED_PREFIXES)

@@ -32,6 +32,7 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_csv, atomic_write_text
+from sergraph.results.comparable import flatten
 from sergraph.results.compare import comparisons, declared_controls, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
 from sergraph.results.layout import (
@@ -211,7 +212,7 @@ def k_groups(collected: list[dict]) -> list[dict]:
     ignored = set(RUNTIME_KEYS) | {"run.label", "graph.k"}
     groups: dict[str, list[tuple[int, str]]] = {}
     for item in collected:
-        flat = _flatten(item["config"] or {})
+        flat = flatten(item["config"] or {})
         if "graph.k" not in flat:
             continue
         rest = {
@@ -230,15 +231,6 @@ def k_groups(collected: list[dict]) -> list[dict]:
         members.sort(key=lambda m: (m[0], _natural_key(m[1])))
         out.append({"labels": [label for _, label in members], "k": [k for k, _ in members]})
     return out
-
-
-def _flatten(node, prefix: str = "") -> dict:
-    if not isinstance(node, dict):
-        return {prefix: node}
-    flat = {}
-    for key, value in node.items():
-        flat.update(_flatten(value, f"{prefix}{key}."))
-    return {key.rstrip("."): value for key, value in flat.items()}
 
 
 def _slug(label: str) -> str:

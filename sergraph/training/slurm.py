@@ -36,17 +36,11 @@ SETUP_MARKER = "# sergraph:setup"
 def script_dir() -> Path:
     """The folder of the sbatch templates: package data ``sergraph.slurm`` of an installed
     sergraph (wheel or editable), else the ``slurm/`` folder of a source tree on the path."""
-    from importlib import resources
+    from sergraph.io import shipped_folder
 
-    candidates = []
-    try:
-        candidates.append(Path(str(resources.files("sergraph.slurm"))))
-    except (ModuleNotFoundError, TypeError):
-        pass
-    candidates.append(Path(__file__).resolve().parents[2] / "slurm")
-    for folder in candidates:
-        if (folder / "train_array.sbatch").is_file():
-            return folder
+    folder, candidates = shipped_folder("sergraph.slurm", "slurm", "train_array.sbatch")
+    if folder is not None:
+        return folder
     raise FileNotFoundError(
         f"the job scripts are not in {[str(c) for c in candidates]}; reinstall sergraph "
         "(pip install sergraph, or pip install -e . from a clone)"

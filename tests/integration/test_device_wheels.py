@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.cli import tiny_study
+
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 
@@ -96,15 +98,7 @@ def test_the_wheel_list_runs_a_fold_offline_on_an_image_without_those_packages(t
         "-m",
         "sergraph.cli",
         "train",
-        f"data.root={tmp_path / 'corpus'}",
-        "data.options.n_speakers=3",
-        "data.options.n_per_class=2",
-        "folds.only=[0]",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        "features.workers=1",
-        f"run.out_dir={tmp_path / 'runs'}",
-        "logger.kind=none",
+        *tiny_study(tmp_path),
         cwd=tmp_path,
     )
     assert run.returncode == 0, run.stderr[-2000:]

@@ -23,7 +23,7 @@ from sergraph.training.capabilities import (
     runs_an_lstm,
     trains_on_cpu,
 )
-from tests.cli import run_cli
+from tests.cli import run_cli, tiny_study
 
 #: oneDNN capped to AVX2: no bf16 LSTM kernel, whatever the host CPU has.
 NO_BF16 = {"ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
@@ -111,21 +111,7 @@ def test_the_accelerator_decides_whether_training_is_on_the_cpu():
 
 
 def tiny_train(tmp_path, precision: str, model: str = "lstm_gin") -> list[str]:
-    return [
-        "train",
-        f"model={model}",
-        f"data.root={tmp_path / 'corpus'}",
-        "data.options.n_speakers=3",
-        "data.options.n_per_class=2",
-        "folds.only=[0]",
-        "trainer.max_epochs=1",
-        "trainer.accelerator=cpu",
-        f"trainer.precision={precision}",
-        "features.workers=1",
-        f"features.cache_dir={tmp_path / 'features'}",
-        f"run.out_dir={tmp_path / 'runs'}",
-        "logger.kind=none",
-    ]
+    return ["train", *tiny_study(tmp_path, f"model={model}", f"trainer.precision={precision}")]
 
 
 @pytest.mark.parametrize(

@@ -12,6 +12,7 @@ from sergraph.data.collate import graph_loader
 from sergraph.data.graphs import build_graph
 from sergraph.models import build_model
 from sergraph.training.fit import pin_rnn_math
+from tests.cli import tiny_study
 
 
 def collated_batch(pad: bool = False):
@@ -99,21 +100,7 @@ def test_a_bf16_mixed_cell_trains_predicts_and_pins_rnn_math(tmp_path, cuda_like
     rnn = torch.backends.cudnn.rnn
     if hasattr(rnn, "fp32_precision"):
         monkeypatch.setattr(rnn, "fp32_precision", "tf32")
-    run_study(
-        [
-            f"data.root={tmp_path / 'corpus'}",
-            "data.options.n_speakers=3",
-            "data.options.n_per_class=2",
-            "folds.only=[0]",
-            "trainer.max_epochs=1",
-            "trainer.accelerator=cpu",
-            "trainer.precision=bf16-mixed",
-            "features.workers=1",
-            f"features.cache_dir={tmp_path / 'features'}",
-            f"run.out_dir={tmp_path / 'runs'}",
-            "logger.kind=none",
-        ]
-    )
+    run_study(tiny_study(tmp_path, "trainer.precision=bf16-mixed"))
     (predictions,) = (tmp_path / "runs").rglob("predictions.csv")
     frame = pd.read_csv(predictions)
     p = frame.filter(like="p_").to_numpy(dtype=float)
