@@ -102,11 +102,23 @@ def _run(args) -> int:
 def _train(overrides: list[str]) -> int:
     import time
 
+    from sergraph.console import log
     from sergraph.results.summary import format_summary
+    from sergraph.training.stopping import RESUME_HINT, stop_on_signals, stopped_from
     from sergraph.training.study import run_study
 
     start = time.perf_counter()
-    summaries = run_study(overrides)
+    try:
+        with stop_on_signals():
+            summaries = run_study(overrides)
+    except BaseException as error:
+        # SIGTERM/SIGINT: a non-zero status (128 + signal) and one line, never a silent 0
+        stop = stopped_from(error)
+        if stop is None:
+            raise
+        if not getattr(stop, "reported", False):  # stopped outside the cells
+            log(f"sergraph train: {stop}; {RESUME_HINT}")
+        return stop.exit_code
     for summary in summaries.values():
         print(format_summary(summary))
     print(f"total wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -55,6 +55,8 @@ from sergraph.training.classic import fit_classic
 from sergraph.training.distributed import is_global_zero
 from sergraph.training.fit import fit_neural
 from sergraph.training.lock import CellLocked, cell_lock
+from sergraph.training.parallel import run_in_workers
+from sergraph.training.stopping import RESUME_HINT, stopped_from
 
 SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."
 
@@ -90,6 +92,10 @@ class Cell:
     fold: int
 
 
+def cell_name(cell: Cell) -> str:
+    return f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
+
+
 def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictConfig], list[Cell]]:
     """Every (variant, seed, fold) cell of a study, in a fixed order (label, seed, fold).
 
@@ -114,7 +120,7 @@ def run_cell(cfg: DictConfig, cell: Cell) -> str | None:
     """Run one cell unless it is finished or another process runs it; returns its one-line
     result (``None`` when skipped)."""
     directory = cell_dir(cfg, cell)
-    name = f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
+    name = cell_name(cell)
     if finished(cfg, directory):
         log(f"{name}: finished earlier, skipped")
         return None
@@ -164,23 +170,17 @@ def worker_devices(parallel: int, accelerator: str, devices) -> list[str | None]
     return [visible[worker % len(visible)] for worker in range(parallel)]
 
 
-def take_device(devices) -> None:
-    """Pool initializer: this worker takes the next device from the queue ``devices``.
-
-    Runs before the worker touches CUDA (which reads ``CUDA_VISIBLE_DEVICES`` once, when it
-    initialises), so the cells of this worker run on that device alone.
-    """
-    device = devices.get()
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-
-
-def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | None:
+def worker_plan(overrides: list[str], threads: int) -> tuple[dict[str, DictConfig], list[Cell]]:
+    """A ``run.parallel`` worker's start: its share of the cores, then the study's plan (once)."""
     import torch
 
     configure_console()
     torch.set_num_threads(threads)
-    configs, cells = plan(overrides)
+    return plan(overrides)
+
+
+def run_cell_in_worker(state: tuple[dict[str, DictConfig], list[Cell]], index: int) -> str | None:
+    configs, cells = state
     cell = cells[index]
     return run_cell(configs[cell.label], cell)
 
@@ -218,42 +218,18 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     pending = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
     if len(pending) < len(cells):
         log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
-    parallel = min(first.run.parallel, max(1, len(pending)))
-    with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
-        if parallel == 1:
-            for cell in pending:
-                progress.cell_started(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}")
-                line = run_cell(configs[cell.label], cell)
-                if line is not None and is_global_zero():
-                    log(line)
-                progress.cell_finished()
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            for cfg in configs.values():
-                study_data(cfg)  # fill the feature cache once, before the workers read it
-            threads = max(1, (os.cpu_count() or 1) // parallel)
-            context = multiprocessing.get_context("spawn")
-            gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
-            if gpus[0] is not None:
-                log(f"run.parallel={parallel}: worker GPUs (CUDA_VISIBLE_DEVICES) {gpus}")
-            queue = context.Queue()
-            for gpu in gpus:
-                queue.put(gpu)
-            progress.cell_started(f"{parallel} cells at a time")
-            with ProcessPoolExecutor(
-                parallel, mp_context=context, initializer=take_device, initargs=(queue,)
-            ) as pool:
-                futures = [
-                    pool.submit(run_cell_in_worker, list(overrides), c.index, threads)
-                    for c in pending
-                ]
-                for future in as_completed(futures):
-                    line = future.result()
-                    if line is not None:
-                        log(line)
-                    progress.cell_finished()
+    try:
+        _run_cells(configs, cells, pending, list(overrides))
+    except BaseException as error:
+        stop = stopped_from(error)
+        if stop is not None and is_global_zero():
+            done = sum(finished(configs[c.label], cell_dir(configs[c.label], c)) for c in cells)
+            log(
+                f"{stop}: {done} of {len(cells)} cell(s) finished "
+                f"({done - (len(cells) - len(pending))} in this run); {RESUME_HINT}"
+            )
+            stop.reported = True
+        raise
     if not is_global_zero():
         return {}  # the other processes of a DDP run: rank zero writes the summaries
     left = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
@@ -278,6 +254,51 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
         report = write_report(study_dir(first))
         log(f"study report: {report['paths']['report']}")
     return summaries
+
+
+def _run_cells(
+    configs: dict[str, DictConfig], cells: list[Cell], pending: list[Cell], overrides: list[str]
+) -> None:
+    """The unfinished cells of a study: one after another, or in ``run.parallel`` workers."""
+    first = next(iter(configs.values()))
+    parallel = min(first.run.parallel, max(1, len(pending)))
+    with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
+        if parallel == 1:
+            for cell in pending:
+                progress.cell_started(cell_name(cell))
+                try:
+                    line = run_cell(configs[cell.label], cell)
+                except BaseException as error:
+                    if stopped_from(error) is not None and is_global_zero():
+                        log(f"interrupted: {cell_name(cell)}")
+                    raise
+                if line is not None and is_global_zero():
+                    log(line)
+                progress.cell_finished()
+        else:
+            for cfg in configs.values():
+                study_data(cfg)  # fill the feature cache once, before the workers read it
+            threads = max(1, (os.cpu_count() or 1) // parallel)
+            gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
+            if gpus[0] is not None:
+                log(f"run.parallel={parallel}: worker GPUs (CUDA_VISIBLE_DEVICES) {gpus}")
+            progress.cell_started(f"{parallel} cells at a time")
+
+            def done(index: int, line: str | None) -> None:
+                if line is not None:
+                    log(line)
+                progress.cell_finished()
+
+            run_in_workers(
+                [c.index for c in pending],
+                parallel,
+                worker_plan,
+                (overrides, threads),
+                run_cell_in_worker,
+                lambda index: cell_name(cells[index]),
+                done,
+                gpus,
+            )
 
 
 def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, directory: Path) -> dict:
