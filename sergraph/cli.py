@@ -30,6 +30,7 @@ from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
 from sergraph.cli_parser import build_parser
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console
+from sergraph.console import error as console_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -86,7 +87,7 @@ def _run(args) -> int:
     except BrokenPipeError:
         raise
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, PermissionError) as error:
-        print(f"sergraph {args.verb}: error: {error}", file=sys.stderr)
+        console_error(f"sergraph {args.verb}: error: {error}")
         return 2
     except OSError as error:  # a disk that is full, a folder that vanished: name the file
         where = (
@@ -94,8 +95,11 @@ def _run(args) -> int:
             if error.filename and str(error.filename) not in str(error)
             else ""
         )
-        print(f"sergraph {args.verb}: error: {where}{error}", file=sys.stderr)
+        console_error(f"sergraph {args.verb}: error: {where}{error}")
         return 2
+    except Exception as error:  # a bug: the traceback on stderr (Python) and in the log file
+        console_error(f"sergraph {args.verb}: unexpected {type(error).__name__}", traceback=True)
+        raise
     return 0
 
 

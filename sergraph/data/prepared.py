@@ -134,8 +134,10 @@ def prepare(
     Files whose features fail are handled as ``features.on_error`` says. ``stop`` (default)
     raises one :class:`~sergraph.data.features.FeatureError` listing every failed file with its
     reason, after all the other files are cached. ``skip`` leaves them out of the table *before*
-    the folds are made, lists them with their reasons in ``<study dir>/failed_files.csv``
-    (header only when none failed) and on stderr. Under ``skip`` the features are fetched even
+    the folds are made and lists them on stderr. Either way ``<study dir>/failed_files.csv`` is
+    rewritten with this extraction's failures (header only when none failed). A cache that
+    cannot be written (no space, quota, read-only) is not a failed file: its
+    :class:`~sergraph.io.WriteError` stops the run. Under ``skip`` the features are fetched even
     when ``need_features`` is false, because the folds depend on which files are left.
     """
     from sergraph.data.features import FeatureError
@@ -184,13 +186,6 @@ def prepare(
         try:
             values = fetch(table)
         except FeatureError as error:
-            if not skip:
-                raise FeatureError(
-                    error.failures,
-                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
-                    f"out of the study (they are then listed in "
-                    f"{failed_listing or 'the study folder'}).",
-                ) from None
             reasons = dict(error.failures)
             sources = pd.Series(feature_inputs(cfg, table), index=table.index)
             by_input = sources.map(reasons)
@@ -198,11 +193,23 @@ def prepare(
             reason = by_path.where(by_path.notna(), by_input)
             is_failed = reason.notna()
             failed = table[is_failed].assign(reason=reason[is_failed])
+            if not skip:
+                if failed_listing is not None:
+                    atomic_write_csv(failed_listing, failed.reset_index(drop=True))
+                raise FeatureError(
+                    error.failures,
+                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
+                    f"out of the study (they are then listed in "
+                    f"{failed_listing or 'the study folder'}).",
+                ) from None
             table = table[~is_failed].reset_index(drop=True)
+        # Written on every extraction (header only when none failed): a listing of an earlier
+        # run never stays. A cache that cannot be written raised above (a WriteError, not a
+        # failed file): a full disk is not bad input.
+        if failed_listing is not None:
+            atomic_write_csv(failed_listing, failed.reset_index(drop=True))
         if skip:
             listing = failed_listing or "the log above"
-            if failed_listing is not None:
-                atomic_write_csv(failed_listing, failed.reset_index(drop=True))
             if len(failed):
                 shown = [f"  {row.path}: {row.reason}" for row in failed.head(20).itertuples()]
                 more = [f"  ... and {len(failed) - 20} more"] if len(failed) > 20 else []

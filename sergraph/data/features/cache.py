@@ -48,7 +48,7 @@ from sergraph.data.features.config import (
     check_feature_set,
     check_positive_int,
 )
-from sergraph.data.features.hashing import atomic_save_npy, file_sha256
+from sergraph.data.features.hashing import atomic_save_npy, file_sha256, save_to_cache
 from sergraph.data.features.opensmile import (
     OPENSMILE_MEMBERS,
     RECIPE_VERSION,
@@ -59,7 +59,6 @@ from sergraph.data.features.opensmile import (
     opensmile_version,
 )
 from sergraph.data.features.pooling import frames_for_seconds, pool_by_time, pool_frames
-from sergraph.io import atomic_write_bytes
 
 __all__ = ["CacheStats", "FeatureCache", "file_sha256"]
 
@@ -98,7 +97,11 @@ class Job:
 
 
 def run_opensmile_job(job: Job) -> tuple[str, np.ndarray | None, str | None]:
-    """Extract one file, store it atomically and return ``(sha256, array, failure reason)``."""
+    """Extract one file, store it atomically and return ``(sha256, array, failure reason)``.
+
+    A failure of the file (unreadable, silent, too short) is its reason; a failure to store the
+    array (a full cache disk) raises :class:`~sergraph.io.WriteError` and stops the run.
+    """
     try:
         # Hash and decode the same bytes, so the stored array always matches its key even if the
         # file is rewritten while we run.
@@ -114,12 +117,12 @@ def run_opensmile_job(job: Job) -> tuple[str, np.ndarray | None, str | None]:
             array = extract_functionals_from(
                 io.BytesIO(data), job.path, job.feature_set, job.sample_rate, job.max_seconds
             )
-        atomic_save_npy(Path(job.out_path), array)
-        return job.sha256, array, None
     except FeatureError as error:
         return job.sha256, None, "; ".join(reason for _, reason in error.failures)
     except Exception as error:  # report any other per-file failure instead of losing the batch
         return job.sha256, None, f"{type(error).__name__}: {error}"
+    atomic_save_npy(Path(job.out_path), array)  # outside the try: a full disk is not bad audio
+    return job.sha256, array, None
 
 
 class FeatureCache:
@@ -198,8 +201,7 @@ class FeatureCache:
         manifest = key_dir / "manifest.json"
         if manifest.exists():
             return
-        key_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(manifest, (json.dumps(description, indent=2) + "\n").encode())
+        save_to_cache(manifest, (json.dumps(description, indent=2) + "\n").encode())
 
     def ssl_front_end(self) -> ssl.SSLFrontEnd:
         """The SSL model of this config (loaded once, on first use)."""
