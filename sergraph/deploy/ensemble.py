@@ -127,6 +127,8 @@ class Bundle:
         ]
         if meta.get("protocol"):
             lines.append(f"protocol: {meta['protocol']['note']}")
+        if meta.get("partial"):
+            lines.append(f"PARTIAL: exported from an unfinished study ({meta['partial']})")
         verification = meta.get("verification")
         if verification:
             line = (

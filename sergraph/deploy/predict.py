@@ -141,6 +141,7 @@ def run_export(args) -> int:
         seeds=args.seed,
         data_root=args.data_root,
         verify=not args.no_verify,
+        partial=getattr(args, "partial", False),
     )
     print(f"wrote {out}")
     print(bundle.describe())
