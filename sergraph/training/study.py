@@ -29,9 +29,9 @@ from omegaconf import DictConfig
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
-from sergraph.data.folds import Fold, check_fold
+from sergraph.data.folds import Fold, check_fold, check_training_classes
 from sergraph.data.prepared import PreparedData, prepared
-from sergraph.data.protocol import check_predictions, protocol_record
+from sergraph.data.protocol import check_enrollment_sizes, check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
 from sergraph.models import is_classic, model_inputs
@@ -74,6 +74,11 @@ def study_data(cfg: DictConfig, need_features: bool = True) -> PreparedData:
 def selected_folds(cfg: DictConfig, folds: list[Fold]) -> list[Fold]:
     if cfg.folds.only is None:
         return folds
+    if len(cfg.folds.only) == 0:
+        raise ValueError(
+            f"folds.only=[] selects no fold; give fold indices from 0..{len(folds) - 1} "
+            "(e.g. folds.only=[0,1]), or leave folds.only unset for every fold"
+        )
     bad = [i for i in cfg.folds.only if not 0 <= i < len(folds)]
     if bad:
         raise ValueError(
@@ -105,11 +110,31 @@ def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictCon
     configs = compose_study(overrides)
     cells: list[Cell] = []
     for label, cfg in configs.items():
-        folds = selected_folds(cfg, study_data(cfg, need_features=False).folds)
+        study = study_data(cfg, need_features=False)
+        folds = selected_folds(cfg, study.folds)
+        check_before_work(cfg, study, folds)
         for seed in cfg.run.seeds:
             for fold in folds:
                 cells.append(Cell(len(cells), label, int(seed), fold.index))
     return configs, cells
+
+
+def check_before_work(cfg: DictConfig, study: PreparedData, folds: list[Fold]) -> None:
+    """What every fold of the study needs, checked for all of them before the first cell: each
+    class among its training utterances, an enrollment amount each held-out speaker can honour,
+    and padded graphs that fit in memory (:mod:`sergraph.training.memory`)."""
+    from sergraph.data.features.opensmile import num_features
+    from sergraph.data.prepared import feature_cache
+    from sergraph.training.memory import check_memory
+
+    check_training_classes(study.table, folds, study.classes)
+    if protocol_of(cfg) == "enrollment":
+        held_out = sorted({str(s) for f in folds for s in (*f.val_speakers, *f.test_speakers)})
+        check_enrollment_sizes(study.table, held_out, cfg.eval.enrollment)
+    if not is_classic(model_family(cfg)):
+        features = feature_cache(cfg).config  # the width is known before extraction for openSMILE
+        width = num_features(features) if features.is_opensmile else 0  # else: a lower bound
+        check_memory(cfg, len(study.table), width)
 
 
 def cell_dir(cfg: DictConfig, cell: Cell) -> Path:
@@ -194,10 +219,10 @@ def run_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, dict]:
     (empty when only one cell was asked for).
     """
     start = time.perf_counter()
-    configs, cells = plan(overrides)
-    first = next(iter(configs.values()))
-    if is_global_zero():
+    first = next(iter(compose_study(overrides).values()))
+    if is_global_zero():  # before the corpus is read: its errors are kept in the log file too
         attach_log_file(log_file_path(first))
+    configs, cells = plan(overrides)
     if first.data.name == "synthetic":
         log(SYNTHETIC_NOTE)
     study = study_data(first, need_features=False)
