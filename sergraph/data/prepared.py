@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.console import log
-from sergraph.data.folds import Fold, make_folds
+from sergraph.data.folds import Fold, make_folds, similar_speaker_ids
 from sergraph.io import atomic_write_csv
 
 
@@ -25,6 +25,19 @@ class PreparedData:
     folds: list[Fold]
     features: list[np.ndarray] | None = None
     functionals: np.ndarray | None = None
+    sample_rates: dict[int, int] | None = None  # see corpus_sample_rates
+
+
+def corpus_sample_rates(study: PreparedData) -> dict[int, int]:
+    """Sample rate -> number of the study's audio files at it, from the headers (read once)."""
+    if study.sample_rates is None:
+        from collections import Counter
+
+        from sergraph.data.features import audio_info
+
+        infos = [audio_info(path) for path in study.table["path"]]
+        study.sample_rates = dict(Counter(info[1] for info in infos if info is not None))
+    return study.sample_rates
 
 
 def default_cache_dir() -> Path:
@@ -157,6 +170,14 @@ def prepare(
             allow_speaker_overlap=cfg.folds.get("allow_speaker_overlap", False),
         )
 
+    for group in similar_speaker_ids(table["speaker"]):
+        sizes = table["speaker"].astype(str).value_counts()
+        listed = " and ".join(f"{s!r} ({sizes[s]} utterances)" for s in group)
+        log(
+            f"WARNING: speaker ids {listed} differ only in case, spaces or leading zeros; they "
+            "are treated as different speakers. If they are one person, a test speaker is also "
+            "a training speaker: make the ids identical in the corpus"
+        )
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
     if need_features and inputs == "frames":  # functionals: one vector per file, no nodes
         for note in audio_notes(cfg, table):
