@@ -122,8 +122,10 @@ def check_enrollment_sizes(table: pd.DataFrame, speakers, amount: float) -> None
     bad = []
     for speaker, n in sorted(counts.items()):
         wanted = round(amount * n) if amount < 1 else int(amount)
-        if not 1 <= wanted <= n - 1:
-            bad.append(f"{speaker!r} has {n} (would hold {wanted} aside, score {n - wanted})")
+        if wanted < 1:
+            bad.append(f"{speaker!r} has {n} (would hold {wanted} aside)")
+        elif wanted > n - 1:
+            bad.append(f"{speaker!r} has {n} (would hold {wanted} aside, none left to score)")
     if not bad:
         return
     fewest = min(counts.values())

@@ -64,7 +64,7 @@ def test_an_enrollment_amount_a_speaker_cannot_honour_is_refused_before_any_work
     assert train(manifest(tmp_path, sizes), tmp_path, *args) == 2
     err = capsys.readouterr().err
     assert "eval.enrollment=5 cannot be honoured" in err
-    assert "speaker 's2' has 5 (would hold 5 aside, score 0)" in err
+    assert "speaker 's2' has 5 (would hold 5 aside, none left to score)" in err
     assert "'s1'" not in err.split("cannot be honoured")[1]  # 8 utterances: 5 aside, 3 scored
     assert "a count from 1 to 4" in err
     assert nothing_done(tmp_path)

@@ -142,13 +142,13 @@ def test_enrollment_amounts_a_speaker_cannot_honour_are_refused_naming_it():
         check_enrollment_sizes(table, ["03", "08"], 5)
     message = str(caught.value)
     assert "eval.enrollment=5 cannot be honoured" in message
-    assert "speaker '03' has 3 (would hold 5 aside, score -2)" in message
+    assert "speaker '03' has 3 (would hold 5 aside, none left to score)" in message
     assert "'08'" not in message  # 12 utterances: 5 aside, 7 scored, fine
     # 3 utterances: a count of 1 or 2; a fraction in (0.5/3, 1 - 0.5/3)
     assert "Accepted here: a count from 1 to 2 or a fraction between 0.167 and 0.833" in message
     with pytest.raises(ValueError, match=r"'08' has 12 \(would hold 1000000000 aside"):
         check_enrollment_sizes(table, ["08"], 1e9)
-    with pytest.raises(ValueError, match=r"'09' has 2 \(would hold 0 aside, score 2\)"):
+    with pytest.raises(ValueError, match=r"'09' has 2 \(would hold 0 aside\)"):
         check_enrollment_sizes(table, ["09", "10"], 0.2)  # round(0.4) = 0
     with pytest.raises(ValueError, match="a fraction between 0.25 and 0.75"):
         enrollment_rows(table, ["09"], 0.2)  # the rows themselves are never clamped either
