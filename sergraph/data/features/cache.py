@@ -82,6 +82,9 @@ class CacheStats:
     replaced: int = 0
 
 
+CHANGED = "file changed during extraction; run again"
+
+
 @dataclass(frozen=True)
 class Job:
     """One extraction (picklable, so spawn-safe for openSMILE worker processes)."""
@@ -103,20 +106,26 @@ def run_opensmile_job(job: Job) -> tuple[str, np.ndarray | None, str | None]:
     array (a full cache disk) raises :class:`~sergraph.io.WriteError` and stops the run.
     """
     try:
-        # Hash and decode the same bytes, so the stored array always matches its key even if the
-        # file is rewritten while we run.
-        data = Path(job.path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != job.sha256:
-            return job.sha256, None, "file changed during extraction; run again"
+        if job.max_seconds is None:
+            # Hash and decode the same bytes, so the stored array always matches its key even if
+            # the file is rewritten while we run.
+            data = Path(job.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != job.sha256:
+                return job.sha256, None, CHANGED
+            source = io.BytesIO(data)
+        else:  # only the start is decoded, from the file itself: memory bounded by max_seconds
+            source = job.path
         if job.kind == "lld":
             config = FeatureConfig(
                 job.feature_set, job.deltas, 1, job.sample_rate, max_seconds=job.max_seconds
             )
-            array = extract_llds_from(io.BytesIO(data), job.path, config)
+            array = extract_llds_from(source, job.path, config)
         else:
             array = extract_functionals_from(
-                io.BytesIO(data), job.path, job.feature_set, job.sample_rate, job.max_seconds
+                source, job.path, job.feature_set, job.sample_rate, job.max_seconds
             )
+        if job.max_seconds is not None and file_sha256(job.path) != job.sha256:
+            return job.sha256, None, CHANGED  # rewritten while it was decoded
     except FeatureError as error:
         return job.sha256, None, "; ".join(reason for _, reason in error.failures)
     except Exception as error:  # report any other per-file failure instead of losing the batch
