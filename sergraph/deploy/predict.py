@@ -195,6 +195,13 @@ def run_predict(args) -> int:
 
     enrollment = parse_enroll(getattr(args, "enroll", None) or [], expand_inputs)
     speakers = input_speakers(args.audio, paths, getattr(args, "speaker", None))
+    unused = sorted(set(enrollment) - {s for s in speakers if s is not None})
+    if unused:  # before any work: that audio would be ignored
+        raise ValueError(
+            f"--enroll gives enrollment audio of speaker(s) {unused}, but no file to predict is "
+            "said to be theirs, so it would be unused; name the speaker of the files with "
+            "--speaker SPEAKER, or give them in a manifest CSV with a speaker column"
+        )
     device = None if args.device == "auto" else args.device
     bundle = load_bundle(
         args.bundle, map_location=device, ssl_model=getattr(args, "ssl_model", None)

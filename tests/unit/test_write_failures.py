@@ -199,3 +199,21 @@ def test_a_read_only_cache_is_not_bad_input(corpus, tmp_path):
         assert caught.value.errno == errno.EACCES
     finally:
         cache.chmod(0o700)
+
+
+def test_a_full_disk_during_predict_output_names_the_file(
+    bundle_run, tmp_path, monkeypatch, capsys
+):
+    from sergraph.cli import main
+
+    out = tmp_path / "predictions.csv"
+    audio = next(iter(bundle_run.audio.values()))
+    args = ["predict", str(bundle_run.ensemble), audio, "-q", "--workers", "1"]
+    monkeypatch.setenv("SERGRAPH_CACHE", str(tmp_path / "cache"))
+    assert main(args) == 0  # features cached first: the disk fills at the output
+    capsys.readouterr()
+    with full_disk(monkeypatch):
+        assert main([*args, "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"sergraph predict: error: cannot write {out}: no space left on device (ENOSPC)" in err
+    assert not out.exists() and not list(tmp_path.glob(".predictions.csv.*"))
