@@ -64,7 +64,11 @@ def _worker_main(connection, parent: int, device, setup, setup_args, work) -> No
     if device is not None:  # before anything touches CUDA, which reads it once
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     try:
-        state = setup(*setup_args)
+        try:
+            state = setup(*setup_args)
+        except Exception as error:  # noqa: BLE001 - sent to the main process, which raises it
+            connection.send(("failed", None, _picklable(error)))
+            return
         connection.send(("ready", None, None))
         while (task := connection.recv()) is not None:
             try:
@@ -153,7 +157,8 @@ def run_in_workers(
                         worker.process.join(5)
                         _died(worker, names)
                     if kind == "failed":
-                        log(f"{names(task)}: failed in worker process {worker.process.pid}")
+                        what = "its start" if task is None else names(task)
+                        log(f"{what}: failed in worker process {worker.process.pid}")
                         raise payload
                     if kind == "done":
                         worker.task = None

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
+import psutil  # a dependency of torch_geometric
 import pytest
 
 from tests.cli import run_cli

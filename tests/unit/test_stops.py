@@ -20,6 +20,8 @@ from sergraph.training.stopping import Stopped, stop_on_signals, stopped_from
 
 
 def setup(folder: str) -> Path:
+    if folder == "bad":
+        raise FileNotFoundError("corpus bad: no such folder")
     return Path(folder)
 
 
@@ -92,6 +94,11 @@ def test_a_failing_cell_raises_its_own_error_in_the_main_process(tmp_path):
         run_in_workers([50, 98, 3], 2, setup, (str(tmp_path),), work, names, lambda *a: None)
     tasks = started(tmp_path)
     assert set(tasks) == {50, 98} and not any(alive(pid) for pid in tasks.values())
+
+
+def test_a_worker_that_cannot_start_raises_its_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="corpus bad: no such folder"):
+        run_in_workers([1, 2], 2, setup, ("bad",), work, names, lambda *a: None)
 
 
 def signal_after(path: Path, signum: int, count: int = 1) -> threading.Thread:
