@@ -1,5 +1,5 @@
 """``run.parallel=N`` on a node with several GPUs: one GPU per worker, round robin (that each
-worker process sees its own: tests/unit/test_stops.py)."""
+worker process sees its own: tests/unit/test_worker_pool.py)."""
 
 from __future__ import annotations
 
