@@ -80,7 +80,10 @@ def _handle(signum: int, frame) -> None:
 @contextmanager
 def stop_on_signals() -> Iterator[None]:
     """Within the block, SIGTERM and SIGINT raise :class:`Stopped` in the main thread (the
-    first one; a second one ends the process at once). The handlers before are restored after.
+    first one; a second one ends the process at once). The handlers before are restored after,
+    unless the block was stopped: the process is then on its way out, and a further signal
+    (an impatient second Ctrl-C) still ends it at once with ``128 + signal``, not with a
+    traceback of Python's default handler.
     """
     previous = {signum: signal.getsignal(signum) for signum in STOP_SIGNALS}
     _state["stopping"] = None
@@ -89,9 +92,16 @@ def stop_on_signals() -> Iterator[None]:
     try:
         yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-        _state["stopping"] = None
+        if _state["stopping"] is None:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def restore_signals(handlers: dict) -> None:
+    """Put back ``handlers`` (signal -> handler) and forget a stop (tests that stop in-process)."""
+    for signum, handler in handlers.items():
+        signal.signal(signum, handler)
+    _state["stopping"] = None
 
 
 def stopping() -> bool:

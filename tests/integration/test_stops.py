@@ -161,7 +161,10 @@ def test_ctrl_c_twice_stops_a_parallel_study_at_once_without_orphans(env, tmp_pa
         except ProcessLookupError:  # already gone after the first one
             break
         time.sleep(0.3)
-    assert ended_within(process, 30) == 130  # 128 + SIGINT
+    # 128 + SIGINT; or ended by SIGINT itself when the second one lands while Python exits
+    # (its finalisation resets the handlers): a shell reports both as 130
+    code = ended_within(process, 30)
+    assert code in (130, -signal.SIGINT), errors.read_text()[-3000:]
     assert "SIGINT" in errors.read_text()
     assert left_behind(children) == []
     assert len(started_cells(runs)) <= len(before) + 2

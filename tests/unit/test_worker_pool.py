@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from sergraph.training.parallel import WorkerDied, run_in_workers
-from sergraph.training.stopping import Stopped, stop_on_signals, stopped_from
+from sergraph.training.stopping import Stopped, restore_signals, stop_on_signals, stopped_from
 
 
 def setup(folder: str) -> Path:
@@ -117,8 +117,17 @@ def signal_after(path: Path, signum: int, count: int = 1) -> threading.Thread:
     return thread
 
 
+@pytest.fixture
+def handlers():
+    """This process's SIGTERM/SIGINT handlers, put back after the test (a stopped block keeps
+    its own, so that a further signal still ends the process at once)."""
+    before = {signum: signal.getsignal(signum) for signum in (signal.SIGTERM, signal.SIGINT)}
+    yield before
+    restore_signals(before)
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_a_stop_signal_stops_the_workers_and_starts_no_queued_cell(tmp_path, signum):
+def test_a_stop_signal_stops_the_workers_and_starts_no_queued_cell(tmp_path, signum, handlers):
     begin = time.monotonic()
     signal_after(tmp_path / "started-51", signum)
     with pytest.raises(Stopped) as caught, stop_on_signals():
@@ -128,7 +137,15 @@ def test_a_stop_signal_stops_the_workers_and_starts_no_queued_cell(tmp_path, sig
     tasks = started(tmp_path)
     assert set(tasks) == {50, 51}  # 52 and 53 never started
     assert not any(alive(pid) for pid in tasks.values())
-    assert signal.getsignal(signal.SIGTERM) is not None  # handlers restored after the block
+    # still stopping: a further signal would end the process at once, not raise again
+    assert signal.getsignal(signum) is not handlers[signum]
+
+
+def test_handlers_are_restored_after_a_block_that_was_not_stopped(handlers):
+    with stop_on_signals():
+        assert signal.getsignal(signal.SIGINT) is not handlers[signal.SIGINT]
+    assert signal.getsignal(signal.SIGINT) is handlers[signal.SIGINT]
+    assert signal.getsignal(signal.SIGTERM) is handlers[signal.SIGTERM]
 
 
 def test_lightnings_sigterm_exception_counts_as_a_stop():
