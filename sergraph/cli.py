@@ -30,6 +30,7 @@ from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
 from sergraph.cli_parser import build_parser
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console
+from sergraph.console import error as console_error
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +88,7 @@ def _run(args) -> int:
     except BrokenPipeError:
         raise
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, PermissionError) as error:
-        print(f"sergraph {args.verb}: error: {error}", file=sys.stderr)
+        console_error(f"sergraph {args.verb}: error: {error}")
         return 2
     except OSError as error:  # a disk that is full, a folder that vanished: name the file
         where = (
@@ -95,19 +96,34 @@ def _run(args) -> int:
             if error.filename and str(error.filename) not in str(error)
             else ""
         )
-        print(f"sergraph {args.verb}: error: {where}{error}", file=sys.stderr)
+        console_error(f"sergraph {args.verb}: error: {where}{error}")
         return 2
+    except Exception as error:  # a bug: the traceback on stderr (Python) and in the log file
+        console_error(f"sergraph {args.verb}: unexpected {type(error).__name__}", traceback=True)
+        raise
     return 0
 
 
 def _train(overrides: list[str], rerun_changed: bool = False) -> int:
     import time
 
+    from sergraph.console import log
     from sergraph.results.summary import format_summary
+    from sergraph.training.stopping import RESUME_HINT, stop_on_signals, stopped_from
     from sergraph.training.study import run_study
 
     start = time.perf_counter()
-    summaries = run_study(overrides, rerun_changed=rerun_changed)
+    try:
+        with stop_on_signals():
+            summaries = run_study(overrides, rerun_changed=rerun_changed)
+    except BaseException as error:
+        # SIGTERM/SIGINT: a non-zero status (128 + signal) and one line, never a silent 0
+        stop = stopped_from(error)
+        if stop is None:
+            raise
+        if not getattr(stop, "reported", False):  # stopped outside the cells
+            log(f"sergraph train: {stop}; {RESUME_HINT}")
+        return stop.exit_code
     for summary in summaries.values():
         print(format_summary(summary))
     print(f"total wall time {time.perf_counter() - start:.0f} s", file=sys.stderr)

@@ -197,6 +197,12 @@ def _add_export_parser(verbs) -> None:
     export.add_argument(
         "--no-verify", action="store_true", help="skip re-predicting the test speakers"
     )
+    export.add_argument(
+        "--partial",
+        action="store_true",
+        help="export a study whose folds are not all finished (refused otherwise); the bundle "
+        "says which are missing",
+    )
 
 
 def _add_predict_parser(verbs) -> None:

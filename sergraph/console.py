@@ -102,6 +102,14 @@ def log(message: str) -> None:
         logging.getLogger("sergraph").info(message)
 
 
+def error(message: str, traceback: bool = False) -> None:
+    """An error line for the person at the console (stderr), kept in the log file as well when
+    one is attached (``traceback``: with the exception being handled, in the file only)."""
+    print(message, file=sys.stderr, flush=True)
+    if _state["file"] is not None:
+        logging.getLogger("sergraph").error(message, exc_info=traceback)
+
+
 def detail(message: str) -> None:
     """A detail of one cell (e.g. its fusion weight): the log file always, the console only
     with ``-v``, so that the console keeps one line per finished cell."""

@@ -1,6 +1,8 @@
 """Atomic file writes: a reader (or a re-run after a kill) never sees a half-written file.
 
-A folder that cannot be written to raises :class:`NotWritableError`, which names the folder.
+A folder that cannot be written to raises :class:`NotWritableError`, which names the folder; a
+write that fails for want of room (a full disk, a quota) raises :class:`WriteError`, which names
+the file. Neither is ever taken for bad input: they stop the run (see :func:`write_error`).
 """
 
 from __future__ import annotations
@@ -15,6 +17,12 @@ import pandas as pd
 
 #: errno values that mean "this folder cannot be written to".
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)
+#: errno values that mean "no room to write this file".
+NO_ROOM = {
+    errno.ENOSPC: "no space left on device",
+    errno.EDQUOT: "disk quota exceeded",
+    errno.EFBIG: "file too large for this file system",
+}
 
 
 class NotWritableError(PermissionError):
@@ -36,15 +44,44 @@ class NotWritableError(PermissionError):
         return self.strerror
 
 
+class WriteError(OSError):
+    """A file that could not be written: the message names it, why, and what to do.
+
+    Built like an ``OSError`` (``errno, message, filename``), so it crosses process boundaries
+    (feature extraction workers) intact."""
+
+    def __str__(self) -> str:
+        return self.strerror
+
+
+def write_error(path: str | Path, error: OSError) -> OSError:
+    """The error to raise for a failed write of ``path``: :class:`NotWritableError` (permissions,
+    read-only), :class:`WriteError` (no room, or an error that names no file), or ``error``
+    itself (anything else: it names its file)."""
+    if isinstance(error, NotWritableError | WriteError):
+        return error
+    if error.errno in NOT_WRITABLE:
+        return NotWritableError(Path(path), error)
+    if error.errno in NO_ROOM:
+        return WriteError(
+            error.errno,
+            f"cannot write {path}: {NO_ROOM[error.errno]} ({errno.errorcode[error.errno]}); "
+            "nothing half-written was kept. Free space there, or write elsewhere "
+            "(run.out_dir=..., --out, -o, $SERGRAPH_CACHE)",
+            str(path),
+        )
+    if error.filename is not None:
+        return error
+    return WriteError(error.errno, f"cannot write {path}: {error.strerror or error}", str(path))
+
+
 def ensure_folder(path: str | Path) -> Path:
-    """Create ``path`` (and its parents) if needed; :class:`NotWritableError` if it cannot be."""
+    """Create ``path`` (and its parents) if needed; :func:`write_error` if it cannot be."""
     path = Path(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        if error.errno in NOT_WRITABLE:
-            raise NotWritableError(path, error) from None
-        raise
+        raise write_error(path, error) from None
     return path
 
 
@@ -58,9 +95,7 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as error:
-        if error.errno in NOT_WRITABLE:
-            raise NotWritableError(path, error) from None
-        raise
+        raise write_error(path, error) from None
     try:
         # mkstemp makes the file 0600; give it the mode a plain open() would (umask honoured),
         # so that a lab sharing a results folder can read it.
@@ -70,6 +105,9 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as error:  # a full disk or quota: named, the partial file removed
+        Path(tmp).unlink(missing_ok=True)
+        raise write_error(path, error) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

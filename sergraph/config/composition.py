@@ -171,7 +171,17 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
                 f"run.variants: {unknown} are not variants of this experiment; choose from {labels}"
             )
         labels = [label for label in labels if label in base.run.variants]
-    return {label: compose(overrides, variant=label) for label in labels}
+    configs = {label: compose(overrides, variant=label) for label in labels}
+    for label, cfg in configs.items():
+        for key in ("name", "out_dir"):  # where the study lives: one place for all variants
+            if cfg.run[key] != base.run[key]:
+                raise ConfigError(
+                    f"variants: {label}: run.{key}={cfg.run[key]!r}, but the study's is "
+                    f"{base.run[key]!r}; a variant writes inside its study (so the study's "
+                    f"summary and report include it), so set run.{key} for the whole study (the "
+                    "experiment file's top level or the command line), not in a variant"
+                )
+    return configs
 
 
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:

@@ -23,6 +23,7 @@ test speaker(s) in the cyclic speaker order, skipping the test speakers.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -282,6 +283,42 @@ def check_fold(fold: Fold, table: pd.DataFrame) -> None:
     for split in ("train", "test") + (("val",) if fold.val_speakers else ()):
         if len(rows[split]) == 0:
             raise FoldLeakError(f"{fold.name}: the {split} split has no utterances")
+
+
+def similar_speaker_ids(speakers) -> list[list[str]]:
+    """Groups of distinct speaker ids that are one id after normalising case, whitespace and
+    leading zeros of numbers (``"03"``, ``"3"``, ``" 3"``; ``"Spk03"``, ``"spk3"``)."""
+
+    def key(speaker: str) -> str:
+        text = " ".join(str(speaker).split()).casefold()
+        return re.sub(r"\d+", lambda number: str(int(number.group())), text)
+
+    groups: dict[str, set[str]] = {}
+    for speaker in {str(s) for s in speakers}:
+        groups.setdefault(key(speaker), set()).add(speaker)
+    return sorted(sorted(group) for group in groups.values() if len(group) > 1)
+
+
+def check_training_classes(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> None:
+    """Refuse, for every fold at once and before any work, a class that a fold's training
+    speakers never say (only its validation or test speakers do): no model learns it there.
+
+    Raises:
+        ValueError: naming each such fold, its test speakers and the classes missing.
+    """
+    problems = []
+    for fold in folds:
+        present = set(table["label"].iloc[split_indices(table, fold)["train"]].astype(str))
+        missing = [c for c in classes if c not in present]
+        if missing:
+            problems.append(f"{fold.name} (test {', '.join(fold.test_speakers)}): {missing}")
+    if problems:
+        raise ValueError(
+            f"in {len(problems)} of {len(folds)} fold(s) the training speakers have no "
+            f"utterances of some class: {'; '.join(problems)}. A model cannot learn a class its "
+            "training side never has; merge or drop that class (data.merge=..., "
+            "data.classes=[...]), or choose the folds (folds.scheme, folds.val_speakers)"
+        )
 
 
 def fold_table(

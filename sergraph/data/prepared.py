@@ -12,7 +12,7 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.console import log
-from sergraph.data.folds import Fold, make_folds
+from sergraph.data.folds import Fold, make_folds, similar_speaker_ids
 from sergraph.io import atomic_write_csv
 
 
@@ -27,6 +27,19 @@ class PreparedData:
     functionals: np.ndarray | None = None
     #: :func:`data_fingerprint`, computed on first use.
     fingerprint: dict | None = None
+    sample_rates: dict[int, int] | None = None  # see corpus_sample_rates
+
+
+def corpus_sample_rates(study: PreparedData) -> dict[int, int]:
+    """Sample rate -> number of the study's audio files at it, from the headers (read once)."""
+    if study.sample_rates is None:
+        from collections import Counter
+
+        from sergraph.data.features import audio_info
+
+        infos = [audio_info(path) for path in study.table["path"]]
+        study.sample_rates = dict(Counter(info[1] for info in infos if info is not None))
+    return study.sample_rates
 
 
 def default_cache_dir() -> Path:
@@ -157,8 +170,10 @@ def prepare(
     Files whose features fail are handled as ``features.on_error`` says. ``stop`` (default)
     raises one :class:`~sergraph.data.features.FeatureError` listing every failed file with its
     reason, after all the other files are cached. ``skip`` leaves them out of the table *before*
-    the folds are made, lists them with their reasons in ``<study dir>/failed_files.csv``
-    (header only when none failed) and on stderr. Under ``skip`` the features are fetched even
+    the folds are made and lists them on stderr. Either way ``<study dir>/failed_files.csv`` is
+    rewritten with this extraction's failures (header only when none failed). A cache that
+    cannot be written (no space, quota, read-only) is not a failed file: its
+    :class:`~sergraph.io.WriteError` stops the run. Under ``skip`` the features are fetched even
     when ``need_features`` is false, because the folds depend on which files are left.
     """
     from sergraph.data.features import FeatureError
@@ -178,6 +193,14 @@ def prepare(
             allow_speaker_overlap=cfg.folds.get("allow_speaker_overlap", False),
         )
 
+    for group in similar_speaker_ids(table["speaker"]):
+        sizes = table["speaker"].astype(str).value_counts()
+        listed = " and ".join(f"{s!r} ({sizes[s]} utterances)" for s in group)
+        log(
+            f"WARNING: speaker ids {listed} differ only in case, spaces or leading zeros; they "
+            "are treated as different speakers. If they are one person, a test speaker is also "
+            "a training speaker: make the ids identical in the corpus"
+        )
     folds = folds_of(table)  # before any extraction: an impossible fold setup fails at once
     if need_features and inputs == "frames":  # functionals: one vector per file, no nodes
         for note in audio_notes(cfg, table):
@@ -207,13 +230,6 @@ def prepare(
         try:
             values = fetch(table)
         except FeatureError as error:
-            if not skip:
-                raise FeatureError(
-                    error.failures,
-                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
-                    f"out of the study (they are then listed in "
-                    f"{failed_listing or 'the study folder'}).",
-                ) from None
             reasons = dict(error.failures)
             sources = pd.Series(feature_inputs(cfg, table), index=table.index)
             by_input = sources.map(reasons)
@@ -221,11 +237,23 @@ def prepare(
             reason = by_path.where(by_path.notna(), by_input)
             is_failed = reason.notna()
             failed = table[is_failed].assign(reason=reason[is_failed])
+            if not skip:
+                if failed_listing is not None:
+                    atomic_write_csv(failed_listing, failed.reset_index(drop=True))
+                raise FeatureError(
+                    error.failures,
+                    hint="Fix or remove these files, or set features.on_error=skip to leave them "
+                    f"out of the study (they are then listed in "
+                    f"{failed_listing or 'the study folder'}).",
+                ) from None
             table = table[~is_failed].reset_index(drop=True)
+        # Written on every extraction (header only when none failed): a listing of an earlier
+        # run never stays. A cache that cannot be written raised above (a WriteError, not a
+        # failed file): a full disk is not bad input.
+        if failed_listing is not None:
+            atomic_write_csv(failed_listing, failed.reset_index(drop=True))
         if skip:
             listing = failed_listing or "the log above"
-            if failed_listing is not None:
-                atomic_write_csv(failed_listing, failed.reset_index(drop=True))
             if len(failed):
                 shown = [f"  {row.path}: {row.reason}" for row in failed.head(20).itertuples()]
                 more = [f"  ... and {len(failed) - 20} more"] if len(failed) > 20 else []

@@ -87,10 +87,63 @@ def check_enrollment_amount(amount: float) -> None:
 
 def enrollment_count(n_utterances: int, amount: float) -> int:
     """How many of a speaker's ``n_utterances`` are held aside: ``round(amount * n)`` for a
-    fraction, ``amount`` for a count; at least 1 and leaving at least 1 to score."""
+    fraction, ``amount`` for a count.
+
+    Raises:
+        ValueError: that would hold none aside or leave none to score (see
+            :func:`check_enrollment_sizes`, which names every such speaker at once).
+    """
     check_enrollment_amount(amount)
     wanted = round(amount * n_utterances) if amount < 1 else int(amount)
-    return int(min(max(wanted, 1), n_utterances - 1))
+    if not 1 <= wanted <= n_utterances - 1:
+        raise ValueError(
+            f"eval.enrollment={amount:g} holds {wanted} of {n_utterances} utterance(s) aside; "
+            "enrollment needs at least 1 held aside and 1 scored"
+        )
+    return int(wanted)
+
+
+def check_enrollment_sizes(table: pd.DataFrame, speakers, amount: float) -> None:
+    """Refuse an ``eval.enrollment`` that some of ``speakers`` cannot honour, before any work.
+
+    Every speaker must keep at least one utterance held aside and one scored, with exactly the
+    amount asked for (a count as given, a fraction rounded to whole utterances): it is never
+    clamped, so the protocol note of every result file states what was done.
+
+    Raises:
+        ValueError: naming each such speaker with its number of utterances and what it would
+            hold aside, and the amounts that every one of ``speakers`` can honour.
+    """
+    check_enrollment_amount(amount)
+    sizes = table["speaker"].astype(str).value_counts()
+    counts = {str(s): int(sizes.get(str(s), 0)) for s in speakers}
+    if not counts:
+        return
+    bad = []
+    for speaker, n in sorted(counts.items()):
+        wanted = round(amount * n) if amount < 1 else int(amount)
+        if wanted < 1:
+            bad.append(f"{speaker!r} has {n} (would hold {wanted} aside)")
+        elif wanted > n - 1:
+            bad.append(f"{speaker!r} has {n} (would hold {wanted} aside, none left to score)")
+    if not bad:
+        return
+    fewest = min(counts.values())
+    if fewest < 2:
+        accepted = (
+            "none: a speaker with fewer than 2 utterances cannot be enrolled and scored; "
+            "remove it or use eval.protocol=inductive"
+        )
+    else:
+        accepted = (
+            f"a count from 1 to {fewest - 1} or a fraction between {0.5 / fewest:.3g} and "
+            f"{1 - 0.5 / fewest:.3g} (the fewest utterances of a held-out speaker: {fewest})"
+        )
+    shown = "; ".join(bad[:10]) + (f"; and {len(bad) - 10} more" if len(bad) > 10 else "")
+    raise ValueError(
+        f"eval.enrollment={amount:g} cannot be honoured: every held-out speaker needs at least "
+        f"one utterance held aside and one scored, but speaker {shown}. Accepted here: {accepted}"
+    )
 
 
 def _speaker_seed(speaker: str, seed: int) -> int:
@@ -106,18 +159,14 @@ def enrollment_rows(table: pd.DataFrame, speakers, amount: float, seed: int = 0)
     on the other rows of the table.
 
     Raises:
-        ValueError: a speaker with fewer than 2 utterances (nothing would be left to score).
+        ValueError: an amount some speaker cannot honour (:func:`check_enrollment_sizes`).
     """
+    check_enrollment_sizes(table, speakers, amount)
     speaker_column = table["speaker"].astype(str).to_numpy()
     ids = table["utterance"].astype(str).to_numpy() if "utterance" in table else None
     chosen = []
     for speaker in sorted({str(s) for s in speakers}):
         rows = np.flatnonzero(speaker_column == speaker)
-        if len(rows) < 2:
-            raise ValueError(
-                f"speaker {speaker!r} has {len(rows)} utterance(s); enrollment needs at least 2 "
-                "(one held aside, one scored)"
-            )
         if ids is not None:
             rows = rows[np.argsort(ids[rows], kind="stable")]
         order = np.random.default_rng(_speaker_seed(speaker, seed)).permutation(len(rows))

@@ -41,6 +41,10 @@ from sergraph.deploy.segments import (
 )
 from sergraph.io import atomic_write_bytes
 
+#: Seconds read beyond the part of a file a bundle classifies (see Bundle.input_config).
+CUT_MARGIN_SECONDS = 1.0
+#: In windows mode, files longer than this are analysed a block at a time (Bundle._streamed).
+STREAM_SECONDS = 120.0
 FORMAT = "sergraph-bundle"
 #: The newest bundle format this sergraph reads (2: ``graph.dilations``). Bundles without
 #: dilated edges are still written as format 1, so older sergraph versions read them; a bundle
@@ -127,6 +131,8 @@ class Bundle:
         ]
         if meta.get("protocol"):
             lines.append(f"protocol: {meta['protocol']['note']}")
+        if meta.get("partial"):
+            lines.append(f"PARTIAL: exported from an unfinished study ({meta['partial']})")
         verification = meta.get("verification")
         if verification:
             line = (
@@ -316,7 +322,9 @@ class Bundle:
         paths = [os.fspath(p) for p in paths]
         cache = FeatureCache(feature_cache_root(cache_dir), self.feature_config)
         self.check_pipeline(cache.config)
+        # enrollment statistics are fitted on whole files, as in training
         enrolled = enrollment_plan(self.meta, cache, paths, speakers, enrollment, workers)
+        cache = FeatureCache(cache.root, self.input_config(window))
 
         rows: list[dict] = []
         failures: list[tuple[str, str]] = []
@@ -324,15 +332,22 @@ class Bundle:
         try:
             for start in range(0, len(paths), chunk_size):
                 chunk = paths[start : start + chunk_size]
+                # windows over long files: streamed, a block at a time (not cached)
+                streamed = self._streamed(chunk) if window_nodes is not None else {}
+                reasons = {p: r for p, r in streamed.items() if isinstance(r, str)}
+                failures += list(reasons.items())
+                short = [p for p in chunk if p not in streamed]
                 try:
-                    arrays = cache.get(chunk, workers=workers, progress=False)
-                    reasons: dict[str, str] = {}
+                    arrays = cache.get(short, workers=workers, progress=False)
                 except FeatureError as error:
-                    reasons = dict(error.failures)
+                    reasons.update(error.failures)
                     failures += error.failures
-                    good = [p for p in chunk if p not in reasons]
+                    good = [p for p in short if p not in reasons]
                     arrays = cache.get(good, workers=1, progress=False)  # cache hits
+                by_path = dict(zip([p for p in short if p not in reasons], arrays, strict=True))
+                by_path.update({p: a for p, a in streamed.items() if not isinstance(a, str)})
                 good = [p for p in chunk if p not in reasons]
+                arrays = [by_path[p] for p in good]
                 rows += self._chunk_rows(
                     chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled
                 )
@@ -414,6 +429,45 @@ class Bundle:
             for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True))
         ]
         return pd.DataFrame(rows)
+
+    def _streamed(self, paths: Sequence[str]) -> dict[str, np.ndarray | str]:
+        """Node features (or the failure reason) of the files longer than
+        :data:`STREAM_SECONDS`, extracted a block at a time
+        (:func:`~sergraph.data.features.opensmile.extract_llds_streamed`): windows mode reads
+        the whole file, which openSMILE would otherwise hold in memory whole."""
+        from sergraph.data.features import FeatureError, audio_info, pool_frames
+        from sergraph.data.features.opensmile import extract_llds_streamed
+
+        config = self.feature_config
+        if not config.is_opensmile:
+            return {}
+        found: dict[str, np.ndarray | str] = {}
+        for path in dict.fromkeys(paths):
+            info = audio_info(path)
+            if info is None or info[0] <= STREAM_SECONDS:
+                continue
+            try:
+                frames = extract_llds_streamed(path, path, config)
+                found[path] = pool_frames(frames, config.pool)
+            except FeatureError as error:
+                found[path] = "; ".join(reason for _, reason in error.failures)
+        return found
+
+    def input_config(self, window: float | None = None):
+        """The feature configuration of the files to classify: the bundle's (whose
+        ``sample_rate`` every file is resampled to), reading only the first
+        ``graph.max_nodes`` nodes' seconds plus :data:`CUT_MARGIN_SECONDS` of each file when it
+        is classified as a whole (``window=None``): a long file then costs no more memory than
+        the part the model sees, and the frames of that part are those of the whole file
+        (openSMILE's smoothing and deltas look a few frames ahead)."""
+        import dataclasses
+
+        config, max_nodes = self.feature_config, self.meta["graph"]["max_nodes"]
+        if window is not None or max_nodes is None or not config.is_opensmile:
+            return config
+        return dataclasses.replace(
+            config, max_seconds=max_nodes * self.node_seconds + CUT_MARGIN_SECONDS
+        )
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
         return segment_nodes(window, hop, self.node_seconds, self.meta["graph"]["max_nodes"])

@@ -44,6 +44,7 @@ from sergraph.results.layout import (
     read_json,
     read_metrics,
     read_predictions,
+    unfinished_cells,
     variant_dirs,
 )
 
@@ -65,6 +66,7 @@ def export_bundle(
     seeds: Sequence[int] | None = None,
     data_root: str | None = None,
     verify: bool = True,
+    partial: bool = False,
 ) -> tuple[Path, Bundle]:
     """Write a bundle from a finished run; needs only the run folder.
 
@@ -79,13 +81,18 @@ def export_bundle(
             cached features); not needed otherwise.
         verify: re-predict each fold's test inputs through the bundle and compare with the
             run's ``predictions.csv``.
+        partial: accept a study whose folds are not all finished (stopped, or still running);
+            the bundle then says which are missing (``meta["partial"]``). Without it such a
+            model folder is refused. Choosing folds or seeds (``folds``, ``seeds``) or one fold
+            folder is a choice, not a partial study.
 
     Returns:
         ``(path written, the bundle)``.
 
     Raises:
         FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
-        BundleError: a model or setting that cannot be exported (SVM, per-speaker
+        BundleError: a study with unfinished folds (without ``partial``), a model or setting
+            that cannot be exported (SVM, per-speaker
             normalisation outside ``eval.protocol=enrollment``), folds of different configurations, old checkpoints without
             ``data_root``, or a failed verification (nothing is written then).
     """
@@ -115,6 +122,16 @@ def export_bundle(
     except ValueError as error:
         raise BundleError(f"{cells[0] / 'config.yaml'}: {error}") from None
     cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    missing = None
+    if folds is None and seeds is None and not (run_dir / "metrics.json").is_file():
+        missing = _missing_folds(run_dir, cfg, records)
+        if missing and not partial:
+            raise BundleError(
+                f"{run_dir} is not finished: {missing}. A bundle of part of a study is not the "
+                "model its summary describes. Finish the study (run the same `sergraph train` "
+                "again: it resumes), or export what is finished with --partial (the bundle then "
+                "says it is partial), or choose folds with --fold/--seed"
+            )
     family, model_params = model_spec(cfg)
     protocol = protocol_of(cfg)
     _check_exportable(cfg, family, protocol)
@@ -181,6 +198,7 @@ def export_bundle(
             _member_provenance(run_dir, cell, record)
             for cell, record in zip(cells, records, strict=True)
         ],
+        **({"partial": missing} if missing else {}),
     }
     members = [
         {"state_dict": checkpoint["weights"], **_statistics(state)}
@@ -262,6 +280,38 @@ def _finished_cells(
     for cell in cells:
         _check_finite_predictions(cell, records[cell]["classes"])
     return cells
+
+
+def _missing_folds(run_dir: Path, cfg, records: list[dict]) -> str | None:
+    """What a model folder lacks of its study, in words, or ``None`` when every cell is finished.
+
+    Needs only the run folder: the seeds are the configuration's ``run.seeds``; the folds its
+    ``folds.only``, or else every fold of the corpus, and since every fold scheme tests each
+    speaker exactly once, the finished folds of a seed must together test every speaker that
+    any fold trained, validated or tested on.
+    """
+    speakers = sorted(
+        {s for r in records for split in ("train", "val", "test") for s in r[f"{split}_speakers"]}
+    )
+    wanted_folds = None if cfg.folds.only is None else sorted(int(f) for f in cfg.folds.only)
+    problems = []
+    for seed in [int(s) for s in cfg.run.seeds]:
+        done = [r for r in records if r["seed"] == seed]
+        if wanted_folds is not None:
+            lacking = sorted(set(wanted_folds) - {r["fold"] for r in done})
+            if lacking:
+                problems.append(f"seed {seed}: fold(s) {lacking} have no results")
+            continue
+        untested = [s for s in speakers if s not in {t for r in done for t in r["test_speakers"]}]
+        if untested:
+            problems.append(
+                f"seed {seed}: speaker(s) {', '.join(untested)} were never tested (their folds "
+                f"have no results; {len(done)} fold(s) finished)"
+            )
+    running = [cell.relative_to(run_dir).as_posix() for cell in unfinished_cells(run_dir)]
+    if running:
+        problems.append(f"unfinished cell folder(s) {', '.join(running)}")
+    return "; ".join(problems) or None
 
 
 def _check_finite_predictions(cell: Path, classes: Sequence[str]) -> None:

@@ -141,10 +141,44 @@ def run_export(args) -> int:
         seeds=args.seed,
         data_root=args.data_root,
         verify=not args.no_verify,
+        partial=getattr(args, "partial", False),
     )
     print(f"wrote {out}")
     print(bundle.describe())
     return 0
+
+
+def rate_note(bundle, paths: Sequence[str]) -> str | None:
+    """One line on the sample rates of the audio given (headers only), or ``None``: the files
+    not at the rate the bundle's features were computed at are resampled to it."""
+    from collections import Counter
+
+    from sergraph.data.features import audio_info
+
+    if not bundle.feature_config.is_opensmile:
+        return None  # SSL front ends resample to their model's rate, always
+    rates = Counter(info[1] for info in map(audio_info, paths) if info is not None)
+    trained = bundle.feature_config.sample_rate
+    if trained is None:
+        if len(rates) < 2:
+            return None
+        return (
+            f"note: the audio mixes sample rates ({_rates(rates)}) and this bundle does not "
+            "record the rate its features were computed at (exported by an older sergraph, or "
+            "trained on mixed rates): each file is analysed at its own rate, which changes "
+            "openSMILE features; resample the files to the training corpus's rate"
+        )
+    other = Counter({rate: n for rate, n in rates.items() if rate != trained})
+    if not other:
+        return None
+    return (
+        f"note: {sum(other.values())} file(s) resampled to {trained} Hz, the rate this bundle's "
+        f"features were computed at (found {_rates(other)})"
+    )
+
+
+def _rates(rates) -> str:
+    return ", ".join(f"{rate} Hz ({n} file(s))" for rate, n in sorted(rates.items()))
 
 
 def run_predict(args) -> int:
@@ -161,12 +195,22 @@ def run_predict(args) -> int:
 
     enrollment = parse_enroll(getattr(args, "enroll", None) or [], expand_inputs)
     speakers = input_speakers(args.audio, paths, getattr(args, "speaker", None))
+    unused = sorted(set(enrollment) - {s for s in speakers if s is not None})
+    if unused:  # before any work: that audio would be ignored
+        raise ValueError(
+            f"--enroll gives enrollment audio of speaker(s) {unused}, but no file to predict is "
+            "said to be theirs, so it would be unused; name the speaker of the files with "
+            "--speaker SPEAKER, or give them in a manifest CSV with a speaker column"
+        )
     device = None if args.device == "auto" else args.device
     bundle = load_bundle(
         args.bundle, map_location=device, ssl_model=getattr(args, "ssl_model", None)
     )
     if not args.quiet:
         print(f"{bundle!r} on {bundle.device}; {len(paths)} file(s)", file=sys.stderr)
+        note = rate_note(bundle, paths + [p for files in enrollment.values() for p in files])
+        if note:
+            print(note, file=sys.stderr)
     frame = bundle.predict(
         paths,
         batch_size=args.batch_size,

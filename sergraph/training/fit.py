@@ -268,6 +268,7 @@ def ieee_rnn_math() -> Iterator[str | None]:
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
     """The fold's data module; its checkpointed state carries what export needs."""
     from sergraph.data.datamodule import FoldDataModule
+    from sergraph.data.prepared import corpus_sample_rates
     from sergraph.training.provenance import run_provenance
 
     return FoldDataModule(
@@ -285,7 +286,7 @@ def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int)
         utterance_features=study.functionals
         if cfg.features.get("concat_functionals", False)
         else None,
-        provenance=run_provenance(cfg),
+        provenance=run_provenance(cfg, corpus_sample_rates(study)),
         protocol=protocol_of(cfg),
         enrollment=cfg.eval.enrollment,
         enrollment_seed=cfg.eval.enrollment_seed,

@@ -75,16 +75,24 @@ def feature_pipeline(features) -> dict:
     }
 
 
-def run_provenance(cfg: DictConfig) -> dict:
+def run_provenance(cfg: DictConfig, corpus_rates: dict[int, int] | None = None) -> dict:
     """The run's resolved configuration, its identity, training precision and audio pipeline.
 
     A feature pipeline that bundles cannot describe does not stop training: ``features`` is
     then ``{"unsupported": reason}``, and export refuses with that reason.
+
+    ``corpus_rates`` (sample rate -> number of files, from the headers): openSMILE features
+    computed at the files' own rates (``features.sample_rate`` unset) were computed at the
+    corpus's one rate, which ``features["sample_rate"]`` then records, so that a bundle
+    resamples new audio to it; with mixed rates it stays ``None`` (each file at its own rate).
     """
     try:
         features = feature_pipeline(cfg.features)
     except Exception as error:  # noqa: BLE001 - recorded for export, never fatal to training
         features = {"unsupported": f"{type(error).__name__}: {error}"}
+    if features.get("sample_rate", 0) is None and "ssl" not in features and corpus_rates:
+        if len(corpus_rates) == 1:
+            features["sample_rate"] = int(next(iter(corpus_rates)))
     return {
         "config": OmegaConf.to_container(cfg, resolve=True),
         "config_id": identity(cfg),

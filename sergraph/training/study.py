@@ -31,9 +31,9 @@ from sergraph.config import compose_study, identity, model_family, protocol_of, 
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
 from sergraph.data.fingerprint import cell_fingerprint
-from sergraph.data.folds import Fold, check_fold
+from sergraph.data.folds import Fold, check_fold, check_training_classes
 from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
-from sergraph.data.protocol import check_predictions, protocol_record
+from sergraph.data.protocol import check_enrollment_sizes, check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
 from sergraph.models import is_classic, model_inputs
@@ -59,6 +59,8 @@ from sergraph.training.data_check import check_finished_data
 from sergraph.training.distributed import is_global_zero
 from sergraph.training.fit import fit_neural
 from sergraph.training.lock import CellLocked, cell_lock
+from sergraph.training.parallel import run_in_workers
+from sergraph.training.stopping import RESUME_HINT, stopped_from
 
 SYNTHETIC_NOTE = "NOTE: data=synthetic is a generated corpus, not speech; its numbers say nothing about real SER."
 
@@ -76,6 +78,11 @@ def study_data(cfg: DictConfig, need_features: bool = True) -> PreparedData:
 def selected_folds(cfg: DictConfig, folds: list[Fold]) -> list[Fold]:
     if cfg.folds.only is None:
         return folds
+    if len(cfg.folds.only) == 0:
+        raise ValueError(
+            f"folds.only=[] selects no fold; give fold indices from 0..{len(folds) - 1} "
+            "(e.g. folds.only=[0,1]), or leave folds.only unset for every fold"
+        )
     bad = [i for i in cfg.folds.only if not 0 <= i < len(folds)]
     if bad:
         raise ValueError(
@@ -94,6 +101,10 @@ class Cell:
     fold: int
 
 
+def cell_name(cell: Cell) -> str:
+    return f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
+
+
 def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictConfig], list[Cell]]:
     """Every (variant, seed, fold) cell of a study, in a fixed order (label, seed, fold).
 
@@ -103,11 +114,31 @@ def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictCon
     configs = compose_study(overrides)
     cells: list[Cell] = []
     for label, cfg in configs.items():
-        folds = selected_folds(cfg, study_data(cfg, need_features=False).folds)
+        study = study_data(cfg, need_features=False)
+        folds = selected_folds(cfg, study.folds)
+        check_before_work(cfg, study, folds)
         for seed in cfg.run.seeds:
             for fold in folds:
                 cells.append(Cell(len(cells), label, int(seed), fold.index))
     return configs, cells
+
+
+def check_before_work(cfg: DictConfig, study: PreparedData, folds: list[Fold]) -> None:
+    """What every fold of the study needs, checked for all of them before the first cell: each
+    class among its training utterances, an enrollment amount each held-out speaker can honour,
+    and padded graphs that fit in memory (:mod:`sergraph.training.memory`)."""
+    from sergraph.data.features.opensmile import num_features
+    from sergraph.data.prepared import feature_cache
+    from sergraph.training.memory import check_memory
+
+    check_training_classes(study.table, folds, study.classes)
+    if protocol_of(cfg) == "enrollment":
+        held_out = sorted({str(s) for f in folds for s in (*f.val_speakers, *f.test_speakers)})
+        check_enrollment_sizes(study.table, held_out, cfg.eval.enrollment)
+    if not is_classic(model_family(cfg)):
+        features = feature_cache(cfg).config  # the width is known before extraction for openSMILE
+        width = num_features(features) if features.is_opensmile else 0  # else: a lower bound
+        check_memory(cfg, len(study.table), width)
 
 
 def cell_dir(cfg: DictConfig, cell: Cell) -> Path:
@@ -118,7 +149,7 @@ def run_cell(cfg: DictConfig, cell: Cell) -> str | None:
     """Run one cell unless it is finished or another process runs it; returns its one-line
     result (``None`` when skipped)."""
     directory = cell_dir(cfg, cell)
-    name = f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
+    name = cell_name(cell)
     if finished(cfg, directory):
         log(f"{name}: finished earlier, skipped")
         return None
@@ -168,23 +199,17 @@ def worker_devices(parallel: int, accelerator: str, devices) -> list[str | None]
     return [visible[worker % len(visible)] for worker in range(parallel)]
 
 
-def take_device(devices) -> None:
-    """Pool initializer: this worker takes the next device from the queue ``devices``.
-
-    Runs before the worker touches CUDA (which reads ``CUDA_VISIBLE_DEVICES`` once, when it
-    initialises), so the cells of this worker run on that device alone.
-    """
-    device = devices.get()
-    if device is not None:
-        os.environ["CUDA_VISIBLE_DEVICES"] = device
-
-
-def run_cell_in_worker(overrides: list[str], index: int, threads: int) -> str | None:
+def worker_plan(overrides: list[str], threads: int) -> tuple[dict[str, DictConfig], list[Cell]]:
+    """A ``run.parallel`` worker's start: its share of the cores, then the study's plan (once)."""
     import torch
 
     configure_console()
     torch.set_num_threads(threads)
-    configs, cells = plan(overrides)
+    return plan(overrides)
+
+
+def run_cell_in_worker(state: tuple[dict[str, DictConfig], list[Cell]], index: int) -> str | None:
+    configs, cells = state
     cell = cells[index]
     return run_cell(configs[cell.label], cell)
 
@@ -203,15 +228,15 @@ def run_study(
     moved aside and computed again (:mod:`sergraph.training.data_check`).
     """
     start = time.perf_counter()
+    first = next(iter(compose_study(overrides).values()))
+    if is_global_zero():  # before the corpus is read: its errors are kept in the log file too
+        attach_log_file(log_file_path(first))
     configs, cells = plan(overrides)
     for cfg in configs.values():  # before any work: a kernel this CPU lacks stops step one
         require_precision_kernels(cfg)
     check_finished_data(
         configs, lambda cfg: study_data(cfg, False), rerun_changed, writer=is_global_zero()
     )
-    first = next(iter(configs.values()))
-    if is_global_zero():
-        attach_log_file(log_file_path(first))
     if first.data.name == "synthetic":
         log(SYNTHETIC_NOTE)
     study = study_data(first, need_features=False)
@@ -232,47 +257,18 @@ def run_study(
     pending = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
     if len(pending) < len(cells):
         log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
-    parallel = min(first.run.parallel, max(1, len(pending)))
-    threads, why = torch_threads(first, parallel)
-    if parallel == 1:
-        import torch
-
-        torch.set_num_threads(threads)
-    log(f"torch threads: {threads} per process ({why})")
-    with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
-        if parallel == 1:
-            for cell in pending:
-                progress.cell_started(f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}")
-                line = run_cell(configs[cell.label], cell)
-                if line is not None and is_global_zero():
-                    log(line)
-                progress.cell_finished()
-        else:
-            import multiprocessing
-            from concurrent.futures import ProcessPoolExecutor, as_completed
-
-            for cfg in configs.values():
-                study_data(cfg)  # fill the feature cache once, before the workers read it
-            context = multiprocessing.get_context("spawn")
-            gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
-            if gpus[0] is not None:
-                log(f"run.parallel={parallel}: worker GPUs (CUDA_VISIBLE_DEVICES) {gpus}")
-            queue = context.Queue()
-            for gpu in gpus:
-                queue.put(gpu)
-            progress.cell_started(f"{parallel} cells at a time")
-            with ProcessPoolExecutor(
-                parallel, mp_context=context, initializer=take_device, initargs=(queue,)
-            ) as pool:
-                futures = [
-                    pool.submit(run_cell_in_worker, list(overrides), c.index, threads)
-                    for c in pending
-                ]
-                for future in as_completed(futures):
-                    line = future.result()
-                    if line is not None:
-                        log(line)
-                    progress.cell_finished()
+    try:
+        _run_cells(configs, cells, pending, list(overrides))
+    except BaseException as error:
+        stop = stopped_from(error)
+        if stop is not None and is_global_zero():
+            done = sum(finished(configs[c.label], cell_dir(configs[c.label], c)) for c in cells)
+            log(
+                f"{stop}: {done} of {len(cells)} cell(s) finished "
+                f"({done - (len(cells) - len(pending))} in this run); {RESUME_HINT}"
+            )
+            stop.reported = True
+        raise
     if not is_global_zero():
         return {}  # the other processes of a DDP run: rank zero writes the summaries
     left = [c for c in cells if not finished(configs[c.label], cell_dir(configs[c.label], c))]
@@ -297,6 +293,56 @@ def run_study(
         report = write_report(study_dir(first))
         log(f"study report: {report['paths']['report']}")
     return summaries
+
+
+def _run_cells(
+    configs: dict[str, DictConfig], cells: list[Cell], pending: list[Cell], overrides: list[str]
+) -> None:
+    """The unfinished cells of a study: one after another, or in ``run.parallel`` workers."""
+    first = next(iter(configs.values()))
+    parallel = min(first.run.parallel, max(1, len(pending)))
+    threads, why = torch_threads(first, parallel)
+    if parallel == 1:
+        import torch
+
+        torch.set_num_threads(threads)
+    log(f"torch threads: {threads} per process ({why})")
+    with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
+        if parallel == 1:
+            for cell in pending:
+                progress.cell_started(cell_name(cell))
+                try:
+                    line = run_cell(configs[cell.label], cell)
+                except BaseException as error:
+                    if stopped_from(error) is not None and is_global_zero():
+                        log(f"interrupted: {cell_name(cell)}")
+                    raise
+                if line is not None and is_global_zero():
+                    log(line)
+                progress.cell_finished()
+        else:
+            for cfg in configs.values():
+                study_data(cfg)  # fill the feature cache once, before the workers read it
+            gpus = worker_devices(parallel, first.trainer.accelerator, first.trainer.devices)
+            if gpus[0] is not None:
+                log(f"run.parallel={parallel}: worker GPUs (CUDA_VISIBLE_DEVICES) {gpus}")
+            progress.cell_started(f"{parallel} cells at a time")
+
+            def done(index: int, line: str | None) -> None:
+                if line is not None:
+                    log(line)
+                progress.cell_finished()
+
+            run_in_workers(
+                [c.index for c in pending],
+                parallel,
+                worker_plan,
+                (overrides, threads),
+                run_cell_in_worker,
+                lambda index: cell_name(cells[index]),
+                done,
+                gpus,
+            )
 
 
 def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, directory: Path) -> dict:

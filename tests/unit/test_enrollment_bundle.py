@@ -207,3 +207,41 @@ def test_enrollment_audio_is_refused_by_bundles_without_per_speaker_statistics(r
     np.testing.assert_array_equal(
         fallback.filter(like="p_").to_numpy(float), plain.filter(like="p_").to_numpy(float)
     )
+
+
+def test_enrollment_audio_is_resampled_to_the_training_rate(run, tmp_path, capsys):
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    from sergraph import cli
+    from tests.unit.test_predict_rate import RATE_TOLERANCE
+
+    copies = []
+    for path in run.enrollment:  # 48 kHz copies of the 16 kHz enrollment files
+        samples, rate = sf.read(path)
+        copy = tmp_path / f"{len(copies)}_48k.wav"
+        sf.write(copy, resample_poly(samples, 3, 1), 3 * rate, subtype="PCM_16")
+        copies.append(str(copy))
+    path_of = dict(zip(run.table["utterance"], run.table["path"], strict=True))
+    saved = pd.read_csv(run.model_dir / "seed-0" / "fold-00" / "predictions.csv")
+    paths = [path_of[u] for u in saved["utterance"]]
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    options = {"workers": 1, "cache_dir": tmp_path / "cache", "progress": False}
+    speakers = ["spk01"] * len(paths)
+    original = bundle.predict(
+        paths, speakers=speakers, enrollment={"spk01": run.enrollment}, **options
+    )
+    resampled = bundle.predict(paths, speakers=speakers, enrollment={"spk01": copies}, **options)
+    difference = np.abs(
+        original.filter(like="p_").to_numpy(float) - resampled.filter(like="p_").to_numpy(float)
+    )
+    assert difference.max() <= RATE_TOLERANCE
+
+    enroll = "spk01=" + ",".join(copies)
+    args = ["predict", str(run.bundle), *paths[:2], "--workers", "1", "--enroll", enroll]
+    assert cli.main([*args, "--speaker", "spk01"]) == 0
+    assert "note: 3 file(s) resampled to 16000 Hz" in capsys.readouterr().err
+    # without --speaker no file to predict is spk01's: the enrollment audio would be unused
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--enroll gives enrollment audio of speaker(s) ['spk01']" in err and "--speaker" in err

@@ -307,3 +307,44 @@ def test_bundle_of_a_dilated_virtual_node_run_reproduces_its_predictions(dilated
     del bundle.meta["graph"]["dilations"]
     other = bundle.predict(paths, batch_size=5, cache_dir=tmp_path / "fresh", progress=False)
     assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
+
+
+# ---------------------------------------------------------------------------------------------
+# unfinished studies
+
+
+def test_a_study_with_an_unfinished_fold_is_refused_unless_partial(model_dir, tmp_path, capsys):
+    from sergraph.cli import main
+
+    # as a study stopped during fold 1: its folder exists, its results do not
+    (model_dir / "seed-0" / "fold-01" / "metrics.json").unlink()
+    out = tmp_path / "partial.sergraph"
+    with pytest.raises(BundleError, match=r"seed 0: fold\(s\) \[1\] have no results") as caught:
+        export_bundle(model_dir, out)
+    assert "unfinished cell folder(s) seed-0/fold-01" in str(caught.value)
+    assert "--partial" in str(caught.value) and not out.exists()
+    assert main(["export", str(model_dir), "-o", str(out)]) == 2
+    assert "is not finished" in capsys.readouterr().err and not out.exists()
+
+    assert main(["export", str(model_dir), "-o", str(out), "--partial"]) == 0
+    assert "PARTIAL: exported from an unfinished study" in capsys.readouterr().out
+    bundle = load_bundle(out)
+    assert [m["fold"] for m in bundle.meta["members"]] == [0]
+    assert "fold(s) [1] have no results" in bundle.meta["partial"]
+    # a chosen fold is a choice, not a partial study
+    _, chosen = export_bundle(model_dir, tmp_path / "fold0.sergraph", folds=[0])
+    assert "partial" not in chosen.meta
+
+
+def test_without_folds_only_every_speaker_must_have_been_tested(model_dir):
+    # the same two finished folds, but the study was all folds of the corpus (folds.only unset):
+    # its four speakers spk01..spk04 were each the test speaker of one fold; spk03 and spk04
+    # never were
+    for cell in model_dir.glob("seed-*/fold-*"):
+        config = cell / "config.yaml"
+        config.write_text(config.read_text().replace("  only:\n  - 0\n  - 1\n", "  only: null\n"))
+        assert "only: null" in config.read_text()
+    with pytest.raises(BundleError) as caught:
+        export_bundle(model_dir, verify=False)
+    assert "seed 0: speaker(s) spk03, spk04 were never tested" in str(caught.value)
+    assert "2 fold(s) finished" in str(caught.value)

@@ -1,13 +1,11 @@
-"""``run.parallel=N`` on a node with several GPUs: one GPU per worker, round robin."""
+"""``run.parallel=N`` on a node with several GPUs: one GPU per worker, round robin (that each
+worker process sees its own: tests/unit/test_worker_pool.py)."""
 
 from __future__ import annotations
 
-import multiprocessing
-import os
-
 import torch
 
-from sergraph.training.study import take_device, worker_devices
+from sergraph.training.study import worker_devices
 
 
 def test_workers_get_the_visible_gpus_round_robin(monkeypatch):
@@ -30,16 +28,3 @@ def test_no_assignment_without_cuda_or_with_devices_named_by_the_user(monkeypatc
     assert worker_devices(2, "gpu", "0,2") == [None, None]
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
     assert worker_devices(3, "auto", 1) == [None, None, None]
-
-
-def test_each_worker_takes_the_next_device_before_cuda_starts(monkeypatch):
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "unchanged")  # restored after the test
-    queue = multiprocessing.get_context("spawn").Queue()
-    for device in ("1", "0", None):
-        queue.put(device)
-    take_device(queue)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
-    take_device(queue)
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-    take_device(queue)  # no GPU for this worker: the environment stays as it is
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"

@@ -17,6 +17,7 @@ from sergraph.data.prepared import PreparedData
 from sergraph.data.protocol import (
     TRANSDUCTIVE_NOTE,
     ProtocolLeakError,
+    check_enrollment_sizes,
     check_predictions,
     check_protocol,
     enrollment_count,
@@ -227,8 +228,46 @@ def test_config_sources_are_the_sha256_of_each_composing_file():
 def test_enrollment_counts_by_hand():
     assert enrollment_count(10, 0.2) == 2
     assert enrollment_count(10, 3) == 3
-    assert enrollment_count(3, 0.1) == 1  # at least one held aside
-    assert enrollment_count(4, 10) == 3  # at least one left to score
+    assert enrollment_count(12, 0.25) == 3
+    # never clamped: an amount that holds none aside or scores none is refused
+    with pytest.raises(ValueError, match=r"holds 0 of 3 utterance\(s\) aside"):
+        enrollment_count(3, 0.1)  # round(0.3) = 0
+    with pytest.raises(ValueError, match=r"holds 10 of 4 utterance\(s\) aside"):
+        enrollment_count(4, 10)
+
+
+def speakers_with(sizes: dict[str, int]) -> pd.DataFrame:
+    rows = [(f"{s}_{i}", s, "angry") for s, n in sizes.items() for i in range(n)]
+    return pd.DataFrame(rows, columns=["utterance", "speaker", "label"])
+
+
+def test_enrollment_amounts_a_speaker_cannot_honour_are_refused_naming_it():
+    table = speakers_with({"03": 3, "08": 12, "09": 2, "10": 12})
+    # the cases: 5 of a 3-utterance speaker; 1e9; 0.2 of a 2-utterance speaker
+    with pytest.raises(ValueError) as caught:
+        check_enrollment_sizes(table, ["03", "08"], 5)
+    message = str(caught.value)
+    assert "eval.enrollment=5 cannot be honoured" in message
+    assert "speaker '03' has 3 (would hold 5 aside, none left to score)" in message
+    assert "'08'" not in message  # 12 utterances: 5 aside, 7 scored, fine
+    # 3 utterances: a count of 1 or 2; a fraction in (0.5/3, 1 - 0.5/3)
+    assert "Accepted here: a count from 1 to 2 or a fraction between 0.167 and 0.833" in message
+    with pytest.raises(ValueError, match=r"'08' has 12 \(would hold 1000000000 aside"):
+        check_enrollment_sizes(table, ["08"], 1e9)
+    with pytest.raises(ValueError, match=r"'09' has 2 \(would hold 0 aside\)"):
+        check_enrollment_sizes(table, ["09", "10"], 0.2)  # round(0.4) = 0
+    with pytest.raises(ValueError, match="a fraction between 0.25 and 0.75"):
+        enrollment_rows(table, ["09"], 0.2)  # the rows themselves are never clamped either
+    check_enrollment_sizes(table, ["03", "08", "09", "10"], 1)  # one aside, the rest scored
+    check_enrollment_sizes(table, ["08", "10"], 0.2)  # round(2.4) = 2 of 12
+
+
+@pytest.mark.parametrize("amount", [1.5, 0.0, -1, float("nan")])
+def test_absurd_enrollment_amounts_are_refused_by_the_config(amount):
+    with pytest.raises(ConfigError, match="eval.enrollment"):
+        compose(
+            ["eval.protocol=enrollment", "graph.normalize=speaker", f"eval.enrollment={amount}"]
+        )
 
 
 def test_enrollment_subset_is_fixed_seeded_and_label_free():

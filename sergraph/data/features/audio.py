@@ -31,6 +31,8 @@ def load_mono(
     sample_rate: int | None = None,
     name: str | None = None,
     max_seconds: float | None = None,
+    offset: float = 0.0,
+    allow_silence: bool = False,
 ) -> tuple[np.ndarray, int]:
     """Read an audio file as a mono float32 signal in [-1, 1).
 
@@ -48,6 +50,8 @@ def load_mono(
         name: file name used in error messages (defaults to ``source``).
         max_seconds: read only the first this many seconds (the rest is never decoded, so a
             long file costs no more memory than this); ``None`` reads the whole file.
+        offset: start reading this many seconds into the file (a block of a long file).
+        allow_silence: accept digital silence (a silent block of a file that is not silent).
 
     Returns:
         ``(signal [n], rate)``: channel average, clipped to the range opensmile-python's int16
@@ -64,6 +68,8 @@ def load_mono(
         with sf.SoundFile(source) as audio:
             truncated = _truncation(audio.extra_info)
             frames = -1 if max_seconds is None else int(math.ceil(max_seconds * audio.samplerate))
+            if offset:
+                audio.seek(min(int(round(offset * audio.samplerate)), audio.frames))
             data = audio.read(frames=frames, dtype="float64", always_2d=True)
             rate = audio.samplerate
     except Exception as error:  # soundfile raises several types for bad files
@@ -95,7 +101,7 @@ def load_mono(
         signal = resample(signal, rate, sample_rate)
         rate = sample_rate
     signal = np.clip(signal, -1.0, MAX_SAMPLE).astype(np.float32)
-    if not np.any(np.abs(signal) >= _SILENCE):
+    if not allow_silence and not np.any(np.abs(signal) >= _SILENCE):
         channels = f" (average of {data.shape[1]} channels)" if data.shape[1] > 1 else ""
         raise FeatureError(
             [

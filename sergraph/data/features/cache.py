@@ -48,7 +48,7 @@ from sergraph.data.features.config import (
     check_feature_set,
     check_positive_int,
 )
-from sergraph.data.features.hashing import atomic_save_npy, file_sha256
+from sergraph.data.features.hashing import atomic_save_npy, file_sha256, save_to_cache
 from sergraph.data.features.opensmile import (
     OPENSMILE_MEMBERS,
     RECIPE_VERSION,
@@ -59,7 +59,6 @@ from sergraph.data.features.opensmile import (
     opensmile_version,
 )
 from sergraph.data.features.pooling import frames_for_seconds, pool_by_time, pool_frames
-from sergraph.io import atomic_write_bytes
 
 __all__ = ["CacheStats", "FeatureCache", "file_sha256"]
 
@@ -83,6 +82,9 @@ class CacheStats:
     replaced: int = 0
 
 
+CHANGED = "file changed during extraction; run again"
+
+
 @dataclass(frozen=True)
 class Job:
     """One extraction (picklable, so spawn-safe for openSMILE worker processes)."""
@@ -98,28 +100,38 @@ class Job:
 
 
 def run_opensmile_job(job: Job) -> tuple[str, np.ndarray | None, str | None]:
-    """Extract one file, store it atomically and return ``(sha256, array, failure reason)``."""
+    """Extract one file, store it atomically and return ``(sha256, array, failure reason)``.
+
+    A failure of the file (unreadable, silent, too short) is its reason; a failure to store the
+    array (a full cache disk) raises :class:`~sergraph.io.WriteError` and stops the run.
+    """
     try:
-        # Hash and decode the same bytes, so the stored array always matches its key even if the
-        # file is rewritten while we run.
-        data = Path(job.path).read_bytes()
-        if hashlib.sha256(data).hexdigest() != job.sha256:
-            return job.sha256, None, "file changed during extraction; run again"
+        if job.max_seconds is None:
+            # Hash and decode the same bytes, so the stored array always matches its key even if
+            # the file is rewritten while we run.
+            data = Path(job.path).read_bytes()
+            if hashlib.sha256(data).hexdigest() != job.sha256:
+                return job.sha256, None, CHANGED
+            source = io.BytesIO(data)
+        else:  # only the start is decoded, from the file itself: memory bounded by max_seconds
+            source = job.path
         if job.kind == "lld":
             config = FeatureConfig(
                 job.feature_set, job.deltas, 1, job.sample_rate, max_seconds=job.max_seconds
             )
-            array = extract_llds_from(io.BytesIO(data), job.path, config)
+            array = extract_llds_from(source, job.path, config)
         else:
             array = extract_functionals_from(
-                io.BytesIO(data), job.path, job.feature_set, job.sample_rate, job.max_seconds
+                source, job.path, job.feature_set, job.sample_rate, job.max_seconds
             )
-        atomic_save_npy(Path(job.out_path), array)
-        return job.sha256, array, None
+        if job.max_seconds is not None and file_sha256(job.path) != job.sha256:
+            return job.sha256, None, CHANGED  # rewritten while it was decoded
     except FeatureError as error:
         return job.sha256, None, "; ".join(reason for _, reason in error.failures)
     except Exception as error:  # report any other per-file failure instead of losing the batch
         return job.sha256, None, f"{type(error).__name__}: {error}"
+    atomic_save_npy(Path(job.out_path), array)  # outside the try: a full disk is not bad audio
+    return job.sha256, array, None
 
 
 class FeatureCache:
@@ -198,8 +210,7 @@ class FeatureCache:
         manifest = key_dir / "manifest.json"
         if manifest.exists():
             return
-        key_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(manifest, (json.dumps(description, indent=2) + "\n").encode())
+        save_to_cache(manifest, (json.dumps(description, indent=2) + "\n").encode())
 
     def ssl_front_end(self) -> ssl.SSLFrontEnd:
         """The SSL model of this config (loaded once, on first use)."""

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sergraph.io import atomic_write_bytes
+from sergraph.io import WriteError, atomic_write_bytes, ensure_folder, write_error
 
 _HASH_CHUNK = 1 << 20
 _HASH_MEMO: dict[tuple, str] = {}
@@ -51,10 +51,28 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 
 def atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Store one cached array atomically (see :func:`save_to_cache`)."""
     buffer = io.BytesIO()
     np.save(buffer, array, allow_pickle=False)
-    atomic_write_bytes(path, buffer.getvalue())
+    save_to_cache(path, buffer.getvalue())
+
+
+def save_to_cache(path: Path, data: bytes) -> None:
+    """Write one file of the feature cache atomically.
+
+    Raises:
+        WriteError: the cache cannot be written (no space, quota, read-only, permissions); it
+            names the file, and is never a failure of the input file (the run stops). A plain
+            ``OSError`` subclass, so that it crosses from an extraction worker intact.
+    """
+    try:
+        ensure_folder(path.parent)
+        atomic_write_bytes(path, data)
+    except OSError as error:
+        failure = write_error(path, error)
+        raise WriteError(
+            failure.errno, f"the feature cache cannot be written: {failure}", str(path)
+        ) from None
 
 
 def folder_sha256(folder: str | os.PathLike) -> str:

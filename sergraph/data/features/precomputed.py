@@ -121,12 +121,12 @@ def run_job(job) -> tuple[str, np.ndarray | None, str | None]:
         if hashlib.sha256(data).hexdigest() != job.sha256:
             return job.sha256, None, "file changed while it was read; run again"
         array = load_array(job.path)
-        atomic_save_npy(Path(job.out_path), array)
-        return job.sha256, array, None
     except FeatureError as error:
         return job.sha256, None, "; ".join(reason for _, reason in error.failures)
     except OSError as error:
         return job.sha256, None, f"cannot read file ({error.strerror or error})"
+    atomic_save_npy(Path(job.out_path), array)  # a full cache disk stops the run (WriteError)
+    return job.sha256, array, None
 
 
 def width_failures(

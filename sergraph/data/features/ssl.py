@@ -328,11 +328,7 @@ class SSLFrontEnd:
                 if not np.isfinite(array).all():
                     yield job.sha256, None, f"{self.name} gave NaN/inf embeddings"
                     continue
-                try:
-                    atomic_save_npy(Path(job.out_path), array)
-                except OSError as error:
-                    yield job.sha256, None, f"cannot write {job.out_path}: {error}"
-                    continue
+                atomic_save_npy(Path(job.out_path), array)  # a full disk stops (WriteError)
                 yield job.sha256, array, None
 
 
