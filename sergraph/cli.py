@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
-from sergraph.cli_parser import build_parser
+from sergraph.cli_parser import build_parser, hoist_study_options
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console
 
@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(item in ("-v", "--verbose") for item in argv)
     argv = [item for item in argv if item not in ("-v", "--verbose")]
     configure_console(verbose)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hoist_study_options(argv))
+    if getattr(args, "overrides", None) is not None:
+        args.overrides = study_overrides(args)
     try:
         code = _run(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
@@ -49,6 +51,18 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool ended by a closed pipe
+
+
+def study_overrides(args) -> list[str]:
+    """A study verb's overrides as the study functions take them: a multirun's start with the
+    marker ``-m`` (so the same list, passed to a worker or an sbatch script, runs the same
+    grid), ``--reference LABEL`` becomes ``reference=LABEL``."""
+    from sergraph.config.labels import MULTIRUN
+
+    overrides = list(args.overrides)
+    if getattr(args, "reference", None):
+        overrides.append(f"reference={args.reference}")
+    return [MULTIRUN, *overrides] if getattr(args, "multirun", False) else overrides
 
 
 def _run(args) -> int:

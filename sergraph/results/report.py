@@ -218,7 +218,9 @@ def k_groups(collected: list[dict]) -> list[dict]:
             key: value
             for key, value in flat.items()
             if key not in ignored
-            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm.", "controls."))
+            and not key.startswith(
+                ("logger.", "variants.", "grid.", "run.sources.", "slurm.", "controls.")
+            )
             and key != "reference"
         }
         signature = json.dumps(rest, sort_keys=True, default=str)

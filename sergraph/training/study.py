@@ -42,6 +42,7 @@ from sergraph.results.layout import (
     finished,
     fold_dir,
     log_file_path,
+    own_folder,
     run_root,
     study_dir,
     write_cell,
@@ -100,7 +101,7 @@ def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictCon
     The index of a cell is stable for a given configuration, so a SLURM array task can run
     ``run.cell=$SLURM_ARRAY_TASK_ID``.
     """
-    configs = compose_study(overrides)
+    configs = own_folder(compose_study(overrides), overrides)
     cells: list[Cell] = []
     for label, cfg in configs.items():
         folds = selected_folds(cfg, study_data(cfg, need_features=False).folds)
