@@ -141,7 +141,13 @@ def _cells(overrides: list[str]) -> int:
 def _select(args) -> int:
     from sergraph.results.select import select_nested
 
-    candidates = args.candidates.split(",") if args.candidates else None
+    candidates = None
+    if args.candidates:
+        study = Path(args.study_dir)
+        known = (
+            {path.name for path in study.iterdir() if path.is_dir()} if study.is_dir() else set()
+        )
+        candidates = split_labels(args.candidates, known)
     chosen = select_nested(
         Path(args.study_dir), candidates, args.label, args.criterion, cross_data=args.cross_data
     )
@@ -157,6 +163,20 @@ def _select(args) -> int:
         print(f"mean difference over {len(table)} seed(s): {table['difference'].mean():+.4f}")
     print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)
     return 0
+
+
+def split_labels(text: str, known: set[str]) -> list[str]:
+    """A comma-separated list of labels, where labels may hold commas themselves (a grid's
+    ``k=2,readout=sum``): at each place the longest run of items that is a known label."""
+    items, labels, start = text.split(","), [], 0
+    while start < len(items):
+        end = next(
+            (end for end in range(len(items), start, -1) if ",".join(items[start:end]) in known),
+            start + 1,
+        )
+        labels.append(",".join(items[start:end]))
+        start = end
+    return labels
 
 
 def _ensemble(args) -> int:

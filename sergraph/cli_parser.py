@@ -92,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     select.add_argument("study_dir", help="runs/NAME holding the variant folders")
     select.add_argument(
-        "--candidates", help="comma-separated variant labels (default: all variants)"
+        "--candidates",
+        help="comma-separated variant labels (default: all variants); a grid's labels, which "
+        "hold commas themselves (k=2,readout=sum), are recognised",
     )
     select.add_argument("--label", default="nested", help="name of the new label folder")
     select.add_argument(

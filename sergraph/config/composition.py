@@ -109,6 +109,11 @@ def _compose(overrides, variant: str | None = None) -> DictConfig:
     sources: dict[str, str] = {}
     experiment_cfg = _load_experiment(experiment, (), sources) if experiment is not None else None
     variants, grid, first_point = study_variants(experiment_cfg, cli_grid)
+    if grid and any(item.startswith("run.label=") for item in dotted):
+        raise ConfigError(
+            "run.label cannot be given with a grid: each point is labelled by its settings "
+            f"({', '.join(list(variants)[:2])}, ...); name the study with run.name instead"
+        )
     if variant is not None:
         if variant not in variants:
             raise ConfigError(

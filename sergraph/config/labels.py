@@ -33,6 +33,8 @@ MULTIRUN = "-m"
 MAX_LABEL = 120
 #: Keys never part of a label, nor swept by a grid: they change no result, or name the study.
 UNLABELLED_PREFIXES = ("run.", "logger.", "slurm.")
+#: Keys whose value is a label (commas and all), never a grid's list of values.
+LABEL_KEYS = ("reference", "run.label")
 UNLABELLED_KEYS = (*RUNTIME_KEYS, "experiment", "variants", "reference", "controls", "grid")
 
 
@@ -130,7 +132,7 @@ def grid_of(overrides: list[str]) -> tuple[list[str], dict[str, list[str]]]:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
         values = split_values(text)
-        if len(values) == 1:
+        if len(values) == 1 or key in LABEL_KEYS:
             fixed.append(item)
             continue
         if key in ("experiment", "data") or not labelled(key):

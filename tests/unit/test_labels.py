@@ -86,6 +86,11 @@ def test_grid_of_splits_grid_keys_from_fixed_overrides():
     assert grid == {"graph.k": ["2", "4"], "model.params.readout": ["sum", "mean"]}
 
 
+def test_grid_of_keeps_a_label_whole():
+    fixed, grid = grid_of(["graph.k=2,4", "reference=k=4", "run.label=a,b"])
+    assert fixed == ["reference=k=4", "run.label=a,b"] and grid == {"graph.k": ["2", "4"]}
+
+
 def test_grid_of_one_point_makes_every_setting_a_key():
     # a W&B agent's run: sergraph train -m logger.kind=wandb graph.k=2 model.params.readout=sum
     fixed, grid = grid_of(["logger.kind=wandb", "graph.k=2", "model.params.readout=sum"])
@@ -232,3 +237,35 @@ def test_an_explicit_label_is_kept_for_the_identity_guard(tmp_path):
     configs = compose_study(overrides)
     fake_cell(configs["mine"], "another-id")
     assert own_folder(configs, overrides) == configs
+
+
+def test_a_grid_refuses_one_label_for_all_its_points():
+    with pytest.raises(ConfigError, match="run.label cannot be given with a grid.*run.name"):
+        compose_study(["-m", "graph.k=2,4", "run.label=mine"])
+
+
+def test_command_line_options_of_a_study_may_stand_anywhere():
+    from sergraph.cli import study_overrides
+    from sergraph.cli_parser import build_parser, hoist_study_options
+
+    argv = ["train", "graph.k=2,4", "-m", "optim.lr=1e-3", "--reference", "k=4", "x.y=1"]
+    hoisted = hoist_study_options(argv)
+    assert hoisted == ["train", "-m", "--reference", "k=4", "graph.k=2,4", "optim.lr=1e-3", "x.y=1"]
+    args = build_parser().parse_args(hoisted)
+    assert study_overrides(args) == ["-m", "graph.k=2,4", "optim.lr=1e-3", "x.y=1", "reference=k=4"]
+    # report has its own --reference (a label of the run folder), left where it is
+    report = ["report", "runs/x", "--reference", "k=4"]
+    assert hoist_study_options(report) == report
+
+
+def test_candidate_labels_holding_commas_are_split_on_known_labels():
+    from sergraph.cli import split_labels
+
+    known = {"k=2", "k=2,readout=sum", "k=4,readout=sum", "svm"}
+    assert split_labels("k=2,readout=sum,k=4,readout=sum", known) == [
+        "k=2,readout=sum",
+        "k=4,readout=sum",
+    ]
+    assert split_labels("k=2,svm", known) == ["k=2", "svm"]
+    # an unknown name stays as written (select then names it)
+    assert split_labels("svm,nope", known) == ["svm", "nope"]
