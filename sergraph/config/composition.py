@@ -172,7 +172,7 @@ def _compose(overrides, variant: str | None = None) -> DictConfig:
         cfg.variants = variants
         if cfg.reference is None:
             cfg.reference = first_point
-        if cfg.reference not in variants:
+        if cfg.reference is not None and cfg.reference not in variants:
             raise ConfigError(
                 f"reference={cfg.reference!r} is not a variant of this study; choose one of "
                 f"{list(variants)}"
@@ -214,7 +214,8 @@ def study_variants(
     if clash:
         raise ConfigError(f"grid points {clash} have the labels of variants; rename the variants")
     texts = {key: [format_value(value) for value in values] for key, values in grid.items()}
-    return {**variants, **points}, texts, next(iter(points), None)
+    # a grid of one point (a W&B agent's run) has nothing to compare within it: no reference
+    return {**variants, **points}, texts, next(iter(points)) if len(points) > 1 else None
 
 
 def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, DictConfig]:

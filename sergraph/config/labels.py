@@ -35,7 +35,17 @@ MAX_LABEL = 120
 UNLABELLED_PREFIXES = ("run.", "logger.", "slurm.")
 #: Keys whose value is a label (commas and all), never a grid's list of values.
 LABEL_KEYS = ("reference", "run.label")
-UNLABELLED_KEYS = (*RUNTIME_KEYS, "experiment", "variants", "reference", "controls", "grid")
+UNLABELLED_KEYS = (
+    *RUNTIME_KEYS,
+    "experiment",
+    "variants",
+    "reference",
+    "controls",
+    "grid",
+    # where the data lies, not a setting of a variant
+    "data.root",
+    "features.precomputed.root",
+)
 
 
 def labelled(key: str) -> bool:

@@ -286,7 +286,7 @@ def run_study(
         summary["seconds"] = time.perf_counter() - start
     from sergraph.training.tracking import log_study_summary
 
-    log_study_summary(first, summaries)
+    log_study_summary(first, summaries, configs)
     if len(summaries) > 1:
         from sergraph.results.report import write_report
 

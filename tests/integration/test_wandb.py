@@ -44,11 +44,15 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # W&B's own lines (run links, sync notes, the run summary) are in the log file only
+    assert "wandb:" not in result.stderr
+    assert "wandb:" in (tmp_path / "runs" / "synthetic" / "sergraph.log").read_text()
     runs = [run_contents(path) for path in offline_runs(tmp_path / "runs")]
-    assert len(runs) == 3  # two cells and the study summary
+    assert len(runs) == 4  # two cells, the variant and the study summary
     assert all(run["exit_code"] == 0 and run["run"]["group"] == "ci-study" for run in runs)
-    cells = {run["config"]["fold"]: run for run in runs if run["run"]["job_type"] == "cell"}
+    cells = {run["config"]["fold"]: run for run in runs if run["config"].get("run_kind") == "cell"}
     assert sorted(cells) == [0, 1]
+    assert all(run["run"]["job_type"] == "svm" for run in cells.values())
     for fold, run in cells.items():
         metrics = json.loads(
             (
@@ -62,7 +66,7 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
             ).read_text()
         )
         assert run["config"]["label"] == "svm" and run["config"]["seed"] == 0
-        assert run["config"]["model"]["name"] == "svm"
+        assert run["config"]["model.name"] == "svm"  # flat, as a sweep names its keys
         assert run["config"]["test_speakers"] == ",".join(metrics["test_speakers"])
         assert run["run"]["tags"] == ["test", "protocol:inductive"]
         assert run["run"]["name"] == f"svm/seed-0/fold-{fold:02d}"
@@ -75,6 +79,11 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
     pooled = json.loads((tmp_path / "runs" / "synthetic" / "svm" / "summary.json").read_text())[
         "pooled"
     ]
+    (variant,) = [run for run in runs if run["config"].get("run_kind") == "variant"]
+    assert variant["run"]["name"] == variant["run"]["job_type"] == "svm"
+    assert variant["summary"]["test/ua_pooled"] == pytest.approx(pooled["ua"])
+    assert variant["summary"]["test/wa_pooled"] == pytest.approx(pooled["wa"])
+    assert variant["summary"]["cells"] == 2
     assert summary_run["summary"]["svm/ua_pooled"] == pytest.approx(pooled["ua"])
     assert summary_run["summary"]["study/results/nrows"] == 1
 
