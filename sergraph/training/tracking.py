@@ -4,7 +4,7 @@ The W&B runs of a study share one group (``logger.group``, default the study's n
 ``run.name`` or the corpus) and are typed by their variant (job type = label):
 
 - a run per cell (variant x seed x fold), named ``LABEL/seed-S/fold-XX``: its epochs' curves,
-  summary ``val/ua`` the best epoch's (``define_metric(summary="max")``), the test scores;
+  summary ``val/ua`` the best epoch's (the checkpoint tested), the test scores;
 - a run per variant, named ``LABEL``, when its cells are finished: summary ``val/ua`` (the mean
   over its cells of each cell's best validation UA: what a sweep may optimise, never a test
   score), ``test/wa_pooled``, ``test/ua_pooled`` (over all test predictions) and the mean
@@ -137,8 +137,6 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
             reinit="finish_previous",
             **{k: v for k, v in settings.items() if v is not None},
         )
-        # the run's summary val/ua: its best epoch's (the checkpoint tested), not its last
-        wandb_logger.experiment.define_metric("val/ua", summary="max")
         loggers.append(wandb_logger)
     failed = True
     try:
@@ -178,6 +176,8 @@ def log_test_result(loggers: list, result: dict) -> None:
         }
         run.log({"test/confusion": table})
         run.summary.update({"test/wa": result["wa"], "test/ua": result["ua"], **recalls})
+        if result.get("best_val_ua") is not None:  # the best epoch's (tested), not the last's
+            run.summary.update({"val/ua": result["best_val_ua"]})
         if "protocol" in result:
             run.summary.update(
                 {

@@ -103,3 +103,64 @@ def test_wandb_finish_is_reached_when_a_cell_fails(tmp_path, monkeypatch):
     run = run_contents(path)
     assert run["exit_code"] == 1 and run["config"]["label"] == "lstm_gin"
     assert "x" in run["history_keys"]
+
+
+@pytest.mark.slow
+def test_shipped_sweep_command_lines_run_by_hand_make_one_study(tmp_path):
+    """Two grid points of configs/sweep_neighbours_readout.yaml, their command lines as a W&B
+    agent runs them (``${args_no_hyphens}`` filled in), W&B offline: both exit 0 into variant
+    folders of one study, one W&B group, the swept keys in every run's config."""
+    import yaml
+
+    from sergraph.config import config_dir
+    from tests.unit.test_experiments import sweep_argv
+
+    sweep = yaml.safe_load((config_dir() / "sweep_neighbours_readout.yaml").read_text())
+    assert sweep["metric"] == {"name": "val/ua", "goal": "maximize"}
+    env = {**os.environ, "SERGRAPH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    tiny = [  # appended to make it fast; the one-point grid labels them too
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "trainer.max_epochs=1",
+        "folds.only=[0]",
+        f"run.out_dir={tmp_path / 'runs'}",
+    ]
+    points = [
+        {"graph.k": 2, "model.params.readout": "sum"},
+        {"graph.k": 4, "model.params.readout": "mean"},
+    ]
+    for point in points:
+        result = subprocess.run(
+            [sys.executable, "-m", "sergraph.cli", *sweep_argv(sweep, point), *tiny],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "wandb:" not in result.stderr
+    study = tmp_path / "runs" / "sweep_neighbours_readout"
+    labels = sorted(p.parents[2].name for p in study.glob("*/seed-0/fold-00/metrics.json"))
+    settings = "n_per_class=2,n_speakers=3,k={},readout={},max_epochs=1"  # by full key
+    assert labels == [settings.format(2, "sum"), settings.format(4, "mean")]
+    runs = [run_contents(path) for path in offline_runs(study)]
+    assert {run["run"]["group"] for run in runs} == {"sweep_neighbours_readout"}
+    assert all(run["exit_code"] == 0 for run in runs)
+    for point, label in zip(points, labels, strict=True):
+        mine = [run for run in runs if run["config"].get("label") == label]
+        kinds = sorted(run["config"]["run_kind"] for run in mine)
+        assert kinds == ["cell", "variant"]
+        for run in mine:
+            assert run["run"]["job_type"] == label
+            assert run["config"]["graph.k"] == point["graph.k"]
+            assert run["config"]["model.params.readout"] == point["model.params.readout"]
+        (variant,) = [run for run in mine if run["config"]["run_kind"] == "variant"]
+        metrics = json.loads((study / label / "seed-0" / "fold-00" / "metrics.json").read_text())
+        pooled = json.loads((study / label / "summary.json").read_text())["pooled"]
+        # one cell: the mean best validation UA is that cell's, the pooled test UA its UA
+        assert variant["summary"]["val/ua"] == pytest.approx(metrics["best_val_ua"])
+        assert variant["summary"]["test/ua_pooled"] == pytest.approx(pooled["ua"])
+        assert variant["summary"]["test/wa_pooled"] == pytest.approx(pooled["wa"])
+        (cell,) = [run for run in mine if run["config"]["run_kind"] == "cell"]
+        assert cell["summary"]["val/ua"] == pytest.approx(metrics["best_val_ua"])  # best epoch
