@@ -162,9 +162,11 @@ def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfi
 
     Returns ``configs``, the run relabelled where it moved.
     """
+    import multiprocessing
+
     from sergraph.config.composition import run_settings
     from sergraph.config.labels import settings_label
-    from sergraph.console import log
+    from sergraph.console import detail, log
 
     if len(configs) != 1:
         return configs
@@ -185,10 +187,12 @@ def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfi
         )
     moved = cfg.copy()
     moved.run.label = settings_label(settings)
-    log(
+    note = (
         f"{run_root(cfg)} holds another configuration (id {other}); this run's results go to "
         f"{run_root(moved)} (labelled by its settings)"
     )
+    # once on the console, by the process the user started (its workers plan the study again)
+    (log if multiprocessing.parent_process() is None else detail)(note)
     return {moved.run.label: moved}
 
 
