@@ -55,3 +55,21 @@ def test_grid_is_one_study_resumable_cell_by_cell_and_reported(env, tmp_path):
     assert other.returncode == 0, other.stderr[-2000:]
     bad = sergraph(["cells", *grid, *args, "--reference", "k=6"], env, tmp_path)
     assert bad.returncode == 2 and "reference='k=6' is not a variant" in bad.stderr
+
+
+def test_slurm_submits_a_grid_as_one_array(tmp_path, monkeypatch):
+    """No SLURM needed: the array covers every cell of every point, and each task's command
+    line is the grid's own (``-m`` first), so ``run.cell`` indexes the same cells."""
+    from sergraph.cli import study_overrides
+    from sergraph.cli_parser import build_parser, hoist_study_options
+    from sergraph.training.slurm import plan_jobs
+
+    monkeypatch.setenv("SERGRAPH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    argv = ["slurm", "--dry-run", *TINY[:-1], "folds.only=[0,1]", "-m", "graph.k=2,4,6"]
+    overrides = study_overrides(build_parser().parse_args(hoist_study_options(argv)))
+    assert overrides[0] == "-m"
+    jobs, _ = plan_jobs(overrides)
+    train = next(job for job in jobs if job.name == "train_array")
+    assert train.options == ["--array=0-5"]  # 3 points x 2 folds
+    assert train.arguments == overrides and 'sergraph train "$@" run.cell=' in train.script
