@@ -154,8 +154,8 @@ def hoist_study_options(argv: list[str]) -> list[str]:
     for item in items:
         if item in ("-m", "--multirun") or item.startswith("--reference="):
             hoisted.append(item)
-        elif item == "--reference":
-            hoisted += [item, next(items, "")]
+        elif item == "--reference":  # without its LABEL argparse says so
+            hoisted += [item, *[value for value in [next(items, None)] if value is not None]]
         else:
             rest.append(item)
     return [*argv[: verb_at + 1], *hoisted, *rest]
