@@ -461,3 +461,35 @@ def test_significance_follows_the_holm_p_inside_the_family():
     )
     assert significance_words({**inside, "p_holm": 0.04}) == "significant (Holm p < 0.05)"
     assert significance_words({**inside, "p_holm": None}) == "significant (p < 0.05)"
+
+
+def sweep_item(grid, lr, fold_ua, pooled):
+    return {
+        "config": {"grid": grid, "optim": {"lr": lr}, "model": {"params": {"readout": "sum"}}},
+        "fold_ua": fold_ua,
+        "row": {"pooled_ua": pooled},
+    }
+
+
+def test_a_one_key_numeric_grid_gets_ua_against_the_key(tmp_path):
+    from sergraph.results.figures import plot_sweep, save_png
+    from sergraph.results.report import sweep_points
+
+    grid = {"optim.lr": ["0.01", "0.001"]}
+    collected = [
+        sweep_item(grid, 0.01, {(0, "s0"): 0.5, (1, "s1"): 0.7}, 0.6),
+        sweep_item(grid, 0.001, {(0, "s0"): 0.4, (1, "s1"): 0.9}, 0.65),
+        sweep_item({}, 0.1, {(0, "s0"): 1.0}, 1.0),  # e.g. a nested selection: not a point
+    ]
+    key, points = sweep_points(collected)
+    assert key == "optim.lr"
+    assert points == [(0.01, {0: 0.5, 1: 0.7}, 0.6), (0.001, {0: 0.4, 1: 0.9}, 0.65)]
+    path = save_png(plot_sweep(key, points), tmp_path / "ua_vs_lr.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    # two keys, a value that is no number, one point only: no such figure
+    two = {"optim.lr": ["0.01", "0.001"], "graph.k": ["2"]}
+    assert sweep_points([sweep_item(two, 0.01, {}, 0.5), sweep_item(two, 0.001, {}, 0.5)]) is None
+    readout = {"model.params.readout": ["sum", "mean"]}
+    words = [sweep_item(readout, 0.01, {}, 0.5), sweep_item(readout, 0.01, {}, 0.5)]
+    assert sweep_points(words) is None
+    assert sweep_points(collected[:1]) is None
