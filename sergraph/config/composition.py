@@ -254,8 +254,8 @@ def run_settings(cfg: DictConfig, overrides) -> tuple[dict, dict]:
     """The settings a standalone run's command line gives: (those that differ from its base,
     all of them), each ``key -> value`` as in ``cfg`` (group choices ``group -> name``).
 
-    The base is the composition of the same experiment without the command line's other
-    overrides. Keys that change no result or name the study (``run.*``, ``logger.*``,
+    The base is the composition of the same group choices and experiment without the
+    command line's dotted overrides; a group choice other than the default is a setting too. Keys that change no result or name the study (``run.*``, ``logger.*``,
     ``folds.only``, ...) are no settings; nor is ``data=NAME`` unless ``run.name`` is given
     (the study folder is named after the corpus otherwise).
     """
@@ -263,8 +263,8 @@ def run_settings(cfg: DictConfig, overrides) -> tuple[dict, dict]:
 
     _, overrides = split_multirun(overrides)
     groups, experiment, dotted = _split_overrides(overrides)
-    base_overrides = [f"experiment={experiment}"] if experiment is not None else []
-    base = _compose(base_overrides)
+    base_overrides = [f"{group}={choice}" for group, choice in groups.items()]
+    base = _compose(base_overrides + ([f"experiment={experiment}"] if experiment else []))
     given: dict = {}
     differing: dict = {}
     for group, choice in groups.items():

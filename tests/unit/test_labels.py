@@ -203,6 +203,15 @@ def test_run_settings_differ_from_the_base():
     assert given == {**differing, "graph.k": 4}
 
 
+def test_run_settings_compare_with_the_same_model_preset():
+    # gcn's preset has use_lstm: false; the default model (lstm_gin) has none: not a difference
+    overrides = ["model=gcn", "model.params.use_lstm=false", "model.params.num_layers=2"]
+    differing, given = run_settings(compose(overrides), overrides)
+    assert differing == {"model": "gcn", "model.params.num_layers": 2}
+    assert given == {**differing, "model.params.use_lstm": False}
+    assert settings_label(differing) == "model=gcn,num_layers=2"
+
+
 def test_standalone_run_moves_to_its_own_folder_only_when_another_config_is_there(tmp_path):
     first = [f"run.out_dir={tmp_path}", "graph.k=2", "model.params.readout=sum"]
     configs = compose_study(first)
