@@ -25,6 +25,7 @@ QUICK_MODULES = {
     "test_graph_levers",
     "test_graphs",
     "test_host_syncs",
+    "test_labels",
     "test_long_and_mixed_audio",
     "test_metrics",
     "test_models",

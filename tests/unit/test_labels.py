@@ -17,9 +17,6 @@ from sergraph.config.labels import (
 )
 from sergraph.results.layout import own_folder, run_root
 
-pytestmark = pytest.mark.quick
-
-
 # ---------------------------------------------------------------------------------------------
 # labels
 
