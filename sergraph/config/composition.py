@@ -158,8 +158,9 @@ def _compose(overrides, variant: str | None = None) -> DictConfig:
                 f"unknown config key {key!r}; valid keys under '{parent or '<top>'}': "
                 f"{_valid_keys(cfg, parent) or sorted(cfg.keys())}"
             )
-        if key == "reference":  # a label (k=2,readout=sum), taken as written
-            cfg.reference = item.split("=", 1)[1]
+        if key == "reference":  # a label (k=2,readout=sum), taken as written; null: none
+            value = item.split("=", 1)[1]
+            cfg.reference = None if value in ("null", "~", "") else value
             continue
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
     if variant is not None and not explicit_label:

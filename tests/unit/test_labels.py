@@ -143,6 +143,8 @@ def test_multirun_composes_one_study_with_a_declared_reference():
     assert {run_root(c).parent for c in configs.values()} == {run_root(cfg).parent}
     chosen = compose_study(["-m", *SMALL, "graph.k=2,6", "reference=k=6"])
     assert next(iter(chosen.values())).reference == "k=6"
+    assert compose(["experiment=graph_value", "reference=null"]).reference is None
+    assert compose(["experiment=graph_value"]).reference == "graph"  # as its file declares
     with pytest.raises(ConfigError, match=r"reference='k=4' is not a variant.*\['k=2', 'k=6'\]"):
         compose_study(["-m", *SMALL, "graph.k=2,6", "reference=k=4"])
 
