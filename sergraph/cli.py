@@ -27,7 +27,7 @@ import sys
 from pathlib import Path
 
 from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
-from sergraph.cli_parser import build_parser
+from sergraph.cli_parser import build_parser, hoist_study_options
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console
 from sergraph.console import error as console_error
@@ -39,7 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     verbose = any(item in ("-v", "--verbose") for item in argv)
     argv = [item for item in argv if item not in ("-v", "--verbose")]
     configure_console(verbose)
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(hoist_study_options(argv))
+    if getattr(args, "overrides", None) is not None:
+        args.overrides = study_overrides(args)
     try:
         code = _run(args)
         sys.stdout.flush()  # inside the try: a closed pipe shows here, not at interpreter exit
@@ -50,6 +52,18 @@ def main(argv: list[str] | None = None) -> int:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, sys.stdout.fileno())
         return 141  # 128 + SIGPIPE, what a shell reports for a tool ended by a closed pipe
+
+
+def study_overrides(args) -> list[str]:
+    """A study verb's overrides as the study functions take them: a multirun's start with the
+    marker ``-m`` (so the same list, passed to a worker or an sbatch script, runs the same
+    grid), ``--reference LABEL`` becomes ``reference=LABEL``."""
+    from sergraph.config.labels import MULTIRUN
+
+    overrides = list(args.overrides)
+    if getattr(args, "reference", None):
+        overrides.append(f"reference={args.reference}")
+    return [MULTIRUN, *overrides] if getattr(args, "multirun", False) else overrides
 
 
 def _run(args) -> int:
@@ -143,7 +157,13 @@ def _cells(overrides: list[str]) -> int:
 def _select(args) -> int:
     from sergraph.results.select import select_nested
 
-    candidates = args.candidates.split(",") if args.candidates else None
+    candidates = None
+    if args.candidates:
+        study = Path(args.study_dir)
+        known = (
+            {path.name for path in study.iterdir() if path.is_dir()} if study.is_dir() else set()
+        )
+        candidates = split_labels(args.candidates, known)
     chosen = select_nested(
         Path(args.study_dir), candidates, args.label, args.criterion, cross_data=args.cross_data
     )
@@ -159,6 +179,20 @@ def _select(args) -> int:
         print(f"mean difference over {len(table)} seed(s): {table['difference'].mean():+.4f}")
     print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)
     return 0
+
+
+def split_labels(text: str, known: set[str]) -> list[str]:
+    """A comma-separated list of labels, where labels may hold commas themselves (a grid's
+    ``k=2,readout=sum``): at each place the longest run of items that is a known label."""
+    items, labels, start = text.split(","), [], 0
+    while start < len(items):
+        end = next(
+            (end for end in range(len(items), start, -1) if ",".join(items[start:end]) in known),
+            start + 1,
+        )
+        labels.append(",".join(items[start:end]))
+        start = end
+    return labels
 
 
 def _ensemble(args) -> int:

@@ -43,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     train.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
+    _add_multirun_options(train)
     train.add_argument(
         "--rerun-changed",
         action="store_true",
@@ -58,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         sub = verbs.add_parser(verb, help=text)
         sub.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
+        _add_multirun_options(sub)
     report = verbs.add_parser("report", help="summarise a finished run folder")
     report.add_argument(
         "run_dir", nargs="+", help="runs/NAME (all variants) or runs/NAME/LABEL; several to compare"
@@ -90,7 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     select.add_argument("study_dir", help="runs/NAME holding the variant folders")
     select.add_argument(
-        "--candidates", help="comma-separated variant labels (default: all variants)"
+        "--candidates",
+        help="comma-separated variant labels (default: all variants); a grid's labels, which "
+        "hold commas themselves (k=2,readout=sum), are recognised",
     )
     select.add_argument("--label", default="nested", help="name of the new label folder")
     select.add_argument(
@@ -117,6 +121,44 @@ def build_parser() -> argparse.ArgumentParser:
     _add_predict_parser(verbs)
     _add_slurm_parser(verbs)
     return parser
+
+
+#: Verbs of a study's overrides: they take -m/--multirun and --reference (anywhere on the line).
+STUDY_VERBS = ("train", "features", "folds", "cells", "config", "slurm")
+
+
+def _add_multirun_options(sub) -> None:
+    sub.add_argument(
+        "-m",
+        "--multirun",
+        action="store_true",
+        help="a grid: every KEY=a,b,c override lists values (commas inside [...] do not "
+        "split); their cross product is the variants of one study, each labelled by its "
+        "settings (k=2,readout=sum). Accepted anywhere after the verb.",
+    )
+    sub.add_argument(
+        "--reference",
+        metavar="LABEL",
+        help="the study's declared reference variant (default for a grid: its first point); "
+        "the same as the override reference=LABEL",
+    )
+
+
+def hoist_study_options(argv: list[str]) -> list[str]:
+    """``-m``/``--multirun`` and ``--reference LABEL`` of a study verb moved to just after the
+    verb, so that they may stand anywhere among the overrides (as ``-v`` may)."""
+    verb_at = next((i for i, item in enumerate(argv) if not item.startswith("-")), None)
+    if verb_at is None or argv[verb_at] not in STUDY_VERBS:
+        return argv
+    hoisted, rest, items = [], [], iter(argv[verb_at + 1 :])
+    for item in items:
+        if item in ("-m", "--multirun") or item.startswith("--reference="):
+            hoisted.append(item)
+        elif item == "--reference":  # without its LABEL argparse says so
+            hoisted += [item, *[value for value in [next(items, None)] if value is not None]]
+        else:
+            rest.append(item)
+    return [*argv[: verb_at + 1], *hoisted, *rest]
 
 
 #: The keys most often changed on the command line, with what they do.
@@ -152,6 +194,7 @@ def _train_epilog() -> str:
         "  sergraph train model=svm data=emodb data.root=PATH/emodb\n"
         "  sergraph train experiment=quickstart run.name=first\n"
         "  sergraph train optim.lr=3e-4 run.seeds=[0,1,2] run.parallel=3\n"
+        "  sergraph train -m graph.k=2,4 model.params.readout=sum,mean run.name=grid\n"
         "  sergraph config data=emodb                       # every key with its value"
     )
 
@@ -166,6 +209,7 @@ def _add_slurm_parser(verbs) -> None:
         "(after the training succeeded). Prints the job ids. See slurm/README.md.",
     )
     slurm.add_argument("overrides", nargs="*", help="group=name or key.sub=value")
+    _add_multirun_options(slurm)
     slurm.add_argument("--ddp", action="store_true", help="one multi-GPU/multi-node training run")
     slurm.add_argument("--dry-run", action="store_true", help="print the scripts, submit nothing")
     slurm.add_argument(

@@ -15,16 +15,13 @@ REPO = Path(__file__).resolve().parents[1]
 #: train no study, start no subprocess and read no corpus.
 QUICK_MODULES = {
     "test_audformat_corpus",
-    "test_autocast",
     "test_console_detail",
     "test_datamodule",
     "test_experiments",
-    "test_fast_path",
     "test_fastdata",
     "test_folds",
-    "test_graph_levers",
     "test_graphs",
-    "test_host_syncs",
+    "test_labels",
     "test_long_and_mixed_audio",
     "test_metrics",
     "test_models",

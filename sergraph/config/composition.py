@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from sergraph.config.files import config_dir, file_sha256, group_choices, load_yaml
+from sergraph.config.labels import format_value, grid_of, grid_variants, split_multirun
 from sergraph.config.presets import is_family
 from sergraph.config.schema import DEFAULT_GROUPS, GROUPS, Config, ConfigError
 from sergraph.config.validation import validate
@@ -78,6 +79,7 @@ def _load_experiment(
     base = _load_experiment(str(parent), (*chain, name), sources)
     base.pop("variants", None)
     base.pop("controls", None)
+    base.pop("grid", None)
     return OmegaConf.merge(base, cfg)
 
 
@@ -85,24 +87,44 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
     """Build and validate the configuration from ``group=name`` and ``key=value`` overrides.
 
     Args:
-        overrides: command-line overrides.
-        variant: for an experiment with ``variants``, the label whose overrides to apply. Its
-            group choices win over the command line's; its dotted overrides come before the
-            command line's, so ``trainer.max_epochs=5`` still applies to every variant.
+        overrides: command-line overrides; a multirun's start with
+            :data:`~sergraph.config.labels.MULTIRUN` and may list several values of a key
+            (``graph.k=2,4``): the grid's points become variants (see :func:`study_variants`).
+        variant: for an experiment with ``variants`` (or a grid), the label whose overrides to
+            apply. Its group choices win over the command line's; its dotted overrides come
+            before the command line's, so ``trainer.max_epochs=5`` still applies to every
+            variant.
     """
+    cfg = _compose(overrides, variant)
+    validate(cfg)
+    return cfg
+
+
+def _compose(overrides, variant: str | None = None) -> DictConfig:
+    """:func:`compose` without the validation of the result."""
+    multirun, overrides = split_multirun(overrides)
+    overrides, cli_grid = grid_of(overrides) if multirun else (overrides, {})
     groups, experiment, dotted = _split_overrides(overrides)
     groups = {**DEFAULT_GROUPS, **groups}
     sources: dict[str, str] = {}
     experiment_cfg = _load_experiment(experiment, (), sources) if experiment is not None else None
+    variants, grid, first_point = study_variants(experiment_cfg, cli_grid)
+    if grid and any(item.startswith("run.label=") for item in dotted):
+        raise ConfigError(
+            "run.label cannot be given with a grid: each point is labelled by its settings "
+            f"({', '.join(list(variants)[:2])}, ...); name the study with run.name instead"
+        )
     if variant is not None:
-        variants = experiment_cfg.get("variants", {}) if experiment_cfg is not None else {}
         if variant not in variants:
             raise ConfigError(
                 f"variant {variant!r} is not in this experiment; choose one of {sorted(variants)}"
             )
         variant_groups, _, variant_dotted = _split_overrides(list(variants[variant]))
         groups.update(variant_groups)
-        dotted = list(variant_dotted) + [f"run.label={variant}"] + dotted
+        # the label is set after the merge below (a label such as k=2,readout=sum is no
+        # dotlist value); a run.label on the command line still wins, as it always did
+        explicit_label = any(item.startswith("run.label=") for item in dotted)
+        dotted = list(variant_dotted) + dotted
 
     cfg = OmegaConf.structured(Config)
     cfg = _merge(cfg, load_yaml(config_dir() / "default.yaml"), "configs/default.yaml")
@@ -136,10 +158,65 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
                 f"unknown config key {key!r}; valid keys under '{parent or '<top>'}': "
                 f"{_valid_keys(cfg, parent) or sorted(cfg.keys())}"
             )
+        if key == "reference":  # a label (k=2,readout=sum), taken as written; null: none
+            value = item.split("=", 1)[1]
+            cfg.reference = None if value in ("null", "~", "") else value
+            continue
         cfg = _merge(cfg, OmegaConf.from_dotlist([item]), f"override {item!r}")
+    if variant is not None and not explicit_label:
+        cfg.run.label = variant
     cfg.run.sources = dict(sorted(sources.items()))
-    validate(cfg)
+    if grid:
+        # The study records its grid and every point as a declared variant (what report and
+        # select read); the first point is the reference unless one is declared.
+        cfg.grid = grid
+        cfg.variants = variants
+        if cfg.reference is None:
+            cfg.reference = first_point
+        if cfg.reference is not None and cfg.reference not in variants:
+            raise ConfigError(
+                f"reference={cfg.reference!r} is not a variant of this study; choose one of "
+                f"{list(variants)}"
+            )
     return cfg
+
+
+def study_variants(
+    experiment_cfg: DictConfig | None, cli_grid: dict[str, list[str]]
+) -> tuple[dict[str, list[str]], dict[str, list[str]], str | None]:
+    """(label -> overrides of every variant, the grid: key -> value texts, the label of the
+    grid's first point) of a study.
+
+    The variants are the experiment's ``variants:``, then the points of its ``grid:`` with the
+    command line's multirun keys (``-m KEY=a,b``) added to (or replacing) the file's.
+    """
+    variants: dict[str, list[str]] = {}
+    grid: dict[str, list[str]] = {}
+    if experiment_cfg is not None:
+        variants = {
+            str(label): list(items) for label, items in experiment_cfg.get("variants", {}).items()
+        }
+        file_grid = experiment_cfg.get("grid")
+        if file_grid is None:
+            file_grid = {}
+        elif not isinstance(file_grid, DictConfig):
+            raise ConfigError(
+                "grid: expected a mapping of keys to lists of values, e.g. "
+                "grid: {graph.k: [2, 4], model.params.readout: [sum, mean]}"
+            )
+        for key, values in file_grid.items():
+            values = OmegaConf.to_container(values) if not isinstance(values, str) else values
+            if not isinstance(values, list):
+                raise ConfigError(f"grid: {key} must be a list of values, e.g. {key}: [2, 4]")
+            grid[str(key)] = values
+    grid.update(cli_grid)
+    points = grid_variants(grid)
+    clash = sorted(set(points) & set(variants))
+    if clash:
+        raise ConfigError(f"grid points {clash} have the labels of variants; rename the variants")
+    texts = {key: [format_value(value) for value in values] for key, values in grid.items()}
+    # a grid of one point (a W&B agent's run) has nothing to compare within it: no reference
+    return {**variants, **points}, texts, next(iter(points)) if len(points) > 1 else None
 
 
 def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, DictConfig]:
@@ -182,6 +259,47 @@ def compose_study(overrides: list[str] | tuple[str, ...] = ()) -> dict[str, Dict
                     "experiment file's top level or the command line), not in a variant"
                 )
     return configs
+
+
+def run_settings(cfg: DictConfig, overrides) -> tuple[dict, dict]:
+    """The settings a standalone run's command line gives: (those that differ from its base,
+    all of them), each ``key -> value`` as in ``cfg`` (group choices ``group -> name``).
+
+    The base is the composition of the same group choices and experiment without the
+    command line's dotted overrides; a group choice other than the default is a setting too. Keys that change no result or name the study (``run.*``, ``logger.*``,
+    ``folds.only``, ...) are no settings; nor is ``data=NAME`` unless ``run.name`` is given
+    (the study folder is named after the corpus otherwise).
+    """
+    from sergraph.config.labels import labelled
+
+    _, overrides = split_multirun(overrides)
+    groups, experiment, dotted = _split_overrides(overrides)
+    base_overrides = [f"{group}={choice}" for group, choice in groups.items()]
+    base = _compose(base_overrides + ([f"experiment={experiment}"] if experiment else []))
+    given: dict = {}
+    differing: dict = {}
+    for group, choice in groups.items():
+        if group == "data" and cfg.run.name is None:
+            continue
+        given[group] = choice
+        if choice != DEFAULT_GROUPS[group]:
+            differing[group] = choice
+    for item in dotted:
+        key = item.split("=", 1)[0]
+        if not labelled(key):
+            continue
+        value = OmegaConf.select(cfg, key, default=None)
+        if isinstance(value, (DictConfig, ListConfig)):
+            value = OmegaConf.to_container(value, resolve=True)
+        given[key] = value
+        before = OmegaConf.select(base, key, default="<absent>")
+        if isinstance(before, (DictConfig, ListConfig)):
+            before = OmegaConf.to_container(before, resolve=True)
+        if value != before:
+            differing[key] = value
+        else:
+            differing.pop(key, None)
+    return differing, given
 
 
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:

@@ -127,6 +127,7 @@ def identity(cfg: DictConfig) -> str:
         container.get(section, {}).pop(key, None)
     container.pop("logger", None)
     container.pop("variants", None)
+    container.pop("grid", None)
     container.pop("slurm", None)
     container.pop("reference", None)
     container.pop("controls", None)

@@ -210,6 +210,10 @@ class Config:
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
     variants: dict[str, list[str]] = field(default_factory=dict)
+    # A grid (key -> values): its cross product becomes variants labelled by their settings
+    # (k=2,readout=sum), as `sergraph train -m KEY=a,b` does; see sergraph.config.labels.
+    # Not part of any run's identity.
+    grid: dict[str, list[Any]] = field(default_factory=dict)
     # The study's declared baseline label: `sergraph report` pairs every row with it (never a
     # row chosen by a test score). Not part of any run's identity.
     reference: str | None = None

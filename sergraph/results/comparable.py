@@ -23,7 +23,7 @@ from sergraph.data.fingerprint import content_differences, differences
 
 #: Configuration keys that never change a result or name the cell (left out of the config
 #: difference note); prefixes end with a dot.
-IGNORED_PREFIXES = ("logger.", "variants.", "run.sources.", "slurm.", "controls.")
+IGNORED_PREFIXES = ("logger.", "variants.", "grid.", "run.sources.", "slurm.", "controls.")
 IGNORED_KEYS = ("run.label", "reference")
 
 

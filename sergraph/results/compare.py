@@ -84,6 +84,39 @@ def paired_test(
     return out
 
 
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (in their order): the i-th smallest
+    of m is multiplied by m - i + 1, capped at 1, and made non-decreasing along the sorted
+    order. Rejecting where the adjusted p < alpha keeps the family-wise error rate at alpha.
+
+    >>> holm([0.01, 0.04, 0.03, 0.005])
+    [0.03, 0.06, 0.06, 0.02]
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    adjusted = [math.nan] * len(p_values)
+    running = 0.0
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def is_family(test: dict) -> bool:
+    """A comparison in the family that Holm's adjustment covers: a row against the reference
+    that has a p-value (a comparison whose paired differences are all zero is not tested)."""
+    return test["kind"].startswith("vs reference") and test.get("p_value") is not None
+
+
+def add_holm(tests: list[dict]) -> None:
+    """Set ``p_holm`` of every test: Holm-adjusted over the family (:func:`is_family`: the rows
+    compared with the reference in this report), ``None`` outside it."""
+    family = [test for test in tests if is_family(test)]
+    for test, adjusted in zip(family, holm([t["p_value"] for t in family]), strict=True):
+        test["p_holm"] = adjusted
+    for test in tests:
+        test.setdefault("p_holm", None)
+
+
 def comparisons(
     collected: list[dict],
     reference: str | None,
@@ -102,8 +135,9 @@ def comparisons(
     lists the config keys the pair differs in that its variants do not declare.
 
     Returns:
-        (the tests, the pairs refused because their protocols differ, the pairs refused
-        because their scored sets or data differ with what differs).
+        (the tests, each with ``p_holm``: see :func:`add_holm`; the pairs refused because
+        their protocols differ, the pairs refused because their scored sets or data differ
+        with what differs).
     """
     from sergraph.results.comparable import fold_differences, undeclared_differences
 
@@ -150,6 +184,7 @@ def comparisons(
             )
         undeclared = undeclared_differences(by_label[a].get("config"), by_label[b].get("config"))
         out.append({"first": a, "second": b, "kind": kind, "undeclared": undeclared, **test})
+    add_holm(out)
     return out, refused, refused_data
 
 

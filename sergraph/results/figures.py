@@ -137,3 +137,34 @@ def plot_k(groups: list[dict], rows: dict[str, dict]):
     axes.set_title("WA and UA (pooled over folds) against k", fontsize=10)
     axes.legend(fontsize=8)
     return figure
+
+
+def plot_sweep(key: str, points: list[tuple[float, dict, float]]):
+    """UA (%) against the one numeric key of a grid: each fold's UA (seeds averaged) as a point,
+    the pooled UA of each grid point as a line. ``points``: (value, fold -> UA, pooled UA)."""
+    figure = new_figure(5.5, 4.0)
+    axes = figure.add_subplot()
+    points = sorted(points, key=lambda point: point[0])
+    for value, fold_ua, _ in points:
+        axes.scatter(
+            [value] * len(fold_ua),
+            [100 * ua for ua in fold_ua.values()],
+            color="C0",
+            alpha=0.5,
+            s=14,
+            label="a fold's UA (seeds averaged)" if value == points[0][0] else None,
+        )
+    axes.plot(
+        [value for value, _, _ in points],
+        [100 * pooled for _, _, pooled in points],
+        "o-",
+        color="C1",
+        label="pooled UA",
+    )
+    axes.set_xticks([value for value, _, _ in points])
+    axes.set_xlabel(key)
+    axes.set_ylabel("UA (%)")
+    axes.margins(x=0.1, y=0.1)
+    axes.set_title(f"UA against {key} (one point per fold)", fontsize=10)
+    axes.legend(fontsize=8)
+    return figure

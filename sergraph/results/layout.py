@@ -129,6 +129,73 @@ def finished(cfg: DictConfig, directory: Path) -> bool:
     return True
 
 
+def other_configuration(cfg: DictConfig) -> str | None:
+    """The id of another configuration whose cells lie in ``cfg``'s variant folder (a finished
+    cell's recorded ``config_id``, an unfinished one's saved ``config.yaml``), or ``None``."""
+    from omegaconf import OmegaConf
+
+    mine = identity(cfg)
+    for cell in cell_dirs(run_root(cfg)):
+        if (cell / METRICS).is_file():
+            saved = read_json(cell / METRICS).get("config_id")
+        elif (cell / "config.yaml").is_file():
+            try:
+                saved = identity(OmegaConf.load(cell / "config.yaml"))
+            except Exception:  # noqa: BLE001 - an unreadable leftover holds nothing to keep
+                continue
+        else:
+            continue
+        if saved != mine:
+            return saved
+    return None
+
+
+def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfig]:
+    """A standalone run (one variant, no label given) whose folder holds another
+    configuration goes to a variant folder of its own, labelled by its settings.
+
+    The label is made of the command line's settings that differ from the base (the same
+    experiment without them), else of all its settings (``k=4`` for the base value given
+    explicitly): :func:`sergraph.config.composition.run_settings`. A label given by the user
+    (``run.label``, an experiment's variants, a grid's points) is kept: the identity check of
+    :func:`finished` then refuses a changed configuration under it.
+
+    Returns ``configs``, the run relabelled where it moved.
+    """
+    import multiprocessing
+
+    from sergraph.config.composition import run_settings
+    from sergraph.config.labels import settings_label
+    from sergraph.console import detail, log
+
+    if len(configs) != 1:
+        return configs
+    ((label, cfg),) = configs.items()
+    if cfg.run.label is not None or cfg.variants:
+        return configs
+    other = other_configuration(cfg)
+    if other is None:
+        return configs
+    differing, given = run_settings(cfg, overrides)
+    settings = differing or given
+    if not settings:
+        raise RuntimeError(
+            f"{run_root(cfg)} holds results of a different configuration (id {other}, now "
+            f"{identity(cfg)}) and this run sets nothing that could label a folder of its own "
+            "(the config files changed since?); give it a label (run.label=NAME) or choose "
+            "another run.name"
+        )
+    moved = cfg.copy()
+    moved.run.label = settings_label(settings)
+    note = (
+        f"{run_root(cfg)} holds another configuration (id {other}); this run's results go to "
+        f"{run_root(moved)} (labelled by its settings)"
+    )
+    # once on the console, by the process the user started (its workers plan the study again)
+    (log if multiprocessing.parent_process() is None else detail)(note)
+    return {moved.run.label: moved}
+
+
 # ---------------------------------------------------------------------------------------------
 # reading and verifying
 

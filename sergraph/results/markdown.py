@@ -27,9 +27,18 @@ SIGNIFICANCE = 0.05
 
 def significance_words(test: dict) -> str:
     """What a paired test allows one to say, in words: "significant" only where the Wilcoxon
-    p < :data:`SIGNIFICANCE`; a bootstrap interval that excludes 0 is not a conclusion the test
-    does not back."""
-    p = test.get("p_value")
+    p < :data:`SIGNIFICANCE`, Holm-adjusted where the test is one of the family of comparisons
+    with the reference (``p_holm``); a bootstrap interval that excludes 0 is not a conclusion
+    the test does not back."""
+    p, adjusted = test.get("p_value"), test.get("p_holm")
+    if adjusted is not None:  # one of a family of comparisons with the reference
+        if adjusted < SIGNIFICANCE:
+            return f"significant (Holm p < {SIGNIFICANCE})"
+        if p < SIGNIFICANCE:
+            return (
+                f"not significant after Holm's correction (p < {SIGNIFICANCE}, Holm p ≥ "
+                f"{SIGNIFICANCE})"
+            )
     if p is not None and p < SIGNIFICANCE:
         return f"significant (p < {SIGNIFICANCE})"
     low, high = test.get("ci_low", math.nan), test.get("ci_high", math.nan)
@@ -40,6 +49,21 @@ def significance_words(test: dict) -> str:
             "paired test does not back"
         )
     return f"not significant (p ≥ {SIGNIFICANCE})" if p is not None else "not tested"
+
+
+def _family_words(tests: list[dict]) -> str:
+    """What the Holm column adjusts for, in words (the family and its size)."""
+    family = sum(1 for test in tests if test.get("p_holm") is not None)
+    if not family:
+        return (
+            "– (Holm's adjustment covers the comparisons with a declared reference; "
+            "there is none with a p-value here)."
+        )
+    return (
+        f"the p adjusted by Holm's step-down method for the family of the {family} "
+        "comparison(s) with the reference in this report that have a p (family-wise error "
+        "rate); pairs outside that family (controls, other pairs) are not adjusted (–)."
+    )
 
 
 def format_report(
@@ -145,13 +169,14 @@ def format_report(
             "Δ UA = A − B in points over the folds both labels have; 95% CI: percentile "
             f"bootstrap of the mean over folds ({BOOTSTRAP_RESAMPLES} resamples, seed "
             f"{BOOTSTRAP_SEED}); p: two-sided Wilcoxon signed-rank test (zero differences "
-            "dropped), not corrected for multiple comparisons. With few folds the bootstrap "
-            "interval is too narrow and the test is weak: a difference is called significant "
-            f"only where p < {SIGNIFICANCE}, and an interval that excludes 0 while p ≥ "
-            f"{SIGNIFICANCE} is no evidence of a difference.",
+            f"dropped), as computed; Holm p: {_family_words(tests)} With few folds the "
+            "bootstrap interval is too narrow and the test is weak: a difference is called "
+            f"significant only where p < {SIGNIFICANCE} (the Holm p, where there is one), "
+            f"and an interval that excludes 0 while p ≥ {SIGNIFICANCE} is no evidence of a "
+            "difference.",
             "",
-            "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | note |",
-            "| --- | --- | ---: | ---: | --- | ---: | --- |",
+            "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | Holm p | note |",
+            "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |",
         ]
         for test in tests:
             notes = [significance_words(test)]
@@ -185,6 +210,8 @@ def format_report(
                 )
                 + " | "
                 + (f"{test['p_value']:.3g}" if test["p_value"] is not None else "–")
+                + " | "
+                + (f"{test['p_holm']:.3g}" if test.get("p_holm") is not None else "–")
                 + f" | {'; '.join(notes)} |"
             )
         lines.append("")

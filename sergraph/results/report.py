@@ -14,6 +14,8 @@ writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``folds.png``     UA per fold and label (averaged over seeds)
 - ``wa_ua_vs_k.png``  pooled WA and UA against graph.k, only when some labels differ in
                     nothing but graph.k (read from each label's ``config.yaml``)
+- ``ua_vs_<key>.png``  for a grid of one numeric key: each fold's UA as a point and the
+                    pooled UA as a line, against the key
 
 Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
 ``summary.json``/``summary.md``, as the runner does); all WA/UA arithmetic is
@@ -34,7 +36,7 @@ import pandas as pd
 from sergraph.io import atomic_write_csv, atomic_write_text
 from sergraph.results.comparable import flatten
 from sergraph.results.compare import comparisons, declared_controls, declared_reference
-from sergraph.results.figures import plot_confusion, plot_folds, plot_k, save_png
+from sergraph.results.figures import plot_confusion, plot_folds, plot_k, plot_sweep, save_png
 from sergraph.results.layout import (
     ResultFileError,
     cell_dirs,
@@ -47,6 +49,8 @@ from sergraph.results.provenance import changed_sources, row_provenance
 from sergraph.results.summary import mean_std, summarize
 
 K_FIGURE = "wa_ua_vs_k.png"
+#: UA against the one numeric key of a grid, a point per fold: ``ua_vs_<key>.png``.
+SWEEP_FIGURE = "ua_vs_"
 
 RESULT_COLUMNS = [
     "label",
@@ -219,7 +223,9 @@ def k_groups(collected: list[dict]) -> list[dict]:
             key: value
             for key, value in flat.items()
             if key not in ignored
-            and not key.startswith(("logger.", "variants.", "run.sources.", "slurm.", "controls."))
+            and not key.startswith(
+                ("logger.", "variants.", "grid.", "run.sources.", "slurm.", "controls.")
+            )
             and key != "reference"
         }
         signature = json.dumps(rest, sort_keys=True, default=str)
@@ -231,6 +237,30 @@ def k_groups(collected: list[dict]) -> list[dict]:
         members.sort(key=lambda m: (m[0], _natural_key(m[1])))
         out.append({"labels": [label for _, label in members], "k": [k for k, _ in members]})
     return out
+
+
+def sweep_points(collected: list[dict]) -> tuple[str, list[tuple[float, dict, float]]] | None:
+    """The one numeric key of a grid and, per grid point here, (its value, fold -> UA, pooled
+    UA); ``None`` unless the labels come from one grid (``grid:`` or ``-m``) of exactly one key,
+    every value a number, with at least two points here."""
+    grids = {
+        json.dumps((item["config"] or {}).get("grid") or {}, sort_keys=True) for item in collected
+    }
+    points_of = [item for item in collected if (item["config"] or {}).get("grid")]
+    if len(grids - {"{}"}) != 1 or len(points_of) < 2:
+        return None
+    grid = points_of[0]["config"]["grid"]
+    if len(grid) != 1:
+        return None
+    (key,) = grid
+    points = []
+    for item in points_of:
+        value = flatten(item["config"]).get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            return None
+        fold_ua = {fold: ua for (fold, _), ua in item["fold_ua"].items()}
+        points.append((float(value), fold_ua, item["row"]["pooled_ua"]))
+    return key, points
 
 
 def _slug(label: str) -> str:
@@ -337,6 +367,13 @@ def write_report(
         )
     else:  # a figure left from an earlier report would describe labels no longer compared
         (out_dir / K_FIGURE).unlink(missing_ok=True)
+    for old in out_dir.glob(f"{SWEEP_FIGURE}*.png"):  # of an earlier report; drawn again below
+        old.unlink()
+    sweep = sweep_points(collected)
+    if sweep is not None:
+        key, points = sweep
+        name = f"{SWEEP_FIGURE}{_slug(key.rsplit('.', 1)[-1])}.png"
+        figures.append(save_png(plot_sweep(key, points), out_dir / name))
 
     fold_rows = pd.concat(
         [item["folds"].assign(label=item["label"]) for item in collected], ignore_index=True

@@ -42,6 +42,7 @@ from sergraph.results.layout import (
     finished,
     fold_dir,
     log_file_path,
+    own_folder,
     run_root,
     study_dir,
     write_cell,
@@ -111,7 +112,7 @@ def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictCon
     The index of a cell is stable for a given configuration, so a SLURM array task can run
     ``run.cell=$SLURM_ARRAY_TASK_ID``.
     """
-    configs = compose_study(overrides)
+    configs = own_folder(compose_study(overrides), overrides)
     cells: list[Cell] = []
     for label, cfg in configs.items():
         study = study_data(cfg, need_features=False)
@@ -286,7 +287,7 @@ def run_study(
         summary["seconds"] = time.perf_counter() - start
     from sergraph.training.tracking import log_study_summary
 
-    log_study_summary(first, summaries)
+    log_study_summary(first, summaries, configs)
     if len(summaries) > 1:
         from sergraph.results.report import write_report
 

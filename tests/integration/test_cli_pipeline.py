@@ -82,11 +82,33 @@ def test_svm_baseline_through_the_same_folds(env, tmp_path):
     assert metrics["svm_C"] in (1e-4, 1e-3, 1e-2, 1e-1, 1.0) and metrics["n_test"] == 16
 
 
-def test_changed_config_in_same_run_folder_is_refused(env, tmp_path):
+def test_changed_config_goes_to_a_folder_of_its_own(env, tmp_path):
     base = ["train", "model=svm", *SMALL, "folds.only=[0]", f"run.out_dir={tmp_path}"]
     assert sergraph(base, env, tmp_path).returncode == 0
     changed = sergraph([*base, "features.functionals=egemaps"], env, tmp_path)
-    assert changed.returncode == 2 and "different configuration" in changed.stderr
+    assert changed.returncode == 0, changed.stderr[-3000:]
+    # labelled by the settings that differ from the base (model=svm, SMALL's, the change)
+    label = (
+        "model=svm,n_per_class=4,n_speakers=4,functionals=egemaps,lr=0.001,accelerator=cpu,"
+        "max_epochs=2"
+    )
+    assert sorted(p.name for p in (tmp_path / "synthetic").iterdir() if p.is_dir()) == [
+        label,
+        "svm",
+    ]
+    first = json.loads((tmp_path / "synthetic" / "svm/seed-0/fold-00/metrics.json").read_text())
+    moved = json.loads((tmp_path / "synthetic" / label / "seed-0/fold-00/metrics.json").read_text())
+    assert first["config_id"] != moved["config_id"]
+
+
+@pytest.mark.slow
+def test_changed_config_under_a_given_label_is_refused(env, tmp_path):
+    base = ["train", "model=svm", *SMALL, "folds.only=[0]", f"run.out_dir={tmp_path}"]
+    named = [*base, "run.label=mine"]
+    assert sergraph(named, env, tmp_path).returncode == 0
+    refused = sergraph([*named, "features.functionals=egemaps"], env, tmp_path)
+    assert refused.returncode == 2 and "different configuration" in refused.stderr
+    assert "mine" in refused.stderr
 
 
 def test_bad_override_fails_before_any_work(env, tmp_path):

@@ -88,9 +88,10 @@ def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
     # The finished cell keeps only its results and best checkpoint.
     assert sorted(p.name for p in (cell / "checkpoints").iterdir()) == ["best.ckpt"]
 
-    # Rank zero alone made W&B runs: the cell and the study summary, once each.
+    # Rank zero alone made W&B runs: the cell, the variant and the study summary, once each.
     runs = [run_contents(p) for p in (tmp_path / "runs").rglob("offline-run-*/run-*.wandb")]
-    assert sorted(run["run"]["job_type"] for run in runs) == ["cell", "summary"]
+    kinds = sorted(run["config"].get("run_kind", run["run"]["job_type"]) for run in runs)
+    assert kinds == ["cell", "summary", "variant"]
 
     # The same checkpoint evaluated by one process, in this process.
     monkeypatch.setenv("SERGRAPH_CACHE", env["SERGRAPH_CACHE"])  # the run's corpus and features

@@ -503,3 +503,36 @@ def test_dry_run_renders_the_scripts_with_the_slurm_settings(tmp_path, monkeypat
         overrides=settings, ddp=False, no_features=False, dry_run=True, wait=False
     )
     assert run_slurm(arguments) == 0 and not folder.exists()  # a dry run writes nothing
+
+
+@pytest.mark.slurm
+def test_a_grid_is_submitted_as_one_array_chain(slurm, workdir):
+    """`sergraph slurm -m`: one array over the cells of every grid point, then the report."""
+    env = job_env(slurm, workdir)
+    grid = ["-m", "graph.k=2,4", "model.params.readout=sum,mean"]
+    settings = [
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "folds.only=[0]",
+        "trainer.max_epochs=1",
+        "trainer.accelerator=cpu",
+        "run.name=grid",
+        "run.out_dir=grid_runs",
+        "slurm.gpus=0",
+        "slurm.cpus_per_task=1",
+        "slurm.time=00:20:00",
+        *activation(),
+    ]
+    submitted = sergraph(
+        ["slurm", "--wait", "--no-features", *grid, *settings], env, workdir, timeout=900
+    )
+    ids = dict(re.findall(r"^(\w+): job (\d+)", submitted.stdout, flags=re.M))
+    assert sorted(ids) == ["report", "train_array"], submitted.stdout
+    assert "(array 0-3)" in submitted.stdout  # 2 x 2 points x 1 fold
+    for task in range(4):
+        assert job_state(env, f"{ids['train_array']}_{task}")["JobState"] == "COMPLETED"
+    study = workdir / "grid_runs" / "grid"
+    labels = sorted(p.parents[2].name for p in study.glob("*/seed-0/fold-00/metrics.json"))
+    assert labels == ["k=2,readout=mean", "k=2,readout=sum", "k=4,readout=mean", "k=4,readout=sum"]
+    report = (study / "report" / "report.md").read_text()  # the report job's
+    assert "Reference: k=2,readout=sum." in report and "| Holm p |" in report

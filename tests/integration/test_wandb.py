@@ -44,11 +44,15 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
+    # W&B's own lines (run links, sync notes, the run summary) are in the log file only
+    assert "wandb:" not in result.stderr
+    assert "wandb:" in (tmp_path / "runs" / "synthetic" / "sergraph.log").read_text()
     runs = [run_contents(path) for path in offline_runs(tmp_path / "runs")]
-    assert len(runs) == 3  # two cells and the study summary
+    assert len(runs) == 4  # two cells, the variant and the study summary
     assert all(run["exit_code"] == 0 and run["run"]["group"] == "ci-study" for run in runs)
-    cells = {run["config"]["fold"]: run for run in runs if run["run"]["job_type"] == "cell"}
+    cells = {run["config"]["fold"]: run for run in runs if run["config"].get("run_kind") == "cell"}
     assert sorted(cells) == [0, 1]
+    assert all(run["run"]["job_type"] == "svm" for run in cells.values())
     for fold, run in cells.items():
         metrics = json.loads(
             (
@@ -62,7 +66,7 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
             ).read_text()
         )
         assert run["config"]["label"] == "svm" and run["config"]["seed"] == 0
-        assert run["config"]["model"]["name"] == "svm"
+        assert run["config"]["model.name"] == "svm"  # flat, as a sweep names its keys
         assert run["config"]["test_speakers"] == ",".join(metrics["test_speakers"])
         assert run["run"]["tags"] == ["test", "protocol:inductive"]
         assert run["run"]["name"] == f"svm/seed-0/fold-{fold:02d}"
@@ -75,6 +79,11 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
     pooled = json.loads((tmp_path / "runs" / "synthetic" / "svm" / "summary.json").read_text())[
         "pooled"
     ]
+    (variant,) = [run for run in runs if run["config"].get("run_kind") == "variant"]
+    assert variant["run"]["name"] == variant["run"]["job_type"] == "svm"
+    assert variant["summary"]["test/ua_pooled"] == pytest.approx(pooled["ua"])
+    assert variant["summary"]["test/wa_pooled"] == pytest.approx(pooled["wa"])
+    assert variant["summary"]["cells"] == 2
     assert summary_run["summary"]["svm/ua_pooled"] == pytest.approx(pooled["ua"])
     assert summary_run["summary"]["study/results/nrows"] == 1
 
@@ -94,3 +103,64 @@ def test_wandb_finish_is_reached_when_a_cell_fails(tmp_path, monkeypatch):
     run = run_contents(path)
     assert run["exit_code"] == 1 and run["config"]["label"] == "lstm_gin"
     assert "x" in run["history_keys"]
+
+
+@pytest.mark.slow
+def test_shipped_sweep_command_lines_run_by_hand_make_one_study(tmp_path):
+    """Two grid points of configs/sweep_neighbours_readout.yaml, their command lines as a W&B
+    agent runs them (``${args_no_hyphens}`` filled in), W&B offline: both exit 0 into variant
+    folders of one study, one W&B group, the swept keys in every run's config."""
+    import yaml
+
+    from sergraph.config import config_dir
+    from tests.unit.test_experiments import sweep_argv
+
+    sweep = yaml.safe_load((config_dir() / "sweep_neighbours_readout.yaml").read_text())
+    assert sweep["metric"] == {"name": "val/ua", "goal": "maximize"}
+    env = {**os.environ, "SERGRAPH_CACHE": str(tmp_path / "cache"), "WANDB_MODE": "offline"}
+    env.pop("WANDB_API_KEY", None)
+    tiny = [  # appended to make it fast; the one-point grid labels them too
+        "data.options.n_speakers=3",
+        "data.options.n_per_class=2",
+        "trainer.max_epochs=1",
+        "folds.only=[0]",
+        f"run.out_dir={tmp_path / 'runs'}",
+    ]
+    points = [
+        {"graph.k": 2, "model.params.readout": "sum"},
+        {"graph.k": 4, "model.params.readout": "mean"},
+    ]
+    for point in points:
+        result = subprocess.run(
+            [sys.executable, "-m", "sergraph.cli", *sweep_argv(sweep, point), *tiny],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert "wandb:" not in result.stderr
+    study = tmp_path / "runs" / "sweep_neighbours_readout"
+    labels = sorted(p.parents[2].name for p in study.glob("*/seed-0/fold-00/metrics.json"))
+    settings = "n_per_class=2,n_speakers=3,k={},readout={},max_epochs=1"  # by full key
+    assert labels == [settings.format(2, "sum"), settings.format(4, "mean")]
+    runs = [run_contents(path) for path in offline_runs(study)]
+    assert {run["run"]["group"] for run in runs} == {"sweep_neighbours_readout"}
+    assert all(run["exit_code"] == 0 for run in runs)
+    for point, label in zip(points, labels, strict=True):
+        mine = [run for run in runs if run["config"].get("label") == label]
+        kinds = sorted(run["config"]["run_kind"] for run in mine)
+        assert kinds == ["cell", "variant"]
+        for run in mine:
+            assert run["run"]["job_type"] == label
+            assert run["config"]["graph.k"] == point["graph.k"]
+            assert run["config"]["model.params.readout"] == point["model.params.readout"]
+        (variant,) = [run for run in mine if run["config"]["run_kind"] == "variant"]
+        metrics = json.loads((study / label / "seed-0" / "fold-00" / "metrics.json").read_text())
+        pooled = json.loads((study / label / "summary.json").read_text())["pooled"]
+        # one cell: the mean best validation UA is that cell's, the pooled test UA its UA
+        assert variant["summary"]["val/ua"] == pytest.approx(metrics["best_val_ua"])
+        assert variant["summary"]["test/ua_pooled"] == pytest.approx(pooled["ua"])
+        assert variant["summary"]["test/wa_pooled"] == pytest.approx(pooled["wa"])
+        (cell,) = [run for run in mine if run["config"]["run_kind"] == "cell"]
+        assert cell["summary"]["val/ua"] == pytest.approx(metrics["best_val_ua"])  # best epoch

@@ -25,13 +25,36 @@ def test_variant_overrides_apply_and_command_line_still_wins():
     assert table2["lstm_gin_mean"].model.params.readout == "mean"
 
 
-def test_sweep_grid_points_are_valid_overrides():
+def sweep_argv(sweep: dict, values: dict) -> list[str]:
+    """The command line a W&B agent runs for one grid point of a sweep file (after the
+    program): ``${args_no_hyphens}`` replaced by ``key=value`` of each parameter."""
+    argv = []
+    for item in sweep["command"][1:]:  # the first is ${program}
+        if item == "${args_no_hyphens}":
+            argv += [f"{key}={value}" for key, value in values.items()]
+        else:
+            argv.append(item)
+    return argv
+
+
+def test_sweep_grid_points_are_distinct_variants_of_one_study():
+    from sergraph.cli import study_overrides
+    from sergraph.cli_parser import build_parser, hoist_study_options
+    from sergraph.results.layout import run_root
+
     sweep = yaml.safe_load((config_dir() / "sweep_neighbours_readout.yaml").read_text())
     names = list(sweep["parameters"])
     grids = [sweep["parameters"][name]["values"] for name in names]
+    folders = set()
     for values in itertools.product(*grids):
-        (cfg,) = compose_study([f"{n}={v}" for n, v in zip(names, values, strict=True)]).values()
+        argv = sweep_argv(sweep, dict(zip(names, values, strict=True)))
+        args = build_parser().parse_args(hoist_study_options(argv))
+        ((label, cfg),) = compose_study(study_overrides(args)).items()
         assert cfg.graph.k == values[0] and cfg.model.params.readout == values[1]
+        assert label == cfg.run.label == f"k={values[0]},readout={values[1]}"
+        assert cfg.logger.kind == "wandb" and cfg.reference is None  # one point: none
+        folders.add(run_root(cfg))
+    assert len(folders) == 12 and {f.parent.name for f in folders} == {"sweep_neighbours_readout"}
 
 
 def test_run_variants_selects_part_of_an_experiment_without_changing_ids():

@@ -409,3 +409,87 @@ def test_the_report_calls_a_difference_significant_only_where_the_paired_test_do
         "significant (p < 0.05)"
     )
     assert significance_words({"p_value": None, "ci_low": 0.0, "ci_high": 0.0}) == "not tested"
+
+
+def test_holm_adjustment_against_a_hand_calculation():
+    from sergraph.results.compare import holm
+
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06
+    # (never below the one before it); back in the given order:
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1; one p alone is unchanged
+    assert holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])
+    assert holm([0.2]) == pytest.approx([0.2]) and holm([]) == []
+
+
+def test_holm_agrees_with_statsmodels():
+    from sergraph.results.compare import holm
+
+    statsmodels = pytest.importorskip("statsmodels.stats.multitest")
+    p = [0.011, 0.2, 0.04, 0.003, 0.04, 0.9]
+    expected = statsmodels.multipletests(p, method="holm")[1]
+    assert holm(p) == pytest.approx(list(expected))
+
+
+def test_the_report_adjusts_the_comparisons_with_the_reference(run_dir, result):
+    tests = {(t["first"], t["second"]): t for t in result["comparisons"]}
+    a_b, a_c, b_c = tests["A", "B"], tests["A", "C"], tests["B", "C"]
+    # the family: A - B and A - C (both against the reference, both with a p); by hand
+    low, high = sorted([a_b["p_value"], a_c["p_value"]])
+    adjusted_low = min(1.0, 2 * low)
+    adjusted_high = max(adjusted_low, min(1.0, high))
+    by_p = {low: adjusted_low, high: adjusted_high}
+    assert a_b["p_holm"] == pytest.approx(by_p[a_b["p_value"]])
+    assert a_c["p_holm"] == pytest.approx(by_p[a_c["p_value"]])
+    assert a_b["p_holm"] > a_b["p_value"]  # m = 2: the smaller p doubled
+    assert b_c["p_holm"] is None  # a pair without the reference: outside the family
+    report = (run_dir / "report" / "report.md").read_text()
+    assert "| Wilcoxon p | Holm p | note |" in report
+    assert "family of the 2 comparison(s) with the reference in this report" in report
+    row = next(line for line in report.splitlines() if line.startswith("| A | B | 5 |"))
+    assert f"| {a_b['p_value']:.3g} | {a_b['p_holm']:.3g} |" in row
+    row = next(line for line in report.splitlines() if line.startswith("| B | C |"))
+    assert f"| {b_c['p_value']:.3g} | – |" in row
+
+
+def test_significance_follows_the_holm_p_inside_the_family():
+    from sergraph.results.markdown import significance_words
+
+    inside = {"p_value": 0.03, "p_holm": 0.06, "ci_low": 0.01, "ci_high": 0.02}
+    assert significance_words(inside) == (
+        "not significant after Holm's correction (p < 0.05, Holm p ≥ 0.05)"
+    )
+    assert significance_words({**inside, "p_holm": 0.04}) == "significant (Holm p < 0.05)"
+    assert significance_words({**inside, "p_holm": None}) == "significant (p < 0.05)"
+
+
+def sweep_item(grid, lr, fold_ua, pooled):
+    return {
+        "config": {"grid": grid, "optim": {"lr": lr}, "model": {"params": {"readout": "sum"}}},
+        "fold_ua": fold_ua,
+        "row": {"pooled_ua": pooled},
+    }
+
+
+def test_a_one_key_numeric_grid_gets_ua_against_the_key(tmp_path):
+    from sergraph.results.figures import plot_sweep, save_png
+    from sergraph.results.report import sweep_points
+
+    grid = {"optim.lr": ["0.01", "0.001"]}
+    collected = [
+        sweep_item(grid, 0.01, {(0, "s0"): 0.5, (1, "s1"): 0.7}, 0.6),
+        sweep_item(grid, 0.001, {(0, "s0"): 0.4, (1, "s1"): 0.9}, 0.65),
+        sweep_item({}, 0.1, {(0, "s0"): 1.0}, 1.0),  # e.g. a nested selection: not a point
+    ]
+    key, points = sweep_points(collected)
+    assert key == "optim.lr"
+    assert points == [(0.01, {0: 0.5, 1: 0.7}, 0.6), (0.001, {0: 0.4, 1: 0.9}, 0.65)]
+    path = save_png(plot_sweep(key, points), tmp_path / "ua_vs_lr.png")
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    # two keys, a value that is no number, one point only: no such figure
+    two = {"optim.lr": ["0.01", "0.001"], "graph.k": ["2"]}
+    assert sweep_points([sweep_item(two, 0.01, {}, 0.5), sweep_item(two, 0.001, {}, 0.5)]) is None
+    readout = {"model.params.readout": ["sum", "mean"]}
+    words = [sweep_item(readout, 0.01, {}, 0.5), sweep_item(readout, 0.01, {}, 0.5)]
+    assert sweep_points(words) is None
+    assert sweep_points(collected[:1]) is None
