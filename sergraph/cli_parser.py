@@ -214,7 +214,10 @@ def _add_predict_parser(verbs) -> None:
         description="Predict the emotion of audio files with a bundle made by `sergraph export`.",
     )
     predict.add_argument("bundle", help="a .sergraph bundle")
-    predict.add_argument("audio", nargs="+", help="audio files, folders or manifest CSVs")
+    predict.add_argument("audio", nargs="*", help="audio files, folders or manifest CSVs")
+    predict.add_argument(
+        "--info", action="store_true", help="print the bundle's model card (MODEL_CARD.md) and stop"
+    )
     predict.add_argument("-o", "--output", help="also write to this .csv or .jsonl file")
     predict.add_argument(
         "--format", choices=("table", "csv", "jsonl"), default="table", help="stdout format"

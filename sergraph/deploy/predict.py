@@ -184,6 +184,11 @@ def _rates(rates) -> str:
 def run_predict(args) -> int:
     from sergraph.deploy.bundle import load_bundle
 
+    if getattr(args, "info", False):
+        if args.audio:
+            raise ValueError("--info prints the bundle's model card; give no audio with it")
+        print(load_bundle(args.bundle, map_location="cpu").model_card.rstrip("\n"))
+        return 0
     paths = expand_inputs(args.audio)  # before loading anything: bad inputs fail at once
     if args.output is not None and Path(args.output).suffix.lower() not in (
         ".csv",
