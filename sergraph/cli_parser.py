@@ -115,6 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("variant_dir", help="runs/NAME/LABEL holding seed-*/fold-*/")
     _add_export_parser(verbs)
     _add_predict_parser(verbs)
+    _add_evaluate_parser(verbs)
     _add_slurm_parser(verbs)
     return parser
 
@@ -203,6 +204,32 @@ def _add_export_parser(verbs) -> None:
         help="export a study whose folds are not all finished (refused otherwise); the bundle "
         "says which are missing",
     )
+
+
+def _add_evaluate_parser(verbs) -> None:
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="score a bundle on a labelled corpus (cross-corpus): WA/UA, a cell for report",
+        description="Score a bundle on a labelled corpus under the bundle's protocol; writes "
+        "OUT_DIR/NAME/LABEL/seed-0/fold-00 (metrics.json, predictions.csv) for sergraph report.",
+    )
+    evaluate.add_argument("bundle", help="a .sergraph bundle")
+    evaluate.add_argument("overrides", nargs="*", help="data=NAME data.root=PATH data.*=VALUE")
+    evaluate.add_argument(
+        "--map",
+        action="append",
+        help="CORPUS_CLASS=BUNDLE_CLASS (repeatable, or comma-separated)",
+    )
+    evaluate.add_argument(
+        "--drop", action="append", help="leave out the utterances of this corpus class"
+    )
+    evaluate.add_argument("--out-dir", default="runs", help="results folder (default runs)")
+    evaluate.add_argument("--name", default="evaluate", help="study name (default evaluate)")
+    evaluate.add_argument("--label", help="default: BUNDLE_STEM-on-CORPUS")
+    evaluate.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
+    evaluate.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
 
 def _add_predict_parser(verbs) -> None:
