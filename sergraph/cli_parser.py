@@ -186,7 +186,15 @@ def _add_export_parser(verbs) -> None:
         "the run folder. A model folder runs/NAME/LABEL gives an ensemble of its fold models "
         "(recommended).",
     )
-    export.add_argument("run_dir", help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX")
+    export.add_argument(
+        "run_dir",
+        help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX (with --onnx also a .sergraph bundle)",
+    )
+    export.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="also write the bundle as ONNX (model.onnx, model.json, MODEL_CARD.md) into DIR",
+    )
     export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
     export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
     export.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")

@@ -111,7 +111,7 @@ def model_card(meta: dict) -> str:
         "",
         "## Protocol",
         "",
-        f"- eval.protocol={protocol['name']}: {protocol['note']}",
+        f"- eval.protocol={protocol['name']} ({protocol['note']})",
         "- speaker-independent cross-validation: each member was tested on speakers it "
         "never trained on; no test score chose anything in the bundle",
         "",
@@ -167,8 +167,9 @@ def model_card(meta: dict) -> str:
         "- research on speech emotion recognition; not for decisions about individuals",
         f"- the classes are those of {source['corpus']}; a corpus with other labels needs an "
         "explicit mapping (`sergraph evaluate --map`)",
-        f"- trained on {len(source['speakers'])} speakers of one corpus: acted or read speech "
-        "and the corpus's language(s) and recording conditions; other speech is out of domain",
+        f"- trained on {len(source['speakers'])} speakers of one corpus: its speaking style "
+        "(acted, read or spontaneous), language(s) and recording conditions; other speech is "
+        "out of domain until scored on it",
         (
             "- speaker adaptation: each new speaker should bring unlabelled enrollment audio "
             "(`--enroll`); without it the training speakers' statistics are used"
