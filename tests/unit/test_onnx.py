@@ -76,3 +76,60 @@ def test_bundles_without_a_fixed_graph_are_refused_by_reason(bundle_run):
     with pytest.raises(BundleError, match="eval.protocol=enrollment"):
         check_onnx_exportable({**meta, "protocol": {"name": "enrollment", "note": ""}})
     check_onnx_exportable(meta)  # the LSTM-GIN bundle itself is accepted
+
+
+def _fake_bundle(name):
+    """A bundle-shaped object holding one randomly initialised model of the preset ``name``."""
+    from types import SimpleNamespace
+
+    from sergraph.config import compose, model_spec
+    from sergraph.data.graphs import Normalizer
+    from sergraph.models import build_model
+
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    family, params = model_spec(compose([f"model={name}"]))
+    model = build_model(family, 76, 4, **params).eval()
+    meta = {
+        "graph": {"k": 4, "max_nodes": 120, "pad": True, "normalize": "zscore"},
+        "model": {"name": name, "in_channels": 76},
+    }
+    rng = np.random.default_rng(0)
+    normalizer = Normalizer(
+        rng.standard_normal(76).astype(np.float32), (1 + rng.random(76)).astype(np.float32)
+    )
+    return SimpleNamespace(
+        meta=meta,
+        models=[model],
+        normalizers=[normalizer],
+        classes=list("abcd"),
+        device=torch.device("cpu"),
+    )
+
+
+@pytest.mark.parametrize("name", ["gin", "gcn", "cheb", "sage_mean", "bigru_attn"])
+def test_the_families_said_to_export_match_pytorch(name, tmp_path):
+    """Each family of ONNX_FAMILIES (lstm_gin: above, trained) with random weights: ONNX
+    Runtime against the bundle's route (graph from build_graph, PyTorch forward)."""
+    from sergraph.deploy.ensemble import Bundle
+    from sergraph.deploy.onnx import ONNX_FAMILIES, onnx_model_bytes
+
+    assert name in ONNX_FAMILIES
+    fake = _fake_bundle(name)
+    (tmp_path / "m.onnx").write_bytes(onnx_model_bytes(fake))
+    features = [
+        np.random.default_rng(length).standard_normal((length, 76)).astype(np.float32)
+        for length in (5, 120, 150)
+    ]
+    fake.meta["features"] = {}
+    expected = Bundle.predict_features(fake, features)
+    got = run_onnx(tmp_path / "m.onnx", onnx_inputs(fake, features))
+    np.testing.assert_allclose(got, expected, rtol=0, atol=ONNX_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", ["gat", "gps"])
+def test_families_that_cannot_export_are_refused_by_name(name):
+    from sergraph.deploy.onnx import onnx_model_bytes
+
+    with pytest.raises(BundleError, match=f"model '{name}'"):
+        onnx_model_bytes(_fake_bundle(name))
