@@ -214,6 +214,20 @@ def _add_export_parser(verbs) -> None:
     )
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A verb whose optional positional list (``nargs="*"``) may come after options, as the
+    ``nargs="+"`` one it replaced could (argparse otherwise gives the list no values)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
 def _add_evaluate_parser(verbs) -> None:
     evaluate = verbs.add_parser(
         "evaluate",
@@ -248,6 +262,8 @@ def _add_predict_parser(verbs) -> None:
         help="predict the emotion of audio files with a bundle",
         description="Predict the emotion of audio files with a bundle made by `sergraph export`.",
     )
+    # audio is optional (--info), so it may follow options: `predict B --workers 1 A.wav`
+    predict.__class__ = _IntermixedParser
     predict.add_argument("bundle", help="a .sergraph bundle")
     predict.add_argument("audio", nargs="*", help="audio files, folders or manifest CSVs")
     predict.add_argument(
