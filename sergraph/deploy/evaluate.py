@@ -108,6 +108,33 @@ def label_mapping(
     return out
 
 
+def _label_map_override(
+    overrides: Sequence[str], mapping: dict[str, str] | None
+) -> tuple[list[str], dict[str, str]]:
+    """``eval.label_map={excited: happy, calm: neutral}`` among the overrides, spelled as in
+    experiment files, merged with ``--map``; the other overrides."""
+    import yaml
+
+    mapping, rest = dict(mapping or {}), []
+    for override in overrides:
+        if not override.startswith("eval.label_map="):
+            rest.append(override)
+            continue
+        value = yaml.safe_load(override.split("=", 1)[1])
+        if not isinstance(value, dict):
+            raise ValueError(
+                f"{override}: write eval.label_map={{CORPUS_CLASS: BUNDLE_CLASS, ...}}"
+            )
+        for source, target in value.items():
+            parse_mapping([f"{source}={target}"])  # the same checks as --map
+            if mapping.get(str(source), str(target)) != str(target):
+                raise ValueError(
+                    f"{override} maps {source!r} to {target!r} but --map to {mapping[source]!r}"
+                )
+            mapping[str(source)] = str(target)
+    return rest, mapping
+
+
 def evaluate_bundle(
     bundle_path: str | os.PathLike,
     overrides: Sequence[str] = (),
@@ -126,7 +153,8 @@ def evaluate_bundle(
 
     Args:
         bundle_path: a ``.sergraph`` bundle.
-        overrides: ``data=NAME`` and ``data.*=VALUE`` overrides choosing the corpus.
+        overrides: ``data=NAME`` and ``data.*=VALUE`` overrides choosing the corpus; also
+            ``eval.label_map={FROM: TO, ...}`` (the same as ``mapping``).
         mapping: corpus class -> bundle class (validated, :func:`label_mapping`).
         drop: corpus classes whose utterances are left out (counted in ``metrics.json``).
         out_dir, name, label: the cell is ``out_dir/name/label/seed-0/fold-00`` (label
@@ -154,11 +182,12 @@ def evaluate_bundle(
     from sergraph.results.provenance import now, provenance
 
     started = now()
+    overrides, mapping = _label_map_override(overrides, mapping)
     bad = [o for o in overrides if not (o.startswith("data=") or o.startswith("data."))]
     if bad:
         raise ValueError(
             f"sergraph evaluate takes corpus overrides only (data=NAME, data.root=PATH, "
-            f"data.*=VALUE); got {bad}"
+            f"data.*=VALUE, and eval.label_map={{FROM: TO}}); got {bad}"
         )
     bundle = load_bundle(bundle_path, map_location=device)
     cfg = compose(list(overrides))

@@ -130,6 +130,15 @@ def test_a_dropped_class_is_left_out_and_counted(bundle_run, tmp_path):
     )
     predictions = pd.read_csv(cell / "predictions.csv")
     assert len(predictions) == 2 * 3 * 2 == metrics["n_test"]
+    # eval.label_map, as an experiment file spells it, is the same mapping as --map
+    _, mapped = evaluate_bundle(
+        bundle_run.fold0,
+        [*_corpus(tmp_path), "eval.label_map={gloomy: sad}"],
+        out_dir=tmp_path / "mapped",
+        cache_dir=bundle_run.cache,
+    )
+    assert mapped["evaluation"]["label_map"] == {"gloomy": "sad"}
+    assert mapped["n_test"] == 16 and mapped["support"][metrics["classes"].index("sad")] == 4
     assert "gloomy" not in set(predictions["corpus_label"])
     assert metrics["evaluation"]["dropped"] == {"gloomy": 4}
     assert metrics["evaluation"]["classes_absent"] == ["sad"]
