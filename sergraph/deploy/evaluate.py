@@ -165,8 +165,9 @@ def evaluate_bundle(
         ``(cell folder, metrics as written)``.
 
     Raises:
-        ValueError: an override outside ``data``; an invalid label mapping; a bundle class
-            set the corpus cannot score at all.
+        ValueError: an override outside ``data`` (and ``eval.label_map``); an invalid label
+            mapping; no utterance left to score; an enrollment amount a speaker of the corpus
+            cannot honour.
     """
     from omegaconf import OmegaConf
 
