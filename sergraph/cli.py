@@ -10,6 +10,7 @@ Verbs:
     ensemble  average the class probabilities of a variant's seeds, fold by fold
     export    a self-contained model bundle from a finished run (``sergraph export runs/NAME/LABEL``)
     predict   emotions of audio files with a bundle (``sergraph predict BUNDLE AUDIO...``)
+    evaluate  score a bundle on a labelled corpus (``sergraph evaluate BUNDLE data=...``)
     slurm     render and submit the SLURM jobs of a study (``sergraph slurm [--ddp] [--dry-run]``)
     config    print the resolved configuration
 
@@ -86,6 +87,10 @@ def _run(args) -> int:
             return _export(args)
         if args.verb == "predict":
             return _predict(args)
+        if args.verb == "evaluate":
+            from sergraph.deploy.evaluate import run_evaluate
+
+            return run_evaluate(args)
         if args.verb == "slurm":
             return _slurm(args)
         if args.verb == "train":

@@ -119,6 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     ensemble.add_argument("variant_dir", help="runs/NAME/LABEL holding seed-*/fold-*/")
     _add_export_parser(verbs)
     _add_predict_parser(verbs)
+    _add_evaluate_parser(verbs)
     _add_slurm_parser(verbs)
     return parser
 
@@ -229,7 +230,15 @@ def _add_export_parser(verbs) -> None:
         "the run folder. A model folder runs/NAME/LABEL gives an ensemble of its fold models "
         "(recommended).",
     )
-    export.add_argument("run_dir", help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX")
+    export.add_argument(
+        "run_dir",
+        help="runs/NAME/LABEL (ensemble) or .../seed-S/fold-XX (with --onnx also a .sergraph bundle)",
+    )
+    export.add_argument(
+        "--onnx",
+        metavar="DIR",
+        help="also write the bundle as ONNX (model.onnx, model.json, MODEL_CARD.md) into DIR",
+    )
     export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
     export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")
     export.add_argument("--seed", type=int, action="append", help="only this seed (repeatable)")
@@ -249,6 +258,46 @@ def _add_export_parser(verbs) -> None:
     )
 
 
+class _IntermixedParser(argparse.ArgumentParser):
+    """A verb whose optional positional list (``nargs="*"``) may come after options, as the
+    ``nargs="+"`` one it replaced could (argparse otherwise gives the list no values)."""
+
+    def parse_known_args(self, args=None, namespace=None):
+        if getattr(self, "_intermixing", False):
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
+
+
+def _add_evaluate_parser(verbs) -> None:
+    evaluate = verbs.add_parser(
+        "evaluate",
+        help="score a bundle on a labelled corpus (cross-corpus): WA/UA, a cell for report",
+        description="Score a bundle on a labelled corpus under the bundle's protocol; writes "
+        "OUT_DIR/NAME/LABEL/seed-0/fold-00 (metrics.json, predictions.csv) for sergraph report.",
+    )
+    evaluate.add_argument("bundle", help="a .sergraph bundle")
+    evaluate.add_argument("overrides", nargs="*", help="data=NAME data.root=PATH data.*=VALUE")
+    evaluate.add_argument(
+        "--map",
+        action="append",
+        help="CORPUS_CLASS=BUNDLE_CLASS (repeatable, or comma-separated)",
+    )
+    evaluate.add_argument(
+        "--drop", action="append", help="leave out the utterances of this corpus class"
+    )
+    evaluate.add_argument("--out-dir", default="runs", help="results folder (default runs)")
+    evaluate.add_argument("--name", default="evaluate", help="study name (default evaluate)")
+    evaluate.add_argument("--label", help="default: BUNDLE_STEM-on-CORPUS")
+    evaluate.add_argument("--workers", type=int, default=2, help="feature-extraction processes")
+    evaluate.add_argument("--cache-dir", help="feature cache (default $SERGRAPH_CACHE/features)")
+    evaluate.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
+    evaluate.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
 def _add_predict_parser(verbs) -> None:
     from sergraph.config import ON_ERROR_CHOICES
 
@@ -257,8 +306,13 @@ def _add_predict_parser(verbs) -> None:
         help="predict the emotion of audio files with a bundle",
         description="Predict the emotion of audio files with a bundle made by `sergraph export`.",
     )
+    # audio is optional (--info), so it may follow options: `predict B --workers 1 A.wav`
+    predict.__class__ = _IntermixedParser
     predict.add_argument("bundle", help="a .sergraph bundle")
-    predict.add_argument("audio", nargs="+", help="audio files, folders or manifest CSVs")
+    predict.add_argument("audio", nargs="*", help="audio files, folders or manifest CSVs")
+    predict.add_argument(
+        "--info", action="store_true", help="print the bundle's model card (MODEL_CARD.md) and stop"
+    )
     predict.add_argument("-o", "--output", help="also write to this .csv or .jsonl file")
     predict.add_argument(
         "--format", choices=("table", "csv", "jsonl"), default="table", help="stdout format"

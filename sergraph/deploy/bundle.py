@@ -34,6 +34,9 @@ no pickled code. Its dict::
         source          {"run_dir", "corpus", "data_root", "n_utterances", "speakers"}
         members         per member: seed, fold, train/val/test speakers, test WA/UA, best
                         validation UA, epochs, checkpoint (relative to run_dir)
+        evaluation      the exported cells' fold mean/std and pooled WA/UA, data fingerprint
+                        hashes and code provenance (:func:`~sergraph.deploy.card.evaluation_record`)
+        model_card      the ``MODEL_CARD.md`` text (:func:`~sergraph.deploy.card.model_card`)
         verification    {"n", "max_abs_diff", "tolerance", "cause"}: the members'
                         probabilities recomputed through the bundle from the test inputs the
                         checkpoints carry, against each fold's predictions.csv; ``cause`` is
@@ -44,7 +47,9 @@ no pickled code. Its dict::
                     training speakers' pooled statistics, used for speakers without
                     enrollment audio; see :mod:`~sergraph.deploy.enroll`)
 
-``precision``, ``protocol`` and the verification's ``tolerance``/``cause`` were added within format 1; a
+``evaluation`` and ``model_card`` were added within format 1 (a bundle without them gets a
+card made from its metadata, :attr:`Bundle.model_card`). ``precision``, ``protocol`` and the
+verification's ``tolerance``/``cause`` were added within format 1; a
 bundle without them was trained in "32-true".
 
 A bundle refuses to load (:class:`BundleMismatchError`) where the audio pipeline differs from

@@ -112,6 +112,14 @@ class Bundle:
             return float(self.feature_config.node_seconds)
         return FRAME_SECONDS * self.feature_config.pool
 
+    @property
+    def model_card(self) -> str:
+        """The bundle's ``MODEL_CARD.md`` text (:mod:`~sergraph.deploy.card`): stored at export;
+        for a bundle exported before cards, made from its metadata."""
+        from sergraph.deploy.card import model_card
+
+        return self.meta.get("model_card") or model_card(self.meta)
+
     def describe(self) -> str:
         meta = self.meta
         members = meta["members"]

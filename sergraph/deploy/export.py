@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sergraph.deploy.card import evaluation_record, model_card
 from sergraph.deploy.ensemble import SUFFIX, Bundle
 from sergraph.deploy.pipeline import BundleError
 from sergraph.deploy.verify import (
@@ -199,6 +200,7 @@ def export_bundle(
             for cell, record in zip(cells, records, strict=True)
         ],
         **({"partial": missing} if missing else {}),
+        "evaluation": evaluation_record(cells, records),
     }
     members = [
         {"state_dict": checkpoint["weights"], **_statistics(state)}
@@ -207,6 +209,7 @@ def export_bundle(
     bundle = Bundle(meta, members, device="cpu")
     if verify:
         meta["verification"] = verify_bundle(bundle, cells, states, precision, from_corpus=old)
+    meta["model_card"] = model_card(meta)
     out = Path(out) if out is not None else run_dir / f"bundle{SUFFIX}"
     bundle.save(out)
     return out, bundle

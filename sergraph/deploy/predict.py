@@ -134,6 +134,11 @@ def format_table(frame: pd.DataFrame) -> str:
 def run_export(args) -> int:
     from sergraph.deploy.export import export_bundle
 
+    onnx_dir = getattr(args, "onnx", None)
+    if onnx_dir is not None and Path(args.run_dir).is_file():  # an existing bundle to ONNX
+        from sergraph.deploy.bundle import load_bundle
+
+        return _export_onnx(load_bundle(args.run_dir, map_location="cpu"), onnx_dir)
     out, bundle = export_bundle(
         args.run_dir,
         args.output,
@@ -145,6 +150,24 @@ def run_export(args) -> int:
     )
     print(f"wrote {out}")
     print(bundle.describe())
+    if onnx_dir is not None:
+        return _export_onnx(bundle, onnx_dir)
+    return 0
+
+
+def _export_onnx(bundle, out_dir) -> int:
+    from sergraph.deploy.onnx import export_onnx
+
+    written, sidecar = export_onnx(bundle, out_dir)
+    check = sidecar["check"]
+    print(f"wrote {written} (model.onnx, model.json, MODEL_CARD.md)")
+    if check["checked"]:
+        print(
+            f"checked under ONNX Runtime: max |difference| {check['max_abs_diff']:.1e} from the "
+            f"bundle's probabilities on {check['n']} inputs (tolerance {check['tolerance']:g})"
+        )
+    else:
+        print(f"not checked: {check['why']}", file=sys.stderr)
     return 0
 
 
@@ -184,6 +207,11 @@ def _rates(rates) -> str:
 def run_predict(args) -> int:
     from sergraph.deploy.bundle import load_bundle
 
+    if getattr(args, "info", False):
+        if args.audio:
+            raise ValueError("--info prints the bundle's model card; give no audio with it")
+        print(load_bundle(args.bundle, map_location="cpu").model_card.rstrip("\n"))
+        return 0
     paths = expand_inputs(args.audio)  # before loading anything: bad inputs fail at once
     if args.output is not None and Path(args.output).suffix.lower() not in (
         ".csv",

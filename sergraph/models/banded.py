@@ -221,6 +221,8 @@ class Band:
 
     def sum(self, h: Tensor) -> Tensor:
         """``(A h)_n``: the sum of each node's band neighbours ``[N, C]`` (differentiable)."""
+        if torch.jit.is_tracing():  # ONNX export (sergraph.deploy.onnx): plain tensor ops
+            return self._sum(h)
         return _BandSum.apply(h, self)
 
     def _sum(self, h: Tensor) -> Tensor:

@@ -245,3 +245,48 @@ def test_enrollment_audio_is_resampled_to_the_training_rate(run, tmp_path, capsy
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     assert "--enroll gives enrollment audio of speaker(s) ['spk01']" in err and "--speaker" in err
+
+
+def test_evaluate_holds_each_new_speakers_enrollment_audio_aside(run, tmp_path):
+    """``sergraph evaluate`` under the bundle's protocol: 3 utterances of each speaker of the
+    other corpus normalise that speaker and are never scored."""
+    from sergraph.config import compose
+    from sergraph.data.prepared import load_table
+    from sergraph.deploy.evaluate import evaluate_bundle
+
+    corpus = [
+        f"data.root={tmp_path / 'other'}",
+        "data.options.seed=7",
+        "data.options.n_speakers=2",
+        "data.options.n_per_class=2",
+    ]
+    cell, metrics = evaluate_bundle(
+        run.bundle, corpus, out_dir=tmp_path / "runs", cache_dir=run.root / "features"
+    )
+    predictions = pd.read_csv(cell / "predictions.csv")
+    table, _ = load_table(compose(corpus))
+    assert len(table) == 16
+    assert metrics["n_test"] == len(predictions) == 16 - 2 * 3
+    assert metrics["evaluation"]["n_enrollment"] == 2 * 3
+    assert metrics["protocol"]["name"] == "enrollment"
+    assert metrics["data"]["enrollment"] == 3
+    held = table[~table["utterance"].isin(predictions["utterance"])]
+    assert held.groupby("speaker").size().to_dict() == {"spk01": 3, "spk02": 3}
+    # the held-aside audio is what normalised each speaker: predicting the scored files with it
+    # gives the written probabilities, without it other ones
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    scored = table.set_index("utterance").loc[predictions["utterance"]]
+    enrollment = {s: part["path"].tolist() for s, part in held.groupby("speaker")}
+    columns = [f"p_{c}" for c in bundle.classes]
+    kwargs = dict(cache_dir=run.root / "features", progress=False)
+    with_audio = bundle.predict(
+        scored["path"].tolist(),
+        speakers=scored["speaker"].tolist(),
+        enrollment=enrollment,
+        **kwargs,
+    )
+    np.testing.assert_allclose(
+        predictions[columns].to_numpy(), with_audio[columns].to_numpy(), atol=1e-6
+    )
+    without = bundle.predict(scored["path"].tolist(), **kwargs)
+    assert np.abs(without[columns].to_numpy() - with_audio[columns].to_numpy()).max() > 1e-4

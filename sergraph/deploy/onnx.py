@@ -1,0 +1,318 @@
+"""ONNX export of a bundle: its models (all members, averaged) as one ONNX graph on padded graphs.
+
+``sergraph export RUN_DIR_OR_BUNDLE --onnx DIR`` (:func:`export_onnx`) writes::
+
+    DIR/model.onnx     inputs  features [1, max_nodes, F] float32: an utterance's pooled node
+                               features (the bundle's feature set, un-normalised), zero-padded
+                               or cut to max_nodes rows
+                               mask     [1, max_nodes] float32: 1 for the utterance's nodes
+                               (the first min(T, max_nodes) rows), 0 for padding
+                       output  probabilities [1, C] float32: the mean over the bundle's members
+                               of each member's softmax, columns in the order of ``classes``
+    DIR/model.json     what is needed to rebuild the input and read the output: classes, the
+                       feature settings (feature set, deltas, pooling, sample rate, openSMILE
+                       version, feature names), the graph settings, the input and output
+                       names and shapes, the tolerance checked at export
+    DIR/MODEL_CARD.md  the bundle's model card
+
+Inside the graph each member normalises the features with its own training-fold statistics,
+sets the padding rows to zero (as :func:`~sergraph.data.graphs.fit_length` pads after
+normalising), and runs on the fixed padded graph of ``max_nodes`` nodes (its temporal band is
+constant, so the graph layers are the dense shifted sums of :mod:`sergraph.models.banded`: no
+scatter). One utterance per call (batch size 1).
+
+What cannot be exported, and why: bundles of graphs without padding (``graph.pad=false``: the
+node count, and so the graph, changes per utterance) or with dilated edges
+(``graph.dilations``: message passing with gather/scatter); bundles trained with
+``eval.protocol=enrollment`` (a new speaker's statistics come from its enrollment audio, which
+the fixed graph cannot take); model families without the banded fast path (their layers run
+PyG message passing: ``gps``); families whose layers use ``Tensor.unfold`` (``gat``,
+``sage_lstm``, ``ga_gru``), which PyTorch's TorchScript-based ONNX exporter cannot convert.
+:data:`ONNX_FAMILIES` lists those that export. The recommended model (``configs/experiment/recommended.yaml``) uses
+``features.concat_functionals`` and so makes no bundle at all.
+
+The export checks itself when ``onnxruntime`` is installed (``pip install sergraph[onnx]``):
+:data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths,
+against :meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sergraph.deploy.pipeline import BundleError
+
+#: Largest absolute difference accepted between the ONNX model's and the bundle's probabilities
+#: (float32 throughout; ONNX Runtime's kernels sum in another order than PyTorch's).
+ONNX_TOLERANCE = 1e-4
+ONNX_FILE, SIDECAR_FILE, CARD_FILE = "model.onnx", "model.json", "MODEL_CARD.md"
+OPSET = 17
+#: Model families whose ONNX export matches PyTorch (``tests/unit/test_onnx.py``);
+#: gat, sage_lstm and ga_gru use ``Tensor.unfold``, which the TorchScript-based exporter
+#: cannot convert; gps has no dense form on padded graphs.
+ONNX_FAMILIES = ("lstm_gin", "gin", "gcn", "cheb", "sage_mean", "bigru_attn")
+
+
+class _PaddedEnsemble(nn.Module):
+    """The bundle's members on one fixed padded graph: ``(features, mask) -> probabilities``."""
+
+    def __init__(self, bundle) -> None:
+        from sergraph.data.collate import graph_loader
+        from sergraph.data.graphs import build_graph
+
+        super().__init__()
+        graph = bundle.meta["graph"]
+        width = int(bundle.meta["model"]["in_channels"])
+        self.max_nodes, self.width = int(graph["max_nodes"]), width
+        template = build_graph(
+            np.zeros((self.max_nodes, width), np.float32),
+            graph["k"],
+            self.max_nodes,
+            True,
+            0,
+            "",
+            "",
+        )
+        self.template = next(iter(graph_loader([template], batch_size=1)))
+        self.members = nn.ModuleList(model.cpu() for model in bundle.models)
+        for index, normalizer in enumerate(bundle.normalizers):
+            self.register_buffer(f"mean_{index}", torch.as_tensor(normalizer.mean).float())
+            self.register_buffer(f"std_{index}", torch.as_tensor(normalizer.std).float())
+        for index, model in enumerate(self.members):
+            if not model.uses_fast_path(self.template):
+                raise BundleError(
+                    f"model {bundle.meta['model']['name']!r} (member {index}) has no dense "
+                    "form on padded graphs (its layers run PyG message passing with "
+                    "gather/scatter), so it cannot be exported to ONNX"
+                )
+
+    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        total = None
+        for index, model in enumerate(self.members):
+            mean, std = getattr(self, f"mean_{index}"), getattr(self, f"std_{index}")
+            x = (features - mean) / std * mask.unsqueeze(-1)
+            batch = self.template.clone()
+            batch.x = x.reshape(-1, self.width)
+            probabilities = torch.softmax(model(batch), dim=-1)
+            total = probabilities if total is None else total + probabilities
+        return total / len(self.members)
+
+
+def check_onnx_exportable(meta: dict) -> None:
+    """Refuse a bundle whose graphs or protocol have no fixed ONNX form (module docstring)."""
+    graph = meta["graph"]
+    if not graph.get("pad") or graph.get("max_nodes") is None:
+        raise BundleError(
+            "graph.pad=false: each utterance has its own node count, so there is no fixed "
+            "graph to export; export a run trained with graph.pad=true (the paper's 120-node "
+            "graphs)"
+        )
+    if graph.get("dilations") is not None:
+        raise BundleError(
+            f"graph.dilations={graph['dilations']}: dilated edges run PyG message passing "
+            "(gather/scatter), which the ONNX export does not support; export a run trained "
+            "with the k band (no graph.dilations)"
+        )
+    if (meta.get("protocol") or {}).get("name") == "enrollment":
+        raise BundleError(
+            "this bundle was trained with eval.protocol=enrollment: a new speaker is "
+            "normalised with its enrollment audio, which a fixed ONNX graph cannot take; use "
+            "the bundle (sergraph predict --enroll) or export a run trained with "
+            "eval.protocol=inductive"
+        )
+
+
+def onnx_inputs(bundle, features: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """The ONNX model's inputs for pooled node-feature arrays ``[T, F]`` (as the feature cache
+    gives them): each zero-padded or cut to ``max_nodes`` with its mask."""
+    max_nodes = int(bundle.meta["graph"]["max_nodes"])
+    out = []
+    for array in features:
+        n_valid = min(len(array), max_nodes)
+        padded = np.zeros((1, max_nodes, array.shape[1]), np.float32)
+        padded[0, :n_valid] = array[:n_valid]
+        mask = np.zeros((1, max_nodes), np.float32)
+        mask[0, :n_valid] = 1.0
+        out.append({"features": padded, "mask": mask})
+    return out
+
+
+def run_onnx(path: str | os.PathLike, inputs: list[dict[str, np.ndarray]]) -> np.ndarray:
+    """Probabilities ``[N, C]`` of an exported model under ONNX Runtime, one input at a time."""
+    try:
+        import onnxruntime
+    except ImportError as error:
+        raise ImportError(
+            f"running {path} needs onnxruntime: pip install 'sergraph[onnx]'"
+        ) from error
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = 1
+    session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    return np.concatenate([session.run(["probabilities"], feed)[0] for feed in inputs])
+
+
+def onnx_model_bytes(bundle) -> bytes:
+    """The ONNX model (``model.onnx``) of a bundle's members on the fixed padded graph.
+
+    Args:
+        bundle: a :class:`~sergraph.deploy.ensemble.Bundle` (or an object with its ``meta``
+            ``graph`` and ``model`` entries, ``models`` and ``normalizers``).
+
+    Raises:
+        BundleError: a model family that cannot be exported (see the module docstring).
+    """
+    import io
+
+    meta = bundle.meta
+    module = _PaddedEnsemble(bundle).eval()
+    max_nodes, width = module.max_nodes, module.width
+    example = (torch.zeros(1, max_nodes, width), torch.ones(1, max_nodes))
+    buffer = io.BytesIO()
+    # the tracer warns about every Python-level shape check of the fixed graph: all constant here
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            torch.onnx.export(
+                module,
+                example,
+                buffer,
+                input_names=["features", "mask"],
+                output_names=["probabilities"],
+                opset_version=OPSET,
+                dynamo=False,
+            )
+        except Exception as error:  # noqa: BLE001 - the exporter raises many types
+            reason = str(error).strip().splitlines()[0][:200]
+            raise BundleError(
+                f"model {meta['model']['name']!r} cannot be exported to ONNX ({type(error).__name__}: "
+                f"{reason}); families that export: {', '.join(ONNX_FAMILIES)}"
+            ) from None
+    return buffer.getvalue()
+
+
+def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple[Path, dict]:
+    """Write ``model.onnx``, ``model.json`` and ``MODEL_CARD.md`` of a bundle into ``out_dir``.
+
+    Args:
+        bundle: a loaded :class:`~sergraph.deploy.ensemble.Bundle`.
+        out_dir: the folder (created).
+        check: compare with the bundle under ONNX Runtime when it is installed.
+
+    Returns:
+        ``(out_dir, the sidecar as written)``; its ``check`` says what was compared.
+
+    Raises:
+        BundleError: a bundle that cannot be exported (see the module docstring), or a check
+            above :data:`ONNX_TOLERANCE`.
+    """
+    from sergraph.io import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+    meta = bundle.meta
+    check_onnx_exportable(meta)
+    max_nodes = int(meta["graph"]["max_nodes"])
+    width = int(meta["model"]["in_channels"])
+    data = onnx_model_bytes(bundle)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out_dir / ONNX_FILE, data)
+    atomic_write_text(out_dir / CARD_FILE, bundle.model_card)
+    result = {
+        "checked": False,
+        "why": "onnxruntime is not installed (pip install 'sergraph[onnx]')",
+    }
+    if check:
+        result = _self_check(bundle, out_dir / ONNX_FILE)
+    features = meta["features"]
+    sidecar = {
+        "format": "sergraph-onnx",
+        "format_version": 1,
+        "sergraph": meta["sergraph"],
+        "model": meta["model"]["name"],
+        "config_id": meta["config_id"],
+        "classes": list(bundle.classes),
+        "members": [[m["seed"], m["fold"]] for m in meta["members"]],
+        "inputs": {
+            "features": {
+                "shape": [1, max_nodes, width],
+                "dtype": "float32",
+                "meaning": "pooled node features (un-normalised), zero-padded or cut to "
+                "max_nodes rows",
+            },
+            "mask": {
+                "shape": [1, max_nodes],
+                "dtype": "float32",
+                "meaning": "1 for the first min(T, max_nodes) rows, 0 after",
+            },
+        },
+        "outputs": {
+            "probabilities": {
+                "shape": [1, len(bundle.classes)],
+                "dtype": "float32",
+                "meaning": "mean of the members' softmax, columns in the order of classes",
+            }
+        },
+        "features": {
+            key: features.get(key)
+            for key in ("feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile")
+        }
+        | {"recipe": features.get("recipe"), "names": list(features["names"])},
+        "node_seconds": bundle.node_seconds,
+        "graph": dict(meta["graph"]),
+        "protocol": meta.get("protocol"),
+        "opset": OPSET,
+        "tolerance": ONNX_TOLERANCE,
+        "check": result,
+    }
+    atomic_write_json(out_dir / SIDECAR_FILE, sidecar)
+    return out_dir, sidecar
+
+
+def _self_check(bundle, path: Path) -> dict:
+    """Random node-feature arrays of several lengths (shorter, equal and longer than
+    max_nodes) through ONNX Runtime and through the bundle."""
+    try:
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return {
+            "checked": False,
+            "why": "onnxruntime is not installed (pip install 'sergraph[onnx]')",
+        }
+    max_nodes = int(bundle.meta["graph"]["max_nodes"])
+    width = int(bundle.meta["model"]["in_channels"])
+    rng = np.random.default_rng(0)
+    lengths = [1, max(1, max_nodes // 3), max_nodes, max_nodes + 7]
+    features = []
+    for length in lengths:  # around each member's own statistics, as real features are
+        normalizer = bundle.normalizers[0]
+        features.append(
+            (normalizer.mean + normalizer.std * rng.standard_normal((length, width))).astype(
+                np.float32
+            )
+        )
+    expected = bundle.predict_features(features)
+    got = run_onnx(path, onnx_inputs(bundle, features))
+    difference = float(np.abs(expected - got).max())
+    if difference > ONNX_TOLERANCE:
+        raise BundleError(
+            f"{path}: ONNX Runtime's probabilities differ from the bundle's by {difference:.1e} "
+            f"(tolerance {ONNX_TOLERANCE:g}); the export is not faithful"
+        )
+    return {
+        "checked": True,
+        "n": len(features),
+        "lengths": lengths,
+        "max_abs_diff": difference,
+        "tolerance": ONNX_TOLERANCE,
+    }
+
+
+def sidecar_of(out_dir: str | os.PathLike) -> dict:
+    """The ``model.json`` of an ONNX export folder."""
+    return json.loads((Path(out_dir) / SIDECAR_FILE).read_text())
