@@ -228,10 +228,19 @@ class Band:
         if self.uniform:
             # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
             h3 = h.reshape(self.num_graphs, self.max_length, -1)
-            out = torch.zeros_like(h3)
-            for o in range(1, min(r, self.max_length - 1) + 1):
-                out[:, o:] += h3[:, :-o]
-                out[:, :-o] += h3[:, o:]
+            if self.max_length < 2:
+                return torch.zeros_like(h)
+            # The first shift written as 0 + h (not a zero fill, then an add): the same values
+            # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
+            out = torch.empty_like(h3)
+            out[:, 0].zero_()
+            torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
+            out[:, :-1].add_(h3[:, 1:])
+            for o in range(2, min(r, self.max_length - 1) + 1):
+                # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
+                # copies the slice onto itself (__setitem__), a full extra pass per shift
+                out[:, o:].add_(h3[:, :-o])
+                out[:, :-o].add_(h3[:, o:])
             return out.view_as(h)
         out = torch.zeros_like(h)
         for o in range(1, r + 1):
