@@ -31,7 +31,7 @@ with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stder
         code = main(json.loads(sys.argv[1]))
     except SystemExit as stop:
         code = stop.code
-names = ("torch", "torch_geometric", {stack})
+names = ("pandas", "torch", "torch_geometric", {stack})
 print(json.dumps({{"code": code, "out": out.getvalue(), "imported": [m for m in names if m in sys.modules]}}))
 """
 
@@ -58,7 +58,7 @@ def run_dir(tmp_path_factory):
     return root
 
 
-def test_help_imports_neither_torch_nor_the_training_stack(tmp_path):
+def test_help_imports_neither_pandas_nor_torch_nor_the_training_stack(tmp_path):
     result = imported_by(["--help"], tmp_path)
     assert result["code"] == 0
     assert "train" in result["out"]
