@@ -10,10 +10,18 @@ the EmoDB corpus table, its cached features and the folds (``sergraph.data.prepa
 as a whole and inside; it needs a warm default cache (``$SERGRAPH_CACHE``), e.g. after
 ``sergraph features data=emodb data.root=...``, and is skipped otherwise.
 
+Against openSMILE itself (first table): the ``opensmile`` package's bare ``Smile`` with the same
+feature configuration (the IS10 LLD + delta config sergraph builds, one level, no cache), run
+with ``process_file`` on the same files by N processes (each its own ``Smile``, every N-th
+file), next to sergraph's extraction with N workers into an empty cache; the two alternate
+round by round, and "pipeline / bare" is the median over rounds of bare wall time / pipeline
+wall time (1: openSMILE's own speed; > 1 would be faster than it).
+
 EmoDB comes from $SERGRAPH_EMODB or ../shared/data/emodb.
 
     python benchmarks/bench_features.py            # all 535 files, workers 1..cpu count
     python benchmarks/bench_features.py --quick    # 24 files
+    python benchmarks/bench_features.py --files 100 --skip-cold-warm   # bare vs pipeline only
 """
 
 from __future__ import annotations
@@ -65,6 +73,91 @@ def extraction(paths: list[str], audio_seconds: float, workers_list: list[int]) 
     speed1 = rows[0]["x realtime"]
     for row in rows:
         row["speed-up vs 1 worker"] = row["x realtime"] / speed1
+    return rows
+
+
+def _bare_share(job: tuple[str, str, int, list[str]]) -> int:
+    """One process of the bare openSMILE run: its own ``Smile``, its share of the files; the
+    number of nodes the pipeline pools its frames into (``pool`` frames a node), to compare."""
+    import opensmile
+
+    config, level, pool, paths = job
+    smile = opensmile.Smile(config, level)
+    return sum(-(-len(smile.process_file(path)) // pool) for path in paths)
+
+
+def bare_opensmile(paths: list[str], workers: int) -> tuple[float, float, int]:
+    """Wall s, CPU s and node count of bare openSMILE on ``paths`` with ``workers`` processes
+    (started as ``ProcessPoolExecutor`` starts them on this platform: fork on Linux)."""
+    from concurrent.futures import ProcessPoolExecutor
+
+    from sergraph.data.features import FeatureConfig
+    from sergraph.data.features.opensmile import smile_for
+
+    config = FeatureConfig()
+    smile = smile_for(config.feature_set, config.levels())  # the configuration sergraph uses
+    jobs = [
+        (smile.feature_set, smile.feature_level, config.pool, paths[i::workers])
+        for i in range(workers)
+    ]
+    cpu0, start = cpu_seconds(), time.perf_counter()
+    if workers == 1:
+        frames = _bare_share(jobs[0])
+    else:
+        with ProcessPoolExecutor(workers) as pool:
+            frames = sum(pool.map(_bare_share, jobs))
+    return time.perf_counter() - start, cpu_seconds() - cpu0, frames
+
+
+def pipeline_cold(paths: list[str], workers: int) -> tuple[float, float, int]:
+    """Wall s, CPU s and node count of sergraph's extraction into an empty cache."""
+    from sergraph.data.features import FeatureCache, FeatureConfig
+
+    with tempfile.TemporaryDirectory(prefix="sergraph-bench-") as folder:
+        cache = FeatureCache(folder, FeatureConfig())
+        cpu0, start = cpu_seconds(), time.perf_counter()
+        features = cache.get(paths, workers=workers, progress=False)
+        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+    return wall, cpu, sum(len(f) for f in features)
+
+
+def against_opensmile(
+    paths: list[str], audio_seconds: float, workers_list: list[int], rounds: int
+) -> list[dict]:
+    """Bare openSMILE and the pipeline, alternating (bare first in odd rounds), per worker count."""
+    import statistics
+
+    rows = []
+    for workers in workers_list:
+        bare, pipe, ratios = [], [], []
+        for round_ in range(rounds):
+            order = [bare_opensmile, pipeline_cold]
+            if round_ % 2:
+                order.reverse()
+            measured = {fn: fn(paths, workers) for fn in order}
+            bare.append(measured[bare_opensmile])
+            pipe.append(measured[pipeline_cold])
+            ratios.append(bare[-1][0] / pipe[-1][0])
+        bare_wall = statistics.median(b[0] for b in bare)
+        pipe_wall = statistics.median(p[0] for p in pipe)
+        rows.append(
+            {
+                "workers": workers,
+                "files": len(paths),
+                "audio s": audio_seconds,
+                "bare openSMILE s": bare_wall,
+                "pipeline s": pipe_wall,
+                "pipeline / bare (speed)": statistics.median(ratios),
+                "bare x realtime per core": audio_seconds / bare_wall / workers,
+                "pipeline x realtime per core": audio_seconds / pipe_wall / workers,
+                "bare x realtime per CPU s": audio_seconds / statistics.median(b[1] for b in bare),
+                "pipeline x realtime per CPU s": audio_seconds
+                / statistics.median(p[1] for p in pipe),
+                "same node count": all(b[2] == p[2] for b, p in zip(bare, pipe, strict=True)),
+                "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan"),
+            }
+        )
+        print(table(rows[-1:]).splitlines()[-1], flush=True)
     return rows
 
 
@@ -129,6 +222,11 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=0, help="first N files (0: all)")
     parser.add_argument("--max-workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--startup-runs", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds, bare vs ours")
+    parser.add_argument("--skip-bare", action="store_true", help="no bare openSMILE comparison")
+    parser.add_argument(
+        "--skip-cold-warm", action="store_true", help="only the comparison with bare openSMILE"
+    )
     args = parser.parse_args()
 
     import soundfile as sf
@@ -145,7 +243,19 @@ def main() -> None:
     print(machine(), flush=True)
     print(f"EmoDB at {root}: {len(paths)} of {len(every)} files, {audio:.1f} s of audio\n")
 
-    rows = extraction(paths, audio, list(range(1, args.max_workers + 1)))
+    workers_list = list(range(1, args.max_workers + 1))
+    if not args.skip_bare:
+        rounds = 1 if args.quick else args.rounds
+        rows = against_opensmile(paths, audio, workers_list, rounds)
+        print(
+            "\n## sergraph's extraction against bare openSMILE (same IS10 LLD + delta config, "
+            f"same files, no cache), alternating, {rounds} round(s)\n"
+        )
+        print(table(rows))
+    if args.skip_cold_warm:
+        return
+
+    rows = extraction(paths, audio, workers_list)
     print("\n## openSMILE IS10 LLD + deltas, cold (empty cache) and warm\n")
     print(table(rows))
 

@@ -11,6 +11,11 @@ Part 2: fast path (sergraph.models.banded) against PyG message passing, alternat
 in one process: the graph layers alone (forward + backward of the layer stack on the hidden
 features) and the whole training step. Ratio = PyG time / fast time (> 1: fast path faster).
 
+Part 3: the project's LSTM-GIN step (and plain GIN's, its preset) against the shipped dense
+reference (``benchmarks/dense_reference.py``: the same function as plain dense PyTorch on
+``[B, T, C]``, built with the model's weights), alternating the two in one process with the same
+batch and Adam. Ratio = reference time / project time (> 1: the project's step is faster).
+
 Part 1 can also run each configuration under automatic mixed precision (``--precision``:
 ``32`` = fp32, ``bf16-mixed``, ``16-mixed`` = torch.autocast around forward and loss, with a
 GradScaler for fp16, as Lightning does) and with the fast path forced off (``--fast-path``).
@@ -308,6 +313,35 @@ def padded_vs_packed(batch_size: int, steps: int) -> list[dict]:
     return rows
 
 
+def reference_ratio(name: str, batch_size: int, rounds: int, nodes: int = 120, k: int = 4) -> dict:
+    """The project's training step of ``name`` (an ``lstm_gin``-family model or preset) against
+    the dense reference with the same weights, alternating (CPU)."""
+    import torch
+    from dense_reference import DenseLSTMGIN
+
+    torch.manual_seed(0)
+    batch = make_batch(batch_size, nodes, "cpu")
+    model = build_named(name, batch.x.size(1), 4)
+    reference = DenseLSTMGIN.from_model(model, nodes, k)
+    x = batch.x.reshape(batch.num_graphs, nodes, -1)
+    project = step_fn(model, batch, torch.optim.Adam(model.parameters(), lr=1e-4))
+    optimizer = torch.optim.Adam(reference.parameters(), lr=1e-4)
+
+    def dense():
+        optimizer.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(reference(x), batch.y).backward()
+        optimizer.step()
+
+    project_s, dense_s, ratio = paired_ratio(project, dense, rounds)
+    return {
+        "model": name,
+        "batch": batch_size,
+        "project graphs/s": batch_size / project_s,
+        "dense reference graphs/s": batch_size / dense_s,
+        "project speed / reference (median of rounds)": ratio,
+    }
+
+
 def main() -> int:
     """Returns the number of configurations that failed (the exit status is 1 if any)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -336,6 +370,15 @@ def main() -> int:
     parser.add_argument("--skip-throughput", action="store_true")
     parser.add_argument("--skip-ratios", action="store_true")
     parser.add_argument("--skip-packing", action="store_true")
+    parser.add_argument("--skip-reference", action="store_true")
+    parser.add_argument(
+        "--reference-models",
+        default="lstm_gin,gin",
+        help="models compared with the dense reference (lstm_gin family or its presets)",
+    )
+    parser.add_argument(
+        "--reference-rounds", type=int, default=0, help="alternating rounds (0: 3 x --rounds)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -363,6 +406,18 @@ def main() -> int:
     print(machine(), flush=True)
 
     failed = 0
+    if not args.skip_reference:
+        reference_rounds = args.reference_rounds or 3 * rounds
+        rows = []
+        for name in args.reference_models.split(","):
+            rows.append(reference_ratio(name, batch_sizes[0], reference_rounds))
+            print(table(rows[-1:]).splitlines()[-1], flush=True)
+        print(
+            f"\n## project step vs the dense reference (benchmarks/dense_reference.py), CPU, "
+            f"same weights, alternating, {reference_rounds} rounds\n"
+        )
+        print(table(rows))
+
     if not args.skip_throughput:
         rows = []
         configurations = [

@@ -12,8 +12,10 @@ import json
 import os
 import tempfile
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+if TYPE_CHECKING:  # annotations only: `sergraph --help` does not import pandas
+    import pandas as pd
 
 #: errno values that mean "this folder cannot be written to".
 NOT_WRITABLE = (errno.EACCES, errno.EPERM, errno.EROFS)

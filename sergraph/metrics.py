@@ -14,7 +14,7 @@ depends on what the model wrongly predicts. sergraph leaves such classes out of 
 is the textbook definition (and scikit-learn's ``balanced_accuracy_score``). Pooled UA over all
 folds' predictions has every class present and is the number to report.
 
-The module-level state is a torchmetrics ``MulticlassConfusionMatrix``: a sum-reduced count
+The module-level state (:class:`EmotionScores`) is a torchmetrics ``MulticlassConfusionMatrix``: a sum-reduced count
 matrix, so it is computed on the model's device and synchronised across DDP ranks for free.
 """
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import torch
-from torchmetrics.classification import MulticlassConfusionMatrix
 
 
 def scores_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, object]:
@@ -49,17 +48,34 @@ def scores_from_confusion(confusion: torch.Tensor | np.ndarray) -> dict[str, obj
     }
 
 
-class EmotionScores(MulticlassConfusionMatrix):
-    """A confusion matrix metric whose :meth:`scores` gives WA/UA/recall as defined above."""
+def _emotion_scores_class() -> type:
+    """:class:`EmotionScores`, defined on first use: torchmetrics (and what it imports) is not
+    imported by the verbs that only read results (``sergraph report``, ``config``, ``folds``)."""
+    from torchmetrics.classification import MulticlassConfusionMatrix
 
-    def __init__(self, num_classes: int, **kwargs) -> None:
-        super().__init__(num_classes=num_classes, normalize=None, **kwargs)
+    class EmotionScores(MulticlassConfusionMatrix):
+        """A confusion matrix metric whose :meth:`scores` gives WA/UA/recall as defined above."""
 
-    def scores(self) -> dict[str, object]:
-        confusion = self.compute()
-        out = scores_from_confusion(confusion)
-        out["confusion"] = confusion.cpu().long().tolist()
-        return out
+        def __init__(self, num_classes: int, **kwargs) -> None:
+            super().__init__(num_classes=num_classes, normalize=None, **kwargs)
+
+        def scores(self) -> dict[str, object]:
+            confusion = self.compute()
+            out = scores_from_confusion(confusion)
+            out["confusion"] = confusion.cpu().long().tolist()
+            return out
+
+    EmotionScores.__module__ = __name__
+    EmotionScores.__qualname__ = "EmotionScores"
+    return EmotionScores
+
+
+def __getattr__(name: str):
+    # PEP 562: ``sergraph.metrics.EmotionScores`` (import, pickling) defines the class once.
+    if name == "EmotionScores":
+        cls = globals()["EmotionScores"] = _emotion_scores_class()
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def scores_from_labels(

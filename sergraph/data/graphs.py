@@ -14,10 +14,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
-from torch_geometric.data import Data
+
+if TYPE_CHECKING:  # imported where a graph is built: light verbs never import PyG
+    from torch_geometric.data import Data
 
 NORMALIZE_CHOICES = ("train", "speaker", "none")
 
@@ -188,6 +191,8 @@ def build_graph(
         edge_index, band = temporal_edge_index(len(nodes), k), {"band_k": int(k)}
     else:  # not the k band: no band mark, so the models use message passing
         edge_index, band = dilated_edge_index(len(nodes), dilations), {}
+    from torch_geometric.data import Data
+
     return Data(
         x=torch.from_numpy(np.ascontiguousarray(nodes)),
         edge_index=edge_index,

@@ -222,18 +222,38 @@ class Band:
     def sum(self, h: Tensor) -> Tensor:
         """``(A h)_n``: the sum of each node's band neighbours ``[N, C]`` (differentiable)."""
         if torch.jit.is_tracing():  # ONNX export (sergraph.deploy.onnx): plain tensor ops
-            return self._sum(h)
+            return self._traced_sum(h) if self.uniform else self._sum(h)
         return _BandSum.apply(h, self)
+
+    def _traced_sum(self, h: Tensor) -> Tensor:
+        """:meth:`_sum` of a uniform band without in-place writes into slices (which the
+        tracer records wrongly): each node reads its zero-padded shifts ``t - o`` and ``t + o``."""
+        r, length = self.radius, self.max_length
+        h3 = h.reshape(self.num_graphs, length, -1)
+        padded = torch.nn.functional.pad(h3, (0, 0, r, r))
+        out = torch.zeros_like(h3)
+        for o in range(1, min(r, length - 1) + 1):
+            out = out + padded[:, r - o : r - o + length] + padded[:, r + o : r + o + length]
+        return out.reshape(h.shape)
 
     def _sum(self, h: Tensor) -> Tensor:
         r = self.radius
         if self.uniform:
             # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
             h3 = h.reshape(self.num_graphs, self.max_length, -1)
-            out = torch.zeros_like(h3)
-            for o in range(1, min(r, self.max_length - 1) + 1):
-                out[:, o:] += h3[:, :-o]
-                out[:, :-o] += h3[:, o:]
+            if self.max_length < 2:
+                return torch.zeros_like(h)
+            # The first shift written as 0 + h (not a zero fill, then an add): the same values
+            # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
+            out = torch.empty_like(h3)
+            out[:, 0].zero_()
+            torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
+            out[:, :-1].add_(h3[:, 1:])
+            for o in range(2, min(r, self.max_length - 1) + 1):
+                # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
+                # copies the slice onto itself (__setitem__), a full extra pass per shift
+                out[:, o:].add_(h3[:, :-o])
+                out[:, :-o].add_(h3[:, o:])
             return out.view_as(h)
         out = torch.zeros_like(h)
         for o in range(1, r + 1):

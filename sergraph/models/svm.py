@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from sergraph.metrics import scores_from_labels
 from sergraph.models.classic import ClassicBaseline, speaker_standardized
 from sergraph.models.registry import register
 
@@ -42,6 +41,8 @@ class LinearSVM(ClassicBaseline):
     ):
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
+
+        from sergraph.metrics import scores_from_labels  # torchmetrics: only when fitting
 
         train = train_rows
         if normalize == "speaker":
