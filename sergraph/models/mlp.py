@@ -6,7 +6,7 @@ from sergraph.models.classic import SelectedBaseline
 from sergraph.models.registry import register
 
 #: L2 penalties tried by the inner speaker cross-validation.
-MLP_ALPHA_GRID = (0.1, 1.0, 10.0)
+MLP_ALPHA_GRID = (0.1, 1.0, 10.0, 100.0)
 
 
 @register("mlp")

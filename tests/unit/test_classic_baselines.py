@@ -138,7 +138,7 @@ BASELINES = [
         "mlp",
         {},
         MLPClassifier(hidden_layer_sizes=(64,), max_iter=200, random_state=0),
-        [{"alpha": [0.1, 1.0, 10.0]}],
+        [{"alpha": [0.1, 1.0, 10.0, 100.0]}],
     ),
 ]
 
