@@ -225,3 +225,45 @@ def test_bad_baseline_options_name_the_key_and_the_choices(override, message):
 def test_mlp_options_are_checked():
     with pytest.raises(ConfigError, match=r"model.params.hidden=0 must be a positive integer"):
         compose(["model=mlp", "model.params.hidden=0"])
+
+
+# ---------------------------------------------------------------------------------------------
+# the three standard openSMILE functional sets, on real speech
+
+OPENSMILE_SET = {"is10": "IS10", "compare": "ComParE_2016", "egemaps": "eGeMAPSv02"}
+
+
+@pytest.mark.parametrize("functionals", ["compare", "egemaps"])
+def test_standard_functional_sets_of_real_speech_feed_the_svm(emodb, functionals):
+    """``features.functionals`` compare / egemaps are openSMILE's ComParE_2016 / eGeMAPSv02
+    functionals (the package read directly, an independent route) of a few EmoDB files, and the
+    standard SVM fits on them."""
+    import opensmile
+
+    from sergraph.data.features import extract_functionals
+
+    speakers = ("03", "08", "09")
+    paths = [
+        path
+        for speaker in speakers
+        for path in sorted((emodb / "wav").glob(f"{speaker}a0*.wav"))[:4]
+    ]
+    values = np.stack([extract_functionals(path, functionals) for path in paths])
+    smile = opensmile.Smile(
+        feature_set=getattr(opensmile.FeatureSet, OPENSMILE_SET[functionals]),
+        feature_level=opensmile.FeatureLevel.Functionals,
+    )
+    direct = np.stack([smile.process_file(str(path)).to_numpy()[0] for path in paths])
+    assert values.shape == direct.shape == (12, {"compare": 6373, "egemaps": 88}[functionals])
+    np.testing.assert_allclose(values, direct, rtol=1e-4, atol=1e-4)
+
+    # EmoDB names the emotion by the 6th letter of the file name
+    labels = np.array([ord(path.name[5]) for path in paths])
+    labels = np.unique(labels, return_inverse=True)[1]
+    owners = np.array([path.name[:2] for path in paths])
+    train, test = np.flatnonzero(owners != "03"), np.flatnonzero(owners == "03")
+    scores, extra = build_baseline("svm").fit_predict(
+        values, labels, owners, train, test, num_classes=labels.max() + 1, seed=0, normalize="train"
+    )
+    assert scores.shape == (4, labels.max() + 1) and np.allclose(scores.sum(axis=1), 1.0)
+    assert extra["svm_C"] in svm_module.SVM_C_GRID
