@@ -210,9 +210,11 @@ def _validate_features(cfg: DictConfig) -> None:
             require_transformers()
         except ImportError as error:
             raise ConfigError(str(error)) from None
-    if config.feature_set in ("ssl", "precomputed") and cfg.model.name == "svm":
+    from sergraph.models import CLASSIC
+
+    if config.feature_set in ("ssl", "precomputed") and cfg.model.name in CLASSIC:
         raise ConfigError(
-            f"model=svm uses utterance functionals (features.functionals), not "
+            f"model={cfg.model.name} uses utterance functionals (features.functionals), not "
             f"features.feature_set={config.feature_set}; choose a neural model"
         )
 

@@ -1,10 +1,12 @@
 """Late fusion of a neural cell with the linear SVM (``model.fusion=svm``).
 
 After the neural model is trained and its best checkpoint chosen, a
-:class:`~sergraph.models.svm.LinearSVM` is fitted on the utterance functionals vectors ``u`` of
-the fold's *training* speakers only (the very vectors the neural model receives: ``u`` of each
-graph of :class:`~sergraph.data.datamodule.FoldDataModule`, normalised under the cell's
-protocol), with its usual inner leave-one-speaker-out choice of C over those speakers. The SVM
+:class:`~sergraph.models.svm_linearsvc.LiblinearSVM` (liblinear ``LinearSVC``: the form the
+graph-value study's fused cells were measured with, not the standard libsvm ``model=svm``) is
+fitted on the utterance functionals vectors ``u`` of the fold's *training* speakers only (the
+very vectors the neural model receives: ``u`` of each graph of
+:class:`~sergraph.data.datamodule.FoldDataModule`, normalised under the cell's protocol), with
+its usual inner leave-one-speaker-out choice of C over those speakers. The SVM
 then scores the validation and test utterances.
 
 The fused probabilities of an utterance are ``w * p_graph + (1 - w) * p_svm``. The weight ``w``
@@ -110,7 +112,7 @@ def svm_scores(datamodule) -> tuple[dict[str, np.ndarray], dict]:
     :data:`FUSION_SVM_SEED`; a fit is kept in memory for the next cells with the same inputs
     (the same fold under another seed, or the no-graph control), so it is computed once.
     """
-    from sergraph.models.svm import LinearSVM
+    from sergraph.models.svm_linearsvc import LiblinearSVM
 
     parts = {split: split_vectors(datamodule, split) for split in ("train", "val", "test")}
     values = np.concatenate([parts[s][0] for s in ("train", "val", "test")])
@@ -128,7 +130,7 @@ def svm_scores(datamodule) -> tuple[dict[str, np.ndarray], dict]:
     if key not in _SVM_MEMO:
         train_rows = np.arange(n_train)
         scored_rows = np.arange(n_train, len(labels))
-        scores, extra = LinearSVM().fit_predict(
+        scores, extra = LiblinearSVM().fit_predict(
             values,
             labels,
             speakers,

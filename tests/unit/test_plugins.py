@@ -56,9 +56,13 @@ def test_every_register_line_of_the_package_is_registered_without_an_import_list
         "gat",
         "gcn",
         "gps",
+        "logreg",
         "lstm_gin",
+        "mlp",
         "sage_mean",
         "svm",
+        "svm_linearsvc",
+        "svm_rbf",
     }
     # the package names none of its family modules: they are found by walking the folder
     init = (MODELS_DIR / "__init__.py").read_text()
@@ -105,7 +109,8 @@ def test_register_takes_modules_and_classic_baselines_only(registry):
 def test_svm_is_a_classic_baseline_fitted_on_functionals():
     assert is_classic("svm") and not is_classic("lstm_gin")
     assert model_inputs("svm") == "functionals" and model_inputs("lstm_gin") == "frames"
-    assert model_parameters("svm") == {}
+    assert model_parameters("svm") == {"class_weight": "nested"}
+    assert model_parameters("svm_linearsvc") == {"class_weight": None}
     with pytest.raises(ValueError, match="build_baseline"):
         build_model("svm", 6, 3)
     with pytest.raises(ValueError, match="build_model"):
