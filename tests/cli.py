@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
+from collections.abc import Iterator
 
 
 def run_cli(args, env=None, cwd=None, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -35,3 +37,18 @@ def tiny_study(tmp_path, *more: str) -> list[str]:
         "logger.kind=none",
         *more,
     ]
+
+
+@contextlib.contextmanager
+def torch_threads(count: int) -> Iterator[None]:
+    """This process's torch threads set to ``count`` inside the block (as the CLI subprocesses
+    of a test run with ``OMP_NUM_THREADS``): oneDNN's LSTM splits its sums by thread count, so
+    results compared byte for byte across processes need the same count."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)

@@ -13,10 +13,10 @@ import sys
 
 import pandas as pd
 import pytest
-import torch
 from torch.utils.data.distributed import DistributedSampler
 
 from sergraph.data.datamodule import EvaluationSampler
+from tests.cli import torch_threads
 from tests.wandb_records import run_contents
 
 # 4 speakers x 3 classes x 3 utterances: 9 test utterances (odd), 9 validation utterances;
@@ -98,16 +98,10 @@ def test_ddp_results_equal_a_single_process_evaluation_of_the_same_checkpoint(
     configs, cells = plan(overrides)
     cfg = configs[cells[0].label]
     study = study_data(cfg)
-    # with the DDP processes' one torch thread: oneDNN's LSTM splits its sums by thread count,
-    # which moves the sixth decimal on some CPUs (AVX-512 ones here)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):  # the DDP processes' one thread (OMP_NUM_THREADS above)
         single, tested = evaluate_checkpoint(
             cfg, study, study.folds[0], 0, cell / "checkpoints" / "best.ckpt"
         )
-    finally:
-        torch.set_num_threads(threads)
     assert single.to_csv(index=False) == written  # byte for byte, probabilities included
     for key in ("wa", "ua", "recall", "confusion"):
         assert metrics[key] == tested[key], key

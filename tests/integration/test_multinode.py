@@ -16,7 +16,7 @@ import sys
 import pandas as pd
 import pytest
 
-from tests.cli import run_cli
+from tests.cli import run_cli, torch_threads
 from tests.integration.test_ddp import DDP, SMALL
 
 CELL = ("synthetic", "lstm_gin", "seed-0", "fold-00")
@@ -109,9 +109,10 @@ def test_two_nodes_equal_one_node_with_two_processes_and_one_process(tmp_path, e
     configs, cells = plan(shared)
     cfg = configs[cells[0].label]
     study = study_data(cfg)
-    single, tested = evaluate_checkpoint(
-        cfg, study, study.folds[0], 0, nodes_cell / "checkpoints" / "best.ckpt"
-    )
+    with torch_threads(1):  # the nodes' one thread (OMP_NUM_THREADS in env)
+        single, tested = evaluate_checkpoint(
+            cfg, study, study.folds[0], 0, nodes_cell / "checkpoints" / "best.ckpt"
+        )
     assert single.to_csv(index=False) == written
     predictions = pd.read_csv(nodes_cell / "predictions.csv")
     for key in ("wa", "ua", "confusion"):
