@@ -265,9 +265,7 @@ def test_enrollment_amounts_a_speaker_cannot_honour_are_refused_naming_it():
 @pytest.mark.parametrize("amount", [1.5, 0.0, -1, float("nan")])
 def test_absurd_enrollment_amounts_are_refused_by_the_config(amount):
     with pytest.raises(ConfigError, match="eval.enrollment"):
-        compose(
-            ["eval.protocol=enrollment", "graph.normalize=speaker", f"eval.enrollment={amount}"]
-        )
+        compose(["eval.protocol=enrollment", f"eval.enrollment={amount}"])
 
 
 def test_enrollment_subset_is_fixed_seeded_and_label_free():
