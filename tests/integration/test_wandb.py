@@ -99,6 +99,9 @@ def test_wandb_finish_is_reached_when_a_cell_fails(tmp_path, monkeypatch):
             loggers[-1].experiment.log({"x": 1})
             raise RuntimeError("boom")
     assert wandb.run is None
+    # finish() hands the records to W&B's service process, which writes the offline file on
+    # its own time; a CLI run's exit tears the service down, here teardown() does (and waits)
+    wandb.teardown()
     (path,) = offline_runs(tmp_path)
     run = run_contents(path)
     assert run["exit_code"] == 1 and run["config"]["label"] == "lstm_gin"
