@@ -237,7 +237,8 @@ def _add_export_parser(verbs) -> None:
     export.add_argument(
         "--onnx",
         metavar="DIR",
-        help="also write the bundle as ONNX (model.onnx, model.json, MODEL_CARD.md) into DIR",
+        help="also write the bundle as ONNX (model.onnx, model.json, MODEL_CARD.md, and "
+        "model.yaml for audonnx when it is installed) into DIR",
     )
     export.add_argument("-o", "--output", help="bundle file (default RUN_DIR/bundle.sergraph)")
     export.add_argument("--fold", type=int, action="append", help="only this fold (repeatable)")

@@ -12,8 +12,13 @@
     DIR/model.json     what is needed to rebuild the input and read the output: classes, the
                        feature settings (feature set, deltas, pooling, sample rate, openSMILE
                        version, feature names), the graph settings, the input and output
-                       names and shapes, the tolerance checked at export
+                       names and shapes, the tolerance checked at export, what
+                       model.yaml holds (``audonnx``)
     DIR/MODEL_CARD.md  the bundle's model card
+    DIR/model.yaml     the model for ``audonnx`` (written when audonnx is installed, as it is
+                       by ``pip install sergraph[onnx]``): ``audonnx.load(DIR)`` gives a model
+                       that takes ``(signal, sampling_rate)`` and returns the probabilities,
+                       labelled with the classes
 
 Inside the graph each member normalises the features with its own training-fold statistics,
 sets the padding rows to zero (as :func:`~sergraph.data.graphs.fit_length` pads after
@@ -34,6 +39,28 @@ PyG message passing: ``gps``); families whose layers use ``Tensor.unfold`` (``ga
 The export checks itself when ``onnxruntime`` is installed (``pip install sergraph[onnx]``):
 :data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths,
 against :meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
+
+**audonnx.** ``model.yaml`` is an ``audonnx.Model`` of ``model.onnx`` whose two inputs each
+have a transform (:func:`write_audonnx`): an ``audonnx.Function`` of
+:func:`signal_to_onnx_input`, whose source the YAML stores, with the bundle's openSMILE levels
+as ``opensmile.Smile`` objects (for IS10 and ComParE with deltas two of them, ``lld`` and
+``lld_de``, whose columns joined and cut to the shorter level are exactly what sergraph's
+one-run wrapper config gives; that config is a file in the temp dir that includes the
+installed openSMILE's own config by absolute path, so it cannot travel in a YAML). The
+function is self-contained: numpy, opensmile and (to resample) scipy, no sergraph, so the
+model runs where only ``audonnx`` and ``opensmile`` are installed; it repeats sergraph's steps
+for a file classified as a whole, which the tests check against
+:meth:`~sergraph.deploy.ensemble.Bundle.predict` on audio (stereo, another rate, longer than
+the part read included): the inputs are identical and the probabilities within
+:data:`ONNX_TOLERANCE` (measured 7e-7). The price of audonnx's one transform per input: the
+features and the mask each run openSMILE (for IS10 with deltas four runs per call where
+sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s synthetic file on one core). The
+YAML pins the audonnx and opensmile versions it was written with (audobject warns when another
+version loads it). No transform, and the reason in ``model.json``, for SSL features (the front
+end is a PyTorch model, not an audobject transform) and where the installed openSMILE differs
+from the bundle's (:func:`~sergraph.deploy.pipeline.check_pipeline`): ``model.yaml`` then
+holds the labels only and the model takes ``{"features": ..., "mask": ...}`` as
+:func:`onnx_inputs` makes them.
 """
 
 from __future__ import annotations
@@ -53,6 +80,8 @@ from sergraph.deploy.pipeline import BundleError
 #: (float32 throughout; ONNX Runtime's kernels sum in another order than PyTorch's).
 ONNX_TOLERANCE = 1e-4
 ONNX_FILE, SIDECAR_FILE, CARD_FILE = "model.onnx", "model.json", "MODEL_CARD.md"
+#: The ``audonnx`` description of ``model.onnx`` (``audonnx.load(DIR)`` reads it).
+AUDONNX_FILE = "model.yaml"
 OPSET = 17
 #: Model families whose ONNX export matches PyTorch (``tests/unit/test_onnx.py``);
 #: gat, sage_lstm and ga_gru use ``Tensor.unfold``, which the TorchScript-based exporter
@@ -158,6 +187,184 @@ def run_onnx(path: str | os.PathLike, inputs: list[dict[str, np.ndarray]]) -> np
     return np.concatenate([session.run(["probabilities"], feed)[0] for feed in inputs])
 
 
+def signal_to_onnx_input(
+    signal,
+    sampling_rate,
+    *,
+    levels,
+    pool,
+    max_nodes,
+    sample_rate,
+    max_seconds,
+    output,
+):
+    """One input of ``model.onnx`` (``output``: ``"features"`` or ``"mask"``) from a signal.
+
+    The transform of ``model.yaml``: ``audonnx`` stores this function's source in the YAML
+    and calls it on ``(signal, sampling_rate)`` once per input node, with the other arguments
+    from the YAML (``levels``: one ``opensmile.Smile`` per openSMILE level, e.g. IS10's ``lld``
+    and ``lld_de``). It is self-contained on purpose: it imports only numpy, opensmile
+    (through the ``Smile`` objects) and, to resample, scipy, never sergraph, so the audonnx
+    model runs where sergraph is not installed. It repeats, step for step, what sergraph does
+    to a file it classifies as a whole (:meth:`~sergraph.deploy.ensemble.Bundle.predict`:
+    :func:`~sergraph.data.features.audio.load_mono`, the openSMILE run,
+    :func:`~sergraph.data.features.pooling.pool_frames`, :func:`onnx_inputs`), and the tests
+    compare the two on audio: the channels' mean in float64, only the first ``max_seconds``
+    read, polyphase resampling to ``sample_rate`` (``None``: the signal's own rate), clipping
+    to openSMILE's int16 range, the levels joined column-wise and cut to the shortest (what
+    sergraph's one-run wrapper config gives, ``tests/unit/test_features.py``), ``pool``
+    frames averaged into a node, then padded or cut to ``max_nodes`` rows.
+
+    Args:
+        signal: samples as floats in [-1, 1): ``[n]`` mono or ``[channels, n]`` (the layout
+            of ``audiofile.read``); channels are averaged.
+        sampling_rate: its rate in Hz.
+
+    Returns:
+        ``[1, max_nodes, F]`` float32 node features or the ``[1, max_nodes]`` float32 mask.
+
+    Raises:
+        ValueError: an empty, non-finite, silent or too short signal, or non-finite features
+            (sergraph refuses the same audio).
+    """
+    import math
+    import warnings
+
+    import numpy as np
+
+    samples = np.asarray(signal, dtype=np.float32).astype(np.float64)
+    if samples.ndim == 1:
+        samples = samples[:, None]
+    elif samples.ndim == 2:
+        samples = samples.T
+    else:
+        raise ValueError(f"signal has shape {samples.shape}; give [n] or [channels, n]")
+    if max_seconds is not None:
+        samples = samples[: int(math.ceil(max_seconds * sampling_rate))]
+    if samples.shape[0] == 0:
+        raise ValueError("empty signal (0 samples)")
+    if not np.isfinite(samples).all():
+        raise ValueError("the signal has NaN/inf samples")
+    mono, rate = samples.mean(axis=1), int(sampling_rate)
+    if sample_rate is not None and int(sample_rate) != rate:
+        from scipy.signal import resample_poly
+
+        common = math.gcd(int(sample_rate), rate)
+        mono = resample_poly(mono, int(sample_rate) // common, rate // common)
+        rate = int(sample_rate)
+    mono = np.clip(mono, -1.0, 32767 / 32768).astype(np.float32)
+    if not np.any(np.abs(mono) >= 1 / 32768):
+        raise ValueError("silent signal: every sample is 0 at 16-bit resolution")
+    tables = []
+    for smile in levels:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            table = smile.process_signal(mono, rate)
+        if any("Segment too short" in str(warning.message) for warning in caught):
+            raise ValueError(f"signal too short for openSMILE ({mono.size} samples at {rate} Hz)")
+        tables.append(table.to_numpy(dtype=np.float32))
+    rows = min(len(table) for table in tables)
+    frames = np.concatenate([table[:rows] for table in tables], axis=1)
+    if not np.isfinite(frames).all():
+        raise ValueError("openSMILE gave NaN/inf features")
+    starts = np.arange(0, rows, pool)
+    sums = np.add.reduceat(frames.astype(np.float64), starts, axis=0)
+    nodes = (sums / np.minimum(pool, rows - starts)[:, None]).astype(np.float32)
+    used = min(len(nodes), max_nodes)
+    if output == "mask":
+        mask = np.zeros((1, max_nodes), np.float32)
+        mask[0, :used] = 1.0
+        return mask
+    features = np.zeros((1, max_nodes, nodes.shape[1]), np.float32)
+    features[0, :used] = nodes[:used]
+    return features
+
+
+def audonnx_transforms(bundle) -> tuple[dict | None, str]:
+    """The ``audonnx`` transforms of ``model.onnx``'s two inputs for ``bundle``, or ``None``.
+
+    Returns:
+        ``({"features": ..., "mask": ...}, what)`` for a bundle of openSMILE features: two
+        ``audonnx.Function`` of :func:`signal_to_onnx_input` holding the bundle's openSMILE
+        levels as ``opensmile.Smile`` objects; ``(None, why)`` for SSL features (the SSL
+        model is a PyTorch front end, not an audobject transform) and where the installed
+        openSMILE is not the one the bundle was trained with.
+    """
+    import audonnx
+    import opensmile
+
+    from sergraph.data.features.opensmile import OPENSMILE_MEMBERS
+    from sergraph.deploy.pipeline import BundleMismatchError, check_pipeline
+
+    config = bundle.feature_config
+    if not config.is_opensmile:
+        return None, (
+            f"{config.feature_set} features come from a PyTorch front end, not from an "
+            "openSMILE transform: model.yaml has no transform; give the model "
+            "{'features': ..., 'mask': ...} (sergraph.deploy.onnx.onnx_inputs)"
+        )
+    try:
+        check_pipeline(bundle.meta)
+    except BundleMismatchError as error:
+        return None, f"no openSMILE transform: {error}"
+    member = getattr(opensmile.FeatureSet, OPENSMILE_MEMBERS[config.feature_set][0])
+    levels = [opensmile.Smile(member, opensmile.FeatureLevel(level)) for level in config.levels()]
+    settings = {
+        "levels": levels,
+        "pool": int(config.pool),
+        "max_nodes": int(bundle.meta["graph"]["max_nodes"]),
+        "sample_rate": config.sample_rate,
+        "max_seconds": bundle.input_config().max_seconds,
+    }
+    transforms = {
+        name: audonnx.Function(signal_to_onnx_input, func_args={**settings, "output": name})
+        for name in ("features", "mask")
+    }
+    what = (
+        f"openSMILE {opensmile.__version__} {member.name} {'+'.join(config.levels())}, "
+        f"pooled by {config.pool}, "
+        + (f"at {config.sample_rate} Hz" if config.sample_rate else "at the signal's own rate")
+    )
+    return transforms, what
+
+
+def write_audonnx(bundle, out_dir: str | os.PathLike) -> dict:
+    """Write ``model.yaml`` beside ``model.onnx`` so that ``audonnx.load(out_dir)`` reads it.
+
+    Returns:
+        What was written: ``{"file", "labels", "transform"}`` (``transform`` ``None`` and a
+        ``why`` where there is none: :func:`audonnx_transforms`), or ``{"file": None, "why"}``
+        when audonnx is not installed (a ``model.yaml`` of an earlier export is then removed:
+        its transform could be another bundle's).
+    """
+    import tempfile
+
+    from sergraph.io import atomic_write_text
+
+    out_dir = Path(out_dir)
+    try:
+        import audonnx
+    except ImportError:
+        (out_dir / AUDONNX_FILE).unlink(missing_ok=True)
+        return {"file": None, "why": "audonnx is not installed (pip install 'sergraph[onnx]')"}
+    transforms, what = audonnx_transforms(bundle)
+    model = audonnx.Model(
+        str(out_dir / ONNX_FILE), labels=list(bundle.classes), transform=transforms
+    )
+    # to_yaml writes the ONNX path relative to the YAML's folder: a temporary file there
+    handle, temporary = tempfile.mkstemp(dir=out_dir, prefix=".model.", suffix=".yaml")
+    os.close(handle)
+    try:
+        model.to_yaml(temporary)
+        atomic_write_text(out_dir / AUDONNX_FILE, Path(temporary).read_text())
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    record = {"file": AUDONNX_FILE, "labels": list(bundle.classes)}
+    if transforms is None:
+        return record | {"transform": None, "why": what}
+    return record | {"transform": what}
+
+
 def onnx_model_bytes(bundle) -> bytes:
     """The ONNX model (``model.onnx``) of a bundle's members on the fixed padded graph.
 
@@ -198,7 +405,8 @@ def onnx_model_bytes(bundle) -> bytes:
 
 
 def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple[Path, dict]:
-    """Write ``model.onnx``, ``model.json`` and ``MODEL_CARD.md`` of a bundle into ``out_dir``.
+    """Write ``model.onnx``, ``model.json``, ``MODEL_CARD.md`` and (with audonnx installed)
+    ``model.yaml`` of a bundle into ``out_dir``.
 
     Args:
         bundle: a loaded :class:`~sergraph.deploy.ensemble.Bundle`.
@@ -206,7 +414,8 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
         check: compare with the bundle under ONNX Runtime when it is installed.
 
     Returns:
-        ``(out_dir, the sidecar as written)``; its ``check`` says what was compared.
+        ``(out_dir, the sidecar as written)``; its ``check`` says what was compared, its
+        ``audonnx`` what :func:`write_audonnx` wrote.
 
     Raises:
         BundleError: a bundle that cannot be exported (see the module docstring), or a check
@@ -229,6 +438,7 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
     }
     if check:
         result = _self_check(bundle, out_dir / ONNX_FILE)
+    audonnx_record = write_audonnx(bundle, out_dir)
     features = meta["features"]
     sidecar = {
         "format": "sergraph-onnx",
@@ -269,6 +479,7 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
         "opset": OPSET,
         "tolerance": ONNX_TOLERANCE,
         "check": result,
+        "audonnx": audonnx_record,
     }
     atomic_write_json(out_dir / SIDECAR_FILE, sidecar)
     return out_dir, sidecar

@@ -160,7 +160,9 @@ def _export_onnx(bundle, out_dir) -> int:
 
     written, sidecar = export_onnx(bundle, out_dir)
     check = sidecar["check"]
-    print(f"wrote {written} (model.onnx, model.json, MODEL_CARD.md)")
+    audonnx = sidecar["audonnx"]
+    files = ["model.onnx", "model.json", "MODEL_CARD.md", audonnx["file"]]
+    print(f"wrote {written} ({', '.join(name for name in files if name)})")
     if check["checked"]:
         print(
             f"checked under ONNX Runtime: max |difference| {check['max_abs_diff']:.1e} from the "
@@ -168,6 +170,8 @@ def _export_onnx(bundle, out_dir) -> int:
         )
     else:
         print(f"not checked: {check['why']}", file=sys.stderr)
+    if "why" in audonnx:  # no model.yaml, or one without the openSMILE transform
+        print(f"audonnx: {audonnx['why']}", file=sys.stderr)
     return 0
 
 

@@ -133,3 +133,150 @@ def test_families_that_cannot_export_are_refused_by_name(name):
 
     with pytest.raises(BundleError, match=f"model '{name}'"):
         onnx_model_bytes(_fake_bundle(name))
+
+
+# ---- audonnx (model.yaml): the export loaded by audonnx, called on audio
+
+
+def _audonnx():
+    return pytest.importorskip(
+        "audonnx", reason="audonnx is not installed (it comes with pip install 'sergraph[onnx]')"
+    )
+
+
+def _odd_file(bundle_run, tmp_path):
+    """A stereo file at 44.1 kHz, longer than the bundle reads (120 nodes + 1 s): what the
+    transform must average, resample and cut as sergraph does."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    parts = [sf.read(path)[0] for path in list(bundle_run.audio.values())[:6]]
+    mono = resample_poly(np.concatenate(parts * 3), 441, 160)
+    assert len(mono) / 44100 > 8.0
+    stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)
+    path = tmp_path / "stereo-44k.wav"
+    sf.write(path, 0.9 * stereo / np.abs(stereo).max(), 44100, subtype="PCM_16")
+    return str(path)
+
+
+_STANDALONE = """
+import json, sys
+sys.modules["sergraph"] = None  # the audonnx model must run without sergraph
+import audonnx, soundfile
+model = audonnx.load(sys.argv[1])
+rows = []
+for path in sys.argv[2:]:
+    signal, rate = soundfile.read(path, dtype="float32")
+    rows.append(model(signal.T, rate)[0].tolist())  # [channels, n], as audiofile reads it
+print(json.dumps({"rows": rows, "labels": model.labels()}))
+"""
+
+
+def test_audonnx_loads_the_export_and_gives_the_bundles_probabilities_on_audio(
+    bundle_run, tmp_path, capsys
+):
+    import subprocess
+    import sys
+
+    audonnx = _audonnx()
+    out = tmp_path / "onnx"
+    assert main(["export", str(bundle_run.ensemble), "--onnx", str(out)]) == 0
+    assert "model.yaml" in capsys.readouterr().out
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["audonnx"]["file"] == "model.yaml" and "IS10" in sidecar["audonnx"]["transform"]
+    bundle = load_bundle(bundle_run.ensemble, map_location="cpu")
+    model = audonnx.load(str(out))
+    assert model.labels() == bundle.classes
+    assert isinstance(model.inputs["features"].transform, audonnx.Function)
+    assert "import sergraph" not in (out / "model.yaml").read_text()
+
+    paths = [*list(bundle_run.audio.values())[:5], _odd_file(bundle_run, tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, str(out), *paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["labels"] == bundle.classes
+    got = np.array(result["rows"])
+    expected = bundle.predict(paths, cache_dir=tmp_path / "cache", progress=False)
+    columns = [f"p_{c}" for c in bundle.classes]
+    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
+    assert np.ptp(got, axis=0).max() > 1e-4  # not a constant model
+
+
+def test_audonnx_inputs_are_sergraphs_onnx_inputs(bundle_run, tmp_path):
+    """The transform's two inputs equal onnx_inputs of sergraph's cached features (exactly)."""
+    import soundfile as sf
+
+    from sergraph.deploy.onnx import audonnx_transforms
+
+    _audonnx()
+    bundle = load_bundle(bundle_run.fold0, map_location="cpu")
+    transforms, _ = audonnx_transforms(bundle)
+    paths = [*list(bundle_run.audio.values())[:2], _odd_file(bundle_run, tmp_path)]
+    expected = onnx_inputs(bundle, _features(bundle, paths, tmp_path / "cache"))
+    for path, feed in zip(paths, expected, strict=True):
+        signal, rate = sf.read(path, dtype="float32")
+        for name in ("features", "mask"):
+            np.testing.assert_array_equal(transforms[name](signal.T, rate), feed[name])
+
+
+def _ssl_bundle(bundle_run):
+    """The trained bundle, its metadata saying SSL features (the weights do not care)."""
+    from sergraph.deploy.ensemble import Bundle
+
+    real = load_bundle(bundle_run.fold0, map_location="cpu")
+    ssl = {
+        "model": "microsoft/wavlm-base",
+        "layer": -1,
+        "chunk_seconds": 20.0,
+        "context_seconds": 1.5,
+        "node_seconds": 0.05,
+    }
+    meta = {**real.meta, "features": {**real.meta["features"], "feature_set": "ssl", "ssl": ssl}}
+    return Bundle(meta, real._members)
+
+
+@pytest.mark.parametrize("case", ["ssl", "other opensmile"])
+def test_audonnx_without_an_opensmile_transform_takes_the_onnx_inputs(case, bundle_run, tmp_path):
+    """SSL features (and openSMILE of another version than the bundle's) get a model.yaml
+    with the labels and no transform: audonnx then takes the two inputs as a dict."""
+    from sergraph.deploy.onnx import export_onnx
+
+    audonnx = _audonnx()
+    if case == "ssl":
+        bundle = _ssl_bundle(bundle_run)
+    else:
+        bundle = load_bundle(bundle_run.fold0, map_location="cpu")
+        bundle.meta["features"]["opensmile"] = "0.0.1"
+    _, sidecar = export_onnx(bundle, tmp_path, check=False)
+    record = sidecar["audonnx"]
+    assert record["file"] == "model.yaml" and record["transform"] is None
+    assert ("PyTorch front end" if case == "ssl" else "openSMILE 0.0.1") in record["why"]
+    model = audonnx.load(str(tmp_path))
+    assert model.labels() == bundle.classes
+    assert all(node.transform is None for node in model.inputs.values())
+    rng = np.random.default_rng(1)
+    normalizer = bundle.normalizers[0]
+    arrays = [
+        (normalizer.mean + normalizer.std * rng.standard_normal((n, 76))).astype(np.float32)
+        for n in (7, 150)
+    ]
+    got = np.concatenate([model(feed) for feed in onnx_inputs(bundle, arrays)])
+    np.testing.assert_allclose(got, bundle.predict_features(arrays), rtol=0, atol=ONNX_TOLERANCE)
+
+
+def test_without_audonnx_no_model_yaml_is_left(bundle_run, tmp_path, monkeypatch, capsys):
+    """Without audonnx the export writes no model.yaml and removes one an earlier export left
+    (its transform could be another bundle's); the CLI says why."""
+    import sys
+
+    (tmp_path / "model.yaml").write_text("$audonnx.core.model.Model==1.0.1:\n  path: old\n")
+    monkeypatch.setitem(sys.modules, "audonnx", None)  # import audonnx -> ImportError
+    assert main(["export", str(bundle_run.fold0), "--onnx", str(tmp_path)]) == 0
+    assert not (tmp_path / "model.yaml").exists()
+    assert "audonnx is not installed" in capsys.readouterr().err
+    assert json.loads((tmp_path / "model.json").read_text())["audonnx"]["file"] is None
