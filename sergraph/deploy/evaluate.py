@@ -171,13 +171,12 @@ def evaluate_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import compose, file_sha256
-    from sergraph.data.features.hashing import file_sha256 as content_sha256
+    from sergraph.config import compose
     from sergraph.data.fingerprint import cell_fingerprint, study_fingerprint
     from sergraph.data.prepared import load_table
     from sergraph.data.protocol import enrollment_rows, protocol_record
     from sergraph.deploy.bundle import load_bundle
-    from sergraph.io import atomic_write_text
+    from sergraph.io import atomic_write_text, file_sha256
     from sergraph.metrics import scores_from_labels
     from sergraph.results.layout import predictions_frame, write_cell
     from sergraph.results.provenance import now, provenance
@@ -241,7 +240,7 @@ def evaluate_bundle(
 
     fold = SimpleNamespace(index=0, train_speakers=[], val_speakers=[], test_speakers=speakers)
     study = study_fingerprint(
-        table, [content_sha256(p) for p in table["path"].astype(str)], [fold], "audio"
+        table, [file_sha256(p) for p in table["path"].astype(str)], [fold], "audio"
     )
     meta = bundle.meta
     evaluated_config = dict(meta["config"])

@@ -1,4 +1,5 @@
-"""The package's structure: imports point down the data flow, no cycles, no private imports.
+"""The package's structure: imports point down the data flow, no cycles, no private imports;
+one file hash helper.
 
 Every import of every module is read with ``ast`` (imports inside functions too, since a cycle
 hidden in a function is still a cycle), resolved to the sergraph module it names.
@@ -162,3 +163,14 @@ def test_no_module_imports_private_names_of_another():
 def test_every_package_states_its_responsibility(package):
     doc = ast.get_docstring(ast.parse((PACKAGE_ROOT / package / "__init__.py").read_text()))
     assert doc and len(doc.splitlines()[0]) > 20, f"sergraph/{package}/__init__.py has no summary"
+
+
+def test_one_file_hash_helper():
+    # sergraph.config and sergraph.data.features still export it, imported from sergraph.io
+    defined = [
+        name
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "file_sha256"
+    ]
+    assert defined == ["sergraph.io"]
