@@ -178,7 +178,7 @@ def evaluate_bundle(
     from sergraph.deploy.bundle import load_bundle
     from sergraph.io import atomic_write_text, file_sha256
     from sergraph.metrics import scores_from_labels
-    from sergraph.results.layout import predictions_frame, write_cell
+    from sergraph.results.layout import CellPaths, cell_dir, predictions_frame, write_cell
     from sergraph.results.provenance import now, provenance
 
     started = now()
@@ -246,9 +246,9 @@ def evaluate_bundle(
     evaluated_config = dict(meta["config"])
     evaluated_config["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     label = label or f"{Path(bundle_path).stem}-on-{cfg.data.name}"
-    cell = Path(out_dir) / name / label / f"seed-{EVALUATION_SEED}" / "fold-00"
+    cell = cell_dir(Path(out_dir) / name / label, EVALUATION_SEED, fold.index)
     cell.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cell / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(evaluated_config)))
+    atomic_write_text(CellPaths(cell).config, OmegaConf.to_yaml(OmegaConf.create(evaluated_config)))
     counts = table["label"].astype(str).value_counts()
     record = {
         "config_id": meta["config_id"],
