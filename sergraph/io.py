@@ -8,9 +8,11 @@ the file. Neither is ever taken for bad input: they stop the run (see :func:`wri
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -131,6 +133,44 @@ def atomic_write_json(path: str | Path, obj) -> None:
 
 def atomic_write_csv(path: str | Path, frame: pd.DataFrame) -> None:
     atomic_write_text(path, frame.to_csv(index=False))
+
+
+_HASH_CHUNK = 1 << 20
+_HASH_MEMO: dict[tuple, str] = {}
+# A file modified this recently could change again within one mtime tick without changing its
+# (size, mtime_ns): do not memoise its hash (the "racily clean" rule of git).
+_RACY_SECONDS = 2.0
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks.
+
+    Memoised in this process by (path, size, mtime_ns, inode) once the file is more than two
+    seconds old, so repeated cache look-ups of unchanged files do not read them again.
+
+    Args:
+        path: the file.
+
+    Returns:
+        64 hex characters.
+
+    Raises:
+        OSError: the file cannot be read.
+    """
+    path = os.fspath(path)
+    info = os.stat(path)
+    memo_key = (os.path.abspath(path), info.st_size, info.st_mtime_ns, info.st_ino)
+    digest = _HASH_MEMO.get(memo_key)
+    if digest is not None:
+        return digest
+    sha = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            sha.update(chunk)
+    digest = sha.hexdigest()
+    if time.time() - info.st_mtime_ns / 1e9 > _RACY_SECONDS:
+        _HASH_MEMO[memo_key] = digest
+    return digest
 
 
 def shipped_folder(package: str, tree_folder: str, marker: str) -> tuple[Path | None, list[Path]]:

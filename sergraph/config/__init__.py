@@ -16,11 +16,12 @@ valid choices.
 Modules: ``schema`` (the dataclasses and choices), ``files`` (the shipped YAML folder),
 ``presets`` (model family of a configuration), ``validation``, ``composition`` (``compose``,
 ``compose_study``) and ``run_id`` (``identity``, the keys left out of it, ``to_yaml``). Every
-public name is importable from ``sergraph.config`` itself.
+public name is importable from ``sergraph.config`` itself (``file_sha256``, formerly of
+``files``, is :func:`sergraph.io.file_sha256`).
 """
 
 from sergraph.config.composition import compose, compose_study
-from sergraph.config.files import config_dir, file_sha256, group_choices
+from sergraph.config.files import config_dir, group_choices
 from sergraph.config.presets import model_family, model_spec, resolve_model
 from sergraph.config.run_id import (
     LATER_KEYS,
@@ -63,6 +64,7 @@ from sergraph.config.validation import (
     validate,
     validate_protocol,
 )
+from sergraph.io import file_sha256
 
 __all__ = [
     "DEFAULT_GROUPS",

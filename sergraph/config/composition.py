@@ -8,11 +8,12 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from sergraph.config.files import config_dir, file_sha256, group_choices, load_yaml
+from sergraph.config.files import config_dir, group_choices, load_yaml
 from sergraph.config.labels import format_value, grid_of, grid_variants, split_multirun
 from sergraph.config.presets import is_family
 from sergraph.config.schema import DEFAULT_GROUPS, GROUPS, Config, ConfigError
 from sergraph.config.validation import validate
+from sergraph.io import file_sha256
 
 
 def _merge(base: DictConfig, other, source: str) -> DictConfig:

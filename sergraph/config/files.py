@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -34,7 +33,3 @@ def load_yaml(path: Path) -> DictConfig:
         return OmegaConf.load(path)
     except Exception as error:  # noqa: BLE001 - re-raised with the file named
         raise ConfigError(f"cannot read config file {path}: {error}") from error
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()

@@ -27,6 +27,8 @@ from collections.abc import Sequence
 
 import pandas as pd
 
+from sergraph.data.folds import fold_name
+
 #: Columns of the corpus table that enter the ``table`` hash (where present).
 TABLE_COLUMNS = ("utterance", "path", "speaker", "label", "session")
 
@@ -188,7 +190,7 @@ def changes(recorded: dict, fold, now: dict | None) -> list[str]:
         fold: the fold of that number in the current data (``None``: there is none now).
         now: :func:`cell_fingerprint` of the current data for that fold.
     """
-    name = f"fold-{int(recorded['fold']):02d}"
+    name = fold_name(recorded["fold"])
     if fold is None:
         return [f"{name} no longer exists"]
     out = []

@@ -36,6 +36,16 @@ NOT_SPEAKER_INDEPENDENT = (
 )
 
 
+#: The start of a fold's name, and of its cell folders (``seed-S/fold-XX``).
+FOLD_PREFIX = "fold-"
+
+
+def fold_name(index: int) -> str:
+    """The name of fold ``index`` (``fold-03``): its cell folders' name
+    (:mod:`sergraph.results.layout` reads it from here) and how messages name it."""
+    return f"{FOLD_PREFIX}{int(index):02d}"
+
+
 class FoldLeakError(RuntimeError):
     """A speaker or a file appears in more than one of train/val/test."""
 
@@ -63,7 +73,7 @@ class Fold:
 
     @property
     def name(self) -> str:
-        return f"fold-{self.index:02d}"
+        return fold_name(self.index)
 
     def split_of(self, speaker: str) -> str | None:
         """Which split a speaker belongs to, or ``None`` if the fold does not use it."""

@@ -72,8 +72,8 @@ def data_fingerprint(cfg: DictConfig, study: PreparedData) -> dict:
     corpus table and the content keys of its feature inputs, the feature cache's own keys
     (hashed once per process; a cache look-up has usually hashed them already)."""
     if study.fingerprint is None:
-        from sergraph.data.features.hashing import file_sha256
         from sergraph.data.fingerprint import study_fingerprint
+        from sergraph.io import file_sha256
 
         precomputed = cfg.features.feature_set == "precomputed"
         study.fingerprint = study_fingerprint(

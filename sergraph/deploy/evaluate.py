@@ -171,15 +171,14 @@ def evaluate_bundle(
     """
     from omegaconf import OmegaConf
 
-    from sergraph.config import compose, file_sha256
-    from sergraph.data.features.hashing import file_sha256 as content_sha256
+    from sergraph.config import compose
     from sergraph.data.fingerprint import cell_fingerprint, study_fingerprint
     from sergraph.data.prepared import load_table
     from sergraph.data.protocol import enrollment_rows, protocol_record
     from sergraph.deploy.bundle import load_bundle
-    from sergraph.io import atomic_write_text
+    from sergraph.io import atomic_write_text, file_sha256
     from sergraph.metrics import scores_from_labels
-    from sergraph.results.layout import predictions_frame, write_cell
+    from sergraph.results.layout import CellPaths, cell_dir, predictions_frame, write_cell
     from sergraph.results.provenance import now, provenance
 
     started = now()
@@ -241,15 +240,15 @@ def evaluate_bundle(
 
     fold = SimpleNamespace(index=0, train_speakers=[], val_speakers=[], test_speakers=speakers)
     study = study_fingerprint(
-        table, [content_sha256(p) for p in table["path"].astype(str)], [fold], "audio"
+        table, [file_sha256(p) for p in table["path"].astype(str)], [fold], "audio"
     )
     meta = bundle.meta
     evaluated_config = dict(meta["config"])
     evaluated_config["data"] = OmegaConf.to_container(cfg.data, resolve=True)
     label = label or f"{Path(bundle_path).stem}-on-{cfg.data.name}"
-    cell = Path(out_dir) / name / label / f"seed-{EVALUATION_SEED}" / "fold-00"
+    cell = cell_dir(Path(out_dir) / name / label, EVALUATION_SEED, fold.index)
     cell.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(cell / "config.yaml", OmegaConf.to_yaml(OmegaConf.create(evaluated_config)))
+    atomic_write_text(CellPaths(cell).config, OmegaConf.to_yaml(OmegaConf.create(evaluated_config)))
     counts = table["label"].astype(str).value_counts()
     record = {
         "config_id": meta["config_id"],

@@ -41,6 +41,7 @@ from sergraph.deploy.verify import (
     verify_tolerance,
 )
 from sergraph.results.layout import (
+    CellPaths,
     finished_cells,
     read_json,
     read_metrics,
@@ -113,18 +114,19 @@ def export_bundle(
 
     run_dir = Path(run_dir)
     cells = _finished_cells(run_dir, folds, seeds)
-    records = [read_json(cell / "metrics.json") for cell in cells]  # verified above
+    records = [read_json(CellPaths(cell).metrics) for cell in cells]  # verified above
     ids = sorted({record["config_id"] for record in records})
     if len(ids) > 1:
         raise BundleError(f"{run_dir} holds folds of {len(ids)} configurations {ids}")
-    saved = OmegaConf.load(cells[0] / "config.yaml")
+    saved_path = CellPaths(cells[0]).config
+    saved = OmegaConf.load(saved_path)
     try:  # a config.yaml of an older release, in today's spelling (same identity)
         saved = upgrade_saved(saved)
     except ValueError as error:
-        raise BundleError(f"{cells[0] / 'config.yaml'}: {error}") from None
+        raise BundleError(f"{saved_path}: {error}") from None
     cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
     missing = None
-    if folds is None and seeds is None and not (run_dir / "metrics.json").is_file():
+    if folds is None and seeds is None and not CellPaths(run_dir).metrics.is_file():
         missing = _missing_folds(run_dir, cfg, records)
         if missing and not partial:
             raise BundleError(
@@ -256,7 +258,7 @@ def _finished_cells(
     folder), their predictions finite."""
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    if (run_dir / "metrics.json").is_file():
+    if CellPaths(run_dir).metrics.is_file():  # one cell folder
         records = {run_dir: read_metrics(run_dir, checkpoint=True)}
     else:
         records = {cell: read_metrics(cell, checkpoint=True) for cell, _ in finished_cells(run_dir)}
@@ -325,7 +327,7 @@ def _check_finite_predictions(cell: Path, classes: Sequence[str]) -> None:
     bad = int((~np.isfinite(values)).any(axis=1).sum())
     if bad:
         raise BundleError(
-            f"{cell / 'predictions.csv'}: {bad} of {len(saved)} test predictions have no finite "
+            f"{CellPaths(cell).predictions}: {bad} of {len(saved)} test predictions have no finite "
             "probabilities (nan, inf or empty): this fold's model diverged and cannot be "
             "exported. Train it again with a lower optim.lr, or leave it out (--fold, --seed)."
         )
@@ -337,7 +339,9 @@ def _read_checkpoint(cell: Path, record: dict) -> dict:
     from sergraph.data.datamodule import EXPORT_STATE_FORMAT, FoldDataModule
 
     if not record.get("checkpoint"):
-        raise FileNotFoundError(f"{cell}/metrics.json names no checkpoint; train that fold again")
+        raise FileNotFoundError(
+            f"{CellPaths(cell).metrics} names no checkpoint; train that fold again"
+        )
     path = cell / record["checkpoint"]
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} is missing; train that fold again")
@@ -361,8 +365,8 @@ def _read_checkpoint(cell: Path, record: dict) -> dict:
         stored_id = (state.get("provenance") or {}).get("config_id", record["config_id"])
         if recorded != stored or stored_id != record["config_id"]:
             raise BundleError(
-                f"{path} does not belong to {cell}/metrics.json (its speakers or configuration "
-                "differ); train that fold again"
+                f"{path} does not belong to {CellPaths(cell).metrics} (its speakers or "
+                "configuration differ); train that fold again"
             )
     return {"weights": weights, "export": state}
 

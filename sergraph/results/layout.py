@@ -6,11 +6,19 @@ Layout of a run (``run.out_dir/run.name/label/``)::
     seed-0/fold-00/predictions.csv    utterance, speaker, true, predicted, p_<class> ...
     seed-0/fold-00/metrics.json       written last: its presence marks the fold finished
     seed-0/fold-00/checkpoints/best.ckpt
-    seed-0/fold-00/.lock              while a process runs the cell (host, PID)
+    seed-0/fold-00/checkpoints/last.ckpt   the resume point, removed once the fold finished
+    seed-0/fold-00/logs/metrics.csv   the epochs' curves (Lightning's CSV logger)
+    seed-0/fold-00/hpc/               SLURM requeue checkpoints, one folder per job attempt
+    seed-0/.fold-00.lock              beside the cell while a process runs it (host, PID)
     summary.json, summary.md          per-fold, mean +- std over folds and pooled WA/UA
 
 and beside the label folders of a study: ``sergraph.log`` (the study's log file) and
 ``failed_files.csv`` (files left out under ``features.on_error=skip``).
+
+Every name above is spelled here and read from here: :class:`CellPaths` gives the paths of one
+cell folder, :func:`cell_dir` the cell folder of a seed and fold. A fold folder's name is the
+fold's own (:func:`sergraph.data.folds.fold_name`, also used in messages that name a fold),
+read from the data layer below.
 
 ``metrics.json`` records the SHA-256, size and row count of ``predictions.csv`` and of the
 checkpoint it was tested from (``files``). :func:`read_metrics` checks them each time a cell is
@@ -24,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,11 +40,123 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from sergraph.config import identity
+from sergraph.data.folds import FOLD_PREFIX, fold_name
 from sergraph.io import atomic_write_bytes, atomic_write_json
 
+# The files and folders of a cell folder (see the module docstring); read them through
+# CellPaths.
+CONFIG = "config.yaml"
 METRICS = "metrics.json"
 PREDICTIONS = "predictions.csv"
-CELL_GLOB = "seed-*/fold-*"
+CHECKPOINTS = "checkpoints"
+BEST = "best.ckpt"
+LAST = "last.ckpt"
+LOGS = "logs"
+#: The file Lightning's CSV logger writes in ``LOGS``.
+CSV_LOG = "metrics.csv"
+#: The earlier attempts' rows of a resumed cell's CSV log, until the cell ends.
+CSV_LOG_BEFORE_RESUME = "metrics.before-resume.csv"
+#: Lightning's SLURM requeue checkpoints (``hpc_ckpt_N.ckpt``), one folder per job attempt.
+REQUEUE = "hpc"
+LOCK_SUFFIX = ".lock"
+SEED_PREFIX = "seed-"
+CELL_GLOB = f"{SEED_PREFIX}*/{FOLD_PREFIX}*"
+SUMMARY_JSON = "summary.json"
+SUMMARY_MD = "summary.md"
+
+
+def seed_name(seed: int) -> str:
+    """The folder name of a seed's cells: ``seed-S``."""
+    return f"{SEED_PREFIX}{seed}"
+
+
+def cell_dir(root: str | Path, seed: int, fold_index: int) -> Path:
+    """The cell folder of ``seed`` and fold ``fold_index`` in a variant folder:
+    ``root/seed-S/fold-XX``."""
+    return Path(root) / seed_name(seed) / fold_name(fold_index)
+
+
+@dataclass(frozen=True)
+class CellPaths:
+    """The paths of the files and folders of one cell folder (see the module docstring)."""
+
+    cell: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "cell", Path(self.cell))
+
+    @property
+    def config(self) -> Path:
+        """The resolved configuration the cell ran with."""
+        return self.cell / CONFIG
+
+    @property
+    def metrics(self) -> Path:
+        """Written last: its presence marks the cell finished."""
+        return self.cell / METRICS
+
+    @property
+    def predictions(self) -> Path:
+        return self.cell / PREDICTIONS
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.cell / CHECKPOINTS
+
+    @property
+    def best(self) -> Path:
+        """The checkpoint of the best validation UA, the one tested."""
+        return self.checkpoints / BEST
+
+    @property
+    def last(self) -> Path:
+        """The end-of-epoch checkpoint an unfinished cell resumes from."""
+        return self.checkpoints / LAST
+
+    @property
+    def logs(self) -> Path:
+        """The CSV logger's folder."""
+        return self.cell / LOGS
+
+    @property
+    def csv_log(self) -> Path:
+        return self.logs / CSV_LOG
+
+    @property
+    def csv_log_before_resume(self) -> Path:
+        return self.logs / CSV_LOG_BEFORE_RESUME
+
+    @property
+    def requeue(self) -> Path:
+        """The folder of Lightning's SLURM requeue checkpoints."""
+        return self.cell / REQUEUE
+
+    def attempt(self, job: str, restart: str) -> Path:
+        """Lightning's ``default_root_dir`` for one attempt (``restart``) of SLURM job ``job``."""
+        return self.requeue / f"job-{job}-restart-{restart}"
+
+    @property
+    def lock(self) -> Path:
+        """Beside the cell folder (``seed-S/.fold-XX.lock``), so that cleaning an interrupted
+        attempt's folder leaves it alone."""
+        return self.cell.parent / f".{self.cell.name}{LOCK_SUFFIX}"
+
+    def last_aside(self, number: int) -> Path:
+        """Where an unreadable ``last.ckpt`` is moved (``seed-S/corrupt-fold-XX-last-N.ckpt``):
+        out of the cell folder."""
+        last = Path(LAST)
+        return self.cell.parent / f"corrupt-{self.cell.name}-{last.stem}-{number}{last.suffix}"
+
+
+def cell_of_lock(lock: Path) -> Path:
+    """The cell folder a lock file (:attr:`CellPaths.lock`) claims."""
+    lock = Path(lock)
+    return lock.parent / lock.name.removeprefix(".").removesuffix(LOCK_SUFFIX)
+
+
+def summary_paths(root: str | Path) -> tuple[Path, Path]:
+    """A variant folder's ``summary.json`` and ``summary.md``."""
+    return Path(root) / SUMMARY_JSON, Path(root) / SUMMARY_MD
 
 
 class ResultFileError(RuntimeError):
@@ -43,7 +164,7 @@ class ResultFileError(RuntimeError):
 
     def __init__(self, path: Path, problem: str):
         self.path = Path(path)
-        cell = self.path.parent if self.path.name != "best.ckpt" else self.path.parents[1]
+        cell = self.path.parent if self.path.name != BEST else self.path.parents[1]
         super().__init__(
             f"{self.path}: {problem}. The cell's result files are damaged; delete the cell "
             f"folder {cell} to compute it again (sergraph train), or restore it from a backup"
@@ -69,7 +190,7 @@ def run_root(cfg: DictConfig) -> Path:
 
 
 def fold_dir(cfg: DictConfig, seed: int, fold) -> Path:
-    return run_root(cfg) / f"seed-{seed}" / fold.name
+    return cell_dir(run_root(cfg), seed, fold.index)
 
 
 def aside_path(cell: Path, why: str) -> Path:
@@ -92,13 +213,13 @@ def cell_dirs(root: str | Path) -> list[Path]:
 
 def is_cell(directory: str | Path) -> bool:
     directory = Path(directory)
-    return directory.parent.name.startswith("seed-") and directory.name.startswith("fold-")
+    return directory.parent.name.startswith(SEED_PREFIX) and directory.name.startswith(FOLD_PREFIX)
 
 
 def variant_dirs(run_dir: str | Path) -> list[Path]:
     """Folders under ``run_dir`` (itself included) that hold cell folders, sorted."""
     run_dir = Path(run_dir)
-    return sorted({cell.parents[1] for cell in run_dir.rglob("fold-*") if is_cell(cell)})
+    return sorted({cell.parents[1] for cell in run_dir.rglob(f"{FOLD_PREFIX}*") if is_cell(cell)})
 
 
 def finished_cells(root: str | Path) -> list[tuple[Path, dict]]:
@@ -138,9 +259,9 @@ def other_configuration(cfg: DictConfig) -> str | None:
     for cell in cell_dirs(run_root(cfg)):
         if (cell / METRICS).is_file():
             saved = read_json(cell / METRICS).get("config_id")
-        elif (cell / "config.yaml").is_file():
+        elif (cell / CONFIG).is_file():
             try:
-                saved = identity(OmegaConf.load(cell / "config.yaml"))
+                saved = identity(OmegaConf.load(cell / CONFIG))
             except Exception:  # noqa: BLE001 - an unreadable leftover holds nothing to keep
                 continue
         else:

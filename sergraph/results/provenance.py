@@ -18,7 +18,8 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from sergraph.config import config_dir, file_sha256
+from sergraph.config import config_dir
+from sergraph.io import file_sha256
 
 UNKNOWN = "unknown"
 #: Distribution names whose versions are recorded (importable name in the key).

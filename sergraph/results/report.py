@@ -38,6 +38,8 @@ from sergraph.results.comparable import flatten
 from sergraph.results.compare import comparisons, declared_controls, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, plot_sweep, save_png
 from sergraph.results.layout import (
+    METRICS,
+    CellPaths,
     ResultFileError,
     cell_dirs,
     finished_cells,
@@ -92,8 +94,8 @@ def find_labels(run_dir: str | Path) -> dict[str, Path]:
     if not roots:
         raise FileNotFoundError(
             f"no finished cells under {run_dir}: expected {run_dir}/<label>/seed-<s>/fold-<XX>/"
-            f"metrics.json or {run_dir}/seed-<s>/fold-<XX>/metrics.json (metrics.json is written "
-            "when a fold finishes)"
+            f"{METRICS} or {run_dir}/seed-<s>/fold-<XX>/{METRICS} ({METRICS} is written when a "
+            "fold finishes)"
         )
     labels = {}
     for root in roots:
@@ -174,7 +176,7 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
         "fold_data": fold_data,
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
-        "config": _load_config(first_cell / "config.yaml"),
+        "config": _load_config(CellPaths(first_cell).config),
         "protocol": summary["protocol"],
         "provenance": origin,
         "changed_sources": changed_sources(records),

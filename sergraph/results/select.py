@@ -34,7 +34,13 @@ import pandas as pd
 from sergraph.console import log
 from sergraph.io import atomic_write_text
 from sergraph.metrics import pooled_scores, scores_from_labels
-from sergraph.results.layout import finished_cells, read_predictions, write_cell
+from sergraph.results.layout import (
+    CellPaths,
+    cell_dir,
+    finished_cells,
+    read_predictions,
+    write_cell,
+)
 
 #: The only fields of a candidate's metrics.json that the selection rule sees.
 VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", "best_val_ua")
@@ -189,8 +195,7 @@ def select_nested(
         if differing:
             metrics["selection_cross_data"] = differing
         target = study_dir / label / source.parent.name / source.name
-        if (source / "config.yaml").is_file():
-            atomic_write_text(target / "config.yaml", (source / "config.yaml").read_text())
+        copy_config(source, target)
         write_cell(target, read_predictions(source), metrics)
     return chosen
 
@@ -241,7 +246,7 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         for cell, frame in zip(cells[1:], frames[1:], strict=True):
             if frame["utterance"].tolist() != first["utterance"].tolist():
                 raise ValueError(
-                    f"{cell}/predictions.csv predicts other utterances than {cells[0]}"
+                    f"{CellPaths(cell).predictions} predicts other utterances than {cells[0]}"
                 )
         metrics = members[0][1]
         classes = list(metrics["classes"])
@@ -261,13 +266,19 @@ def ensemble_seeds(variant_dir: str | Path, out_dir: str | Path | None = None) -
         record["provenance_members"] = [m.get("provenance") for _, m in members]
         record["provenance"] = _shared_provenance(record["provenance_members"])
         record |= {"seed": 0, "n_test": len(out), **scores, "ensemble_of_seeds": seeds}
-        target = out_dir / "seed-0" / f"fold-{fold:02d}"
-        if (cells[0] / "config.yaml").is_file():
-            atomic_write_text(target / "config.yaml", (cells[0] / "config.yaml").read_text())
+        target = cell_dir(out_dir, 0, fold)
+        copy_config(cells[0], target)
         write_cell(target, out, record)
         used[fold] = seeds
     atomic_write_text(out_dir / ENSEMBLE_MARKER, f"seed ensemble of {variant_dir.name}\n")
     return used
+
+
+def copy_config(source: Path, target: Path) -> None:
+    """The saved configuration of cell ``source`` (if it has one) into cell ``target``."""
+    config = CellPaths(source).config
+    if config.is_file():
+        atomic_write_text(CellPaths(target).config, config.read_text())
 
 
 def _shared_provenance(states: list) -> dict:

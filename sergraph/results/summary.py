@@ -11,7 +11,7 @@ import pandas as pd
 from sergraph.io import atomic_write_json, atomic_write_text
 from sergraph.metrics import pooled_scores
 from sergraph.results.comparable import check_pooled
-from sergraph.results.layout import finished_cells, read_predictions
+from sergraph.results.layout import CellPaths, finished_cells, read_predictions, summary_paths
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -44,7 +44,7 @@ def summarize(
         overlapping |= metrics.get("speaker_independent", True) is False
         classes = classes or metrics["classes"]
         folders[(metrics["seed"], metrics["fold"])] = directory
-        protocol = metrics.get("protocol") or saved_protocol(directory / "config.yaml")
+        protocol = metrics.get("protocol") or saved_protocol(CellPaths(directory).config)
         protocols[json.dumps(protocol, sort_keys=True)] = protocol
         rows.append(
             {
@@ -82,8 +82,9 @@ def summarize(
     if overlapping:  # predefined folds with folds.allow_speaker_overlap=true
         summary["speaker_independent"] = False
     if write:
-        atomic_write_json(root / "summary.json", summary)
-        atomic_write_text(root / "summary.md", format_summary(summary))
+        summary_json, summary_md = summary_paths(root)
+        atomic_write_json(summary_json, summary)
+        atomic_write_text(summary_md, format_summary(summary))
     return summary
 
 

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from sergraph.config import identity
 from sergraph.console import log
 from sergraph.io import atomic_write_bytes
+from sergraph.results.layout import CSV_LOG_BEFORE_RESUME, CellPaths
 from sergraph.training.distributed import is_global_zero
 
 
@@ -33,8 +34,8 @@ def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
     A ``last.ckpt`` that cannot be read is moved aside, out of the cell folder
     (``seed-S/corrupt-fold-XX-last-N.ckpt``), with a note, and the cell starts afresh.
     """
-    last = directory / "checkpoints" / "last.ckpt"
-    saved = directory / "config.yaml"
+    paths = CellPaths(directory)
+    last, saved = paths.last, paths.config
     if not (last.is_file() and saved.is_file()):
         return None
     try:
@@ -70,7 +71,7 @@ def unreadable_checkpoint(path: Path) -> str | None:
 
 def move_aside(path: Path, directory: Path) -> Path:
     number = 1
-    while (aside := directory.parent / f"corrupt-{directory.name}-last-{number}.ckpt").exists():
+    while (aside := CellPaths(directory).last_aside(number)).exists():
         number += 1
     os.replace(path, aside)
     return aside
@@ -84,7 +85,7 @@ def set_aside_csv_log(csv_log: Path) -> Path | None:
     put back in front of the new rows by :func:`restore_csv_log` when the cell ends (after its
     loggers are closed: Lightning's CSV writer rewrites the file with the columns it knows).
     """
-    aside = csv_log.with_name("metrics.before-resume.csv")
+    aside = csv_log.with_name(CSV_LOG_BEFORE_RESUME)
     if csv_log.is_file():
         if aside.is_file():
             merge_csv_logs(aside, csv_log)
@@ -94,8 +95,8 @@ def set_aside_csv_log(csv_log: Path) -> Path | None:
 
 def restore_csv_log(directory: Path) -> None:
     """After a resumed cell's loggers are closed: one ``logs/metrics.csv`` with every epoch."""
-    csv_log = directory / "logs" / "metrics.csv"
-    earlier = csv_log.with_name("metrics.before-resume.csv")
+    paths = CellPaths(directory)
+    csv_log, earlier = paths.csv_log, paths.csv_log_before_resume
     if earlier.is_file():
         merge_csv_logs(earlier, csv_log)
 
@@ -150,10 +151,11 @@ def attempt_dir(directory: Path) -> Path:
     job = os.environ.get("SLURM_JOB_ID")
     if job is None:
         return directory
-    return directory / "hpc" / f"job-{job}-restart-{os.environ.get('SLURM_RESTART_COUNT', '0')}"
+    return CellPaths(directory).attempt(job, os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
 def remove_resume_files(directory: Path) -> None:
     """After metrics.json: the resume checkpoint and Lightning's requeue checkpoints."""
-    (directory / "checkpoints" / "last.ckpt").unlink(missing_ok=True)
-    shutil.rmtree(directory / "hpc", ignore_errors=True)
+    paths = CellPaths(directory)
+    paths.last.unlink(missing_ok=True)
+    shutil.rmtree(paths.requeue, ignore_errors=True)

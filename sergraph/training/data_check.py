@@ -23,7 +23,7 @@ from sergraph.config import identity, protocol_of
 from sergraph.console import log
 from sergraph.data.fingerprint import cell_fingerprint, changes
 from sergraph.data.prepared import PreparedData, data_fingerprint
-from sergraph.results.layout import aside_path, finished_cells, run_root
+from sergraph.results.layout import CellPaths, aside_path, finished_cells, run_root
 
 
 class DataChangedError(RuntimeError):
@@ -102,7 +102,7 @@ def _wait_until_moved(cells: list[Path], timeout: float = 300.0) -> None:
     import time
 
     deadline = time.monotonic() + timeout
-    while any((cell / "metrics.json").exists() for cell in cells):
+    while any(CellPaths(cell).metrics.exists() for cell in cells):
         if time.monotonic() > deadline:
             raise DataChangedError(
                 f"rank zero did not move the changed cells aside within {timeout:.0f} s: "

@@ -28,7 +28,7 @@ from sergraph.data.features.ssl import stacked_layers
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
 from sergraph.metrics import scores_from_labels
-from sergraph.results.layout import predictions_frame
+from sergraph.results.layout import CellPaths, predictions_frame
 from sergraph.training.checkpoints import (
     atomic_checkpoint_io,
     attempt_dir,
@@ -80,10 +80,12 @@ def fit_neural(
         train_speakers=[str(s) for s in fold.train_speakers] if adversary > 0 else None,
     )
     has_val = bool(fold.val_speakers)
+    paths = CellPaths(directory)
+    # Lightning adds the ".ckpt" of the layout's names to the stems given here.
     # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
     checkpoint = RankStatesCheckpoint(
-        dirpath=directory / "checkpoints",
-        filename="best",
+        dirpath=paths.best.parent,
+        filename=paths.best.stem,
         monitor="val/ua" if has_val else None,
         mode="max",
         save_top_k=1,
@@ -93,8 +95,8 @@ def fit_neural(
     # written), after early stopping and best.ckpt have decided, with their states: a cell
     # resumed from it makes the same best-checkpoint and stopping decisions.
     resume_point = RankStatesCheckpoint(
-        dirpath=directory / "checkpoints",
-        filename="last",
+        dirpath=paths.last.parent,
+        filename=paths.last.stem,
         monitor=None,
         save_top_k=1,
         enable_version_counter=False,
@@ -140,7 +142,7 @@ def fit_neural(
     if resume is not None and is_global_zero():
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
         # merged back by restore_csv_log once the cell's loggers are closed
-        set_aside_csv_log(directory / "logs" / "metrics.csv")
+        set_aside_csv_log(paths.csv_log)
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
     predictions, tested, probabilities = test_and_predict(

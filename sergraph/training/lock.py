@@ -24,6 +24,7 @@ from pathlib import Path
 
 from sergraph.console import log
 from sergraph.io import ensure_folder
+from sergraph.results.layout import CellPaths, cell_of_lock
 
 #: How often the owner of a lock touches it.
 HEARTBEAT_SECONDS = 60.0
@@ -38,14 +39,14 @@ class CellLocked(RuntimeError):
     def __init__(self, path: Path, owner: dict):
         self.path, self.owner = path, owner
         super().__init__(
-            f"{path.parent / path.name[1:-5]} is being run by process {owner.get('pid')} on "
+            f"{cell_of_lock(path)} is being run by process {owner.get('pid')} on "
             f"{owner.get('host')} (since {owner.get('since', '?')}); if that run is dead, delete "
             f"{path}"
         )
 
 
 def lock_path(directory: Path) -> Path:
-    return directory.parent / f".{directory.name}.lock"
+    return CellPaths(directory).lock
 
 
 def _alive(pid: int) -> bool:

@@ -31,13 +31,14 @@ from sergraph.config import compose_study, identity, model_family, protocol_of, 
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
 from sergraph.data.fingerprint import cell_fingerprint
-from sergraph.data.folds import Fold, check_fold, check_training_classes
+from sergraph.data.folds import Fold, check_fold, check_training_classes, fold_name
 from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
 from sergraph.data.protocol import check_enrollment_sizes, check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
 from sergraph.metrics import scores_from_labels
 from sergraph.models import is_classic, model_inputs
 from sergraph.results.layout import (
+    CellPaths,
     failed_files_path,
     finished,
     fold_dir,
@@ -103,7 +104,7 @@ class Cell:
 
 
 def cell_name(cell: Cell) -> str:
-    return f"{cell.label} seed {cell.seed} fold-{cell.fold:02d}"
+    return f"{cell.label} seed {cell.seed} {fold_name(cell.fold)}"
 
 
 def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictConfig], list[Cell]]:
@@ -358,7 +359,7 @@ def run_fold(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int, direct
         if directory.exists() and resume_checkpoint(cfg, directory) is None:
             shutil.rmtree(directory)  # leftovers of an attempt that cannot be resumed
         ensure_folder(directory)
-        atomic_write_text(directory / "config.yaml", to_yaml(cfg))
+        atomic_write_text(CellPaths(directory).config, to_yaml(cfg))
     label = cfg.run.label or cfg.model.name
     with cell_loggers(cfg, directory, label, seed, fold) as loggers:
         result, predictions = fit_cell(cfg, study, fold, seed, directory, loggers)

@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import protocol_of
 from sergraph.data.protocol import protocol_record
+from sergraph.results.layout import CellPaths, seed_name
 
 #: Configuration keys not logged to W&B: the study's other variants, its config files' hashes
 #: and its cluster settings (they say nothing about one run).
@@ -110,7 +111,9 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
 
     from sergraph.training.distributed import is_global_zero
 
-    loggers: list = [CSVLogger(save_dir=directory, name="logs", version="")]
+    # writes CellPaths(directory).csv_log
+    logs = CellPaths(directory).logs
+    loggers: list = [CSVLogger(save_dir=logs.parent, name=logs.name, version="")]
     wandb_logger = None
     if cfg.logger.kind == "wandb" and is_global_zero() and not under_sweep():
         import wandb
@@ -130,7 +133,7 @@ def cell_loggers(cfg: DictConfig, directory: Path, label: str, seed: int, fold) 
         )
         settings["tags"] = [*settings.get("tags", []), f"protocol:{protocol['name']}"]
         wandb_logger = WandbLogger(
-            name=f"{label}/seed-{seed}/{fold.name}",
+            name=f"{label}/{seed_name(seed)}/{fold.name}",
             save_dir=str(directory),
             job_type=label,
             config=config,

@@ -25,9 +25,14 @@ from sergraph.config import ConfigError, compose
 from sergraph.io import NotWritableError, atomic_write_text
 from sergraph.results import select
 from sergraph.results.layout import (
+    CellPaths,
     ResultFileError,
+    cell_dir,
+    cell_dirs,
+    cell_of_lock,
     finished,
     finished_cells,
+    is_cell,
     read_metrics,
     unfinished_cells,
     write_cell,
@@ -86,6 +91,33 @@ def study(tmp_path):
     cell(tmp_path, "x", 0, 0, ["a", "a", "b", "b"])
     cell(tmp_path, "x", 0, 1, ["a", "b", "b", "a"])
     return tmp_path
+
+
+# ---------------------------------------------------------------------------------------------
+# the paths of a cell, as the run layout documents them
+
+
+def test_cell_paths_are_the_documented_layout(tmp_path):
+    cell = cell_dir(tmp_path, 2, 3)
+    assert cell == tmp_path / "seed-2" / "fold-03"
+    paths = CellPaths(cell)
+    assert (paths.config, paths.metrics, paths.predictions) == (
+        cell / "config.yaml",
+        cell / "metrics.json",
+        cell / "predictions.csv",
+    )
+    assert (paths.best, paths.last) == (
+        cell / "checkpoints" / "best.ckpt",
+        cell / "checkpoints" / "last.ckpt",
+    )
+    assert paths.csv_log == cell / "logs" / "metrics.csv"
+    assert paths.attempt("77", "1") == cell / "hpc" / "job-77-restart-1"
+    assert paths.lock == tmp_path / "seed-2" / ".fold-03.lock"
+    assert cell_of_lock(paths.lock) == cell
+    assert paths.last_aside(4) == tmp_path / "seed-2" / "corrupt-fold-03-last-4.ckpt"
+    assert lock.lock_path(cell) == paths.lock
+    paths.checkpoints.mkdir(parents=True)
+    assert cell_dirs(tmp_path) == [cell] and is_cell(cell) and not is_cell(paths.checkpoints)
 
 
 # ---------------------------------------------------------------------------------------------

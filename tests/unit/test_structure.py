@@ -1,7 +1,9 @@
-"""The package's structure: imports point down the data flow, no cycles, no private imports.
+"""The package's structure: imports point down the data flow, no cycles, no private imports;
+one owner per fact for the names of a cell's files and folders and for the file hash.
 
 Every import of every module is read with ``ast`` (imports inside functions too, since a cycle
-hidden in a function is still a cycle), resolved to the sergraph module it names.
+hidden in a function is still a cycle), resolved to the sergraph module it names. The strings
+of the code are read with ``ast`` too (docstrings and comments are prose, not code).
 """
 
 from __future__ import annotations
@@ -162,3 +164,154 @@ def test_no_module_imports_private_names_of_another():
 def test_every_package_states_its_responsibility(package):
     doc = ast.get_docstring(ast.parse((PACKAGE_ROOT / package / "__init__.py").read_text()))
     assert doc and len(doc.splitlines()[0]) > 20, f"sergraph/{package}/__init__.py has no summary"
+
+
+# ---------------------------------------------------------------------------------------------
+# one owner per fact: the names of a cell's files and folders, the file hash
+
+#: Where each spelling may appear: the run layout owns every name of a cell; a fold's name
+#: (``fold-XX``, also its cell folder's) is the fold's own, in the data layer below it.
+LAYOUT = "sergraph/results/layout.py"
+NAME_OWNERS = {"fold": {LAYOUT, "sergraph/data/folds.py"}}
+#: Files of a cell: flagged as a whole string or as part of a path built from a value.
+CELL_FILES = (
+    "config.yaml",
+    "metrics.json",
+    "predictions.csv",
+    "best.ckpt",
+    "last.ckpt",
+    "metrics.csv",
+    "metrics.before-resume.csv",
+)
+#: Folders of a cell: flagged as a whole string only (as words they are prose).
+CELL_FOLDERS = ("checkpoints", "logs", "hpc")
+VALUE = "{}"  # what a formatted value of an f-string reads as
+
+
+def strings(tree: ast.AST) -> list[tuple[int, str]]:
+    """(line, text) of every string of the code: constants and f-strings (each formatted value
+    read as ``{}``); docstrings and other strings that are statements of their own left out."""
+    prose = {
+        id(node.value)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant | ast.JoinedStr)
+    }
+    found = []
+    inner = set()  # the pieces of an f-string, read with it
+    for node in ast.walk(tree):  # breadth first: an f-string before the format specs in it
+        if isinstance(node, ast.JoinedStr) and id(node) not in inner:
+            text = ""
+            for part in node.values:
+                if isinstance(part, ast.Constant):
+                    inner.add(id(part))
+                    text += str(part.value)
+                else:  # f"{x:02d}": its format spec is a JoinedStr, not a string of the code
+                    inner.update(id(sub) for sub in ast.walk(part.format_spec or ast.Pass()))
+                    text += VALUE
+            if id(node) not in prose:
+                found.append((node.lineno, text))
+    for node in ast.walk(tree):
+        if (
+            isinstance(node, ast.Constant)
+            and isinstance(node.value, str)
+            and id(node) not in inner
+            and id(node) not in prose
+        ):
+            found.append((node.lineno, node.value))
+    return found
+
+
+def spellings(text: str) -> list[tuple[str, str]]:
+    """(kind, spelling) of each name of a cell that ``text`` spells as code would: a whole
+    string, or a word of a path built from a value (prose words are left alone)."""
+    whole = len(text.split()) == 1
+    found = []
+    for word in text.split():
+        built = whole or VALUE in word
+        for part in word.split("/"):
+            part = part.strip("()[]'\"`,;:").rstrip(".")
+            if built and part in CELL_FILES:
+                found.append(("file", part))
+            if whole and part in CELL_FOLDERS:
+                found.append(("folder", part))
+            if built and part.endswith(".lock"):
+                found.append(("lock", part))
+            for prefix, kind in (("fold-", "fold"), ("seed-", "seed")):
+                # f"fold-{i:02d}", or a whole "fold-", "fold-*" or "fold-03"
+                rest = part.removeprefix(prefix) if part.startswith(prefix) else None
+                by_hand = whole and rest is not None and (rest in ("", "*") or rest.isdigit())
+                if f"{prefix}{VALUE}" in part or by_hand:
+                    found.append((kind, part))
+    return found
+
+
+def misspelled_names(source: str, path: str) -> list[str]:
+    """Names of a cell spelled in ``source`` (the file ``path``) outside their owner, and
+    checkpoint names given to Lightning (``filename="best"``) instead of read from the layout."""
+    tree = ast.parse(source)
+    out = [
+        f"{path}:{line}: {kind} name {spelled!r} in {text!r}"
+        for line, text in strings(tree)
+        for kind, spelled in spellings(text)
+        if path not in NAME_OWNERS.get(kind, {LAYOUT})
+    ]
+    if path != LAYOUT:
+        out += [
+            f"{path}:{node.value.lineno}: checkpoint name filename={node.value.value!r}"
+            for node in ast.walk(tree)
+            if isinstance(node, ast.keyword)
+            and node.arg == "filename"
+            and isinstance(node.value, ast.Constant)
+        ]
+    return out
+
+
+def test_name_finder_finds_hand_made_spellings():
+    bad = {
+        'directory / "metrics.json"': "metrics.json",
+        'Path(cell, "checkpoints", "last.ckpt")': "last.ckpt",
+        'csv = "logs/metrics.csv"': "metrics.csv",
+        'x = "checkpoints"': "checkpoints",
+        'raise OSError(f"{cell}/predictions.csv is bad")': "predictions.csv",
+        'name = f"fold-{index:02d}"': "fold-{}",
+        'name = f"{label} seed-{seed}"': "seed-{}",
+        'lock = cell.parent / f".{cell.name}.lock"': ".{}.lock",
+        'cells = root.glob("seed-*/fold-*")': "fold-*",
+        'cell = root / "seed-0" / "fold-00"': "fold-00",
+        'ModelCheckpoint(dirpath=d, filename="best")': "filename='best'",
+    }
+    for source, spelled in bad.items():
+        found = misspelled_names(source, "sergraph/training/fit.py")
+        assert any(spelled in line for line in found), (source, found)
+    fine = [
+        '"""Writes seed-0/fold-00/metrics.json and checkpoints/best.ckpt."""',
+        'raise ValueError(f"{cell}: no metrics.json was written (the fold diverged)")',
+        'log("expected RUN_DIR/seed-S/fold-XX/metrics.json")',
+        'x = "the checkpoints are kept"',
+        "path = paths.metrics  # metrics.json",
+    ]
+    for source in fine:
+        assert misspelled_names(source, "sergraph/training/fit.py") == [], source
+    # the owners spell them
+    assert misspelled_names('METRICS = "metrics.json"', LAYOUT) == []
+    assert misspelled_names('FOLD_PREFIX = "fold-"', "sergraph/data/folds.py") == []
+    assert misspelled_names('FOLD_PREFIX = "fold-"', "sergraph/data/fingerprint.py") != []
+
+
+def test_cell_names_are_spelled_only_in_the_run_layout():
+    found = []
+    for path in sorted(PACKAGE_ROOT.rglob("*.py")):
+        relative = path.relative_to(PACKAGE_ROOT.parent).as_posix()
+        found += misspelled_names(path.read_text(), relative)
+    assert found == [], "read these names from sergraph.results.layout (CellPaths, cell_dir)"
+
+
+def test_one_file_hash_helper():
+    # sergraph.config and sergraph.data.features still export it, imported from sergraph.io
+    defined = [
+        name
+        for name, path in modules().items()
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.FunctionDef) and node.name == "file_sha256"
+    ]
+    assert defined == ["sergraph.io"]

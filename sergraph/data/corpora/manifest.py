@@ -65,7 +65,7 @@ def _check_duplicate_content(csv_path: Path, paths: list[str], numbers: list[int
     name different speakers, a copy of a test file could sit in training. Only files that share
     their size with another one are hashed, so this costs little.
     """
-    from sergraph.data.features import file_sha256
+    from sergraph.io import file_sha256
 
     by_size: dict[int, list[int]] = {}
     for index, path in enumerate(paths):

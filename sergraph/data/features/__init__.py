@@ -9,7 +9,8 @@ One package, one module per job:
 - :mod:`.ssl`: wav2vec 2.0 / HuBERT / WavLM frame embeddings through ``transformers``;
 - :mod:`.precomputed`: one ``[frames, dims]`` array per utterance from another front end;
 - :mod:`.pooling`: frames into nodes, by count or by time;
-- :mod:`.hashing`: content hashes (:func:`file_sha256`) and atomic ``.npy`` writes;
+- :mod:`.hashing`: content hashes of folders (:func:`folder_sha256`; a file's is
+  :func:`sergraph.io.file_sha256`) and atomic ``.npy`` writes;
 - :mod:`.cache`: :class:`FeatureCache`, the content-addressed on-disk cache of all of them.
 
 Every public name of the former single module is importable from here.
@@ -27,7 +28,7 @@ from sergraph.data.features.config import (
     SSLConfig,
     check_positive_int,
 )
-from sergraph.data.features.hashing import file_sha256, folder_sha256
+from sergraph.data.features.hashing import folder_sha256
 from sergraph.data.features.opensmile import (
     RECIPE_VERSION,
     extract_functionals,
@@ -38,6 +39,7 @@ from sergraph.data.features.opensmile import (
     opensmile_version,
 )
 from sergraph.data.features.pooling import pool_by_time, pool_frames
+from sergraph.io import file_sha256
 
 __all__ = [
     "FEATURE_SETS",

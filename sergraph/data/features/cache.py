@@ -48,7 +48,7 @@ from sergraph.data.features.config import (
     check_feature_set,
     check_positive_int,
 )
-from sergraph.data.features.hashing import atomic_save_npy, file_sha256, save_to_cache
+from sergraph.data.features.hashing import atomic_save_npy, save_to_cache
 from sergraph.data.features.opensmile import (
     OPENSMILE_MEMBERS,
     RECIPE_VERSION,
@@ -59,6 +59,7 @@ from sergraph.data.features.opensmile import (
     opensmile_version,
 )
 from sergraph.data.features.pooling import frames_for_seconds, pool_by_time, pool_frames
+from sergraph.io import file_sha256
 
 __all__ = ["CacheStats", "FeatureCache", "file_sha256"]
 
