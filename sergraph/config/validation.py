@@ -25,7 +25,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.graphs import check_dilations, check_k
     from sergraph.data.protocol import check_enrollment_amount
     from sergraph.data.sampling import SAMPLERS
-    from sergraph.models import build_baseline, build_model, is_classic
+    from sergraph.models import FUNCTIONALS, build_baseline, build_model, is_classic, model_inputs
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -96,6 +96,13 @@ def validate(cfg: DictConfig) -> None:
             "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
         )
     _validate_fusion(cfg, is_classic(family))
+    feature_set = cfg.features.feature_set
+    if feature_set in ("ssl", "precomputed") and model_inputs(family) == FUNCTIONALS:
+        raise ConfigError(
+            f"model={cfg.model.name} is fitted on utterance functionals (features.functionals), "
+            f"not on features.feature_set={feature_set}; choose a model fitted on frame-level "
+            "features (a neural model)"
+        )
     try:  # a tiny instance checks parameter names and values without touching data
         if is_classic(family):
             build_baseline(family, **params)
@@ -210,13 +217,6 @@ def _validate_features(cfg: DictConfig) -> None:
             require_transformers()
         except ImportError as error:
             raise ConfigError(str(error)) from None
-    from sergraph.models import CLASSIC
-
-    if config.feature_set in ("ssl", "precomputed") and cfg.model.name in CLASSIC:
-        raise ConfigError(
-            f"model={cfg.model.name} uses utterance functionals (features.functionals), not "
-            f"features.feature_set={config.feature_set}; choose a neural model"
-        )
 
 
 #: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.

@@ -23,18 +23,24 @@ __all__ = ["SVM_C_GRID", "fit_classic", "speaker_standardized"]
 
 
 def protocol_rows(table, fold: Fold, protocol: str, normalize: str, enrollment: float, seed: int):
-    """The SVM's rows under an evaluation protocol: ``(fit rows, scored test rows, statistic
-    rows, enrolled rows)``.
+    """A classic baseline's rows under an evaluation protocol: ``(fit rows, scored test rows,
+    statistic rows, enrolled rows)``.
 
-    The SVM fits on the training and validation speakers together, so only the test speakers
-    are held out: under ``enrollment`` their enrollment part is held aside (statistics only,
-    never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
+    A classic baseline fits on the training and validation speakers together, so only the test
+    speakers are held out: under ``enrollment`` their enrollment part is held aside (statistics
+    only, never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
     """
-    from sergraph.data.protocol import check_protocol, enrollment_rows, statistic_rows
+    from sergraph.data.protocol import (
+        check_protocol,
+        enrollment_rows,
+        enrollment_speakers,
+        statistic_rows,
+    )
 
     enrolled = None
     if protocol == "enrollment":
-        enrolled = enrollment_rows(table, fold.test_speakers, enrollment, seed)
+        held_out = enrollment_speakers(fold, fits_on_validation=True)
+        enrolled = enrollment_rows(table, held_out, enrollment, seed)
     rows = split_indices(table, fold, enrolled)
     fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
     sides = {"train": fit_rows, "test": rows["test"]}
