@@ -10,11 +10,10 @@ from sergraph.config.schema import (
     FUSIONS,
     GRAPH_NORMALIZE,
     ON_ERROR_CHOICES,
-    OPTIMIZERS,
-    SCHEDULES,
     ConfigError,
 )
 from sergraph.data.features.config import FeatureConfig
+from sergraph.optim import OPTIMIZERS, SCHEDULES, lr_factor
 
 
 def validate(cfg: DictConfig) -> None:
@@ -65,12 +64,10 @@ def validate(cfg: DictConfig) -> None:
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("optim.sampler", cfg.optim.get("sampler", "shuffle"), SAMPLERS)
     positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
-    if cfg.optim.schedule == "cosine" and cfg.trainer.max_epochs <= cfg.optim.warmup_epochs:
-        raise ConfigError(
-            f"optim.schedule=cosine needs trainer.max_epochs ({cfg.trainer.max_epochs}) > "
-            f"optim.warmup_epochs ({cfg.optim.warmup_epochs}); lower the warm-up or use "
-            "optim.schedule=constant"
-        )
+    try:  # the schedule itself says what it needs of the epochs
+        lr_factor(cfg.optim.schedule, cfg.optim.warmup_epochs, cfg.trainer.max_epochs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     positive("augment.noise", cfg.augment.noise, strict=False)
     positive("augment.time_mask", cfg.augment.time_mask, strict=False)
     positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)
