@@ -27,7 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
 from sergraph.cli_parser import build_parser, hoist_study_options
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console

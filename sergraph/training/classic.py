@@ -1,9 +1,6 @@
 """Fitting one cell of a classic (non-neural) baseline: the fold's rows handed to the registered
 :class:`~sergraph.models.classic.ClassicBaseline` as plain arrays, its scores made a
 predictions frame.
-
-``SVM_C_GRID`` and ``speaker_standardized`` (now in :mod:`sergraph.models.svm` and
-:mod:`sergraph.models.classic`) stay importable from here.
 """
 
 from __future__ import annotations
@@ -15,11 +12,7 @@ from sergraph.config import model_spec
 from sergraph.data.folds import Fold, split_indices
 from sergraph.data.prepared import PreparedData
 from sergraph.models import build_baseline
-from sergraph.models.classic import speaker_standardized
-from sergraph.models.svm import SVM_C_GRID
 from sergraph.results.layout import predictions_frame
-
-__all__ = ["SVM_C_GRID", "fit_classic", "speaker_standardized"]
 
 
 def protocol_rows(table, fold: Fold, protocol: str, normalize: str, enrollment: float, seed: int):

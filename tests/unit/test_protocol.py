@@ -470,7 +470,8 @@ def test_svm_c_search_never_sees_the_test_speaker(overrides):
 
 
 def test_svm_speaker_normalisation_uses_the_enrollment_part_only():
-    from sergraph.training.classic import protocol_rows, speaker_standardized
+    from sergraph.models.classic import speaker_standardized
+    from sergraph.training.classic import protocol_rows
 
     table = table_of()
     values = np.random.default_rng(3).normal(size=(len(table), 3))

@@ -16,10 +16,10 @@ from sergraph.config import ConfigError, compose, compose_study
 from sergraph.data.collate import mark_band
 from sergraph.data.datamodule import FoldDataModule
 from sergraph.data.folds import make_folds
+from sergraph.models.classic import speaker_standardized
 from sergraph.models.common import ReadoutHead
 from sergraph.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from sergraph.results import select
-from sergraph.training.classic import speaker_standardized
 from sergraph.training.module import SERModule, augment_nodes
 from tests.models import build_named
 
