@@ -106,7 +106,7 @@ def one_batch(batch_size: int) -> dict:
     return {
         "batch": batch_size,
         "Batch.from_data_list ms": 1000 * median(slow),
-        "fastdata ms": 1000 * median(fast),
+        "collated ms": 1000 * median(fast),
         "ratio": median(slow) / median(fast),
         "collating the split once ms": 1000 * once,
     }
@@ -117,7 +117,7 @@ def waiting_share(name: str, batch_size: int, num_workers: int, max_steps) -> li
     dm = datamodule(batch_size, num_workers)
     step = adam_step(name, dm.num_features, dm.num_classes)
     rows = []
-    for label, loader in (("PyG DataLoader", pyg_loader(dm)), ("fastdata", dm.train_dataloader())):
+    for label, loader in (("PyG DataLoader", pyg_loader(dm)), ("collated", dm.train_dataloader())):
         epoch_split(loader, step, 2 if num_workers else 1)  # start workers, warm up
         wait, compute, steps = epoch_split(loader, step, max_steps)
         rows.append(

@@ -144,15 +144,12 @@ def step_fn(model, batch, optimizer, precision: str = "32", fast_path: bool | No
 
 def lacks_cpu_kernel(name: str, precision: str) -> str | None:
     """Why ``name`` cannot step under ``precision`` autocast on this CPU (no LSTM kernel)."""
-    import torch
-
-    from sergraph.training.capabilities import cpu_autocast_lstm_error
+    from sergraph.training.capabilities import cpu_autocast_lstm_error, holds_an_lstm
 
     error = cpu_autocast_lstm_error(PRECISIONS[precision])
     if error is None:
         return None
-    model = build_named(name, 76, 4)
-    if not any(isinstance(m, torch.nn.LSTM) for m in model.modules()):
+    if not holds_an_lstm(build_named(name, 76, 4)):
         return None
     return f"skipped: this CPU has no {precision} LSTM kernel ({error})"
 

@@ -21,7 +21,7 @@ def autocast(device: str, dtypes: list[str], batch_size: int) -> int:
 
     from sergraph.data.collate import CollatedGraphs
     from sergraph.models import MODELS, banded, build_model
-    from sergraph.training.capabilities import cpu_autocast_lstm_error
+    from sergraph.training.capabilities import cpu_autocast_lstm_error, holds_an_lstm
 
     missing = {}
     if device == "cpu":  # a CPU without the LSTM kernel: its LSTM models are skipped, saying so
@@ -40,8 +40,7 @@ def autocast(device: str, dtypes: list[str], batch_size: int) -> int:
                 for dtype in dtypes:
                     torch.manual_seed(0)
                     model = build_model(name, 76, 4).to(device)
-                    lstm = any(isinstance(m, torch.nn.LSTM) for m in model.modules())
-                    if lstm and missing.get(dtype):
+                    if missing.get(dtype) and holds_an_lstm(model):
                         continue
                     label = f"{name:14s} {'padded' if pad else 'true-length':11s} "
                     label += f"fast path {'on ' if fast else 'off'} {dtype:8s}"

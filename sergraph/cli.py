@@ -27,7 +27,6 @@ import os
 import sys
 from pathlib import Path
 
-from sergraph.cli_parser import COMMON_KEYS as COMMON_KEYS  # re-exported
 from sergraph.cli_parser import build_parser, hoist_study_options
 from sergraph.config import ConfigError, compose, to_yaml
 from sergraph.console import configure as configure_console
@@ -293,17 +292,21 @@ def _features(cfg) -> None:
 def _folds(cfg) -> None:
     import pandas as pd
 
-    from sergraph.config import protocol_of
+    from sergraph.config import model_family, protocol_of
     from sergraph.data.folds import NOT_SPEAKER_INDEPENDENT, fold_table
     from sergraph.data.prepared import prepare
-    from sergraph.data.protocol import enrollment_rows
+    from sergraph.data.protocol import enrollment_rows, enrollment_speakers
+    from sergraph.models import is_classic
 
     study = prepare(cfg, need_features=False)
     enroll = None
     if protocol_of(cfg) == "enrollment":
-        # as the neural runner does: validation and test speakers (the SVM enrolls test only)
+        # the rows the configured model's cells hold aside (a classic baseline fits on the
+        # validation speakers, so it enrolls its test speakers only)
+        classic = is_classic(model_family(cfg))
+
         def enroll(fold):
-            held_out = fold.val_speakers + fold.test_speakers
+            held_out = enrollment_speakers(fold, fits_on_validation=classic)
             return enrollment_rows(
                 study.table, held_out, cfg.eval.enrollment, cfg.eval.enrollment_seed
             )

@@ -10,12 +10,10 @@ from sergraph.data.features.config import FeatureConfig
 
 GROUPS = ("data", "model", "trainer")
 ON_ERROR_CHOICES = ("stop", "skip")
-OPTIMIZERS = ("adam", "adamw")
-SCHEDULES = ("constant", "cosine")
-FUSIONS = ("svm",)
+FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
 #: ``graph.normalize``: z-score the node features (whose statistics ``eval.protocol`` decides)
 #: or not at all.
-GRAPH_NORMALIZE = ("zscore", "none")  # model.fusion besides null; see sergraph.training.fusion
+GRAPH_NORMALIZE = ("zscore", "none")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 

@@ -10,11 +10,10 @@ from sergraph.config.schema import (
     FUSIONS,
     GRAPH_NORMALIZE,
     ON_ERROR_CHOICES,
-    OPTIMIZERS,
-    SCHEDULES,
     ConfigError,
 )
 from sergraph.data.features.config import FeatureConfig
+from sergraph.optim import OPTIMIZERS, SCHEDULES, lr_factor
 
 
 def validate(cfg: DictConfig) -> None:
@@ -25,7 +24,7 @@ def validate(cfg: DictConfig) -> None:
     from sergraph.data.graphs import check_dilations, check_k
     from sergraph.data.protocol import check_enrollment_amount
     from sergraph.data.sampling import SAMPLERS
-    from sergraph.models import build_baseline, build_model, is_classic
+    from sergraph.models import FUNCTIONALS, build_baseline, build_model, is_classic, model_inputs
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -65,12 +64,10 @@ def validate(cfg: DictConfig) -> None:
     choice("optim.schedule", cfg.optim.schedule, SCHEDULES)
     choice("optim.sampler", cfg.optim.get("sampler", "shuffle"), SAMPLERS)
     positive("optim.warmup_epochs", cfg.optim.warmup_epochs, strict=False)
-    if cfg.optim.schedule == "cosine" and cfg.trainer.max_epochs <= cfg.optim.warmup_epochs:
-        raise ConfigError(
-            f"optim.schedule=cosine needs trainer.max_epochs ({cfg.trainer.max_epochs}) > "
-            f"optim.warmup_epochs ({cfg.optim.warmup_epochs}); lower the warm-up or use "
-            "optim.schedule=constant"
-        )
+    try:  # the schedule itself says what it needs of the epochs
+        lr_factor(cfg.optim.schedule, cfg.optim.warmup_epochs, cfg.trainer.max_epochs)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     positive("augment.noise", cfg.augment.noise, strict=False)
     positive("augment.time_mask", cfg.augment.time_mask, strict=False)
     positive("augment.feature_mask", cfg.augment.feature_mask, strict=False)
@@ -96,6 +93,13 @@ def validate(cfg: DictConfig) -> None:
             "folds.val_speakers >= 1 (default 1), or say so with trainer.early_stopping=false"
         )
     _validate_fusion(cfg, is_classic(family))
+    feature_set = cfg.features.feature_set
+    if feature_set in ("ssl", "precomputed") and model_inputs(family) == FUNCTIONALS:
+        raise ConfigError(
+            f"model={cfg.model.name} is fitted on utterance functionals (features.functionals), "
+            f"not on features.feature_set={feature_set}; choose a model fitted on frame-level "
+            "features (a neural model)"
+        )
     try:  # a tiny instance checks parameter names and values without touching data
         if is_classic(family):
             build_baseline(family, **params)
@@ -210,13 +214,6 @@ def _validate_features(cfg: DictConfig) -> None:
             require_transformers()
         except ImportError as error:
             raise ConfigError(str(error)) from None
-    from sergraph.models import CLASSIC
-
-    if config.feature_set in ("ssl", "precomputed") and cfg.model.name in CLASSIC:
-        raise ConfigError(
-            f"model={cfg.model.name} uses utterance functionals (features.functionals), not "
-            f"features.feature_set={config.feature_set}; choose a neural model"
-        )
 
 
 #: ``trainer.precision`` values sergraph runs: fp32, or fp32 weights with fp16/bf16 autocast.

@@ -22,6 +22,7 @@ from sergraph.data.protocol import (
     check_enrollment_amount,
     check_protocol,
     enrollment_rows,
+    enrollment_speakers,
     resolve_protocol,
     statistic_rows,
 )
@@ -204,9 +205,8 @@ class FoldDataModule(L.LightningDataModule):
             return
         check_fold(self.fold, self.table)
         if self.protocol == "enrollment":
-            held_out = self.fold.val_speakers + self.fold.test_speakers
             self.enrolled = enrollment_rows(
-                self.table, held_out, self.enrollment, self.enrollment_seed
+                self.table, enrollment_speakers(self.fold), self.enrollment, self.enrollment_seed
             )
         rows = split_indices(self.table, self.fold, self.enrolled)
         statistics = statistic_rows(self.table, rows, self.protocol, self.normalize, self.enrolled)

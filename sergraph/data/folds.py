@@ -75,13 +75,6 @@ class Fold:
     def name(self) -> str:
         return fold_name(self.index)
 
-    def split_of(self, speaker: str) -> str | None:
-        """Which split a speaker belongs to, or ``None`` if the fold does not use it."""
-        for split in ("train", "val", "test"):
-            if speaker in getattr(self, f"{split}_speakers"):
-                return split
-        return None
-
 
 def _rotate_validation(order: list[str], test: list[str], val_speakers: int) -> list[str]:
     """The ``val_speakers`` speakers following the last test speaker in cyclic order."""

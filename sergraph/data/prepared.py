@@ -89,7 +89,8 @@ def data_fingerprint(cfg: DictConfig, study: PreparedData) -> dict:
 
 
 def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
-    """Notes on the corpus's audio: sample rates mixed, files longer than the graph uses.
+    """Notes on the corpus's audio for a model fitted on frame-level nodes (:func:`prepare`
+    asks only for those): sample rates mixed, files longer than the graph uses.
 
     Reads only the file headers. Nothing is said about precomputed features (no audio read).
     """
@@ -98,7 +99,7 @@ def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
     from sergraph.data.features import FeatureConfig, audio_info
 
     config = FeatureConfig.from_any(cfg.features)
-    if config.feature_set == "precomputed" or cfg.model.name == "svm":
+    if config.feature_set == "precomputed":
         return []
     infos = [info for info in map(audio_info, table["path"]) if info is not None]
     notes = []

@@ -4,11 +4,13 @@
 
 - ``inductive`` (default): statistics come from training speakers only; every utterance of a
   validation or test speaker is scored.
-- ``enrollment``: for every validation and test speaker a fixed, seeded, label-free subset of
-  its utterances (``eval.enrollment``: a fraction in (0, 1) or a count >= 1 per speaker) is held
-  aside. It is used, without labels, for that speaker's normalisation statistics and is
-  **never scored**; only the speaker's other utterances are scored. This is the deployable form
-  of per-speaker normalisation: a new user records a few unlabelled sentences first.
+- ``enrollment``: for every held-out speaker (:func:`enrollment_speakers`: validation and test
+  speakers; test speakers only for a classic baseline, which fits on its validation speakers) a
+  fixed, seeded, label-free subset of its utterances (``eval.enrollment``: a fraction in (0, 1)
+  or a count >= 1 per speaker) is held aside. It is used, without labels, for that speaker's
+  normalisation statistics and is **never scored**; only the speaker's other utterances are
+  scored. This is the deployable form of per-speaker normalisation: a new user records a few
+  unlabelled sentences first.
 - ``transductive``: a held-out speaker's statistics come from all of its utterances, the scored
   ones included (the older ``graph.normalize=speaker`` alone). Allowed, but every output says
   :data:`TRANSDUCTIVE_NOTE`.
@@ -27,6 +29,8 @@ import math
 
 import numpy as np
 import pandas as pd
+
+from sergraph.data.folds import Fold
 
 PROTOCOLS = ("inductive", "enrollment", "transductive")
 TRANSDUCTIVE_NOTE = "transductive: test utterances were used unlabelled for normalisation"
@@ -149,6 +153,20 @@ def check_enrollment_sizes(table: pd.DataFrame, speakers, amount: float) -> None
 def _speaker_seed(speaker: str, seed: int) -> int:
     digest = hashlib.sha256(f"{seed}:{speaker}".encode()).digest()
     return int.from_bytes(digest[:8], "little")
+
+
+def enrollment_speakers(fold: Fold, fits_on_validation: bool = False) -> list[str]:
+    """The speakers of ``fold`` whose enrollment part is held aside under
+    ``eval.protocol=enrollment``: every speaker the cell scores unseen.
+
+    A neural cell is validated on its validation speakers (early stopping, the best epoch), so
+    they are held out like the test speakers; a model that ``fits_on_validation`` (a classic
+    baseline, fitted on training and validation speakers together) holds out its test speakers
+    only.
+    """
+    if fits_on_validation:
+        return list(fold.test_speakers)
+    return [*fold.val_speakers, *fold.test_speakers]
 
 
 def enrollment_rows(table: pd.DataFrame, speakers, amount: float, seed: int = 0) -> np.ndarray:

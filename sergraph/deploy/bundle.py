@@ -74,7 +74,7 @@ import torch
 from sergraph.deploy.ensemble import FORMAT, FORMAT_VERSION, SUFFIX, Bundle
 from sergraph.deploy.export import VERIFY_TOLERANCE, export_bundle, verify_tolerance
 from sergraph.deploy.pipeline import BundleError, BundleMismatchError, check_pipeline
-from sergraph.deploy.segments import NON_FINITE_ERROR, window_starts
+from sergraph.deploy.segments import NON_FINITE_ERROR
 
 __all__ = [
     "FORMAT",
@@ -90,9 +90,6 @@ __all__ = [
     "load_bundle",
     "verify_tolerance",
 ]
-
-#: The old private name of :func:`~sergraph.deploy.segments.window_starts`.
-_window_starts = window_starts
 
 
 def load_bundle(

@@ -32,7 +32,6 @@ from sergraph.config import ON_ERROR_CHOICES
 from sergraph.data.features import check_positive_int
 from sergraph.deploy.enroll import enrollment_plan
 from sergraph.deploy.pipeline import BundleError, bundle_feature_config, check_pipeline
-from sergraph.deploy.segments import NON_FINITE_ERROR as NON_FINITE_ERROR  # re-exported
 from sergraph.deploy.segments import (
     chunk_rows,
     segment_nodes,

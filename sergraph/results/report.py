@@ -17,10 +17,11 @@ writes into ``RUN_DIR/report/`` (or ``out_dir``):
 - ``ua_vs_<key>.png``  for a grid of one numeric key: each fold's UA as a point and the
                     pooled UA as a line, against the key
 
-Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from :func:`sergraph.results.summary.summarize` (which also refreshes each label's
-``summary.json``/``summary.md``, as the runner does); all WA/UA arithmetic is
-:mod:`sergraph.metrics`'. (About 490 lines: collecting the labels, grouping graph.k studies and
-writing the Markdown stay together, as one reader of the result files.)
+Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from
+:func:`sergraph.results.summary.summarize` (which also refreshes each label's
+``summary.json``/``summary.md``, as a finished study does); all WA/UA arithmetic is
+:mod:`sergraph.metrics`'. Collecting the labels, grouping graph.k studies and writing the
+Markdown stay together in this module, as one reader of the result files.
 """
 
 from __future__ import annotations

@@ -95,11 +95,18 @@ def missing_kernel_message(precision: str) -> str | None:
     )
 
 
+def holds_an_lstm(model) -> bool:
+    """Whether ``model`` (a ``torch.nn.Module``) holds an ``nn.LSTM`` at any depth: the layer
+    whose kernel CPU autocast needs (a GRU it keeps in float32)."""
+    from torch import nn
+
+    return any(isinstance(module, nn.LSTM) for module in model.modules())
+
+
 def runs_an_lstm(cfg: DictConfig) -> bool:
     """Whether the run's model holds an ``nn.LSTM`` (built small from its configuration; a
     classic baseline holds none). A model that cannot be built here counts as holding one."""
     import torch
-    from torch import nn
 
     from sergraph.config import model_spec
     from sergraph.models import build_model, is_classic
@@ -112,7 +119,7 @@ def runs_an_lstm(cfg: DictConfig) -> bool:
             model = build_model(family, 4, 2, **params)
     except (TypeError, ValueError):
         return True
-    return any(isinstance(module, nn.LSTM) for module in model.modules())
+    return holds_an_lstm(model)
 
 
 def require_precision_kernels(cfg: DictConfig) -> None:

@@ -1,9 +1,6 @@
 """Fitting one cell of a classic (non-neural) baseline: the fold's rows handed to the registered
 :class:`~sergraph.models.classic.ClassicBaseline` as plain arrays, its scores made a
 predictions frame.
-
-``SVM_C_GRID`` and ``speaker_standardized`` (now in :mod:`sergraph.models.svm` and
-:mod:`sergraph.models.classic`) stay importable from here.
 """
 
 from __future__ import annotations
@@ -15,26 +12,28 @@ from sergraph.config import model_spec
 from sergraph.data.folds import Fold, split_indices
 from sergraph.data.prepared import PreparedData
 from sergraph.models import build_baseline
-from sergraph.models.classic import speaker_standardized
-from sergraph.models.svm import SVM_C_GRID
 from sergraph.results.layout import predictions_frame
-
-__all__ = ["SVM_C_GRID", "fit_classic", "speaker_standardized"]
 
 
 def protocol_rows(table, fold: Fold, protocol: str, normalize: str, enrollment: float, seed: int):
-    """The SVM's rows under an evaluation protocol: ``(fit rows, scored test rows, statistic
-    rows, enrolled rows)``.
+    """A classic baseline's rows under an evaluation protocol: ``(fit rows, scored test rows,
+    statistic rows, enrolled rows)``.
 
-    The SVM fits on the training and validation speakers together, so only the test speakers
-    are held out: under ``enrollment`` their enrollment part is held aside (statistics only,
-    never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
+    A classic baseline fits on the training and validation speakers together, so only the test
+    speakers are held out: under ``enrollment`` their enrollment part is held aside (statistics
+    only, never scored). The guard :func:`~sergraph.data.protocol.check_protocol` runs here.
     """
-    from sergraph.data.protocol import check_protocol, enrollment_rows, statistic_rows
+    from sergraph.data.protocol import (
+        check_protocol,
+        enrollment_rows,
+        enrollment_speakers,
+        statistic_rows,
+    )
 
     enrolled = None
     if protocol == "enrollment":
-        enrolled = enrollment_rows(table, fold.test_speakers, enrollment, seed)
+        held_out = enrollment_speakers(fold, fits_on_validation=True)
+        enrolled = enrollment_rows(table, held_out, enrollment, seed)
     rows = split_indices(table, fold, enrolled)
     fit_rows = np.sort(np.concatenate([rows["train"], rows["val"]]))
     sides = {"train": fit_rows, "test": rows["test"]}

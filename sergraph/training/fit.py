@@ -35,13 +35,6 @@ from sergraph.training.checkpoints import (
     resume_checkpoint,
     set_aside_csv_log,
 )
-
-# Moved to sergraph.training.checkpoints; still importable from here.
-from sergraph.training.checkpoints import merge_csv_logs as merge_csv_logs
-from sergraph.training.checkpoints import move_aside as move_aside
-from sergraph.training.checkpoints import remove_resume_files as remove_resume_files
-from sergraph.training.checkpoints import restore_csv_log as restore_csv_log
-from sergraph.training.checkpoints import unreadable_checkpoint as unreadable_checkpoint
 from sergraph.training.distributed import gather_from_ranks, is_global_zero, trainer_topology
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import functools
-import math
 import random
 import warnings
 
@@ -20,6 +19,7 @@ from sergraph.console import detail, log
 from sergraph.metrics import EmotionScores
 from sergraph.models import build_model
 from sergraph.models.layers import LayerWeightedSum
+from sergraph.optim import build_optimizer, lr_factor
 from sergraph.training.distributed import from_every_rank
 from sergraph.training.levers import (
     SpeakerHead,
@@ -291,9 +291,11 @@ class SERModule(L.LightningModule):
         _set_rng_states(states[rank] if rank < len(states) else states[0])
 
     def configure_optimizers(self):
-        kind = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}[self.hparams.optimizer]
-        optimizer = kind(
-            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        optimizer = build_optimizer(
+            self.hparams.optimizer,
+            self.parameters(),
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
         )
         warmup, schedule = self.hparams.warmup_epochs, self.hparams.schedule
         if schedule == "constant" and not warmup:
@@ -305,35 +307,6 @@ class SERModule(L.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"},
         }
-
-
-def lr_factor(schedule: str, warmup: int, total: int | None):
-    """The multiplier of the base learning rate at epoch ``e`` (0-based).
-
-    Warm-up: ``(e + 1) / (warmup + 1)`` for ``e < warmup``. Then ``constant`` keeps 1 and
-    ``cosine`` decays as ``0.5 * (1 + cos(pi * (e - warmup) / (total - warmup)))``, reaching 0 at
-    epoch ``total``.
-    """
-    from sergraph.config import SCHEDULES
-
-    if schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule={schedule!r}; choose one of {list(SCHEDULES)}")
-    if schedule == "cosine" and (total is None or total <= warmup):
-        raise ValueError(
-            f"optim.schedule=cosine needs trainer.max_epochs ({total}) > optim.warmup_epochs "
-            f"({warmup})"
-        )
-
-    def factor(epoch: int) -> float:
-        if epoch < warmup:
-            return (epoch + 1) / (warmup + 1)
-        if schedule == "constant":
-            return 1.0
-        return 0.5 * (
-            1.0 + math.cos(math.pi * min(epoch - warmup, total - warmup) / (total - warmup))
-        )
-
-    return factor
 
 
 def augment_nodes(

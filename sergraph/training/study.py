@@ -376,7 +376,7 @@ def fit_cell(
     cfg, study: PreparedData, fold: Fold, seed: int, directory: Path, loggers: list
 ) -> tuple[dict, pd.DataFrame]:
     start, started = time.perf_counter(), now()
-    check_fold(fold, study.table)  # in the runner itself, for neural and classic cells alike
+    check_fold(fold, study.table)  # again before every cell, neural and classic alike
     if is_classic(model_family(cfg)):
         predictions, extra = fit_classic(cfg, study, fold, seed)
     else:

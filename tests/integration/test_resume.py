@@ -128,7 +128,7 @@ def test_killed_cell_resumes_with_the_results_of_an_uninterrupted_run(tmp_path, 
 
 def test_leftover_of_another_configuration_is_not_resumed(tmp_path):
     from sergraph.config import compose, to_yaml
-    from sergraph.training.fit import resume_checkpoint
+    from sergraph.training.checkpoints import resume_checkpoint
 
     cfg = compose(ARGS[1:])
     (tmp_path / "checkpoints").mkdir()

@@ -32,10 +32,10 @@ from sergraph.data.features import (
 from sergraph.deploy.bundle import (
     BundleError,
     BundleMismatchError,
-    _window_starts,
     export_bundle,
     load_bundle,
 )
+from sergraph.deploy.segments import window_starts
 from sergraph.results.layout import read_metrics, write_cell
 
 
@@ -211,10 +211,10 @@ def test_bundle_on_gpu_matches_cpu(run):
 
 
 def test_window_starts_by_hand():
-    assert _window_starts(10, 4, 3) == [0, 3, 6]  # the last window ends at node 10
-    assert _window_starts(11, 4, 3) == [0, 3, 6, 7]  # one more so the tail is not lost
-    assert _window_starts(3, 4, 2) == [0]  # shorter than a window: one segment
-    assert _window_starts(8, 4, 4) == [0, 4]
+    assert window_starts(10, 4, 3) == [0, 3, 6]  # the last window ends at node 10
+    assert window_starts(11, 4, 3) == [0, 3, 6, 7]  # one more so the tail is not lost
+    assert window_starts(3, 4, 2) == [0]  # shorter than a window: one segment
+    assert window_starts(8, 4, 4) == [0, 4]
 
 
 def test_sliding_window_over_a_long_recording(run, tmp_path):
@@ -224,7 +224,7 @@ def test_sliding_window_over_a_long_recording(run, tmp_path):
     nodes = pool_frames(extract_llds(long), 5)  # the features the bundle sees, by another route
     bundle = load_bundle(run.ensemble, map_location="cpu")
     frame = bundle.predict([long], window=2.0, hop=1.0, cache_dir=tmp_path / "c", progress=False)
-    starts = _window_starts(len(nodes), 40, 20)  # 2 s = 40 nodes of 50 ms, hop 20 nodes
+    starts = window_starts(len(nodes), 40, 20)  # 2 s = 40 nodes of 50 ms, hop 20 nodes
     assert len(frame) == len(starts) > 3
     assert list(frame["segment"]) == list(range(len(starts)))
     np.testing.assert_allclose(frame["start"], [0.05 * s for s in starts], atol=1e-9)

@@ -20,6 +20,7 @@ from sergraph.config import compose
 from sergraph.training.capabilities import (
     AUTOCAST_PRECISIONS,
     cpu_autocast_lstm_error,
+    holds_an_lstm,
     runs_an_lstm,
     trains_on_cpu,
 )
@@ -99,6 +100,15 @@ def test_which_models_hold_an_lstm(model, expected):
     # PAPER.md / the model files: LSTM-GIN, LSTM-GAT and GraphSAGE-LSTM hold an LSTM; GIN and
     # GCN none; the BiGRU baseline a GRU (CPU autocast keeps GRUs in float32); the SVM is numpy
     assert runs_an_lstm(compose([f"model={model}"])) is expected
+
+
+def test_an_lstm_is_found_at_any_depth_and_a_gru_is_not_one():
+    from torch import nn
+
+    nested = nn.Sequential(nn.Linear(3, 3), nn.ModuleList([nn.Sequential(nn.LSTM(3, 2))]))
+    assert holds_an_lstm(nested) is True
+    assert holds_an_lstm(nn.Sequential(nn.GRU(3, 2), nn.Linear(2, 2))) is False
+    assert holds_an_lstm(nn.LSTMCell(3, 2)) is False  # a cell is not the nn.LSTM kernel
 
 
 def test_the_accelerator_decides_whether_training_is_on_the_cpu():

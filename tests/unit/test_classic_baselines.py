@@ -209,6 +209,27 @@ def test_every_classic_baseline_is_registered_on_functionals_with_its_preset():
 
 
 @pytest.mark.parametrize(
+    "model",
+    [
+        ["model=logreg"],
+        ["model=mlp"],
+        # a preset of its own name: the model's family decides, not the name
+        ["model=svm", "model.name=my_svm", "model.family=svm"],
+    ],
+)
+def test_a_model_fitted_on_functionals_refuses_frame_level_features(model):
+    precomputed = [
+        "features.feature_set=precomputed",
+        "features.precomputed.root=arrays",
+        "features.precomputed.hop_seconds=0.02",
+        "features.node_seconds=0.04",
+    ]
+    with pytest.raises(ConfigError, match=r"fitted on utterance functionals.*precomputed"):
+        compose([*model, *precomputed])
+    assert compose(["model=gin", *precomputed]).features.feature_set == "precomputed"
+
+
+@pytest.mark.parametrize(
     ("override", "message"),
     [
         ("model.params.class_weight=always", "class_weight='always' is not valid; choose null"),

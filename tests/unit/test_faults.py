@@ -40,7 +40,7 @@ from sergraph.results.layout import (
 from sergraph.results.report import write_report
 from sergraph.results.summary import summarize
 from sergraph.training import lock
-from sergraph.training.fit import (
+from sergraph.training.checkpoints import (
     atomic_checkpoint_io,
     merge_csv_logs,
     resume_checkpoint,

@@ -22,6 +22,7 @@ from sergraph.data.protocol import (
     check_protocol,
     enrollment_count,
     enrollment_rows,
+    enrollment_speakers,
     resolve_protocol,
 )
 from sergraph.training.classic import fit_classic
@@ -304,6 +305,31 @@ def test_split_indices_leave_enrollment_rows_out_of_scoring():
     assert shown.loc["val", ["angry", "neutral", "sad"]].sum() == 7  # scored rows counted
 
 
+def test_a_classic_baseline_enrolls_its_test_speakers_only():
+    # FOLD: train s3, s4; validation s2; test s1. A neural cell scores s2 unseen (validation),
+    # a classic baseline fits on it.
+    assert enrollment_speakers(FOLD) == ["s2", "s1"]
+    assert enrollment_speakers(FOLD, fits_on_validation=True) == ["s1"]
+
+
+@pytest.mark.parametrize("model, val_enrolled", [("lstm_gin", 2), ("logreg", 0), ("svm", 0)])
+def test_sergraph_folds_shows_the_enrollment_of_the_configured_model(
+    model, val_enrolled, capsys, tmp_path, monkeypatch
+):
+    from sergraph import cli
+
+    monkeypatch.chdir(tmp_path)
+    overrides = ["data.options.n_speakers=4", "data.options.n_per_class=3"]
+    assert cli.main(["folds", f"model={model}", "eval.protocol=enrollment", *overrides]) == 0
+    lines = [line.split() for line in capsys.readouterr().out.splitlines()]
+    header = lines[0]
+    rows = {(row[0], row[1]): dict(zip(header, row, strict=True)) for row in lines[1:]}
+    # 12 utterances a speaker, eval.enrollment=0.2: 2 held aside from each speaker held out
+    assert rows["fold-00", "test"]["enrollment"] == "2" and rows["fold-00", "test"]["n"] == "10"
+    assert rows["fold-00", "val"]["enrollment"] == str(val_enrolled)
+    assert rows["fold-00", "val"]["n"] == str(12 - val_enrolled)
+
+
 # ---------------------------------------------------------------------------------------------
 # statistics, datamodule and guard
 
@@ -444,7 +470,8 @@ def test_svm_c_search_never_sees_the_test_speaker(overrides):
 
 
 def test_svm_speaker_normalisation_uses_the_enrollment_part_only():
-    from sergraph.training.classic import protocol_rows, speaker_standardized
+    from sergraph.models.classic import speaker_standardized
+    from sergraph.training.classic import protocol_rows
 
     table = table_of()
     values = np.random.default_rng(3).normal(size=(len(table), 3))

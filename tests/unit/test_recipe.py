@@ -16,10 +16,11 @@ from sergraph.config import ConfigError, compose, compose_study
 from sergraph.data.collate import mark_band
 from sergraph.data.datamodule import FoldDataModule
 from sergraph.data.folds import make_folds
+from sergraph.models.classic import speaker_standardized
 from sergraph.models.common import ReadoutHead
+from sergraph.optim import OPTIMIZERS, SCHEDULES, build_optimizer, lr_factor
 from sergraph.results import select
-from sergraph.training.classic import speaker_standardized
-from sergraph.training.module import SERModule, augment_nodes, lr_factor
+from sergraph.training.module import SERModule, augment_nodes
 from tests.models import build_named
 
 # ---------------------------------------------------------------------------------------------
@@ -97,6 +98,37 @@ def test_lr_factor_warmup_then_cosine_by_hand():
     assert lr_factor("constant", 0, None)(7) == 1.0
     with pytest.raises(ValueError, match="max_epochs"):
         lr_factor("cosine", 5, 5)
+
+
+@pytest.mark.parametrize("name", sorted(OPTIMIZERS))
+def test_every_optimizer_validates_and_builds_with_the_given_rate_and_decay(name):
+    assert compose([f"optim.optimizer={name}"]).optim.optimizer == name
+    weight = torch.nn.Parameter(torch.ones(3))
+    optimizer = build_optimizer(name, [weight], lr=0.5, weight_decay=0.25)
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    group = optimizer.param_groups[0]
+    assert (group["lr"], group["weight_decay"], group["params"]) == (0.5, 0.25, [weight])
+
+
+@pytest.mark.parametrize("name", sorted(SCHEDULES))
+def test_every_schedule_validates_and_warms_up_to_the_base_rate(name):
+    assert compose([f"optim.schedule={name}", "optim.warmup_epochs=2"]).optim.schedule == name
+    factor = lr_factor(name, warmup=2, total=10)
+    assert [factor(e) for e in range(3)] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert all(0.0 <= factor(e) <= 1.0 for e in range(3, 12))
+
+
+def test_unknown_optimizer_or_schedule_lists_the_valid_ones():
+    with pytest.raises(
+        ValueError, match=r"optim.optimizer='sgd' is not valid.*\['adam', 'adamw'\]"
+    ):
+        build_optimizer("sgd", [torch.nn.Parameter(torch.ones(1))], lr=0.1, weight_decay=0.0)
+    with pytest.raises(ValueError, match=r"optim.schedule='linear'.*\['constant', 'cosine'\]"):
+        lr_factor("linear", 0, 10)
+    with pytest.raises(ConfigError, match=r"optim.optimizer='sgd'.*\['adam', 'adamw'\]"):
+        compose(["optim.optimizer=sgd"])
+    with pytest.raises(ConfigError, match=r"optim.schedule='linear'.*\['constant', 'cosine'\]"):
+        compose(["optim.schedule=linear"])
 
 
 def test_configure_optimizers_builds_adamw_with_the_schedule():
