@@ -1,7 +1,7 @@
 """Command line: ``sergraph <verb> [group=name ...] [key.sub=value ...]``.
 
 Verbs:
-    train     cross-validated training and testing; prints the per-fold and overall WA/UA table
+    train     cross-validated training and testing; prints the per-fold and overall scores table
     features  extract (or check) the cached node features of a corpus (openSMILE, SSL, precomputed)
     folds     print the fold table: speakers and per-class counts of train/val/test
     cells     list a study's (variant, seed, fold) cells; run one with run.cell=INDEX
@@ -175,10 +175,14 @@ def _select(args) -> int:
     for (seed, fold), label in chosen.items():
         print(f"{seed}\t{fold}\t{label}")
     if args.reference:
+        from sergraph.metrics import primary
         from sergraph.results.select import compare_per_seed
 
         table = compare_per_seed(Path(args.study_dir), args.label, args.reference)
-        print(f"\npooled UA per seed, {args.label} against the fixed recipe {args.reference}:")
+        print(
+            f"\npooled {primary().display} per seed, {args.label} against the fixed recipe "
+            f"{args.reference}:"
+        )
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
         print(f"mean difference over {len(table)} seed(s): {table['difference'].mean():+.4f}")
     print(f"written: {Path(args.study_dir) / args.label}", file=sys.stderr)

@@ -276,7 +276,7 @@ class _IntermixedParser(argparse.ArgumentParser):
 def _add_evaluate_parser(verbs) -> None:
     evaluate = verbs.add_parser(
         "evaluate",
-        help="score a bundle on a labelled corpus (cross-corpus): WA/UA, a cell for report",
+        help="score a bundle on a labelled corpus (cross-corpus): its scores, a cell for report",
         description="Score a bundle on a labelled corpus under the bundle's protocol; writes "
         "OUT_DIR/NAME/LABEL/seed-0/fold-00 (metrics.json, predictions.csv) for sergraph report.",
     )

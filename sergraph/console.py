@@ -120,9 +120,10 @@ def detail(message: str) -> None:
 
 
 class StudyProgress:
-    """One progress bar for a study: cells done of all, the running cell's epoch and val UA,
-    elapsed time and ETA. Shown on a terminal only; elsewhere (log files of cluster jobs) the
-    one line per finished cell says the same without carriage-return noise."""
+    """One progress bar for a study: cells done of all, the running cell's epoch and validation
+    score (the primary metric), elapsed time and ETA. Shown on a terminal only; elsewhere (log
+    files of cluster jobs) the one line per finished cell says the same without
+    carriage-return noise."""
 
     def __init__(self, total: int, enabled: bool | None = None):
         self.total = total
@@ -157,10 +158,11 @@ class StudyProgress:
         if self.bar is not None:
             self.bar.set_postfix_str(name, refresh=True)
 
-    def epoch(self, name: str, epoch: int, val_ua: float | None) -> None:
+    def epoch(self, name: str, epoch: int, score: tuple[str, float] | None) -> None:
+        """``score``: (the metric's display name, its validation value), or ``None``."""
         if self.bar is not None:
-            ua = f" val UA {100 * val_ua:.1f}" if val_ua is not None else ""
-            self.bar.set_postfix_str(f"{name} epoch {epoch}{ua}", refresh=True)
+            shown = f" val {score[0]} {100 * score[1]:.1f}" if score is not None else ""
+            self.bar.set_postfix_str(f"{name} epoch {epoch}{shown}", refresh=True)
 
     def cell_finished(self) -> None:
         self.done += 1

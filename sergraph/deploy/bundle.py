@@ -32,10 +32,12 @@ no pickled code. Its dict::
         protocol        {"name", "note", and under enrollment "enrollment", "enrollment_seed"}:
                         the run's eval.protocol (absent in bundles made before protocols)
         source          {"run_dir", "corpus", "data_root", "n_utterances", "speakers"}
-        members         per member: seed, fold, train/val/test speakers, test WA/UA, best
-                        validation UA, epochs, checkpoint (relative to run_dir)
-        evaluation      the exported cells' fold mean/std and pooled WA/UA, data fingerprint
-                        hashes and code provenance (:func:`~sergraph.deploy.card.evaluation_record`)
+        members         per member: seed, fold, train/val/test speakers, test_<metric> of
+                        every metric (test_wa, test_ua, test_f1; older bundles lack later
+                        metrics), best validation UA, epochs, checkpoint (relative to run_dir)
+        evaluation      the exported cells' fold mean/std and pooled score of every metric,
+                        data fingerprint hashes and code provenance
+                        (:func:`~sergraph.deploy.card.evaluation_record`)
         model_card      the ``MODEL_CARD.md`` text (:func:`~sergraph.deploy.card.model_card`)
         verification    {"n", "max_abs_diff", "tolerance", "cause"}: the members'
                         probabilities recomputed through the bundle from the test inputs the

@@ -3,11 +3,12 @@
 Export records the evaluation of the exported cells in the bundle's metadata
 (:func:`evaluation_record`, key ``evaluation``) and stores the card's text (:func:`model_card`,
 key ``model_card``); ``sergraph predict --info BUNDLE`` prints it. Everything in the card comes
-from the run's own files: the cells' ``metrics.json`` (cross-validated WA/UA, the data
-fingerprint, the code provenance) and ``predictions.csv`` (pooled WA/UA), and the bundle's
-metadata (task, classes, corpus, speakers, protocol, audio pipeline). A bundle exported before
-cards were stored gets a card made from its metadata at load, without the parts only the run's
-files give.
+from the run's own files: the cells' ``metrics.json`` (cross-validated scores of every metric of
+:data:`sergraph.metrics.METRICS`, the data fingerprint, the code provenance) and
+``predictions.csv`` (pooled scores), and the bundle's metadata (task, classes, corpus, speakers,
+protocol, audio pipeline). A bundle exported before cards were stored gets a card made from its
+metadata at load, without the parts only the run's files give; a metric a bundle does not record
+(exported before sergraph computed it) is shown as "–".
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
+
+from sergraph.metrics import METRICS, percent
 
 #: The data fingerprint's study-level hashes named in the card (see
 #: :mod:`sergraph.data.fingerprint`).
@@ -26,19 +29,18 @@ def evaluation_record(cells: Sequence[Path], records: Sequence[dict]) -> dict:
     """The evaluation of the exported cells, from their ``metrics.json`` and ``predictions.csv``.
 
     Returns:
-        ``{"n_cells", "fold_mean": {"wa", "ua"}, "fold_std": {"wa", "ua"}, "pooled": {"wa",
-        "ua"}, "data": {hash name: sorted distinct values}, "code": {"sergraph", "commits",
-        "dirty"}}``. Fold mean and sample standard deviation over every exported (seed, fold)
-        cell, as ``summary.json`` computes them; pooled: WA/UA over all test predictions of
-        each seed, averaged over seeds.
+        ``{"n_cells", "fold_mean": {metric: value}, "fold_std": {metric: value}, "pooled":
+        {metric: value}, "data": {hash name: sorted distinct values}, "code": {"sergraph",
+        "commits", "dirty"}}`` for every metric of :data:`sergraph.metrics.METRICS`. Fold mean
+        and sample standard deviation over every exported (seed, fold) cell, as
+        ``summary.json`` computes them (``None`` for a metric some cell does not record);
+        pooled: each metric over all test predictions of each seed, averaged over seeds.
     """
     from sergraph.metrics import pooled_scores
     from sergraph.results.layout import read_predictions
-    from sergraph.results.summary import mean_std
+    from sergraph.results.summary import fold_scores, fold_statistics, pooled_means
 
-    frame = pd.DataFrame([{"wa": r["wa"], "ua": r["ua"]} for r in records])
-    wa_mean, wa_std = mean_std(frame["wa"])
-    ua_mean, ua_std = mean_std(frame["ua"])
+    fold_mean, fold_std = fold_statistics([fold_scores(record) for record in records])
     classes = list(records[0]["classes"])
     by_seed: dict[int, list[pd.DataFrame]] = {}
     for cell, record in zip(cells, records, strict=True):
@@ -47,12 +49,9 @@ def evaluation_record(cells: Sequence[Path], records: Sequence[dict]) -> dict:
     states = [record.get("provenance") or {} for record in records]
     return {
         "n_cells": len(records),
-        "fold_mean": {"wa": wa_mean, "ua": ua_mean},
-        "fold_std": {"wa": wa_std, "ua": ua_std},
-        "pooled": {
-            "wa": sum(p["wa"] for p in pooled) / len(pooled),
-            "ua": sum(p["ua"] for p in pooled) / len(pooled),
-        },
+        "fold_mean": fold_mean,
+        "fold_std": fold_std,
+        "pooled": pooled_means(pooled),
         "data": {
             name: sorted({str((r.get("data") or {}).get(name, "unknown")) for r in records})
             for name in DATA_HASHES
@@ -65,8 +64,11 @@ def evaluation_record(cells: Sequence[Path], records: Sequence[dict]) -> dict:
     }
 
 
-def _percent(value: float) -> str:
-    return f"{100 * value:.2f}"
+def _mean_std(mean: float | None, std: float | None) -> str:
+    """``12.34 ± 0.56`` (``± 0.00`` for one cell), ``–`` where the metric is not recorded."""
+    if mean is None:
+        return percent(None)
+    return f"{percent(mean)} ± {percent(std)}"
 
 
 def model_card(meta: dict) -> str:
@@ -122,11 +124,16 @@ def model_card(meta: dict) -> str:
     if evaluation:
         mean, std, pooled = evaluation["fold_mean"], evaluation["fold_std"], evaluation["pooled"]
         lines += [
-            f"| over {evaluation['n_cells']} (seed, fold) cells | WA % | UA % |",
-            "|---|---|---|",
-            f"| mean ± std over folds | {_percent(mean['wa'])} ± {_percent(std['wa'])} | "
-            f"{_percent(mean['ua'])} ± {_percent(std['ua'])} |",
-            f"| pooled test predictions | {_percent(pooled['wa'])} | {_percent(pooled['ua'])} |",
+            f"| over {evaluation['n_cells']} (seed, fold) cells | "
+            + " | ".join(f"{m.display} %" for m in METRICS.values())
+            + " |",
+            "|---|" + "---|" * len(METRICS),
+            "| mean ± std over folds | "
+            + " | ".join(_mean_std(mean.get(name), std.get(name)) for name in METRICS)
+            + " |",
+            "| pooled test predictions | "
+            + " | ".join(percent(pooled.get(name)) for name in METRICS)
+            + " |",
         ]
     else:
         lines.append(
@@ -136,8 +143,11 @@ def model_card(meta: dict) -> str:
         "",
         "Per member: "
         + "; ".join(
-            f"seed {m['seed']} fold {m['fold']} WA {_percent(m['test_wa'])} "
-            f"UA {_percent(m['test_ua'])}"
+            f"seed {m['seed']} fold {m['fold']} "
+            + " ".join(
+                f"{metric.display} {percent(m.get(f'test_{name}'))}"
+                for name, metric in METRICS.items()
+            )
             for m in members
         ),
         "",

@@ -11,10 +11,10 @@ dropped (``--drop CLASS``), never silently.
 
 The result is one cell in the run layout (:mod:`sergraph.results.layout`):
 ``OUT_DIR/NAME/LABEL/seed-0/fold-00/`` with ``predictions.csv`` (one row per scored utterance,
-plus its ``corpus_label``), ``metrics.json`` (WA, UA, per-class recall and support, confusion,
-the data fingerprint of the evaluated corpus, the provenance of the bundle and of the code,
-``evaluation``: what was mapped and dropped) and ``config.yaml``, so ``sergraph report
-OUT_DIR/NAME`` reads it like a study.
+plus its ``corpus_label``), ``metrics.json`` (every metric of :data:`sergraph.metrics.METRICS`,
+per-class recall and support, confusion, the data fingerprint of the evaluated corpus, the
+provenance of the bundle and of the code, ``evaluation``: what was mapped and dropped) and
+``config.yaml``, so ``sergraph report OUT_DIR/NAME`` reads it like a study.
 """
 
 from __future__ import annotations
@@ -312,11 +312,13 @@ def run_evaluate(args) -> int:
         device=None if args.device == "auto" else args.device,
         progress=not args.quiet,
     )
+    from sergraph.metrics import METRICS
+
     evaluation = metrics["evaluation"]
+    scores = " ".join(f"{m.display} {100 * metrics[m.name]:.2f}" for m in METRICS.values())
     print(
         f"{evaluation['bundle']['trained_on']} -> {evaluation['corpus']}: "
-        f"{metrics['n_test']} utterances scored, WA {100 * metrics['wa']:.2f} "
-        f"UA {100 * metrics['ua']:.2f}"
+        f"{metrics['n_test']} utterances scored, {scores}"
         + (
             f"; {evaluation['n_enrollment']} held aside for enrollment"
             if evaluation["n_enrollment"]
@@ -335,8 +337,8 @@ def run_evaluate(args) -> int:
     print(f"recall %: {recall}")
     if evaluation["classes_absent"]:
         print(
-            f"note: no utterance of class(es) {evaluation['classes_absent']} was scored; UA is "
-            "the mean over the classes present",
+            f"note: no utterance of class(es) {evaluation['classes_absent']} was scored; UA and "
+            "F1 are means over the classes present",
             file=sys.stderr,
         )
     print(f"written: {cell} (sergraph report {cell.parents[2]})", file=sys.stderr)

@@ -40,6 +40,7 @@ from sergraph.deploy.verify import (
     verify_bundle,
     verify_tolerance,
 )
+from sergraph.metrics import BEST_VALIDATION, METRICS
 from sergraph.results.layout import (
     CellPaths,
     finished_cells,
@@ -445,9 +446,8 @@ def _member_provenance(run_dir: Path, cell: Path, record: dict) -> dict:
         "train_speakers": record["train_speakers"],
         "val_speakers": record["val_speakers"],
         "test_speakers": record["test_speakers"],
-        "test_wa": record["wa"],
-        "test_ua": record["ua"],
-        "best_val_ua": record.get("best_val_ua"),
+        **{f"test_{name}": record.get(name) for name in METRICS},
+        BEST_VALIDATION: record.get(BEST_VALIDATION),
         "epochs": record.get("epochs"),
         "checkpoint": str(cell.relative_to(run_dir) / record["checkpoint"]),
     }

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from sergraph.metrics import PRIMARY, primary
+
 
 class ClassicBaseline:
     """A baseline fitted on one vector per utterance (not a ``torch.nn.Module``).
@@ -176,7 +178,9 @@ class SelectedBaseline(ClassicBaseline):
             **self.record(chosen),
             "chosen": chosen,
             "inner_cv_ua": inner_ua,
-            "inner_grid": [{"params": p, "ua": ua} for p, ua in zip(grid, table, strict=True)],
+            "inner_grid": [
+                {"params": p, PRIMARY: score} for p, score in zip(grid, table, strict=True)
+            ],
         }
         return full, extra
 
@@ -258,8 +262,7 @@ def inner_selection(
     Returns:
         ``(chosen candidate, its mean inner UA, every candidate's mean inner UA in grid order)``.
     """
-    from sergraph.metrics import scores_from_labels
-
+    judge = primary()
     fit_rows = np.asarray(fit_rows)
     inner_speakers = sorted(set(speakers[fit_rows]))
     if len(inner_speakers) < 2:
@@ -275,8 +278,7 @@ def inner_selection(
         scored = baseline.score_candidates(grid, x_fit, labels[inner_fit], x_test, seed)
         for k, (classes, scores) in enumerate(scored):
             predicted = classes[scores.argmax(axis=1)]
-            ua = scores_from_labels(labels[inner_test], predicted, num_classes)["ua"]
-            per_candidate[k].append(ua)
-    means = [float(np.nanmean(uas)) for uas in per_candidate]
-    best = int(np.argmax(means))  # the first of equal maxima
+            per_candidate[k].append(judge.from_labels(labels[inner_test], predicted, num_classes))
+    means = [float(np.nanmean(held_out_scores)) for held_out_scores in per_candidate]
+    best = int(np.argmax([judge.sort_key(mean) for mean in means]))  # the first of equal best
     return grid[best], means[best], means

@@ -1,10 +1,11 @@
 """Paired comparisons between the labels of a report: like with like, against a declared
 reference.
 
-A paired test compares two labels' per-fold UA (seeds averaged first) over the folds both
-have. The reference is the label the experiment declares (key ``reference``) or the one the user
-names, never one chosen by a test score; labels evaluated under different protocols are not
-paired unless asked for, and then the test says so.
+A paired test compares two labels' per-fold UA (the primary metric,
+:data:`sergraph.metrics.PRIMARY`; seeds averaged first) over the folds both have. The reference
+is the label the experiment declares (key ``reference``) or the one the user names, never one
+chosen by a test score; labels evaluated under different protocols are not paired unless asked
+for, and then the test says so.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ def paired_test(
     """Paired comparison of two labels' per-fold scores (``first - second``).
 
     Args:
-        first, second: fold key -> score (UA averaged over seeds); only keys in both are paired.
+        first, second: fold key -> score (the primary metric averaged over seeds); only keys in
+            both are paired.
         resamples: bootstrap resamples of the paired folds.
         seed: seed of the bootstrap.
 
@@ -176,7 +178,7 @@ def comparisons(
                 refused_data.append((a, b, differing))
                 continue
             kind = f"{kind}, CROSS-DATA"
-        test = paired_test(by_label[a]["fold_ua"], by_label[b]["fold_ua"])
+        test = paired_test(by_label[a]["fold_scores"], by_label[b]["fold_scores"])
         test["cross_data"] = differing
         if unchecked:
             test["note"] = "; ".join(

@@ -1,4 +1,5 @@
-"""Figures of a report: confusion matrices, UA per fold, WA/UA against graph.k.
+"""Figures of a report: confusion matrices, the primary metric (UA) per fold, every metric
+against graph.k.
 
 Drawn on matplotlib's Agg canvas directly (no pyplot state, no GUI backend: safe on a cluster
 node) and written atomically as PNG. :mod:`sergraph.results.report` decides what is drawn.
@@ -13,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from sergraph.io import atomic_write_bytes
+from sergraph.metrics import METRICS, primary
 
 
 def new_figure(width: float, height: float):
@@ -65,48 +67,56 @@ def plot_confusion(confusion, classes: list[str], title: str):
 
 
 def plot_folds(collected: list[dict]):
-    """Grouped bars: UA (%) per fold (averaged over seeds), one bar per label."""
+    """Grouped bars: the primary metric (UA, %) per fold (averaged over seeds), one bar per
+    label."""
+    shown = primary().display
     speakers: dict[int, str] = {}
     for item in collected:
-        for fold, test_speakers in item["fold_ua"]:
+        for fold, test_speakers in item["fold_scores"]:
             speakers.setdefault(fold, test_speakers)
     folds = sorted(speakers)
     width = 0.8 / len(collected)
     figure = new_figure(max(6.0, 0.35 * len(folds) * len(collected) + 2.0), 4.0)
     axes = figure.add_subplot()
     for index, item in enumerate(collected):
-        by_fold = {fold: ua for (fold, _), ua in item["fold_ua"].items()}
+        by_fold = {fold: score for (fold, _), score in item["fold_scores"].items()}
         positions = [folds.index(f) + (index - (len(collected) - 1) / 2) * width for f in by_fold]
         axes.bar(
             positions,
-            [100 * ua for ua in by_fold.values()],
+            [100 * score for score in by_fold.values()],
             width=width,
             label=f"{item['label']} (mean {100 * np.mean(list(by_fold.values())):.1f})",
         )
     short = all(len(speakers[f]) <= 12 for f in folds)
     axes.set_xticks(range(len(folds)), [f"{f}\n{speakers[f]}" if short else str(f) for f in folds])
     axes.set_xlabel("fold (test speakers)" if short else "fold")
-    axes.set_ylabel("UA (%)")
+    axes.set_ylabel(f"{shown} (%)")
     axes.set_ylim(0, 100)
-    axes.set_title("UA per speaker-held-out fold (averaged over seeds)", fontsize=10)
+    axes.set_title(f"{shown} per speaker-held-out fold (averaged over seeds)", fontsize=10)
     axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return figure
 
 
+#: Line styles of the metrics in :func:`plot_k`, in registry order (cycled).
+K_STYLES = ("s--", "o-", "^:", "d-.")
+
+
 def plot_k(groups: list[dict], rows: dict[str, dict]):
-    """Pooled WA and UA (%) against graph.k, one pair of lines per group of labels."""
+    """Every metric, pooled (%), against graph.k: one line per metric and group of labels."""
     figure = new_figure(5.5, 4.0)
     axes = figure.add_subplot()
+    metrics = list(METRICS.values())
     for number, group in enumerate(groups):
         ks = sorted(set(group["k"]))
         prefix = f"{' / '.join(group['labels'])}: " if len(groups) > 1 else ""
-        for metric, style in (("wa", "s--"), ("ua", "o-")):
+        for position, metric in enumerate(metrics):
+            style = K_STYLES[position % len(K_STYLES)]
             # Labels sharing a k have the same configuration; plot their mean.
             values = [
                 100
                 * np.mean(
                     [
-                        rows[label][f"pooled_{metric}"]
+                        rows[label][f"pooled_{metric.name}"]
                         for label, k in zip(group["labels"], group["k"], strict=True)
                         if k == key
                     ]
@@ -117,15 +127,16 @@ def plot_k(groups: list[dict], rows: dict[str, dict]):
                 ks,
                 values,
                 style,
-                label=f"{prefix}{metric.upper()}",
-                color=f"C{2 * number + (metric == 'ua')}",
+                label=f"{prefix}{metric.display}",
+                color=f"C{(len(metrics) * number + position) % 10}",
             )
             for k, value in zip(ks, values, strict=True):
                 axes.annotate(
                     f"{value:.2f}",
                     (k, value),
                     textcoords="offset points",
-                    xytext=(0, 7 if metric == "ua" else -13),  # apart when WA ~ UA
+                    # alternately above and below the point: apart when two metrics are close
+                    xytext=(0, 7 if position % 2 else -13),
                     ha="center",
                     fontsize=8,
                     color=line[0].get_color(),
@@ -133,38 +144,41 @@ def plot_k(groups: list[dict], rows: dict[str, dict]):
     axes.margins(x=0.1, y=0.2)  # room for the printed values
     axes.set_xticks(sorted({k for group in groups for k in group["k"]}))
     axes.set_xlabel("k (temporal neighbours per node)")
-    axes.set_ylabel("pooled accuracy (%)")
-    axes.set_title("WA and UA (pooled over folds) against k", fontsize=10)
+    names = ", ".join(metric.display for metric in metrics)
+    axes.set_ylabel("pooled score (%)")
+    axes.set_title(f"{names} (pooled over folds) against k", fontsize=10)
     axes.legend(fontsize=8)
     return figure
 
 
 def plot_sweep(key: str, points: list[tuple[float, dict, float]]):
-    """UA (%) against the one numeric key of a grid: each fold's UA (seeds averaged) as a point,
-    the pooled UA of each grid point as a line. ``points``: (value, fold -> UA, pooled UA)."""
+    """The primary metric (UA, %) against the one numeric key of a grid: each fold's score
+    (seeds averaged) as a point, the pooled score of each grid point as a line. ``points``:
+    (value, fold -> score, pooled score)."""
+    shown = primary().display
     figure = new_figure(5.5, 4.0)
     axes = figure.add_subplot()
     points = sorted(points, key=lambda point: point[0])
-    for value, fold_ua, _ in points:
+    for value, by_fold, _ in points:
         axes.scatter(
-            [value] * len(fold_ua),
-            [100 * ua for ua in fold_ua.values()],
+            [value] * len(by_fold),
+            [100 * score for score in by_fold.values()],
             color="C0",
             alpha=0.5,
             s=14,
-            label="a fold's UA (seeds averaged)" if value == points[0][0] else None,
+            label=f"a fold's {shown} (seeds averaged)" if value == points[0][0] else None,
         )
     axes.plot(
         [value for value, _, _ in points],
         [100 * pooled for _, _, pooled in points],
         "o-",
         color="C1",
-        label="pooled UA",
+        label=f"pooled {shown}",
     )
     axes.set_xticks([value for value, _, _ in points])
     axes.set_xlabel(key)
-    axes.set_ylabel("UA (%)")
+    axes.set_ylabel(f"{shown} (%)")
     axes.margins(x=0.1, y=0.1)
-    axes.set_title(f"UA against {key} (one point per fold)", fontsize=10)
+    axes.set_title(f"{shown} against {key} (one point per fold)", fontsize=10)
     axes.legend(fontsize=8)
     return figure

@@ -46,7 +46,7 @@ from sergraph.io import atomic_write_bytes, atomic_write_json
 # The files and folders of a cell folder (see the module docstring); read them through
 # CellPaths.
 CONFIG = "config.yaml"
-METRICS = "metrics.json"
+METRICS_FILE = "metrics.json"
 PREDICTIONS = "predictions.csv"
 CHECKPOINTS = "checkpoints"
 BEST = "best.ckpt"
@@ -93,7 +93,7 @@ class CellPaths:
     @property
     def metrics(self) -> Path:
         """Written last: its presence marks the cell finished."""
-        return self.cell / METRICS
+        return self.cell / METRICS_FILE
 
     @property
     def predictions(self) -> Path:
@@ -224,12 +224,14 @@ def variant_dirs(run_dir: str | Path) -> list[Path]:
 
 def finished_cells(root: str | Path) -> list[tuple[Path, dict]]:
     """(cell folder, verified metrics) of every finished cell of a variant folder."""
-    return [(cell, read_metrics(cell)) for cell in cell_dirs(root) if (cell / METRICS).is_file()]
+    return [
+        (cell, read_metrics(cell)) for cell in cell_dirs(root) if (cell / METRICS_FILE).is_file()
+    ]
 
 
 def unfinished_cells(root: str | Path) -> list[Path]:
     """Cell folders of a variant folder that have no metrics.json (yet)."""
-    return [cell for cell in cell_dirs(root) if not (cell / METRICS).is_file()]
+    return [cell for cell in cell_dirs(root) if not (cell / METRICS_FILE).is_file()]
 
 
 def finished(cfg: DictConfig, directory: Path) -> bool:
@@ -239,7 +241,7 @@ def finished(cfg: DictConfig, directory: Path) -> bool:
         RuntimeError: the results are of another configuration.
         ResultFileError: a result file is unreadable or differs from what metrics.json recorded.
     """
-    if not (directory / METRICS).is_file():
+    if not (directory / METRICS_FILE).is_file():
         return False
     saved = read_metrics(directory).get("config_id")
     if saved != identity(cfg):
@@ -257,8 +259,8 @@ def other_configuration(cfg: DictConfig) -> str | None:
 
     mine = identity(cfg)
     for cell in cell_dirs(run_root(cfg)):
-        if (cell / METRICS).is_file():
-            saved = read_json(cell / METRICS).get("config_id")
+        if (cell / METRICS_FILE).is_file():
+            saved = read_json(cell / METRICS_FILE).get("config_id")
         elif (cell / CONFIG).is_file():
             try:
                 saved = identity(OmegaConf.load(cell / CONFIG))
@@ -343,10 +345,10 @@ def read_metrics(directory: str | Path, checkpoint: bool = False) -> dict:
     ``checkpoint`` the recorded checkpoint is hashed too (it can be large: export does it).
     """
     directory = Path(directory)
-    metrics = read_json(directory / METRICS)
+    metrics = read_json(directory / METRICS_FILE)
     missing = [key for key in ("seed", "fold", "classes", "n_test") if key not in metrics]
     if missing:
-        raise ResultFileError(directory / METRICS, f"has no {missing}")
+        raise ResultFileError(directory / METRICS_FILE, f"has no {missing}")
     recorded = metrics.get("files", {})
     if PREDICTIONS in recorded:
         verify_file(directory / PREDICTIONS, recorded[PREDICTIONS])
@@ -429,7 +431,7 @@ def write_cell(
     if checkpoint is not None and (directory / checkpoint).is_file():
         files[checkpoint] = file_record(directory / checkpoint)
     metrics = {**metrics, "files": files}
-    atomic_write_json(directory / METRICS, metrics)
+    atomic_write_json(directory / METRICS_FILE, metrics)
     return metrics
 
 

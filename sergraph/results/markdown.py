@@ -5,16 +5,10 @@ from __future__ import annotations
 
 import math
 
+from sergraph.metrics import METRICS, definitions, primary
+from sergraph.metrics import percent as _percent
 from sergraph.results.compare import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-
-
-def _percent(value: float, std: float | None = None) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "–"
-    text = f"{100 * value:.2f}"
-    if std is not None and not math.isnan(std):
-        text += f" ± {100 * std:.2f}"
-    return text
+from sergraph.results.summary import NOT_RECORDED
 
 
 def _fold_list(keys: list[tuple[int, str]]) -> str:
@@ -78,12 +72,15 @@ def format_report(
     refused_data: list[tuple[str, str, list[str]]] = (),
 ) -> str:
     rows = [item["row"] for item in collected]
+    shown = primary().display
     lines = [
         f"# {name}: speaker-held-out results (%)",
         "",
-        "| label | model | protocol | folds × seeds | WA mean ± std | UA mean ± std | pooled WA "
-        "| pooled UA | provenance |",
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| label | model | protocol | folds × seeds | "
+        + "".join(f"{m.display} mean ± std | " for m in METRICS.values())
+        + "".join(f"pooled {m.display} | " for m in METRICS.values())
+        + "provenance |",
+        "| --- | --- | --- | ---: |" + " ---: |" * (2 * len(METRICS)) + " --- |",
     ]
     for row in rows:
         cells = f"{row['folds']} × {row['seeds']}"
@@ -95,10 +92,9 @@ def format_report(
         label = f"{row['label']} (reference)" if row["label"] == reference else row["label"]
         lines.append(
             f"| {label} | {row['model']} | {row['protocol']} | {cells} | "
-            f"{_percent(row['wa_mean'], row['wa_std'])} | "
-            f"{_percent(row['ua_mean'], row['ua_std'])} | "
-            f"{_percent(row['pooled_wa'], row['pooled_wa_std'])} | "
-            f"{_percent(row['pooled_ua'], row['pooled_ua_std'])} | {row['provenance']} |"
+            + "".join(f"{_percent(row[f'{n}_mean'], row[f'{n}_std'])} | " for n in METRICS)
+            + "".join(f"{_percent(row[f'pooled_{n}'], row[f'pooled_{n}_std'])} | " for n in METRICS)
+            + f"{row['provenance']} |"
         )
     n_folds = max(row["folds"] for row in rows)
     lines += [
@@ -131,15 +127,19 @@ def format_report(
             "",
         ]
     lines += [
-        "WA = accuracy over utterances; UA = mean recall over classes present in the targets. "
-        "Mean ± std: over all fold × seed cells (sample std). Pooled: WA/UA over all test "
+        f"{definitions()}. "
+        "Mean ± std: over all fold × seed cells (sample std). Pooled: each metric over all test "
         "predictions of a seed, averaged over seeds (± sample std over seeds when there are "
         "several). Provenance: 'clean @ commit' when every cell of the row ran from that one "
         "commit of a clean tree. No row is marked best: a reference is declared (experiment key "
         "`reference` or --reference), never chosen by a test score. Machine-readable: "
         "results.csv, folds.csv (fractions).",
         "",
-        "## Paired comparisons (UA per fold, seeds averaged first)",
+    ]
+    if any(row[f"{n}_mean"] is None for row in rows for n in METRICS):
+        lines += [NOT_RECORDED, ""]
+    lines += [
+        f"## Paired comparisons ({shown} per fold, seeds averaged first)",
         "",
         f"Reference: {reference}."
         if reference
@@ -166,7 +166,7 @@ def format_report(
         ]
     else:
         lines += [
-            "Δ UA = A − B in points over the folds both labels have; 95% CI: percentile "
+            f"Δ {shown} = A − B in points over the folds both labels have; 95% CI: percentile "
             f"bootstrap of the mean over folds ({BOOTSTRAP_RESAMPLES} resamples, seed "
             f"{BOOTSTRAP_SEED}); p: two-sided Wilcoxon signed-rank test (zero differences "
             f"dropped), as computed; Holm p: {_family_words(tests)} With few folds the "
@@ -175,7 +175,7 @@ def format_report(
             f"and an interval that excludes 0 while p ≥ {SIGNIFICANCE} is no evidence of a "
             "difference.",
             "",
-            "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | Holm p | note |",
+            f"| A | B | folds paired | Δ {shown} | 95% CI | Wilcoxon p | Holm p | note |",
             "| --- | --- | ---: | ---: | --- | ---: | ---: | --- |",
         ]
         for test in tests:

@@ -4,22 +4,24 @@
 folder of variants (``RUN_DIR/<label>/seed-<s>/fold-<XX>/metrics.json``). :func:`write_report`
 writes into ``RUN_DIR/report/`` (or ``out_dir``):
 
-- ``report.md``     one row per label (protocol, mean +- std over fold x seed cells, pooled
-                    WA/UA, provenance), then paired comparisons over folds (Wilcoxon
+- ``report.md``     one row per label (protocol, mean +- std over fold x seed cells and pooled
+                    scores of every metric of :data:`sergraph.metrics.METRICS`, provenance),
+                    then paired comparisons of the primary metric (UA) over folds (Wilcoxon
                     signed-rank, bootstrap CI; :mod:`sergraph.results.compare`) against the
                     declared reference, within one protocol unless asked
 - ``results.csv``   that table, machine-readable (fractions in [0, 1], not %)
-- ``folds.csv``     every cell: label, seed, fold, test_speakers, n, wa, ua (fractions)
+- ``folds.csv``     every cell: label, seed, fold, test_speakers, n and every metric
+                    (fractions; empty where a cell does not record a metric)
 - ``confusion_<label>.png``  row-normalised confusion matrix of the pooled predictions
 - ``folds.png``     UA per fold and label (averaged over seeds)
-- ``wa_ua_vs_k.png``  pooled WA and UA against graph.k, only when some labels differ in
+- ``wa_ua_vs_k.png``  every metric, pooled, against graph.k, only when some labels differ in
                     nothing but graph.k (read from each label's ``config.yaml``)
 - ``ua_vs_<key>.png``  for a grid of one numeric key: each fold's UA as a point and the
                     pooled UA as a line, against the key
 
 Figures are drawn by :mod:`sergraph.results.figures`. Per-label numbers come from
 :func:`sergraph.results.summary.summarize` (which also refreshes each label's
-``summary.json``/``summary.md``, as a finished study does); all WA/UA arithmetic is
+``summary.json``/``summary.md``, as a finished study does); all metric arithmetic is
 :mod:`sergraph.metrics`'. Collecting the labels, grouping graph.k studies and writing the
 Markdown stay together in this module, as one reader of the result files.
 """
@@ -35,11 +37,12 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_csv, atomic_write_text
+from sergraph.metrics import METRICS, PRIMARY
 from sergraph.results.comparable import flatten
 from sergraph.results.compare import comparisons, declared_controls, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, plot_sweep, save_png
 from sergraph.results.layout import (
-    METRICS,
+    METRICS_FILE,
     CellPaths,
     ResultFileError,
     cell_dirs,
@@ -51,31 +54,35 @@ from sergraph.results.markdown import format_report
 from sergraph.results.provenance import changed_sources, row_provenance
 from sergraph.results.summary import mean_std, summarize
 
+#: Every metric, pooled, against graph.k (the name it has had since it showed WA and UA only).
 K_FIGURE = "wa_ua_vs_k.png"
-#: UA against the one numeric key of a grid, a point per fold: ``ua_vs_<key>.png``.
-SWEEP_FIGURE = "ua_vs_"
+#: The primary metric against the one numeric key of a grid, a point per fold:
+#: ``ua_vs_<key>.png``.
+SWEEP_FIGURE = f"{PRIMARY}_vs_"
 
-RESULT_COLUMNS = [
-    "label",
-    "model",
-    "folds",
-    "seeds",
-    "cells",
-    "complete",
-    "wa_mean",
-    "wa_std",
-    "ua_mean",
-    "ua_std",
-    "pooled_wa",
-    "pooled_wa_std",
-    "pooled_ua",
-    "pooled_ua_std",
-    "predictions",
-    "missing",
-    "protocol",
-    "provenance",
-]
-FOLD_COLUMNS = ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
+
+def result_columns() -> list[str]:
+    """The columns of ``results.csv``: per metric its mean and std over cells, then its pooled
+    value and std over seeds."""
+    return [
+        "label",
+        "model",
+        "folds",
+        "seeds",
+        "cells",
+        "complete",
+        *[f"{name}_{what}" for name in METRICS for what in ("mean", "std")],
+        *[f"pooled_{name}{what}" for name in METRICS for what in ("", "_std")],
+        "predictions",
+        "missing",
+        "protocol",
+        "provenance",
+    ]
+
+
+def fold_columns() -> list[str]:
+    """The columns of ``folds.csv``."""
+    return ["label", "seed", "fold", "test_speakers", "n", *METRICS]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +102,7 @@ def find_labels(run_dir: str | Path) -> dict[str, Path]:
     if not roots:
         raise FileNotFoundError(
             f"no finished cells under {run_dir}: expected {run_dir}/<label>/seed-<s>/fold-<XX>/"
-            f"{METRICS} or {run_dir}/seed-<s>/fold-<XX>/{METRICS} ({METRICS} is written when a "
+            f"{METRICS_FILE} or {run_dir}/seed-<s>/fold-<XX>/{METRICS_FILE} ({METRICS_FILE} is written when a "
             "fold finishes)"
         )
     labels = {}
@@ -122,8 +129,8 @@ def _natural_key(text: str) -> list:
 
 
 def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
-    """Summary, table row, per-fold UA and pooled confusion of one label (``folds``: only
-    these fold indices)."""
+    """Summary, table row, per-fold primary metric (UA) and pooled confusion of one label
+    (``folds``: only these fold indices)."""
     summary = summarize(root, folds=folds, write=folds is None)
     cells = finished_cells(root)  # verified: a damaged file stops here, naming it
     if folds is not None:
@@ -135,10 +142,6 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
     missing = [cell.relative_to(root).as_posix() for cell in unfinished_cells(root)]
     folds = pd.DataFrame(summary["folds"])
     per_seed = summary["pooled"]["per_seed"]
-    pooled_wa, pooled_wa_std = mean_std([p["wa"] for p in per_seed])
-    pooled_ua, pooled_ua_std = mean_std([p["ua"] for p in per_seed])
-    if len(per_seed) < 2:  # one seed: there is no spread over seeds to report
-        pooled_wa_std = pooled_ua_std = math.nan
     n_folds, n_seeds = folds["fold"].nunique(), folds["seed"].nunique()
     row = {
         "label": label,
@@ -147,14 +150,16 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
         "seeds": int(n_seeds),
         "cells": len(folds),
         "complete": bool(len(folds) == n_folds * n_seeds and not missing),
-        "wa_mean": summary["fold_mean"]["wa"],
-        "wa_std": summary["fold_std"]["wa"],
-        "ua_mean": summary["fold_mean"]["ua"],
-        "ua_std": summary["fold_std"]["ua"],
-        "pooled_wa": pooled_wa,
-        "pooled_wa_std": pooled_wa_std,
-        "pooled_ua": pooled_ua,
-        "pooled_ua_std": pooled_ua_std,
+    }
+    for name in METRICS:
+        row[f"{name}_mean"] = summary["fold_mean"][name]
+        row[f"{name}_std"] = summary["fold_std"][name]
+    for name in METRICS:
+        pooled, pooled_std = mean_std([p[name] for p in per_seed])
+        # one seed: there is no spread over seeds to report
+        row[f"pooled_{name}"] = pooled
+        row[f"pooled_{name}_std"] = pooled_std if len(per_seed) > 1 else math.nan
+    row |= {
         "predictions": int(sum(p["n"] for p in per_seed)),
         "missing": " ".join(missing),
         "protocol": summary["protocol"]["name"],
@@ -162,7 +167,7 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
     }
     # A fold is identified by its number and its test speakers: the same number with other
     # speakers (another fold scheme) is not the same fold and must not be paired.
-    fold_ua = folds.groupby(["fold", "test_speakers"])["ua"].mean()
+    fold_primary = folds.groupby(["fold", "test_speakers"])[PRIMARY].mean()
     # the data of each fold (check_pooled made sure its seeds share it); None: not recorded
     fold_data = {
         (int(record["fold"]), ",".join(record["test_speakers"])): record.get("data")
@@ -173,7 +178,10 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
         "root": root,
         "row": row,
         "folds": folds,
-        "fold_ua": {(int(fold), speakers): float(ua) for (fold, speakers), ua in fold_ua.items()},
+        # the primary metric per fold, seeds averaged: what paired tests and fold figures use
+        "fold_scores": {
+            (int(fold), speakers): float(score) for (fold, speakers), score in fold_primary.items()
+        },
         "fold_data": fold_data,
         "classes": list(summary["classes"]),
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
@@ -243,9 +251,9 @@ def k_groups(collected: list[dict]) -> list[dict]:
 
 
 def sweep_points(collected: list[dict]) -> tuple[str, list[tuple[float, dict, float]]] | None:
-    """The one numeric key of a grid and, per grid point here, (its value, fold -> UA, pooled
-    UA); ``None`` unless the labels come from one grid (``grid:`` or ``-m``) of exactly one key,
-    every value a number, with at least two points here."""
+    """The one numeric key of a grid and, per grid point here, (its value, fold -> primary
+    metric, pooled primary metric); ``None`` unless the labels come from one grid (``grid:`` or
+    ``-m``) of exactly one key, every value a number, with at least two points here."""
     grids = {
         json.dumps((item["config"] or {}).get("grid") or {}, sort_keys=True) for item in collected
     }
@@ -261,8 +269,8 @@ def sweep_points(collected: list[dict]) -> tuple[str, list[tuple[float, dict, fl
         value = flatten(item["config"]).get(key)
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             return None
-        fold_ua = {fold: ua for (fold, _), ua in item["fold_ua"].items()}
-        points.append((float(value), fold_ua, item["row"]["pooled_ua"]))
+        by_fold = {fold: score for (fold, _), score in item["fold_scores"].items()}
+        points.append((float(value), by_fold, item["row"][f"pooled_{PRIMARY}"]))
     return key, points
 
 
@@ -380,15 +388,15 @@ def write_report(
 
     fold_rows = pd.concat(
         [item["folds"].assign(label=item["label"]) for item in collected], ignore_index=True
-    )[FOLD_COLUMNS]
+    )[fold_columns()]
     paths = {
         "report": out_dir / "report.md",
         "results": out_dir / "results.csv",
         "folds": out_dir / "folds.csv",
     }
-    atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=RESULT_COLUMNS))
+    atomic_write_csv(paths["results"], pd.DataFrame(rows, columns=result_columns()))
     atomic_write_csv(paths["folds"], fold_rows)
-    same_folds = len({frozenset(item["fold_ua"]) for item in collected}) == 1
+    same_folds = len({frozenset(item["fold_scores"]) for item in collected}) == 1
     text = format_report(
         name,
         collected,

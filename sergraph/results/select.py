@@ -33,7 +33,7 @@ import pandas as pd
 
 from sergraph.console import log
 from sergraph.io import atomic_write_text
-from sergraph.metrics import pooled_scores, scores_from_labels
+from sergraph.metrics import BEST_VALIDATION, pooled_scores, primary, scores_from_labels
 from sergraph.results.layout import (
     CellPaths,
     cell_dir,
@@ -43,7 +43,7 @@ from sergraph.results.layout import (
 )
 
 #: The only fields of a candidate's metrics.json that the selection rule sees.
-VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", "best_val_ua")
+VALIDATION_FIELDS = ("seed", "fold", "train_speakers", "val_speakers", BEST_VALIDATION)
 
 
 ENSEMBLE_MARKER = "ENSEMBLE"
@@ -69,7 +69,8 @@ def validation_view(metrics: dict) -> dict:
 
 
 def choose(candidates: dict[str, dict]) -> str:
-    """The label with the highest validation UA; ties go to the first label given.
+    """The label with the best validation UA (the primary metric, in its direction: the
+    highest); ties go to the first label given.
 
     Args:
         candidates: label -> :func:`validation_view` of that label's cell (one seed and fold).
@@ -85,10 +86,11 @@ def choose(candidates: dict[str, dict]) -> str:
             "compares validation UA on the same speakers only (leave out the variants that "
             "change folds.val_speakers)"
         )
-    missing = [label for label, view in candidates.items() if view["best_val_ua"] is None]
+    missing = [label for label, view in candidates.items() if view[BEST_VALIDATION] is None]
     if missing:
-        raise ValueError(f"no validation score (best_val_ua) for {missing}: cannot select")
-    return max(candidates, key=lambda label: candidates[label]["best_val_ua"])
+        raise ValueError(f"no validation score ({BEST_VALIDATION}) for {missing}: cannot select")
+    judge = primary()
+    return max(candidates, key=lambda label: judge.sort_key(candidates[label][BEST_VALIDATION]))
 
 
 CRITERIA = ("cell", "fold")
@@ -177,8 +179,8 @@ def select_nested(
             for name in candidates:
                 seeds = [validation_view(cells[name][key][1]) for key in keys]
                 view = dict(seeds[0])
-                scores = [v["best_val_ua"] for v in seeds]
-                view["best_val_ua"] = None if None in scores else float(np.mean(scores))
+                scores = [v[BEST_VALIDATION] for v in seeds]
+                view[BEST_VALIDATION] = None if None in scores else float(np.mean(scores))
                 views[name] = view
             by_fold[fold] = choose(views)
     chosen = {}
@@ -191,7 +193,7 @@ def select_nested(
         metrics = {key: value for key, value in metrics.items() if key != "files"}
         metrics["selected"] = pick
         metrics["selection_criterion"] = criterion
-        metrics["selection_val_ua"] = {name: view["best_val_ua"] for name, view in views.items()}
+        metrics["selection_val_ua"] = {name: view[BEST_VALIDATION] for name, view in views.items()}
         if differing:
             metrics["selection_cross_data"] = differing
         target = study_dir / label / source.parent.name / source.name
@@ -297,8 +299,9 @@ def _shared_provenance(states: list) -> dict:
 
 
 def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.DataFrame:
-    """Pooled UA of ``label`` (a selection) and of ``reference`` (the fixed recipe), seed by
-    seed over the folds both finished: ``seed, folds, ua_<label>, ua_<reference>, difference``.
+    """Pooled UA (the primary metric) of ``label`` (a selection) and of ``reference`` (the fixed
+    recipe), seed by seed over the folds both finished: ``seed, folds, ua_<label>,
+    ua_<reference>, difference``.
 
     Raises:
         FileNotFoundError: when the two share no (seed, fold) cell.
@@ -308,6 +311,7 @@ def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.Da
     shared = sorted(set(mine) & set(theirs))
     if not shared:
         raise FileNotFoundError(f"{label} and {reference} share no finished (seed, fold) cell")
+    name = primary().name
     rows = []
     for seed in sorted({seed for seed, _ in shared}):
         keys = [key for key in shared if key[0] == seed]
@@ -315,13 +319,13 @@ def compare_per_seed(study_dir: str | Path, label: str, reference: str) -> pd.Da
         for cells in (mine, theirs):
             frame = pd.concat(read_predictions(cells[key][0]) for key in keys)
             classes = list(cells[keys[0]][1]["classes"])
-            scores.append(pooled_scores(frame, classes)["ua"])
+            scores.append(pooled_scores(frame, classes)[name])
         rows.append(
             {
                 "seed": seed,
                 "folds": len(keys),
-                f"ua_{label}": scores[0],
-                f"ua_{reference}": scores[1],
+                f"{name}_{label}": scores[0],
+                f"{name}_{reference}": scores[1],
                 "difference": scores[0] - scores[1],
             }
         )

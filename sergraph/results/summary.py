@@ -1,4 +1,5 @@
-"""Summaries of one variant: per-fold rows, mean +- std over folds, pooled WA/UA."""
+"""Summaries of one variant: per-fold rows, mean +- std over folds and pooled scores of every
+metric of :data:`sergraph.metrics.METRICS`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import numpy as np
 import pandas as pd
 
 from sergraph.io import atomic_write_json, atomic_write_text
-from sergraph.metrics import pooled_scores
+from sergraph.metrics import METRICS, definitions, percent, pooled_scores
 from sergraph.results.comparable import check_pooled
 from sergraph.results.layout import CellPaths, finished_cells, read_predictions, summary_paths
 
@@ -17,6 +18,31 @@ from sergraph.results.layout import CellPaths, finished_cells, read_predictions,
 def mean_std(values) -> tuple[float, float]:
     values = np.asarray(values, dtype=float)
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def fold_scores(metrics: dict) -> dict[str, float | None]:
+    """Every registered metric of one cell's ``metrics.json``; ``None`` for one it does not
+    record (a cell written before sergraph computed that metric)."""
+    return {name: metrics.get(name) for name in METRICS}
+
+
+def fold_statistics(rows: list[dict]) -> tuple[dict, dict]:
+    """``(mean, sample std)`` over cells of every registered metric (rows: one dict per cell,
+    :func:`fold_scores`). A metric some cell does not record is ``None`` in both: a mean over
+    the other cells would describe other folds than the row says."""
+    means, stds = {}, {}
+    for name in METRICS:
+        values = [row.get(name) for row in rows]
+        if any(value is None for value in values):
+            means[name] = stds[name] = None
+        else:
+            means[name], stds[name] = mean_std(values)
+    return means, stds
+
+
+def pooled_means(per_seed: list[dict]) -> dict[str, float]:
+    """Every registered metric of the pooled predictions, averaged over seeds."""
+    return {name: float(np.mean([p[name] for p in per_seed])) for name in METRICS}
 
 
 def summarize(
@@ -27,10 +53,12 @@ def summarize(
 ) -> dict:
     """Collect ``metrics.json``/``predictions.csv`` of a model's folds; write summary.json/.md.
 
-    Returns a dict with per-fold rows, the mean +- std over folds of WA and UA (sample std over
-    all seed x fold cells) and WA/UA pooled over every test prediction of each seed (averaged
-    over seeds when there are several). ``folds``: only these fold indices (a subset report;
-    then pass ``write=False`` to leave the variant's summary files alone).
+    Returns a dict with per-fold rows, the mean +- std over folds of every registered metric
+    (sample std over all seed x fold cells; ``None`` for a metric that some cell's
+    metrics.json does not record) and every metric pooled over every test prediction of each
+    seed (averaged over seeds when there are several; computed from the predictions files, so
+    also for cells written before a metric existed). ``folds``: only these fold indices (a
+    subset report; then pass ``write=False`` to leave the variant's summary files alone).
     """
     root = Path(root)
     cells = finished_cells(root)  # verified: a damaged file stops here, naming it
@@ -52,8 +80,7 @@ def summarize(
                 "fold": metrics["fold"],
                 "test_speakers": ",".join(metrics["test_speakers"]),
                 "n": metrics["n_test"],
-                "wa": metrics["wa"],
-                "ua": metrics["ua"],
+                **fold_scores(metrics),
             }
         )
     if not rows:
@@ -64,20 +91,15 @@ def summarize(
         pooled.append(
             pooled_scores(predictions, classes) | {"seed": int(seed), "n": len(predictions)}
         )
-    wa_mean, wa_std = mean_std(folds["wa"])
-    ua_mean, ua_std = mean_std(folds["ua"])
+    fold_mean, fold_std = fold_statistics(rows)
     summary = {
         "model": root.name,
         "classes": classes,
         "protocol": protocols.popitem()[1] if len(protocols) == 1 else mixed_protocol(protocols),
-        "folds": folds.to_dict(orient="records"),
-        "fold_mean": {"wa": wa_mean, "ua": ua_mean},
-        "fold_std": {"wa": wa_std, "ua": ua_std},
-        "pooled": {
-            "wa": float(np.mean([p["wa"] for p in pooled])),
-            "ua": float(np.mean([p["ua"] for p in pooled])),
-            "per_seed": pooled,
-        },
+        "folds": rows,  # as recorded: a metric a cell does not record stays None (null)
+        "fold_mean": fold_mean,
+        "fold_std": fold_std,
+        "pooled": {**pooled_means(pooled), "per_seed": pooled},
     }
     if overlapping:  # predefined folds with folds.allow_speaker_overlap=true
         summary["speaker_independent"] = False
@@ -110,32 +132,47 @@ def mixed_protocol(protocols: dict) -> dict:
     return {"name": "mixed", "note": f"MIXED protocols across cells ({', '.join(names)})"}
 
 
+#: The note under a table with a "–": a metric some cells do not record.
+NOT_RECORDED = (
+    "–: not recorded in the metrics.json of some cells (written before sergraph computed that "
+    "metric); pooled scores are computed from the predictions files and cover every metric."
+)
+
+
 def format_summary(summary: dict) -> str:
     """A Markdown table: one row per fold, then mean +- std over folds and pooled."""
+    names = list(METRICS)
     lines = [
         f"## {summary['model']}: speaker-held-out results (%)",
         "",
         f"Protocol: {summary['protocol']['note']}.",
         "",
-        "| seed | fold | test speakers | n | WA | UA |",
-        "| ---: | ---: | --- | ---: | ---: | ---: |",
+        "| seed | fold | test speakers | n | "
+        + " | ".join(m.display for m in METRICS.values())
+        + " |",
+        "| ---: | ---: | --- | ---: |" + " ---: |" * len(names),
     ]
     for row in summary["folds"]:
         lines.append(
             f"| {row['seed']} | {row['fold']} | {row['test_speakers']} | {row['n']} | "
-            f"{100 * row['wa']:.2f} | {100 * row['ua']:.2f} |"
+            + " | ".join(percent(row.get(name)) for name in names)
+            + " |"
         )
     mean, std = summary["fold_mean"], summary["fold_std"]
     n_pooled = sum(p["n"] for p in summary["pooled"]["per_seed"])
     lines += [
-        f"| | mean ± std over folds | | | {100 * mean['wa']:.2f} ± {100 * std['wa']:.2f} | "
-        f"{100 * mean['ua']:.2f} ± {100 * std['ua']:.2f} |",
-        f"| | pooled over all test predictions | | {n_pooled} | {100 * summary['pooled']['wa']:.2f} | "
-        f"{100 * summary['pooled']['ua']:.2f} |",
+        "| | mean ± std over folds | | | "
+        + " | ".join(percent(mean.get(name), std.get(name)) for name in names)
+        + " |",
+        f"| | pooled over all test predictions | | {n_pooled} | "
+        + " | ".join(percent(summary["pooled"].get(name)) for name in names)
+        + " |",
         "",
-        "WA = accuracy over utterances; UA = mean recall over classes present in the targets.",
+        f"{definitions()}.",
         "",
     ]
+    if any(row.get(name) is None for row in summary["folds"] for name in names):
+        lines += [NOT_RECORDED, ""]
     if summary.get("speaker_independent", True) is False:
         lines += [
             "NOT speaker-independent: these folds let test speakers appear in training "

@@ -8,6 +8,7 @@ from pathlib import Path
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from sergraph.console import progress
+from sergraph.metrics import primary
 from sergraph.training.distributed import check_shared_storage
 
 
@@ -20,7 +21,8 @@ class KeepEarlyStop(Callback):
 
 
 class CellProgress(Callback):
-    """Shows the running cell's epoch and validation UA on the study's progress bar.
+    """Shows the running cell's epoch and validation score (the primary metric, UA) on the
+    study's progress bar.
 
     Reads logged values only; it changes no state, so results do not depend on it.
     """
@@ -32,8 +34,10 @@ class CellProgress(Callback):
         bar = progress()
         if bar is None or not trainer.is_global_zero:
             return
-        value = trainer.callback_metrics.get("val/ua")
-        bar.epoch(self.name, trainer.current_epoch + 1, float(value) if value is not None else None)
+        monitored = primary()
+        value = trainer.callback_metrics.get(f"val/{monitored.name}")
+        score = (monitored.display, float(value)) if value is not None else None
+        bar.epoch(self.name, trainer.current_epoch + 1, score)
 
 
 class SharedStorageCheck(Callback):

@@ -27,7 +27,7 @@ from sergraph.console import detail, log
 from sergraph.data.features.ssl import stacked_layers
 from sergraph.data.folds import Fold
 from sergraph.data.prepared import PreparedData
-from sergraph.metrics import scores_from_labels
+from sergraph.metrics import BEST_VALIDATION, primary, scores_from_labels
 from sergraph.results.layout import CellPaths, predictions_frame
 from sergraph.training.checkpoints import (
     atomic_checkpoint_io,
@@ -75,12 +75,14 @@ def fit_neural(
     has_val = bool(fold.val_speakers)
     paths = CellPaths(directory)
     # Lightning adds the ".ckpt" of the layout's names to the stems given here.
-    # best.ckpt: the best val/ua so far (the val/ua of every rank is the same synchronised value).
+    # best.ckpt: the best validation score of the primary metric (val/ua) so far (every rank
+    # logs the same synchronised value).
+    monitored = primary()
     checkpoint = RankStatesCheckpoint(
         dirpath=paths.best.parent,
         filename=paths.best.stem,
-        monitor="val/ua" if has_val else None,
-        mode="max",
+        monitor=f"val/{monitored.name}" if has_val else None,
+        mode=monitored.mode,
         save_top_k=1,
         enable_version_counter=False,
     )
@@ -104,7 +106,13 @@ def fit_neural(
         keep_early_stop_callback(),
     ]
     if has_val and cfg.trainer.early_stopping:
-        callbacks.append(EarlyStopping(monitor="val/ua", mode="max", patience=cfg.trainer.patience))
+        callbacks.append(
+            EarlyStopping(
+                monitor=f"val/{monitored.name}",
+                mode=monitored.mode,
+                patience=cfg.trainer.patience,
+            )
+        )
     callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
     pin_rnn_math(cfg.trainer.deterministic)
@@ -159,7 +167,7 @@ def fit_neural(
     best_score = checkpoint.best_model_score
     extra = {
         "epochs": int(trainer.current_epoch),
-        "best_val_ua": float(best_score) if best_score is not None else None,
+        BEST_VALIDATION: float(best_score) if best_score is not None else None,
         "checkpoint": str(Path(best).resolve().relative_to(directory.resolve())) if best else None,
     }
     if trainer.world_size > 1:
@@ -168,8 +176,8 @@ def fit_neural(
         extra["fusion"] = fusion
         # what `sergraph select` ranks: the validation UA of the model whose test predictions
         # are reported (the fused one); the neural model's own is kept beside it
-        extra["model_best_val_ua"] = extra["best_val_ua"]
-        extra["best_val_ua"] = fusion["val_ua"][f"{fusion['weight']:.1f}"]
+        extra["model_best_val_ua"] = extra[BEST_VALIDATION]
+        extra[BEST_VALIDATION] = fusion["val_ua"][f"{fusion['weight']:.1f}"]
     return predictions, extra
 
 
@@ -208,9 +216,10 @@ def fuse_with_svm(
     if is_global_zero():
         atomic_write_csv(directory / FUSION_PARTS, parts)
     weight = record["weight"]
+    shown = primary().display
     detail(
         f"{datamodule.fold.name}: fused with the SVM, weight {weight:.1f} of the neural model "
-        f"(validation UA {record['val_ua'][f'{weight:.1f}']:.3f}; test UA neural "
+        f"(validation {shown} {record['val_ua'][f'{weight:.1f}']:.3f}; test {shown} neural "
         f"{record['graph_test_ua']:.3f}, SVM {record['svm_test_ua']:.3f})"
     )
     return predictions, record

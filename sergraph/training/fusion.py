@@ -10,8 +10,9 @@ its usual inner leave-one-speaker-out choice of C over those speakers. The SVM
 then scores the validation and test utterances.
 
 The fused probabilities of an utterance are ``w * p_graph + (1 - w) * p_svm``. The weight ``w``
-is chosen from :data:`FUSION_WEIGHTS` (0.0, 0.1, ..., 1.0) by the UA of the fused predictions on
-the *validation* speakers only; ties go to the larger ``w`` (the graph model is preferred when
+is chosen from :data:`FUSION_WEIGHTS` (0.0, 0.1, ..., 1.0) by the UA (the primary metric,
+:func:`sergraph.metrics.primary`) of the fused predictions on the *validation* speakers only;
+ties go to the larger ``w`` (the graph model is preferred when
 the SVM adds nothing on validation). Test utterances never enter any choice: neither C nor ``w``
 depends on a test speaker's labels or features.
 
@@ -28,7 +29,7 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from sergraph.metrics import scores_from_labels
+from sergraph.metrics import primary
 
 #: The weights of the graph model tried on the validation speakers, in increasing order.
 FUSION_WEIGHTS = tuple(round(i / 10, 1) for i in range(11))
@@ -62,11 +63,12 @@ def choose_weight(
         )
     if len(labels) == 0:
         raise ValueError("fusion needs at least one validation utterance to choose its weight")
+    judge = primary()
     table = {}
     for weight in FUSION_WEIGHTS:
         predicted = fused(p_graph, p_svm, weight).argmax(axis=1)
-        table[f"{weight:.1f}"] = float(scores_from_labels(labels, predicted, num_classes)["ua"])
-    best = max(FUSION_WEIGHTS, key=lambda w: (table[f"{w:.1f}"], w))
+        table[f"{weight:.1f}"] = judge.from_labels(labels, predicted, num_classes)
+    best = max(FUSION_WEIGHTS, key=lambda w: (judge.sort_key(table[f"{w:.1f}"]), w))
     return best, table
 
 
@@ -162,8 +164,8 @@ def fuse(datamodule, graph: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, pd
     _, test_labels, _ = split_vectors(datamodule, "test")
     weight, val_ua = choose_weight(graph["val"], svm["val"], val_labels, len(classes))
 
-    def ua(scores, labels) -> float:
-        return float(scores_from_labels(labels, scores.argmax(axis=1), len(classes))["ua"])
+    def score(scores, labels) -> float:
+        return primary().from_labels(labels, scores.argmax(axis=1), len(classes))
 
     record = {
         "with": "svm",
@@ -172,8 +174,8 @@ def fuse(datamodule, graph: dict[str, np.ndarray]) -> tuple[np.ndarray, dict, pd
         "val_ua": val_ua,
         "svm_C": extra["svm_C"],
         "svm_inner_cv_ua": extra["inner_cv_ua"],
-        "graph_test_ua": ua(graph["test"], test_labels),
-        "svm_test_ua": ua(svm["test"], test_labels),
+        "graph_test_ua": score(graph["test"], test_labels),
+        "svm_test_ua": score(svm["test"], test_labels),
         "parts": FUSION_PARTS,
     }
     frames = []

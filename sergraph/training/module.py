@@ -1,4 +1,4 @@
-"""The one LightningModule: any registered encoder, cross-entropy, Adam, WA/UA metrics."""
+"""The one LightningModule: any registered encoder, cross-entropy, Adam, the registered metrics."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 
 from sergraph.config import resolve_model
 from sergraph.console import detail, log
-from sergraph.metrics import EmotionScores
+from sergraph.metrics import METRICS, EmotionScores
 from sergraph.models import build_model
 from sergraph.models.layers import LayerWeightedSum
 from sergraph.optim import build_optimizer, lr_factor
@@ -71,11 +71,12 @@ class SERModule(L.LightningModule):
         train_speakers: the fold's training speakers (needed with ``speaker_adversary``); the
             speaker head's classes, in this order.
 
-    Logged keys: ``train/loss``, ``val/loss``, ``val/wa``, ``val/ua``, ``test/wa``, ``test/ua``
-    and ``{val,test}/recall_<class>`` (and ``train/speaker_loss`` with ``speaker_adversary``;
+    Logged keys: ``train/loss``, ``val/loss``, ``test/loss``, ``{val,test}/<metric>`` for every
+    metric of :data:`sergraph.metrics.METRICS` (``val/wa``, ``val/ua``, ``val/f1``, ...) and
+    ``{val,test}/recall_<class>`` (and ``train/speaker_loss`` with ``speaker_adversary``;
     ``train/loss`` is then the total loss, emotion + speaker). Scores are computed from a
     torchmetrics confusion matrix on the model's device; under DDP its counts are summed over the
-    ranks, so with the data module's unpadded evaluation shards WA/UA/recall equal a
+    ranks, so with the data module's unpadded evaluation shards every metric and recall equal a
     single-process evaluation exactly.
     The evaluation loss is a torchmetrics mean (sum and count summed over ranks) for the same
     reason.
@@ -224,8 +225,8 @@ class SERModule(L.LightningModule):
         self.log(f"{stage}/loss", loss.compute(), sync_dist=False)
         loss.reset()
         result = scores.scores()
-        self.log(f"{stage}/wa", result["wa"], sync_dist=False)
-        self.log(f"{stage}/ua", result["ua"], sync_dist=False)
+        for name in METRICS:
+            self.log(f"{stage}/{name}", result[name], sync_dist=False)
         for name, recall in zip(self.class_names, result["recall"], strict=True):
             if recall == recall:  # nan for classes without targets: not logged
                 self.log(f"{stage}/recall_{name}", recall, sync_dist=False)

@@ -35,7 +35,7 @@ from sergraph.data.folds import Fold, check_fold, check_training_classes, fold_n
 from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
 from sergraph.data.protocol import check_enrollment_sizes, check_predictions, protocol_record
 from sergraph.io import atomic_write_text, ensure_folder
-from sergraph.metrics import scores_from_labels
+from sergraph.metrics import METRICS, scores_from_labels
 from sergraph.models import is_classic, model_inputs
 from sergraph.results.layout import (
     CellPaths,
@@ -172,10 +172,10 @@ def _run_claimed(cfg: DictConfig, cell: Cell, directory: Path) -> str:
     study = study_data(cfg)
     fold = study.folds[cell.fold]
     result = run_fold(cfg, study, fold, cell.seed, directory)
+    scores = " ".join(f"{m.display} {100 * result[m.name]:.2f}" for m in METRICS.values())
     return (
         f"{cell.label} seed {cell.seed} {fold.name} test {','.join(fold.test_speakers)}: "
-        f"WA {100 * result['wa']:.2f} UA {100 * result['ua']:.2f} "
-        f"({result['epochs']} epochs, {result['seconds']:.0f} s)"
+        f"{scores} ({result['epochs']} epochs, {result['seconds']:.0f} s)"
         + ("" if fold.speaker_independent else " [NOT speaker-independent]")
     )
 

@@ -4,11 +4,12 @@ The W&B runs of a study share one group (``logger.group``, default the study's n
 ``run.name`` or the corpus) and are typed by their variant (job type = label):
 
 - a run per cell (variant x seed x fold), named ``LABEL/seed-S/fold-XX``: its epochs' curves,
-  summary ``val/ua`` the best epoch's (the checkpoint tested), the test scores;
+  summary ``val/ua`` the best epoch's (the checkpoint tested), the test scores ``test/<metric>``
+  of every metric of :data:`sergraph.metrics.METRICS` (``test/wa``, ``test/ua``, ``test/f1``);
 - a run per variant, named ``LABEL``, when its cells are finished: summary ``val/ua`` (the mean
-  over its cells of each cell's best validation UA: what a sweep may optimise, never a test
-  score), ``test/wa_pooled``, ``test/ua_pooled`` (over all test predictions) and the mean
-  over cells;
+  over its cells of each cell's best validation score of the primary metric, UA: what a sweep
+  may optimise, never a test score), ``test/<metric>_pooled`` (over all test predictions) and
+  ``test/<metric>_mean`` (the mean over cells) of every metric;
 - one ``summary`` run with the study's table.
 
 Every run's config is the resolved configuration flat (``graph.k``, ``model.params.readout``:
@@ -36,6 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from sergraph.config import protocol_of
 from sergraph.data.protocol import protocol_record
+from sergraph.metrics import BEST_VALIDATION, METRICS, PRIMARY
 from sergraph.results.layout import CellPaths, seed_name
 
 #: Configuration keys not logged to W&B: the study's other variants, its config files' hashes
@@ -178,9 +180,10 @@ def log_test_result(loggers: list, result: dict) -> None:
             f"test/recall_{c}": r for c, r in zip(classes, result["recall"], strict=True) if r == r
         }
         run.log({"test/confusion": table})
-        run.summary.update({"test/wa": result["wa"], "test/ua": result["ua"], **recalls})
-        if result.get("best_val_ua") is not None:  # the best epoch's (tested), not the last's
-            run.summary.update({"val/ua": result["best_val_ua"]})
+        scores = {f"test/{name}": result[name] for name in METRICS}
+        run.summary.update({**scores, **recalls})
+        if result.get(BEST_VALIDATION) is not None:  # the best epoch's (tested), not the last's
+            run.summary.update({f"val/{PRIMARY}": result[BEST_VALIDATION]})
         if "protocol" in result:
             run.summary.update(
                 {
@@ -207,15 +210,15 @@ def log_variant(cfg: DictConfig, label: str, summary: dict, best_val_ua: list[fl
     )
     failed = True
     try:
-        numbers = {
-            "test/wa_pooled": summary["pooled"]["wa"],
-            "test/ua_pooled": summary["pooled"]["ua"],
-            "test/wa_mean": summary["fold_mean"]["wa"],
-            "test/ua_mean": summary["fold_mean"]["ua"],
-            "cells": len(summary["folds"]),
+        numbers = {f"test/{name}_pooled": summary["pooled"][name] for name in METRICS}
+        numbers |= {
+            f"test/{name}_mean": summary["fold_mean"][name]
+            for name in METRICS
+            if summary["fold_mean"][name] is not None  # not recorded by some cells
         }
+        numbers["cells"] = len(summary["folds"])
         if best_val_ua:  # the cells' best validation UA, averaged: a sweep's metric
-            numbers["val/ua"] = sum(best_val_ua) / len(best_val_ua)
+            numbers[f"val/{PRIMARY}"] = sum(best_val_ua) / len(best_val_ua)
         run.summary.update(numbers)
         failed = False
     finally:
@@ -237,9 +240,9 @@ def log_study_summary(
     for label, variant in (configs or {}).items():
         if label in summaries:
             best = [
-                float(record["best_val_ua"])
+                float(record[BEST_VALIDATION])
                 for _, record in finished_cells(run_root(variant))
-                if record.get("best_val_ua") is not None
+                if record.get(BEST_VALIDATION) is not None
             ]
             log_variant(variant, label, summaries[label], best)
     if under_sweep():
@@ -260,30 +263,22 @@ def log_study_summary(
             "label",
             "protocol",
             "folds",
-            "wa_mean",
-            "wa_std",
-            "ua_mean",
-            "ua_std",
-            "wa_pooled",
-            "ua_pooled",
+            *[f"{name}_{what}" for name in METRICS for what in ("mean", "std")],
+            *[f"{name}_pooled" for name in METRICS],
         ]
         rows = [
             [
                 label,
                 s.get("protocol", {}).get("note", "unknown"),
                 len(s["folds"]),
-                s["fold_mean"]["wa"],
-                s["fold_std"]["wa"],
-                s["fold_mean"]["ua"],
-                s["fold_std"]["ua"],
-                s["pooled"]["wa"],
-                s["pooled"]["ua"],
+                *[s[f"fold_{what}"][name] for name in METRICS for what in ("mean", "std")],
+                *[s["pooled"][name] for name in METRICS],
             ]
             for label, s in summaries.items()
         ]
         run.log({"study/results": wandb.Table(columns=columns, data=rows)})
-        for row in rows:
-            run.summary.update({f"{row[0]}/ua_pooled": row[8], f"{row[0]}/wa_pooled": row[7]})
+        for label, s in summaries.items():
+            run.summary.update({f"{label}/{name}_pooled": s["pooled"][name] for name in METRICS})
         failed = False
     finally:
         wandb.finish(exit_code=1 if failed else 0)

@@ -74,17 +74,20 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
         assert run["summary"]["protocol_note"] == metrics["protocol"]["note"]
         assert run["summary"]["test/ua"] == pytest.approx(metrics["ua"])
         assert run["summary"]["test/wa"] == pytest.approx(metrics["wa"])
+        assert run["summary"]["test/f1"] == pytest.approx(metrics["f1"])
         assert run["summary"]["test/confusion/nrows"] == 16  # 4 x 4 (true, predicted) rows
     (summary_run,) = [run for run in runs if run["run"]["job_type"] == "summary"]
-    pooled = json.loads((tmp_path / "runs" / "synthetic" / "svm" / "summary.json").read_text())[
-        "pooled"
-    ]
+    summary = json.loads((tmp_path / "runs" / "synthetic" / "svm" / "summary.json").read_text())
+    pooled = summary["pooled"]
     (variant,) = [run for run in runs if run["config"].get("run_kind") == "variant"]
     assert variant["run"]["name"] == variant["run"]["job_type"] == "svm"
     assert variant["summary"]["test/ua_pooled"] == pytest.approx(pooled["ua"])
     assert variant["summary"]["test/wa_pooled"] == pytest.approx(pooled["wa"])
+    assert variant["summary"]["test/f1_pooled"] == pytest.approx(pooled["f1"])
+    assert variant["summary"]["test/f1_mean"] == pytest.approx(summary["fold_mean"]["f1"])
     assert variant["summary"]["cells"] == 2
     assert summary_run["summary"]["svm/ua_pooled"] == pytest.approx(pooled["ua"])
+    assert summary_run["summary"]["svm/f1_pooled"] == pytest.approx(pooled["f1"])
     assert summary_run["summary"]["study/results/nrows"] == 1
 
 

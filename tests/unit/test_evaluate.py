@@ -14,7 +14,13 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, balanced_accuracy_score, confusion_matrix, recall_score
+from sklearn.metrics import (
+    accuracy_score,
+    balanced_accuracy_score,
+    confusion_matrix,
+    f1_score,
+    recall_score,
+)
 
 from sergraph.cli import main
 from sergraph.deploy.evaluate import evaluate_bundle, label_mapping, parse_mapping
@@ -95,6 +101,9 @@ def test_evaluate_on_another_corpus_writes_a_cell_report_reads(bundle_run, tmp_p
     true, predicted = predictions["true"], predictions["predicted"]
     assert metrics["wa"] == pytest.approx(accuracy_score(true, predicted))
     assert metrics["ua"] == pytest.approx(balanced_accuracy_score(true, predicted))
+    assert metrics["f1"] == pytest.approx(
+        f1_score(true, predicted, labels=sorted(set(true)), average="macro", zero_division=0)
+    )
     assert metrics["recall"] == pytest.approx(
         recall_score(true, predicted, labels=classes, average=None, zero_division=0)
     )
@@ -146,6 +155,17 @@ def test_a_dropped_class_is_left_out_and_counted(bundle_run, tmp_path):
     assert np.isnan(metrics["recall"][sad]) and metrics["support"][sad] == 0
     present = [r for r, n in zip(metrics["recall"], metrics["support"], strict=True) if n]
     assert metrics["ua"] == pytest.approx(np.mean(present))
+    # F1 too is the mean over the classes present: sad is left out, predicted or not
+    labels = [c for c, n in zip(metrics["classes"], metrics["support"], strict=True) if n]
+    assert metrics["f1"] == pytest.approx(
+        f1_score(
+            predictions["true"],
+            predictions["predicted"],
+            labels=labels,
+            average="macro",
+            zero_division=0,
+        )
+    )
 
 
 def test_only_corpus_overrides_are_accepted(bundle_run, tmp_path):

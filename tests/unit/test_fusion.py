@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from sklearn.metrics import f1_score
 
 from sergraph.config import ConfigError, compose, identity
 from sergraph.data.datamodule import FoldDataModule
@@ -294,6 +295,11 @@ def test_a_fused_run_writes_the_fused_predictions(small_run):
     )
     assert metrics["ua"] == pytest.approx(expected["ua"])
     assert metrics["confusion"] == expected["confusion"]
+    # macro F1 of the fused predictions, by scikit-learn over the classes present
+    present = sorted(set(predictions["true"]))
+    assert metrics["f1"] == pytest.approx(
+        f1_score(predictions["true"], predictions["predicted"], labels=present, average="macro")
+    )
     margin = np.sort(fused_probabilities, axis=1)
     clear = margin[:, -1] - margin[:, -2] > 1e-5
     assert (np.array(classes)[fused_probabilities.argmax(1)] == predictions["predicted"])[

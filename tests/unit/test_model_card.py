@@ -10,7 +10,7 @@ import json
 import statistics
 
 import pandas as pd
-from sklearn.metrics import accuracy_score, balanced_accuracy_score
+from sklearn.metrics import accuracy_score, balanced_accuracy_score, f1_score
 
 from sergraph.cli import main
 from sergraph.deploy.bundle import load_bundle
@@ -30,17 +30,28 @@ def test_the_card_reports_the_runs_cross_validated_scores_and_provenance(bundle_
     records = [json.loads((cell / "metrics.json").read_text()) for cell in cells]
     wa = [r["wa"] for r in records]
     ua = [r["ua"] for r in records]
+    f1 = [r["f1"] for r in records]
+    assert "| over 2 (seed, fold) cells | WA % | UA % | F1 % |" in card
     assert (
         f"| mean ± std over folds | {100 * statistics.mean(wa):.2f} ± "
         f"{100 * statistics.stdev(wa):.2f} | {100 * statistics.mean(ua):.2f} ± "
-        f"{100 * statistics.stdev(ua):.2f} |" in card
+        f"{100 * statistics.stdev(ua):.2f} | {100 * statistics.mean(f1):.2f} ± "
+        f"{100 * statistics.stdev(f1):.2f} |" in card
     )
     pooled = pd.concat(pd.read_csv(cell / "predictions.csv") for cell in cells)
     pooled_wa = accuracy_score(pooled["true"], pooled["predicted"])
     pooled_ua = balanced_accuracy_score(pooled["true"], pooled["predicted"])
-    assert f"| pooled test predictions | {100 * pooled_wa:.2f} | {100 * pooled_ua:.2f} |" in card
+    present = sorted(set(pooled["true"]))
+    pooled_f1 = f1_score(pooled["true"], pooled["predicted"], labels=present, average="macro")
+    assert (
+        f"| pooled test predictions | {100 * pooled_wa:.2f} | {100 * pooled_ua:.2f} | "
+        f"{100 * pooled_f1:.2f} |" in card
+    )
     for record in records:
-        assert f"seed 0 fold {record['fold']} WA {100 * record['wa']:.2f}" in card
+        assert (
+            f"seed 0 fold {record['fold']} WA {100 * record['wa']:.2f} "
+            f"UA {100 * record['ua']:.2f} F1 {100 * record['f1']:.2f}" in card
+        )
         for name in ("table", "inputs", "folds"):
             assert record["data"][name] in card
         assert record["provenance"]["commit"] in card
@@ -87,3 +98,22 @@ def test_bundles_exported_before_cards_get_one_from_their_metadata(bundle_run):
     assert "mean ± std" not in card
     for member in meta["members"]:
         assert f"UA {100 * member['test_ua']:.2f}" in card
+
+
+def test_bundles_exported_before_f1_show_it_missing(bundle_run):
+    """A bundle whose members and evaluation record WA and UA only (exported before sergraph
+    computed F1) gets a card with F1 shown as missing."""
+    meta = dict(load_bundle(bundle_run.ensemble, map_location="cpu").meta)
+    meta["members"] = [
+        {key: value for key, value in member.items() if key != "test_f1"}
+        for member in meta["members"]
+    ]
+    evaluation = dict(meta["evaluation"])
+    for part in ("fold_mean", "fold_std", "pooled"):
+        evaluation[part] = {key: value for key, value in evaluation[part].items() if key != "f1"}
+    meta["evaluation"] = evaluation
+    card = model_card(meta)
+    assert "| F1 % |" in card
+    assert card.count(" | – |") == 2  # the mean ± std and the pooled row
+    for member in meta["members"]:
+        assert f"UA {100 * member['test_ua']:.2f} F1 –" in card

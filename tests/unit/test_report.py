@@ -6,6 +6,9 @@ Two classes (ang, neu). Folds 0-3 test 2 ang + 2 neu utterances of speaker s<fol
 - A (k=4, readout sum): perfect on folds 0-4, seed 0.
 - B (k=4, readout mean): seed 0 with known errors, seed 1 perfect, folds 0-4.
 - C (k=2, readout sum, otherwise as A): one error on fold 0, perfect on folds 1-3, no fold 4.
+
+These cells record WA and UA only, as cells written before sergraph computed macro-F1: the
+report shows their per-fold F1 as missing and pools F1 from their predictions files.
 """
 
 from __future__ import annotations
@@ -60,7 +63,7 @@ def config_yaml(label: str, k: int, readout: str, seeds: str) -> str:
     )
 
 
-def write_cell(run_dir, label, seed, fold, pairs, wa, ua, config):
+def write_cell(run_dir, label, seed, fold, pairs, wa, ua, config, f1=None):
     directory = run_dir / label / f"seed-{seed}" / f"fold-{fold:02d}"
     directory.mkdir(parents=True)
     pd.DataFrame(
@@ -86,6 +89,7 @@ def write_cell(run_dir, label, seed, fold, pairs, wa, ua, config):
         "n_test": len(pairs),
         "wa": wa,
         "ua": ua,
+        **({} if f1 is None else {"f1": f1}),
         "epochs": 1,
         "seconds": 0.0,
     }
@@ -150,10 +154,57 @@ def test_results_table_by_hand(run_dir, result):
     assert [row["label"] for row in result["rows"]] == ["A", "B", "C"]
 
     folds = pd.read_csv(run_dir / "report" / "folds.csv")
-    assert list(folds.columns) == ["label", "seed", "fold", "test_speakers", "n", "wa", "ua"]
+    assert list(folds.columns) == ["label", "seed", "fold", "test_speakers", "n", "wa", "ua", "f1"]
     assert len(folds) == 5 + 10 + 4
     cell = folds[(folds["label"] == "B") & (folds["seed"] == 0) & (folds["fold"] == 4)].iloc[0]
     assert (cell["test_speakers"], cell["n"], cell["wa"], cell["ua"]) == ("s4", 5, 0.6, 0.5)
+
+
+def test_cells_that_do_not_record_f1_show_it_missing_and_pool_it(run_dir, result):
+    """The hand-written cells predate F1: no fold mean (a "–" and a note), but a pooled F1
+    from their predictions files: F1 per class = 2 TP / (2 TP + FP + FN)."""
+    results = pd.read_csv(run_dir / "report" / "results.csv").set_index("label")
+    assert results[["f1_mean", "f1_std"]].isna().all().all()
+    assert pd.read_csv(run_dir / "report" / "folds.csv")["f1"].isna().all()
+    assert results.loc["A", "pooled_f1"] == pytest.approx(1.0)
+    # B seed 0 pooled: ang TP 5, FN 5, FP 1; neu TP 10, FN 1, FP 5; seed 1 perfect
+    f1_seed0 = (10 / (10 + 1 + 5) + 20 / (20 + 5 + 1)) / 2
+    assert results.loc["B", "pooled_f1"] == pytest.approx((f1_seed0 + 1) / 2)
+    assert results.loc["B", "pooled_f1_std"] == pytest.approx((1 - f1_seed0) / math.sqrt(2))
+    summary = json.loads((run_dir / "B" / "summary.json").read_text())
+    assert summary["fold_mean"]["f1"] is None and summary["fold_std"]["f1"] is None
+    assert all(row["f1"] is None for row in summary["folds"])
+    assert summary["pooled"]["f1"] == pytest.approx((f1_seed0 + 1) / 2)
+    report = (run_dir / "report" / "report.md").read_text()
+    header = next(line for line in report.splitlines() if line.startswith("| label |"))
+    assert "| F1 mean ± std |" in header and "| pooled F1 |" in header
+    row = next(line for line in report.splitlines() if line.startswith("| B |"))
+    cells = dict(zip(header.split(" | "), row.split(" | "), strict=True))
+    assert cells["F1 mean ± std"] == "–"
+    assert cells["pooled F1"].startswith(f"{100 * (f1_seed0 + 1) / 2:.2f} ± ")
+    assert "–: not recorded in the metrics.json of some cells" in report
+    assert "F1 = mean F1 over the classes present in the targets" in report
+    text = (run_dir / "B" / "summary.md").read_text()
+    assert "| WA | UA | F1 |" in text and "not recorded in the metrics.json" in text
+
+
+def test_recorded_f1_is_averaged_over_cells(run_dir, tmp_path):
+    """Cells that record F1 get its mean and sample std over cells, like WA and UA."""
+    from sklearn.metrics import f1_score
+
+    recorded = []
+    for fold, (pairs, wa, ua) in B_SEED0.items():
+        true, predicted = zip(*pairs, strict=True)
+        f1 = f1_score(true, predicted, labels=sorted(set(true)), average="macro", zero_division=0)
+        recorded.append(f1)
+        write_cell(tmp_path / "run", "B", 0, fold, pairs, wa, ua, "", f1=f1)
+    assert recorded[4] == pytest.approx((0 + 6 / 8) / 2)  # fold 4: ang 0 of 2, neu 3/(3 + 2/2)
+    result = write_report(tmp_path / "run")
+    (row,) = result["rows"]
+    assert row["f1_mean"] == pytest.approx(np.mean(recorded))
+    assert row["f1_std"] == pytest.approx(np.std(recorded, ddof=1))
+    report = (tmp_path / "run" / "report" / "report.md").read_text()
+    assert "not recorded in the metrics.json" not in report
 
 
 def test_paired_comparisons(run_dir, result):
@@ -463,10 +514,10 @@ def test_significance_follows_the_holm_p_inside_the_family():
     assert significance_words({**inside, "p_holm": None}) == "significant (p < 0.05)"
 
 
-def sweep_item(grid, lr, fold_ua, pooled):
+def sweep_item(grid, lr, fold_scores, pooled):
     return {
         "config": {"grid": grid, "optim": {"lr": lr}, "model": {"params": {"readout": "sum"}}},
-        "fold_ua": fold_ua,
+        "fold_scores": fold_scores,
         "row": {"pooled_ua": pooled},
     }
 

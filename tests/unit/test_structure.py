@@ -294,7 +294,7 @@ def test_name_finder_finds_hand_made_spellings():
     for source in fine:
         assert misspelled_names(source, "sergraph/training/fit.py") == [], source
     # the owners spell them
-    assert misspelled_names('METRICS = "metrics.json"', LAYOUT) == []
+    assert misspelled_names('METRICS_FILE = "metrics.json"', LAYOUT) == []
     assert misspelled_names('FOLD_PREFIX = "fold-"', "sergraph/data/folds.py") == []
     assert misspelled_names('FOLD_PREFIX = "fold-"', "sergraph/data/fingerprint.py") != []
 
