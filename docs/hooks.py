@@ -8,7 +8,11 @@ A page holds a marker comment where generated text goes:
 - ``<!-- generated: config -->``: every configuration key with its type, default (the schema's,
   as ``configs/default.yaml`` sets it), the choices validation accepts and the schema's comment
   for it (:mod:`sergraph.config.schema`, :mod:`sergraph.config.validation`);
-- ``<!-- generated: changelog -->``: ``CHANGELOG.md``.
+- ``<!-- generated: changelog -->``: ``CHANGELOG.md``;
+- ``<!-- generated: report NAME -->``: the tables of ``docs/results/reports/NAME/report.md``, a
+  report ``sergraph report --out`` wrote and that is committed with its ``results.csv`` and
+  ``folds.csv``, so a results page shows the report's own numbers, never retyped ones
+  (:func:`report_tables`).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import importlib
+import re
 import sys
 import typing
 from pathlib import Path
@@ -157,7 +162,32 @@ def changelog() -> str:
     return text.split("\n", 1)[1] if text.startswith("# ") else text
 
 
+REPORTS = ROOT / "docs" / "results" / "reports"
+FILES_OF_A_REPORT = ("report.md", "results.csv", "folds.csv")
+
+
+def report_tables(name: str) -> str:
+    """A committed report's Markdown for a results page: its title as a bold line, its sections
+    two levels deeper, its figures left out (they are not committed). The report is taken as
+    ``sergraph report`` wrote it; a report missing or incomplete stops the build."""
+    folder = REPORTS / name
+    missing = [f for f in FILES_OF_A_REPORT if not (folder / f).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{folder}: a committed report needs {', '.join(FILES_OF_A_REPORT)}; missing "
+            f"{', '.join(missing)} (copy them from `sergraph report --out DIR`)"
+        )
+    text = (folder / "report.md").read_text()
+    text = text.split("\n## Figures", 1)[0].rstrip() + "\n"
+    title, _, body = text.partition("\n")
+    title = title.removeprefix("# ").strip()
+    body = re.sub(r"^(#+) ", lambda m: "#" * (len(m.group(1)) + 2) + " ", body, flags=re.M)
+    source = f"`docs/results/reports/{name}/` (`report.md`, `results.csv`, `folds.csv`)"
+    return f"**{title}** (from {source})\n{body}"
+
+
 GENERATORS = {"cli": cli_reference, "config": config_reference, "changelog": changelog}
+REPORT_MARKER = re.compile(r"<!-- generated: report ([A-Za-z0-9_.-]+) -->")
 
 
 def on_page_markdown(markdown: str, page, config, files) -> str:
@@ -165,4 +195,4 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         marker = f"<!-- generated: {name} -->"
         if marker in markdown:
             markdown = markdown.replace(marker, generate())
-    return markdown
+    return REPORT_MARKER.sub(lambda match: report_tables(match.group(1)), markdown)
