@@ -9,6 +9,7 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
+from sergraph.config.schema import SAMPLERS
 from sergraph.data.collate import graph_loader
 from sergraph.data.folds import Fold, check_fold, split_indices
 from sergraph.data.graphs import (
@@ -26,7 +27,7 @@ from sergraph.data.protocol import (
     resolve_protocol,
     statistic_rows,
 )
-from sergraph.data.sampling import SAMPLERS, SpeakerBalancedSampler
+from sergraph.data.sampling import SpeakerBalancedSampler
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
 #: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``; 3:
