@@ -14,9 +14,6 @@ FUSIONS = ("svm",)  # model.fusion besides null; see sergraph.training.fusion
 #: ``graph.normalize``: z-score the node features (whose statistics ``eval.protocol`` decides)
 #: or not at all.
 GRAPH_NORMALIZE = ("zscore", "none")
-#: ``optim.sampler``: ``shuffle`` (a permutation per epoch) or ``speaker_balanced``
-#: (:class:`sergraph.data.sampling.SpeakerBalancedSampler`).
-SAMPLERS = ("shuffle", "speaker_balanced")
 DEFAULT_GROUPS = {"data": "synthetic", "model": "lstm_gin", "trainer": "default"}
 
 

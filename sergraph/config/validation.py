@@ -10,11 +10,10 @@ from sergraph.config.schema import (
     FUSIONS,
     GRAPH_NORMALIZE,
     ON_ERROR_CHOICES,
-    SAMPLERS,
     ConfigError,
 )
 from sergraph.data.features.config import FeatureConfig
-from sergraph.optim import OPTIMIZERS, SCHEDULES, lr_factor
+from sergraph.optim import OPTIMIZERS, SAMPLERS, SCHEDULES, lr_factor
 
 
 def validate(cfg: DictConfig, build_model: bool = True) -> None:

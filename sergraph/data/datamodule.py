@@ -9,7 +9,6 @@ import torch
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
-from sergraph.config.schema import SAMPLERS
 from sergraph.data.collate import graph_loader
 from sergraph.data.folds import Fold, check_fold, split_indices
 from sergraph.data.graphs import (
@@ -28,6 +27,7 @@ from sergraph.data.protocol import (
     statistic_rows,
 )
 from sergraph.data.sampling import SpeakerBalancedSampler
+from sergraph.optim import SAMPLERS
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
 #: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``; 3:
