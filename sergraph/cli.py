@@ -96,7 +96,9 @@ def _run(args) -> int:
             return _train(args.overrides, args.rerun_changed)
         if args.verb == "cells":
             return _cells(args.overrides)
-        cfg = compose(args.overrides)
+        # config and folds only show a configuration: they check model.params names, not the
+        # values a model's constructor checks, and so start without importing torch
+        cfg = compose(args.overrides, build_model=args.verb == "features")
         if args.verb == "config":
             print(to_yaml(cfg), end="")
         elif args.verb == "features":

@@ -26,6 +26,11 @@ def _adamw(parameters: Iterable, lr: float, weight_decay: float):
     return torch.optim.AdamW(parameters, lr=lr, weight_decay=weight_decay)
 
 
+#: ``optim.sampler`` choices: ``shuffle`` (a permutation per epoch) or ``speaker_balanced``
+#: (:class:`sergraph.data.sampling.SpeakerBalancedSampler`); named here, not in that torch
+#: module, so that validating a configuration imports no torch.
+SAMPLERS = ("shuffle", "speaker_balanced")
+
 #: ``optim.optimizer`` -> ``builder(parameters, lr, weight_decay)``: ``adam`` (L2 weight decay,
 #: the paper) or ``adamw`` (decoupled weight decay).
 OPTIMIZERS: dict[str, Callable] = {"adam": _adam, "adamw": _adamw}

@@ -84,7 +84,11 @@ def _load_experiment(
     return OmegaConf.merge(base, cfg)
 
 
-def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = None) -> DictConfig:
+def compose(
+    overrides: list[str] | tuple[str, ...] = (),
+    variant: str | None = None,
+    build_model: bool = True,
+) -> DictConfig:
     """Build and validate the configuration from ``group=name`` and ``key=value`` overrides.
 
     Args:
@@ -95,9 +99,11 @@ def compose(overrides: list[str] | tuple[str, ...] = (), variant: str | None = N
             apply. Its group choices win over the command line's; its dotted overrides come
             before the command line's, so ``trainer.max_epochs=5`` still applies to every
             variant.
+        build_model: check ``model.params`` with a tiny instance of the model (see
+            :func:`~sergraph.config.validation.validate`; ``False`` imports no torch).
     """
     cfg = _compose(overrides, variant)
-    validate(cfg)
+    validate(cfg, build_model)
     return cfg
 
 

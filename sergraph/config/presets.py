@@ -53,10 +53,10 @@ def model_family(cfg: DictConfig) -> str:
 
 def is_family(name: str) -> bool:
     """Whether ``name`` is a registered model family (loading its plugin if it is one)."""
-    from sergraph.models import PluginError, get_model_class
+    from sergraph.models import PluginError, family
 
     try:
-        get_model_class(name)
+        family(name)
     except PluginError as error:
         raise ConfigError(str(error)) from None
     except ValueError:

@@ -13,18 +13,25 @@ from sergraph.config.schema import (
     ConfigError,
 )
 from sergraph.data.features.config import FeatureConfig
-from sergraph.optim import OPTIMIZERS, SCHEDULES, lr_factor
+from sergraph.optim import OPTIMIZERS, SAMPLERS, SCHEDULES, lr_factor
 
 
-def validate(cfg: DictConfig) -> None:
-    """Reject impossible values before any work, naming the key and the accepted values."""
+def validate(cfg: DictConfig, build_model: bool = True) -> None:
+    """Reject impossible values before any work, naming the key and the accepted values.
+
+    With ``build_model`` (the default) a tiny instance of the configured model checks the values
+    of ``model.params`` as its constructor does. Without it, a neural model's parameter names are
+    checked but not their values, and neither torch nor PyG is imported: for the verbs that only
+    show a configuration (``sergraph config``, ``sergraph folds``); a classic baseline, built
+    without torch, is checked in full either way.
+    """
     from sergraph.data.corpora import CORPORA
     from sergraph.data.features import FEATURE_SETS, FUNCTIONAL_SETS
     from sergraph.data.folds import SCHEMES
     from sergraph.data.graphs import check_dilations, check_k
     from sergraph.data.protocol import check_enrollment_amount
-    from sergraph.data.sampling import SAMPLERS
-    from sergraph.models import FUNCTIONALS, build_baseline, build_model, is_classic, model_inputs
+    from sergraph.models import FUNCTIONALS, build_baseline, check_params, is_classic, model_inputs
+    from sergraph.models import build_model as build_neural
 
     def choice(key: str, value, choices) -> None:
         if value not in choices:
@@ -103,8 +110,10 @@ def validate(cfg: DictConfig) -> None:
     try:  # a tiny instance checks parameter names and values without touching data
         if is_classic(family):
             build_baseline(family, **params)
+        elif build_model:
+            build_neural(family, 4, 2, **params)
         else:
-            build_model(family, 4, 2, **params)
+            check_params(family, params)
     except (ValueError, TypeError) as error:
         raise ConfigError(str(error)) from None
 

@@ -26,7 +26,8 @@ from sergraph.data.protocol import (
     resolve_protocol,
     statistic_rows,
 )
-from sergraph.data.sampling import SAMPLERS, SpeakerBalancedSampler
+from sergraph.data.sampling import SpeakerBalancedSampler
+from sergraph.optim import SAMPLERS
 
 #: Version of :meth:`FoldDataModule.export_state`'s layout (2: ``training_normalizer`` and
 #: ``enrollment_normalizers`` under per-speaker normalisation, ``test.speakers``; 3:

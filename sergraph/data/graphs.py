@@ -17,9 +17,9 @@ from functools import lru_cache
 from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
-if TYPE_CHECKING:  # imported where a graph is built: light verbs never import PyG
+if TYPE_CHECKING:  # imported where a graph is built: light verbs never import torch or PyG
+    import torch
     from torch_geometric.data import Data
 
 NORMALIZE_CHOICES = ("train", "speaker", "none")
@@ -55,6 +55,8 @@ def check_dilations(dilations, max_nodes: int | None = None) -> None:
 
 def _offset_edges(num_nodes: int, offsets) -> torch.Tensor:
     """Both directions of ``(i, i + o)`` for every offset, sorted by (source, target)."""
+    import torch
+
     src, dst = [], []
     nodes = torch.arange(num_nodes)
     for offset in offsets:
@@ -191,6 +193,7 @@ def build_graph(
         edge_index, band = temporal_edge_index(len(nodes), k), {"band_k": int(k)}
     else:  # not the k band: no band mark, so the models use message passing
         edge_index, band = dilated_edge_index(len(nodes), dilations), {}
+    import torch
     from torch_geometric.data import Data
 
     return Data(

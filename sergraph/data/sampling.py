@@ -16,10 +16,6 @@ from collections.abc import Iterator, Sequence
 import torch
 from torch.utils.data import Sampler
 
-#: ``optim.sampler`` choices: ``shuffle`` (a permutation per epoch) or ``speaker_balanced``
-#: (:class:`SpeakerBalancedSampler`).
-SAMPLERS = ("shuffle", "speaker_balanced")
-
 
 def speaker_weights(speakers: Sequence[str]) -> torch.Tensor:
     """``[N]`` float64 probabilities ``1 / (S * n_s)`` of each utterance (they sum to 1)."""

@@ -98,6 +98,32 @@ def test_every_family_is_its_files_class_and_runs_by_name_with_its_defaults(name
         assert type(build_model(name, 6, 3, **params)) is cls
 
 
+@pytest.mark.parametrize("name", FAMILIES)
+def test_the_family_read_from_the_source_is_the_imported_class(name):
+    """What validation reads without importing (the @register line and the __init__ signatures,
+    parsed) equals what the imported class says through inspect, its own MRO walked."""
+    from sergraph.models.registry import built_in_families
+
+    cls = get_model_class(name)
+    read = built_in_families()[name]
+    assert read.module == cls.__module__
+    assert read.classic == issubclass(cls, ClassicBaseline)
+    assert read.inputs == (cls.inputs if read.classic else "frames")
+    accepted = {}
+    for klass in cls.__mro__:
+        if "__init__" not in vars(klass) or klass in (nn.Module, object):
+            continue
+        signature = inspect.signature(klass.__init__)
+        for p in signature.parameters.values():
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY):
+                accepted.setdefault(p.name, p.default)
+        if not any(p.kind == p.VAR_KEYWORD for p in signature.parameters.values()):
+            break
+    for data_argument in ("self", "in_channels", "num_classes"):
+        accepted.pop(data_argument, None)
+    assert read.accepted == accepted
+
+
 def test_unknown_model_lists_the_valid_names():
     with pytest.raises(ValueError, match=r"'lstm_gim' is not a registered model.*'lstm_gin'"):
         get_model_class("lstm_gim")

@@ -5,8 +5,9 @@ end: what a verb imports, not how long it takes (times are measured by
 ``benchmarks/bench_startup.py``, never asserted). The training stack (Lightning, torchmetrics)
 and openSMILE are imported by the verbs that train or extract, and only by them.
 
-``config`` and ``folds`` still import torch and PyG: validation builds a tiny instance of the
-configured model to check ``model.params`` (names and values) before any work, as before.
+``config`` and ``folds`` import neither torch nor PyG: the registry describes the families of
+the package from their source, and these verbs check ``model.params`` names without building the
+model (every other verb builds a tiny instance, which checks the values too).
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ PROBE = """
 import contextlib, io, json, sys
 from sergraph.cli import main
 code = None
-with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()):
+with contextlib.redirect_stdout(io.StringIO()) as out, contextlib.redirect_stderr(io.StringIO()) as err:
     try:
         code = main(json.loads(sys.argv[1]))
     except SystemExit as stop:
         code = stop.code
-names = ("pandas", "torch", "torch_geometric", {stack})
-print(json.dumps({{"code": code, "out": out.getvalue(), "imported": [m for m in names if m in sys.modules]}}))
+names = ("pandas", "torch", "torch_geometric", "scipy.signal", {stack})
+imported = [m for m in names if m in sys.modules]
+print(json.dumps({{"code": code, "out": out.getvalue(), "err": err.getvalue(), "imported": imported}}))
 """
 
 
@@ -65,14 +67,27 @@ def test_help_imports_neither_pandas_nor_torch_nor_the_training_stack(tmp_path):
     assert result["imported"] == []
 
 
+@pytest.mark.parametrize("model", ["lstm_gin", "svm"])
 @pytest.mark.parametrize("verb", ["config", "folds"])
-def test_config_and_folds_do_not_import_the_training_stack(verb, tmp_path):
+def test_config_and_folds_import_neither_torch_nor_pyg_nor_the_training_stack(
+    verb, model, tmp_path
+):
     result = imported_by(
-        [verb, "data.options.n_speakers=3", "data.options.n_per_class=2"], tmp_path
+        [verb, f"model={model}", "data.options.n_speakers=3", "data.options.n_per_class=2"],
+        tmp_path,
     )
     assert result["code"] in (0, None)
     assert result["out"].strip()  # printed the config / the fold table
-    assert not set(result["imported"]) & set(TRAINING_STACK), result["imported"]
+    heavy = {"torch", "torch_geometric", "scipy.signal", *TRAINING_STACK}
+    assert not heavy & set(result["imported"]), result["imported"]
+
+
+def test_config_still_refuses_an_unknown_parameter_naming_the_valid_ones(tmp_path):
+    result = imported_by(["config", "model=gat", "model.params.hiden=8"], tmp_path)
+    assert result["code"] == 2
+    assert "no parameter(s) ['hiden']" in result["err"]
+    assert "'heads'" in result["err"] and "'hidden'" in result["err"]  # GAT's and its base's
+    assert "torch" not in result["imported"]
 
 
 def test_report_imports_neither_pyg_nor_the_training_stack(run_dir, tmp_path):

@@ -47,7 +47,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import soundfile
-from scipy.signal import lfilter, sosfilt
 
 from sergraph.data.corpora import build_table
 
@@ -244,6 +243,8 @@ def synthesize(rng: np.random.Generator, speaker: Speaker, emotion: str) -> np.n
     Returns:
         float32 samples at ``SAMPLE_RATE``, 1.5-3 s long, peak below 1.
     """
+    from scipy.signal import lfilter, sosfilt  # here: a light verb lists the corpus without it
+
     sr = SAMPLE_RATE
     strength = speaker.expressiveness * rng.uniform(0.55, 1.15)
     style = _style_for(emotion, strength)
