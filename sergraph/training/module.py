@@ -53,15 +53,17 @@ def model_device_keys(model: torch.nn.Module, batch) -> frozenset[str] | None:
     A family declares them as class attributes: ``batch_keys`` (PyG's message-passing path) and,
     with a banded fast path, ``band_batch_keys`` (that path, chosen by the model's
     ``uses_fast_path``, which looks at shapes and the collater's mark only). Under
-    ``SERGRAPH_FAST_PATH=check`` the fast path also reads ``edge_index``. ``None``: the model
-    declares nothing (a plugin family), so every tensor is moved.
+    ``SERGRAPH_FAST_PATH=check`` the fast path also reads ``edge_index`` and ``band_k``
+    (:func:`~sergraph.models.banded.verify`). ``None``: the model declares nothing (a plugin
+    family), so every tensor is moved.
     """
     keys = getattr(model, "batch_keys", None)
     if keys is None:
         return None
     band_keys = getattr(model, "band_batch_keys", None)
     if band_keys is not None and model.uses_fast_path(batch):
-        return frozenset(band_keys) | (frozenset({"edge_index"}) if banded.verifying() else set())
+        checked = {"edge_index", "band_k"} if banded.verifying() else set()
+        return frozenset(band_keys) | checked
     return frozenset(keys)
 
 
