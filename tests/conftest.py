@@ -31,6 +31,7 @@ QUICK_MODULES = {
     "test_segment_nodes",
     "test_structure",
     "test_synthetic",
+    "test_transfers",
 }
 
 

@@ -25,6 +25,7 @@ against :func:`~sergraph.data.graphs.temporal_edge_index` once per split; the Py
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -342,6 +343,24 @@ class CollatedGraphs(Dataset):
         if count and bool((ks == ks[0]).all()) and int(ks[0]) > 0:
             set_band_mark(batch, BandMark.of(int(ks[0]), num_nodes))
         return batch
+
+
+def batch_to_device(batch: Batch, device, keys) -> Batch:
+    """A shallow copy of ``batch`` whose tensor attributes named in ``keys`` are on ``device``.
+
+    Every other attribute (tensors, strings) is the host batch's own object, and the copy keeps
+    the batch's :class:`BandMark` (whose ``lengths`` stay on the CPU by design); ``batch`` itself
+    is left as it was. Names in ``keys`` that the batch lacks, or whose value is not a tensor,
+    are skipped. The copies are made with ``non_blocking=True``: asynchronous to the host only
+    when the source is in pinned memory (a CUDA device and a loader with ``pin_memory=True``);
+    from ordinary memory they are the usual synchronous copies.
+    """
+    moved = copy.copy(batch)  # PyG's __copy__: a store of its own, the same tensors
+    for key in keys:
+        value = batch[key] if key in batch else None
+        if isinstance(value, Tensor):
+            moved[key] = value.to(device, non_blocking=True)
+    return moved
 
 
 def _first(items):

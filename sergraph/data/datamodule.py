@@ -6,6 +6,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from lightning.pytorch.accelerators import CUDAAccelerator
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
@@ -116,6 +117,9 @@ class FoldDataModule(L.LightningDataModule):
             ``len(train)`` draws with replacement, every training speaker equally likely;
             single-process only, refused under DDP). Both draw from the seeded training
             generator that checkpoints save.
+        pin_memory: the loaders put each batch in pinned (page-locked) host memory, from which
+            the LightningModule's non-blocking copies to the GPU are asynchronous; ``None``
+            (default): when the attached Trainer's accelerator is CUDA, never on the CPU.
 
     Attributes set by :meth:`setup`: ``num_features``, ``num_classes``, ``num_global_features``
     (``D``, 0 without utterance features), ``class_weights`` (inverse training-fold class
@@ -153,6 +157,7 @@ class FoldDataModule(L.LightningDataModule):
         enrollment_seed: int = 0,
         dilations: list[int] | None = None,
         sampler: str = "shuffle",
+        pin_memory: bool | None = None,
     ) -> None:
         super().__init__()
         if len(table) != len(features):
@@ -174,6 +179,7 @@ class FoldDataModule(L.LightningDataModule):
             raise ValueError(f"optim.sampler={sampler!r}; choose one of {list(SAMPLERS)}")
         self.dilations = None if dilations is None else [int(d) for d in dilations]
         self.sampler = sampler
+        self.pin_memory = pin_memory
         self.protocol = resolve_protocol(protocol, normalize)
         check_enrollment_amount(enrollment)
         self.enrollment, self.enrollment_seed = enrollment, enrollment_seed
@@ -273,6 +279,15 @@ class FoldDataModule(L.LightningDataModule):
             return 1, 0
         return trainer.world_size, trainer.global_rank
 
+    def pins_memory(self) -> bool:
+        """Whether the loaders pin their batches: ``pin_memory`` when given, else whether the
+        attached Trainer runs on CUDA (pinning is for copies to a GPU; on the CPU it would only
+        copy every batch once more)."""
+        if self.pin_memory is not None:
+            return bool(self.pin_memory)
+        trainer = self.trainer
+        return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         generator = None
         if shuffle:
@@ -303,7 +318,8 @@ class FoldDataModule(L.LightningDataModule):
             shuffle = False
         # Same batches, in the same order, as PyG's DataLoader; cut from one collation of the
         # split instead of rebuilt from Data objects every step, and marked for the models'
-        # fast path on the CPU (sergraph/data/collate.py).
+        # fast path on the CPU (sergraph/data/collate.py). Pinned for a GPU: the loader calls
+        # PyG's Batch.pin_memory, which pins every tensor attribute in place and keeps the mark.
         return graph_loader(
             self.datasets[split],
             batch_size=self.batch_size,
@@ -312,6 +328,7 @@ class FoldDataModule(L.LightningDataModule):
             num_workers=self.num_workers,
             generator=generator,
             persistent_workers=self.num_workers > 0,
+            pin_memory=self.pins_memory(),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -308,13 +308,13 @@ def band_edge_count(lengths: Tensor, k: int) -> int:
     return sum(2 * int((lengths - o).clamp(min=0).sum()) for o in range(1, k // 2 + 1))
 
 
-def detect(data) -> Band | None:
-    """The :class:`Band` of a batch marked by the collater, or ``None`` to use PyG.
+def marked(data):
+    """The :class:`~sergraph.data.collate.BandMark` of a batch that qualifies for the fast path,
+    or ``None``: :func:`detect`'s decision, made from shapes alone (no :class:`Band` is built,
+    nothing is read from any device, so it may be asked of a batch still on the host).
 
-    A batch qualifies when it carries a :class:`~sergraph.data.collate.BandMark`, has ``ptr``
-    (a PyG ``Batch``), 2-D ``x`` and node and edge counts equal to the mark's (shapes only:
-    nothing is read back from the device). With ``SERGRAPH_FAST_PATH=check`` the edges are also
-    compared with the band (:func:`verify`).
+    A batch qualifies when it carries a mark, has ``ptr`` (a PyG ``Batch``), 2-D ``x`` and node
+    and edge counts equal to the mark's.
     """
     mark = band_mark(data)
     if mark is None:
@@ -328,8 +328,26 @@ def detect(data) -> Band | None:
         return None
     if ptr.numel() != mark.num_graphs + 1:
         return None
+    return mark
+
+
+def verifying() -> bool:
+    """Whether ``SERGRAPH_FAST_PATH=check`` is set: the fast path then reads the edges too."""
+    return os.environ.get(FAST_PATH_ENV, "").strip().lower() == "check"
+
+
+def detect(data) -> Band | None:
+    """The :class:`Band` of a batch marked by the collater, or ``None`` to use PyG.
+
+    A batch qualifies as :func:`marked` says (shapes only: nothing is read back from the
+    device). With ``SERGRAPH_FAST_PATH=check`` the edges are also compared with the band
+    (:func:`verify`).
+    """
+    mark = marked(data)
+    if mark is None:
+        return None
     band = Band.from_mark(mark, data)
-    if os.environ.get(FAST_PATH_ENV, "").strip().lower() == "check" and verify(data) is None:
+    if verifying() and verify(data) is None:
         raise RuntimeError(
             f"{FAST_PATH_ENV}=check: a batch is marked as banded graphs (k={mark.k}, "
             f"{mark.num_graphs} graphs) but its edge_index is not that band; the code that "

@@ -167,17 +167,29 @@ class TemporalGNN(nn.Module):
         """
         return None
 
+    #: The batch attributes :meth:`forward` reads as tensors on the model's device, on PyG's
+    #: message-passing path (``u`` where the batch has it). The LightningModule moves these
+    #: to the device and leaves every other attribute on the host
+    #: (:meth:`~sergraph.training.module.SERModule.transfer_batch_to_device`). A subclass
+    #: whose forward reads more declares more.
+    batch_keys: frozenset[str] = frozenset({"x", "edge_index", "batch", "u"})
+    #: The same on the banded fast path: there the graph sizes come from ``ptr`` and
+    #: ``edge_index`` is only counted (its shape, known on the host), never read.
+    band_batch_keys: frozenset[str] = frozenset({"x", "ptr", "batch", "u"})
+
+    def _has_band_layers(self) -> bool:
+        if not self.fast_path or not banded.fast_path_enabled():
+            return False
+        return all(self.band_layer(conv) is not None for conv in self.convs)
+
     def band_of(self, data) -> banded.Band | None:
         """The band of ``data`` when this forward will take the fast path, else ``None``."""
-        if not self.fast_path or not banded.fast_path_enabled():
-            return None
-        if any(self.band_layer(conv) is None for conv in self.convs):
-            return None
-        return banded.detect(data)
+        return banded.detect(data) if self._has_band_layers() else None
 
     def uses_fast_path(self, data) -> bool:
-        """Whether a forward on ``data`` takes the banded fast path."""
-        return self.band_of(data) is not None
+        """Whether a forward on ``data`` takes the banded fast path (decided from shapes and
+        the collater's mark: ``data`` may still be on the host)."""
+        return self._has_band_layers() and banded.marked(data) is not None
 
     def forward(self, data):
         band = self.band_of(data)

@@ -93,6 +93,12 @@ class BiGRUAttention(nn.Module):
     #: collater's mark instead of from the device.
     fast_path: bool = True
 
+    #: The batch attributes :meth:`forward` reads on the model's device (see
+    #: :attr:`~sergraph.models.base.TemporalGNN.batch_keys`): the edges are ignored.
+    batch_keys: frozenset[str] = frozenset({"x", "batch", "u"})
+    #: The same on the fast path (the GRU's layout from the mark and ``ptr``).
+    band_batch_keys: frozenset[str] = frozenset({"x", "ptr", "batch", "u"})
+
     def band_of(self, data) -> banded.Band | None:
         """The band of ``data`` when this forward takes the fast path, else ``None``."""
         if not self.fast_path or not banded.fast_path_enabled():
@@ -100,7 +106,10 @@ class BiGRUAttention(nn.Module):
         return banded.detect(data)
 
     def uses_fast_path(self, data) -> bool:
-        return self.band_of(data) is not None
+        """Whether a forward on ``data`` takes the fast path (from shapes and the mark)."""
+        if not self.fast_path or not banded.fast_path_enabled():
+            return False
+        return banded.marked(data) is not None
 
     def _encode(self, data) -> tuple[torch.Tensor, torch.Tensor]:
         band = self.band_of(data)

@@ -12,12 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.trainer.states import TrainerFn
+from torch_geometric.data import Batch
 from torchmetrics import MeanMetric
 
 from sergraph.config import resolve_model
 from sergraph.console import detail, log
+from sergraph.data.collate import batch_to_device
 from sergraph.metrics import METRICS, EmotionScores
-from sergraph.models import build_model
+from sergraph.models import banded, build_model
 from sergraph.models.layers import LayerWeightedSum
 from sergraph.optim import build_optimizer, lr_factor
 from sergraph.training.distributed import from_every_rank
@@ -36,6 +38,33 @@ from sergraph.training.levers import (
 warnings.filterwarnings(
     "ignore", message=r"It is recommended to use `self\.log\('(val|test)/.*sync_dist=True"
 )
+
+
+#: What the module itself reads on the device besides the model's keys: the targets (loss,
+#: metrics; not in prediction, which returns them to the host) and, in training steps with
+#: node augmentation, the graph offsets and real-node counts (:func:`augment_nodes`).
+TARGET_KEYS = frozenset({"y"})
+AUGMENT_KEYS = frozenset({"ptr", "n_valid"})
+
+
+def model_device_keys(model: torch.nn.Module, batch) -> frozenset[str] | None:
+    """The attributes of a host ``batch`` that ``model``'s forward reads on its device.
+
+    A family declares them as class attributes: ``batch_keys`` (PyG's message-passing path) and,
+    with a banded fast path, ``band_batch_keys`` (that path, chosen by the model's
+    ``uses_fast_path``, which looks at shapes and the collater's mark only). Under
+    ``SERGRAPH_FAST_PATH=check`` the fast path also reads ``edge_index`` and ``band_k``
+    (:func:`~sergraph.models.banded.verify`). ``None``: the model declares nothing (a plugin
+    family), so every tensor is moved.
+    """
+    keys = getattr(model, "batch_keys", None)
+    if keys is None:
+        return None
+    band_keys = getattr(model, "band_batch_keys", None)
+    if band_keys is not None and model.uses_fast_path(batch):
+        checked = {"edge_index", "band_k"} if banded.verifying() else set()
+        return frozenset(band_keys) | checked
+    return frozenset(keys)
 
 
 class SERModule(L.LightningModule):
@@ -154,6 +183,42 @@ class SERModule(L.LightningModule):
             batch = copy.copy(batch)  # shallow: only x is replaced
             batch.x = self.layer_mix(batch.x)
         return self.model(batch)
+
+    def device_keys(self, batch, stage: str = "train") -> frozenset[str] | None:
+        """The attributes of a host ``batch`` that a ``stage`` step (``train``, ``eval`` or
+        ``predict``) reads on the device: the model's (:func:`model_device_keys`), the targets
+        outside prediction, ``ptr`` and ``n_valid`` in training with node augmentation.
+        ``speaker`` and ``utterance`` are strings read on the host (the speaker adversary maps
+        speakers to class indices there). ``None``: every tensor (the model declares nothing).
+        """
+        keys = model_device_keys(self.model, batch)
+        if keys is None:
+            return None
+        if stage != "predict":
+            keys |= TARGET_KEYS
+        if stage == "train" and any(self.augment.values()):
+            keys |= AUGMENT_KEYS
+        return keys
+
+    def transfer_batch_to_device(self, batch, device, dataloader_idx):
+        """Only the attributes a step reads on the device (:meth:`device_keys`) are moved; the
+        rest (the edges on the fast path, ``band_k``, per-graph counts, strings) stay on the
+        host, and so does the collater's band mark (its ``lengths`` on the CPU by design).
+
+        The copies are ``non_blocking``: asynchronous to the host when the loader pins memory
+        (the data module does on CUDA), ordinary synchronous copies otherwise.
+        """
+        if not isinstance(batch, Batch):
+            return super().transfer_batch_to_device(batch, device, dataloader_idx)
+        trainer = self._trainer
+        if trainer is None or trainer.training:
+            stage = "train"
+        else:
+            stage = "predict" if trainer.predicting else "eval"
+        keys = self.device_keys(batch, stage)
+        if keys is None:
+            return batch.to(device, non_blocking=True)
+        return batch_to_device(batch, device, keys)
 
     def _loss(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return F.cross_entropy(
