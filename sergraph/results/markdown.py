@@ -147,9 +147,9 @@ def format_report(
         "",
     ]
     if refused:
-        shown = ", ".join(f"{a} / {b}" for a, b in refused)
+        pairs = ", ".join(f"{a} / {b}" for a, b in refused)
         lines += [
-            f"Not compared, their protocols differ (--cross-protocol to test anyway): {shown}.",
+            f"Not compared, their protocols differ (--cross-protocol to test anyway): {pairs}.",
             "",
         ]
     if refused_data:

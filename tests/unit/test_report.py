@@ -354,7 +354,12 @@ def test_pairs_of_different_protocols_are_refused_unless_asked(run_dir, tmp_path
     assert sorted(result["refused"]) == [("A", "B"), ("B", "C")]
     assert {(t["first"], t["second"]) for t in result["comparisons"]} == {("A", "C")}
     text = (study / "report" / "report.md").read_text()
-    assert "Not compared, their protocols differ" in text
+    assert (
+        "Not compared, their protocols differ (--cross-protocol to test anyway): A / B, B / C."
+        in text
+    )
+    # the paired table still names its metric beside the refused pairs
+    assert "| A | B | folds paired | Δ UA | 95% CI | Wilcoxon p | Holm p | note |" in text
     assert "| B | lstm_gin | transductive |" in text and "transductive: test utterances" in text
 
     result = write_report(study, cross_protocol=True)
