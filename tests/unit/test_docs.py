@@ -18,7 +18,12 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-PAGES = [REPO / "README.md", *sorted((REPO / "docs").rglob("*.md"))]
+REPORTS = REPO / "docs" / "results" / "reports"
+PAGES = [
+    REPO / "README.md",
+    *sorted(p for p in (REPO / "docs").rglob("*.md") if REPORTS not in p.parents),
+]
+COMMITTED_REPORTS = sorted(p.parent for p in REPORTS.glob("*/report.md"))
 CODE = {"bash", "sh", "shell", "console", "python", "py"}
 MARK = re.compile(r"<!--\s*(run|not run:\s*(?P<reason>.*?))\s*-->")
 
@@ -137,3 +142,51 @@ def test_the_runnable_blocks_of_a_page_run(page, tmp_path):
             f"{name(page)}:{block.line} failed (exit {done.returncode}):\n{block.text}\n"
             f"{done.stdout[-1500:]}\n{done.stderr[-3000:]}"
         )
+
+
+def hooks():
+    """``docs/hooks.py`` (not a package: the mkdocs hook file), imported by path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("docs_hooks", REPO / "docs" / "hooks.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("folder", COMMITTED_REPORTS, ids=[p.name for p in COMMITTED_REPORTS])
+def test_a_committed_report_is_shown_with_its_own_numbers(folder):
+    """The results page shows each committed report's rows as ``results.csv`` holds them, and
+    those rows agree with the per-cell rows of ``folds.csv`` (mean over cells, recomputed here)."""
+    import pandas as pd
+
+    text = hooks().report_tables(folder.name)
+    results = pd.read_csv(folder / "results.csv")
+    cells = pd.read_csv(folder / "folds.csv")
+    assert len(results) > 0 and "## Figures" not in text
+    table = text.split("Paired comparisons", 1)[0].splitlines()  # the results table
+    for row in results.itertuples():
+        starts = (f"| {row.label} |", f"| {row.label} (reference) |")
+        line = next(x for x in table if x.startswith(starts))
+        assert f"| {100 * row.pooled_ua:.2f}" in line, (row.label, line)
+        mine = cells[cells["label"] == row.label]
+        assert len(mine) == row.cells
+        assert mine["ua"].mean() == pytest.approx(row.ua_mean, abs=1e-12)
+        assert mine["wa"].mean() == pytest.approx(row.wa_mean, abs=1e-12)
+
+
+def test_a_report_missing_from_the_results_page_stops_the_build():
+    with pytest.raises(FileNotFoundError, match="report.md, results.csv, folds.csv"):
+        hooks().report_tables("no_such_report")
+
+
+def test_the_readme_results_are_numbers_of_committed_reports():
+    """Every figure of the README's results (two decimals: UA, std, difference) appears in a
+    committed report, which the results page shows; none is retyped from elsewhere."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Results in short", 1)[1].split("\n## ", 1)[0]
+    numbers = re.findall(r"(?<![\d.])\d{1,3}\.\d{2}(?!\d)", section)
+    assert numbers, "the README's results section holds no figure"
+    reports = "\n".join((folder / "report.md").read_text() for folder in COMMITTED_REPORTS)
+    missing = sorted({n for n in numbers if n not in reports})
+    assert not missing, f"README figures in no committed report: {missing}"
