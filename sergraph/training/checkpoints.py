@@ -122,7 +122,11 @@ def merge_csv_logs(earlier: Path, csv_log: Path) -> None:
         os.replace(earlier, csv_log)
 
 
-def atomic_checkpoint_io():
+def atomic_checkpoint_io(clock=None):
+    """Lightning's checkpoint IO with atomic writes; their wall time goes to the
+    ``checkpoints`` phase of ``clock`` (a :class:`~sergraph.training.timing.PhaseClock`)."""
+    from contextlib import nullcontext
+
     from lightning.pytorch.plugins.io import TorchCheckpointIO
 
     class AtomicIO(TorchCheckpointIO):
@@ -135,9 +139,10 @@ def atomic_checkpoint_io():
 
             import torch
 
-            buffer = io.BytesIO()
-            torch.save(checkpoint, buffer)
-            atomic_write_bytes(path, buffer.getvalue())
+            with clock.phase("checkpoints") if clock is not None else nullcontext():
+                buffer = io.BytesIO()
+                torch.save(checkpoint, buffer)
+                atomic_write_bytes(path, buffer.getvalue())
 
     return AtomicIO()
 

@@ -46,11 +46,16 @@ def fit_neural(
 
     from sergraph.training.callbacks import CellProgress, RankStatesCheckpoint, SharedStorageCheck
     from sergraph.training.module import SERModule
+    from sergraph.training.timing import PhaseClock, ValidationClock
 
     configure_console()  # after importing Lightning, which adds its own console handler
     L.seed_everything(seed, workers=True, verbose=False)
+    clock = PhaseClock()
+    clock.start("data")
     datamodule = fold_datamodule(cfg, study, fold, seed)
     datamodule.setup()
+    clock.stop("data")
+    clock.start("setup")
     family, model_params = model_spec(cfg)
     adversary = float(cfg.optim.get("speaker_adversary", 0.0))
     module = SERModule(
@@ -113,6 +118,7 @@ def fit_neural(
                 patience=cfg.trainer.patience,
             )
         )
+    callbacks.append(ValidationClock(clock))
     callbacks.append(progress)  # last: it reads what the others logged, changes nothing
     devices, num_nodes = trainer_topology(cfg)
     pin_rnn_math(cfg.trainer.deterministic)
@@ -126,7 +132,7 @@ def fit_neural(
         precision=cfg.trainer.precision,
         deterministic=cfg.trainer.deterministic,
         callbacks=callbacks,
-        plugins=[atomic_checkpoint_io()],
+        plugins=[atomic_checkpoint_io(clock)],
         logger=loggers,
         default_root_dir=attempt_dir(directory),
         enable_progress_bar=cfg.trainer.progress_bar,
@@ -144,11 +150,14 @@ def fit_neural(
         log(f"{directory}: resuming from {resume.relative_to(directory)}")
         # merged back by restore_csv_log once the cell's loggers are closed
         set_aside_csv_log(paths.csv_log)
-    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
+    clock.stop("setup")
+    with clock.phase("fit"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     best = checkpoint.best_model_path
-    predictions, tested, probabilities = test_and_predict(
-        trainer, module, datamodule, best, study.classes
-    )
+    with clock.phase("test"):
+        predictions, tested, probabilities = test_and_predict(
+            trainer, module, datamodule, best, study.classes
+        )
     # Independent route: scores from the predictions file must equal the torchmetrics ones.
     check = scores_from_labels(
         predictions["true"].map(study.classes.index),
@@ -170,6 +179,7 @@ def fit_neural(
         BEST_VALIDATION: float(best_score) if best_score is not None else None,
         "checkpoint": str(Path(best).resolve().relative_to(directory.resolve())) if best else None,
     }
+    extra["timing"] = clock.neural_record()
     if trainer.world_size > 1:
         extra["world_size"] = int(trainer.world_size)
     if fusion is not None:

@@ -378,7 +378,9 @@ def fit_cell(
     start, started = time.perf_counter(), now()
     check_fold(fold, study.table)  # again before every cell, neural and classic alike
     if is_classic(model_family(cfg)):
+        fitting = time.perf_counter()
         predictions, extra = fit_classic(cfg, study, fold, seed)
+        extra = {**extra, "timing": {"fit": round(time.perf_counter() - fitting, 4)}}
     else:
         predictions, extra = fit_neural(cfg, study, fold, seed, directory, loggers)
     check_predictions(

@@ -82,6 +82,7 @@ def kill_at_epoch(args, env, cwd, last: Path, epoch: int) -> int:
 def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
+    metrics.pop("timing")  # wall seconds per phase: how long, not what
     # The checkpoint's bytes hold its own folder's path (best_model_path): its recorded hash
     # differs between two run folders; the predictions file's must not.
     metrics["files"].pop("checkpoints/best.ckpt")

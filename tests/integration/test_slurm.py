@@ -273,6 +273,7 @@ def job_output(path: Path) -> str:
 def results(cell: Path) -> tuple[dict, str]:
     metrics = json.loads((cell / "metrics.json").read_text())
     metrics.pop("seconds")
+    metrics.pop("timing")  # wall seconds per phase: how long, not what
     metrics.pop("provenance")  # when and with how many threads a cell ran is not a result
     # The corpus table's hash holds its paths: the synthetic corpus of each cache folder has
     # its own (same audio, same utterances and labels: the speakers' hashes must agree).

@@ -1,0 +1,109 @@
+"""Cells per hour of a fixed small study, and where each cell's time goes.
+
+Runs ``sergraph train experiment=recommended`` (the no-graph recipe: 10 folds of EmoDB, or the
+8 folds of the built-in synthetic corpus when EmoDB is absent), one seed, serially, into a
+temporary folder, and prints:
+
+- the study's wall time and cells per hour;
+- per cell, the mean wall seconds of each phase ``metrics.json`` records (``timing``: data,
+  setup, training, validation, checkpoints, test; see :mod:`sergraph.training.timing`) and the
+  rest of the cell (fold check, scores, provenance);
+- the part of the study outside its cells' clocks: process start-up, corpus and feature
+  preparation (a warm feature cache unless ``--cold``), writing each cell's files, summaries.
+
+The fixed costs are the phases that do not scale with epochs (data, setup, checkpoints, test);
+training and validation do. Nothing is asserted; on a shared machine compare the
+shares, not the seconds, between runs.
+
+    python benchmarks/bench_cells.py                 # EmoDB if found, 1 seed, all folds
+    python benchmarks/bench_cells.py --folds 0,1     # two cells
+    python benchmarks/bench_cells.py --synthetic     # the built-in corpus
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from common import REPO, emodb_root, machine, table
+
+PHASES = ("data", "setup", "training", "validation", "checkpoints", "test")
+
+
+def run_study(overrides: list[str], out: Path, env: dict) -> tuple[float, list[dict]]:
+    command = [sys.executable, "-m", "sergraph.cli", "train", *overrides, f"run.out_dir={out}"]
+    print("$ " + " ".join(command[2:]), flush=True)
+    start = time.perf_counter()
+    subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    wall = time.perf_counter() - start
+    cells = [json.loads(path.read_text()) for path in sorted(out.rglob("fold-*/metrics.json"))]
+    return wall, cells
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--synthetic", action="store_true", help="the built-in corpus")
+    parser.add_argument("--folds", help="fold indices, comma-separated (default all)")
+    parser.add_argument("--cold", action="store_true", help="extract features, no warm cache")
+    args = parser.parse_args()
+    root = None if args.synthetic else emodb_root()
+    data = ["data=emodb", f"data.root={root}"] if root else ["data=synthetic"]
+    overrides = [
+        "experiment=recommended",
+        *data,
+        "run.seeds=[0]",
+        "run.parallel=1",
+        "logger.kind=none",
+        "trainer.accelerator=cpu",
+    ]
+    if args.folds:
+        overrides.append(f"folds.only=[{args.folds}]")
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    print(machine(), flush=True)
+    with tempfile.TemporaryDirectory(prefix="sergraph-cells-") as folder:
+        if args.cold:
+            env["SERGRAPH_CACHE"] = str(Path(folder) / "cache")
+        wall, cells = run_study(overrides, Path(folder) / "runs", env)
+        if not cells:
+            sys.exit("the study wrote no finished cell")
+        cell_seconds = [cell["seconds"] for cell in cells]
+        row = {
+            "cells": len(cells),
+            "study wall s": wall,
+            "cells per hour": 3600 * len(cells) / wall,
+        }
+        phases = {}
+        for phase in PHASES:
+            phases[phase] = statistics.mean(cell["timing"].get(phase, 0.0) for cell in cells)
+        phases["rest of the cell"] = statistics.mean(
+            cell["seconds"] - sum(cell["timing"].values()) for cell in cells
+        )
+    per_cell = statistics.mean(cell_seconds)
+    outside = wall - sum(cell_seconds)
+    epochs = statistics.mean(cell.get("epochs", 0) for cell in cells)
+    print(
+        f"\n## {len(cells)} cells of experiment=recommended ({'EmoDB' if root else 'synthetic'})\n"
+    )
+    print(table([row]))
+    print(f"\nmean epochs per cell {epochs:.1f}; per cell (mean over cells):\n")
+    shares = [
+        {"phase": name, "s per cell": seconds, "share of a cell": seconds / per_cell}
+        for name, seconds in phases.items()
+    ]
+    print(table(shares))
+    print(
+        f"\noutside the cells' clocks (start-up, corpus and features, cell files, summaries): "
+        f"{outside:.1f} s, "
+        f"{outside / wall:.0%} of the study"
+    )
+
+
+if __name__ == "__main__":
+    main()
