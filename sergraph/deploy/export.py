@@ -165,6 +165,7 @@ def export_bundle(
                 )
     # A data module made outside training may carry no provenance: the run's config.yaml then.
     provenance = first["provenance"] or run_provenance(cfg)
+    functionals = _functionals_record(cfg, cells, states, provenance)
     precision = provenance["precision"]
     if "unsupported" in provenance["features"]:
         raise BundleError(
@@ -180,8 +181,10 @@ def export_bundle(
             "family": family,
             "params": model_params,
             "in_channels": int(first["num_features"]),
+            **({"global_channels": len(functionals["names"])} if functionals else {}),
         },
         "features": dict(provenance["features"]),
+        **({"functionals": functionals} if functionals else {}),
         "graph": dict(first["graph"]),
         "precision": precision,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -244,11 +247,12 @@ def _check_exportable(cfg, family: str, protocol: str) -> None:
             "trained with eval.protocol=enrollment (speakers then bring enrollment audio) or "
             "eval.protocol=inductive"
         )
-    if cfg.features.get("concat_functionals", False):
+    if cfg.features.get("concat_functionals", False) and normalization_of(cfg) == "speaker":
         raise BundleError(
-            "features.concat_functionals=true: bundles carry node-feature statistics only and "
-            "cannot yet compute and normalise utterance functionals for new audio; export a run "
-            "trained without it"
+            "features.concat_functionals=true with per-speaker normalisation "
+            "(eval.protocol=enrollment): bundles cannot yet fit a new speaker's functionals "
+            "statistics on its enrollment audio; export a run trained with "
+            "eval.protocol=inductive, or one without features.concat_functionals"
         )
 
 
@@ -425,18 +429,67 @@ def _complete(state: dict | None) -> dict | None:
     return state
 
 
+def _functionals_record(cfg, cells, states, provenance) -> dict | None:
+    """``meta["functionals"]`` of a ``features.concat_functionals`` run (``None`` otherwise):
+    what rebuilds the utterance vector ``u`` of new audio exactly as training's feature cache
+    computed it: the openSMILE functionals set, its names, the rate files are resampled to
+    and the openSMILE version and sergraph feature recipe."""
+    from sergraph.data.features import (
+        RECIPE_VERSION,
+        FeatureConfig,
+        functional_names,
+        opensmile_version,
+    )
+
+    if not cfg.features.get("concat_functionals", False):
+        return None
+    for cell, state in zip(cells, states, strict=True):
+        if state.get("global_normalizer") is None or "functionals" not in state["test"]:
+            raise BundleError(
+                f"{cell}: its checkpoint carries no utterance-functionals statistics and test "
+                "vectors (written by an older sergraph); train that fold again"
+            )
+    feature_set = str(cfg.features.functionals)
+    names = functional_names(feature_set)
+    width = {int(state["num_global_features"]) for state in states}
+    if width != {len(names)}:
+        raise BundleError(
+            f"{cells[0]}: the checkpoints hold {sorted(width)} functionals per utterance but "
+            f"this openSMILE gives {len(names)} {feature_set} functionals; export the run in "
+            "the environment it was trained in"
+        )
+    # the rate training's feature cache resampled to: the configured one, else the corpus's
+    # one rate (as for the node features; None: each file at its own rate)
+    rate = FeatureConfig.from_any(cfg.features).sample_rate
+    if rate is None:
+        rate = provenance["features"].get("sample_rate")
+    return {
+        "feature_set": feature_set,
+        "names": names,
+        "sample_rate": rate,
+        "opensmile": opensmile_version(),
+        "recipe": RECIPE_VERSION,
+    }
+
+
 def _statistics(state: dict) -> dict:
     """A member's own statistics: the training fold's, or under per-speaker normalisation the
-    training speakers' (the fallback for speakers without enrollment audio)."""
+    training speakers' (the fallback for speakers without enrollment audio); with utterance
+    functionals also theirs (``global_mean``, ``global_std``)."""
     normalizer = state["normalizer"]
     if normalizer is None:
         normalizer = state.get("training_normalizer")
     if normalizer is None:  # refused before (_check_exportable, _complete)
         raise BundleError("this fold has no training-fold normalisation statistics")
-    return {
+    statistics = {
         "mean": np.asarray(normalizer["mean"], dtype=np.float32),
         "std": np.asarray(normalizer["std"], dtype=np.float32),
     }
+    functionals = state.get("global_normalizer")
+    if functionals is not None:
+        statistics["global_mean"] = np.asarray(functionals["mean"], dtype=np.float32)
+        statistics["global_std"] = np.asarray(functionals["std"], dtype=np.float32)
+    return statistics
 
 
 def _member_provenance(run_dir: Path, cell: Path, record: dict) -> dict:
