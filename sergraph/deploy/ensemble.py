@@ -405,7 +405,9 @@ class Bundle:
         Raises:
             FeatureError: ``on_error="stop"`` and some files failed.
             BundleError: bad ``window``/``hop``/``on_error``, ``speakers`` not one per file,
-                ``enrollment`` for a bundle that takes none.
+                ``enrollment`` for a bundle that takes none, ``window`` for a bundle whose
+                models take the utterance functionals (whole files only; a file whose
+                functionals cannot be computed fails like one whose node features cannot).
         """
         from tqdm import tqdm
 

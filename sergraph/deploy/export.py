@@ -17,6 +17,14 @@ only (a transductive run normalised each held-out speaker with the utterances it
 new speakers cannot give). Each member's own statistics are then the training speakers'
 (``training_normalizer`` of the export state), used for a speaker who brings no enrollment audio;
 a speaker with enrollment audio is normalised with it (:mod:`sergraph.deploy.enroll`).
+
+Runs trained with ``features.concat_functionals`` (the recommended model) are exportable under
+``eval.protocol=inductive``: their checkpoints also carry the training fold's statistics of the
+utterance functionals and the test inputs' raw functionals vectors, which the bundle stores
+(``meta["functionals"]`` names the openSMILE set; each member its ``global_mean``/``global_std``)
+and verification feeds. Under ``eval.protocol=enrollment`` they are refused for now: a new
+speaker's functionals statistics would have to come from its enrollment audio, which bundles
+do not yet compute.
 """
 
 from __future__ import annotations
@@ -95,8 +103,9 @@ def export_bundle(
     Raises:
         FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
         BundleError: a study with unfinished folds (without ``partial``), a model or setting
-            that cannot be exported (SVM, per-speaker
-            normalisation outside ``eval.protocol=enrollment``), folds of different configurations, old checkpoints without
+            that cannot be exported (SVM, per-speaker normalisation outside
+            ``eval.protocol=enrollment``, ``features.concat_functionals`` with per-speaker
+            normalisation), folds of different configurations, old checkpoints without
             ``data_root``, or a failed verification (nothing is written then).
     """
     from omegaconf import OmegaConf
