@@ -47,15 +47,15 @@ def functionals_run(tmp_path_factory):
     cell = next((root / "runs").glob("**/seed-0/fold-00"))
     corpus = next((root / "corpus").glob("synthetic-*"))
     audio = {p.stem: str(p) for p in sorted((corpus / "wav").glob("*.wav"))}
-    return cell, audio, root
+    _, exported = export_bundle(cell.parents[1], root / "recommended.sergraph")
+    return cell, audio, root, exported
 
 
 def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
     functionals_run, tmp_path
 ):
-    cell, audio, root = functionals_run
-    model_dir = cell.parents[1]
-    path, exported = export_bundle(model_dir, root / "recommended.sergraph")
+    cell, audio, root, exported = functionals_run
+    path = root / "recommended.sergraph"
     assert exported.meta["verification"]["max_abs_diff"] <= 1e-3
     assert torch.load(path, weights_only=True)["format_version"] == 3
     bundle = load_bundle(path, map_location="cpu")
@@ -80,7 +80,7 @@ def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
 def test_functionals_bundles_refuse_windows_missing_vectors_and_onnx(functionals_run):
     from sergraph.deploy.onnx import check_onnx_exportable
 
-    _, audio, root = functionals_run
+    _, audio, root, _ = functionals_run
     bundle = load_bundle(root / "recommended.sergraph", map_location="cpu")
     path = next(iter(audio.values()))
     with pytest.raises(BundleError, match="whole files only"):
@@ -101,3 +101,19 @@ def test_enrollment_with_functionals_is_refused_by_name():
         _check_exportable(cfg, family, protocol_of(cfg))
     inductive = compose(["experiment=recommended", "eval.protocol=inductive"])
     _check_exportable(inductive, family, protocol_of(inductive))
+
+
+def test_a_signal_in_memory_gets_the_file_s_functionals(functionals_run, tmp_path):
+    import soundfile as sf
+
+    _, audio, root, _ = functionals_run
+    bundle = load_bundle(root / "recommended.sergraph", map_location="cpu")
+    path = next(iter(audio.values()))
+    from_file = bundle.predict([path], cache_dir=tmp_path / "c", progress=False)
+    samples, rate = sf.read(path, dtype="float32")
+    from_memory = bundle.predict_signal(samples, rate)
+    np.testing.assert_allclose(
+        from_memory.filter(like="p_").to_numpy(dtype=float),
+        from_file.filter(like="p_").to_numpy(dtype=float),
+        atol=TOLERANCE,
+    )
