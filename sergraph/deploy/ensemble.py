@@ -299,7 +299,7 @@ class Bundle:
                 )
         if normalizers is not None and len(normalizers) != len(features):
             raise BundleError(f"{len(normalizers)} normalizers given for {len(features)} arrays")
-        vectors = self._functionals_rows(functionals, len(features))
+        vectors = functionals_rows(self.meta, functionals, len(features))
         if not features:
             return np.zeros((0, len(self.classes)))
         chosen = range(len(self.models)) if member is None else [member]
@@ -333,29 +333,6 @@ class Bundle:
                     outputs.append(torch.softmax(logits.double(), dim=-1).cpu())
             total += torch.cat(outputs).numpy()
         return total / len(chosen)
-
-    def _functionals_rows(self, functionals, count: int) -> np.ndarray | None:
-        """``functionals`` as float32 ``[count, D]``, checked against the bundle."""
-        recorded = self.functionals
-        if recorded is None:
-            if functionals is not None:
-                raise BundleError("this bundle's models take no utterance functionals")
-            return None
-        width = len(recorded["names"])
-        if functionals is None:
-            raise BundleError(
-                f"this bundle's models also take the utterance's {recorded['feature_set']} "
-                f"functionals: give functionals [N, {width}] (Bundle.predict computes them)"
-            )
-        if count == 0:
-            return np.zeros((0, width), np.float32)
-        rows = np.asarray(functionals, dtype=np.float32)
-        if rows.shape != (count, width):
-            raise BundleError(
-                f"functionals has shape {rows.shape}; this bundle needs [{count}, {width}] "
-                f"({recorded['feature_set']} functionals, one row per array)"
-            )
-        return rows
 
     def predict(
         self,
@@ -649,6 +626,31 @@ class Bundle:
             enrolled,
             functionals,
         )
+
+
+def functionals_rows(meta: dict, functionals, count: int) -> np.ndarray | None:
+    """``functionals`` as float32 ``[count, D]``, checked against a bundle's metadata ``meta``
+    (``None`` for a bundle without utterance functionals)."""
+    recorded = meta.get("functionals")
+    if recorded is None:
+        if functionals is not None:
+            raise BundleError("this bundle's models take no utterance functionals")
+        return None
+    width = len(recorded["names"])
+    if functionals is None:
+        raise BundleError(
+            f"this bundle's models also take the utterance's {recorded['feature_set']} "
+            f"functionals: give functionals [N, {width}] (Bundle.predict computes them)"
+        )
+    if count == 0:
+        return np.zeros((0, width), np.float32)
+    rows = np.asarray(functionals, dtype=np.float32)
+    if rows.shape != (count, width):
+        raise BundleError(
+            f"functionals has shape {rows.shape}; this bundle needs [{count}, {width}] "
+            f"({recorded['feature_set']} functionals, one row per array)"
+        )
+    return rows
 
 
 def feature_cache_root(cache_dir) -> Path:
