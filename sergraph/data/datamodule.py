@@ -366,6 +366,12 @@ class FoldDataModule(L.LightningDataModule):
         ``enrollment`` the scored ones only, as in predictions.csv; their ``speakers``) and
         ``provenance``.
 
+        With utterance features (``features.concat_functionals``) also ``num_global_features``
+        (``D``), ``global_normalizer`` (``mean``/``std`` float32 tensors ``[D]`` of the
+        training fold; ``None`` with per-speaker statistics) and ``test["functionals"]`` (the
+        test inputs' raw vectors, float32 ``[N, D]``, in test order); without them
+        ``num_global_features`` is 0 and the other two are absent.
+
         Under per-speaker normalisation (``normalize="speaker"``) also ``training_normalizer``
         (the statistics of all training rows: what a bundle falls back on for a speaker without
         enrollment audio) and, under ``protocol="enrollment"``, ``enrollment_normalizers``
@@ -434,6 +440,13 @@ class FoldDataModule(L.LightningDataModule):
                 },
                 "provenance": self.provenance,
             }
+            if self.utterance_features is not None:
+                vectors = np.asarray(self.utterance_features[rows], dtype=np.float32)
+                self._export_state["num_global_features"] = self.num_global_features
+                self._export_state["global_normalizer"] = _tensors(self.global_normalizer)
+                self._export_state["test"]["functionals"] = torch.from_numpy(
+                    vectors.reshape(len(rows), self.num_global_features)
+                )
         return self._export_state
 
     def load_state_dict(self, state_dict: dict) -> None:

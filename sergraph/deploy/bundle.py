@@ -21,9 +21,13 @@ no pickled code. Its dict::
         sergraph        version that wrote the bundle; created (UTC, ISO 8601)
         classes         class names, in the order of the probability columns
         model           {"name", "family", "params", "in_channels"} (no "family" before presets
-                         had one: see ``sergraph.config.resolve_model``)
+                         had one: see ``sergraph.config.resolve_model``) and, with utterance
+                         functionals (format 3), "global_channels" (their count ``D``)
         features        {"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile",
                          "recipe", "names"}: the audio pipeline the model was trained on
+        functionals     format 3 only (``features.concat_functionals`` runs): {"feature_set",
+                        "names", "sample_rate", "opensmile", "recipe"} of the utterance
+                        functionals the models also take
         graph           {"k", "max_nodes", "pad", "normalize"} and, for graphs with dilated
                         edges (format 2), "dilations"
         precision       the training precision (``trainer.precision``, e.g. "32-true",
@@ -47,7 +51,9 @@ no pickled code. Its dict::
     members         [{"state_dict": {name: tensor}, "mean": tensor [F], "std": tensor [F]}]
                     (per-speaker statistics, under eval.protocol=enrollment only: the
                     training speakers' pooled statistics, used for speakers without
-                    enrollment audio; see :mod:`~sergraph.deploy.enroll`)
+                    enrollment audio; see :mod:`~sergraph.deploy.enroll`); format 3 adds
+                    "global_mean" and "global_std" (tensors [D]): the training fold's
+                    statistics of the utterance functionals
 
 ``evaluation`` and ``model_card`` were added within format 1 (a bundle without them gets a
 card made from its metadata, :attr:`Bundle.model_card`). ``precision``, ``protocol`` and the

@@ -14,6 +14,13 @@ Like in training, only the first ``graph.max_nodes`` nodes of a file are seen (1
 window is classified on its own. Features are computed once over the whole file, so frames at a
 window's edge see their neighbours across the edge. The models always run in float32, whatever
 precision they were trained in.
+
+Bundles of ``features.concat_functionals`` runs (``meta["functionals"]``) also give each model
+the utterance's openSMILE functionals vector ``u``: computed from the whole file with the same
+extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`, at
+the recorded rate), z-scored with each member's training-fold statistics and made finite as in
+training (non-finite values become 0). A functionals vector describes a whole utterance, so
+such bundles classify whole files only (no ``window``).
 """
 
 from __future__ import annotations
@@ -45,11 +52,12 @@ CUT_MARGIN_SECONDS = 1.0
 #: In windows mode, files longer than this are analysed a block at a time (Bundle._streamed).
 STREAM_SECONDS = 120.0
 FORMAT = "sergraph-bundle"
-#: The newest bundle format this sergraph reads (2: ``graph.dilations``). Bundles without
-#: dilated edges are still written as format 1, so older sergraph versions read them; a bundle
-#: with ``graph.dilations`` is format 2, which older versions refuse instead of building the
-#: wrong edges.
-FORMAT_VERSION = 2
+#: The newest bundle format this sergraph reads (2: ``graph.dilations``; 3: utterance
+#: functionals, ``meta["functionals"]``). Bundles without either are still written as format 1,
+#: so older sergraph versions read them; a bundle with ``graph.dilations`` is format 2 and one
+#: with functionals format 3, which older versions refuse instead of building the wrong edges
+#: or models without the functionals input.
+FORMAT_VERSION = 3
 SUFFIX = ".sergraph"
 #: openSMILE frame hop (seconds); a node is ``pool`` frames.
 FRAME_SECONDS = 0.010
@@ -80,10 +88,19 @@ class Bundle:
         self._members = members
         self.models = []
         self.normalizers = []
+        #: per member, the Normalizer of the utterance functionals (empty without them)
+        self.global_normalizers = []
         model = meta["model"]
+        global_channels = int(model.get("global_channels", 0))
         family, params = resolve_model(model["name"], model["params"], model.get("family"))
         for index, member in enumerate(members):
-            network = build_model(family, int(model["in_channels"]), len(self.classes), **params)
+            network = build_model(
+                family,
+                int(model["in_channels"]),
+                len(self.classes),
+                global_channels=global_channels,
+                **params,
+            )
             try:
                 network.load_state_dict(member["state_dict"])
             except RuntimeError as error:
@@ -97,8 +114,33 @@ class Bundle:
                     np.asarray(member["std"], dtype=np.float32),
                 )
             )
+            if global_channels:
+                self.global_normalizers.append(
+                    Normalizer(
+                        np.asarray(member["global_mean"], dtype=np.float32),
+                        np.asarray(member["global_std"], dtype=np.float32),
+                    )
+                )
 
     # ---- description
+
+    @property
+    def functionals(self) -> dict | None:
+        """``meta["functionals"]`` (feature set, names, sample rate, openSMILE version and
+        recipe of the utterance functionals the models also take), or ``None``."""
+        return self.meta.get("functionals")
+
+    def functionals_config(self):
+        """The :class:`~sergraph.data.features.FeatureConfig` whose cache computes this
+        bundle's utterance functionals as training's did (whole files, the recorded rate)."""
+        from sergraph.data.features import FeatureConfig
+
+        recorded = self.functionals
+        if recorded is None:
+            raise BundleError("this bundle's models take no utterance functionals")
+        return FeatureConfig(
+            feature_set=recorded["feature_set"], sample_rate=recorded.get("sample_rate")
+        )
 
     @property
     def members(self) -> list[dict]:
@@ -136,6 +178,12 @@ class Bundle:
             f"utterances, {len(meta['source']['speakers'])} speakers) in "
             f"{meta['source']['run_dir']}",
         ]
+        if meta.get("functionals"):
+            recorded = meta["functionals"]
+            lines.append(
+                f"utterance functionals {recorded['feature_set']} ({len(recorded['names'])}) "
+                "concatenated with the readout"
+            )
         if meta.get("protocol"):
             lines.append(f"protocol: {meta['protocol']['note']}")
         if meta.get("partial"):
@@ -177,9 +225,14 @@ class Bundle:
     def save(self, path: str | os.PathLike) -> Path:
         """Write the bundle to ``path`` atomically (temporary file, then rename)."""
         path = Path(path)
+        version = 1
+        if self.meta["graph"].get("dilations") is not None:
+            version = 2
+        if self.meta.get("functionals"):
+            version = 3
         payload = {
             "format": FORMAT,
-            "format_version": 2 if self.meta["graph"].get("dilations") is not None else 1,
+            "format_version": version,
             "meta": json.dumps(self.meta, default=json_default),
             "members": [
                 {
@@ -188,6 +241,11 @@ class Bundle:
                     },
                     "mean": torch.as_tensor(np.asarray(member["mean"], dtype=np.float32)),
                     "std": torch.as_tensor(np.asarray(member["std"], dtype=np.float32)),
+                    **{
+                        key: torch.as_tensor(np.asarray(member[key], dtype=np.float32))
+                        for key in ("global_mean", "global_std")
+                        if key in member
+                    },
                 }
                 for member in self._members
             ],
@@ -207,6 +265,7 @@ class Bundle:
         batch_size: int = 32,
         member: int | None = None,
         normalizers: Sequence | None = None,
+        functionals: np.ndarray | Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """Class probabilities of pooled feature arrays ``[T_i, F]`` (as the cache gives them).
 
@@ -217,6 +276,10 @@ class Bundle:
             normalizers: per array, a :class:`~sergraph.data.graphs.Normalizer` of its
                 speaker's enrollment audio, or ``None`` for the member's own statistics
                 (see :mod:`sergraph.deploy.enroll`).
+            functionals: bundles with utterance functionals (:attr:`functionals`) only, and
+                required there: ``[N, D]`` raw (un-normalised) functionals, one row per array,
+                as :meth:`~sergraph.data.features.FeatureCache.functionals` gives them; each
+                member z-scores them with its own statistics.
 
         Returns:
             ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
@@ -236,6 +299,7 @@ class Bundle:
                 )
         if normalizers is not None and len(normalizers) != len(features):
             raise BundleError(f"{len(normalizers)} normalizers given for {len(features)} arrays")
+        vectors = functionals_rows(self.meta, functionals, len(features))
         if not features:
             return np.zeros((0, len(self.classes)))
         chosen = range(len(self.models)) if member is None else [member]
@@ -255,6 +319,11 @@ class Bundle:
                 )
                 for position, array in enumerate(features)
             ]
+            if vectors is not None:  # as FoldDataModule.setup: z-scored, then made finite
+                u = self.global_normalizers[index](vectors)
+                u = np.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0)
+                for position, graph in enumerate(graphs):
+                    graph.u = torch.from_numpy(u[position : position + 1])
             outputs = []
             # batches marked for the models' fast path, as in training; cuDNN RNNs in IEEE
             # fp32 (not TF32), so the answer does not depend on the GPU generation
@@ -313,7 +382,9 @@ class Bundle:
         Raises:
             FeatureError: ``on_error="stop"`` and some files failed.
             BundleError: bad ``window``/``hop``/``on_error``, ``speakers`` not one per file,
-                ``enrollment`` for a bundle that takes none.
+                ``enrollment`` for a bundle that takes none, ``window`` for a bundle whose
+                models take the utterance functionals (whole files only; a file whose
+                functionals cannot be computed fails like one whose node features cannot).
         """
         from tqdm import tqdm
 
@@ -354,9 +425,23 @@ class Bundle:
                 by_path = dict(zip([p for p in short if p not in reasons], arrays, strict=True))
                 by_path.update({p: a for p, a in streamed.items() if not isinstance(a, str)})
                 good = [p for p in chunk if p not in reasons]
+                vectors = None
+                if self.functionals is not None:  # whole files, as training's cache
+                    vectors, lost = self._file_functionals(cache.root, good, workers)
+                    reasons.update(lost)
+                    failures += list(lost.items())
+                    good = [p for p in good if p not in lost]
                 arrays = [by_path[p] for p in good]
                 rows += self._chunk_rows(
-                    chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled
+                    chunk,
+                    good,
+                    arrays,
+                    reasons,
+                    window_nodes,
+                    hop_nodes,
+                    batch_size,
+                    enrolled,
+                    vectors,
                 )
                 bar.update(len(chunk))
         finally:
@@ -374,6 +459,26 @@ class Bundle:
             columns += ["speaker", "normalised_with"]
         frame = pd.DataFrame(rows, columns=columns)
         return frame.astype({"segment": "int64"}) if len(frame) else frame
+
+    def _file_functionals(
+        self, root, paths: Sequence[str], workers: int
+    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """``({path: raw functionals [D]}, {path: failure reason})`` of ``paths``, computed
+        and cached by the feature cache exactly as training's were."""
+        from sergraph.data.features import FeatureCache, FeatureError
+
+        cache = FeatureCache(root, self.functionals_config())
+        feature_set = self.functionals["feature_set"]
+        lost: dict[str, str] = {}
+        try:
+            values = cache.functionals(
+                paths, workers=workers, progress=False, feature_set=feature_set
+            )
+        except FeatureError as error:
+            lost = dict(error.failures)
+            paths = [p for p in paths if p not in lost]
+            values = cache.functionals(paths, progress=False, feature_set=feature_set)
+        return dict(zip(paths, values, strict=True)), lost
 
     def predict_signal(
         self,
@@ -430,7 +535,19 @@ class Bundle:
         else:
             starts = window_starts(len(array), window_nodes, hop_nodes)
             spans = [(first, min(first + window_nodes, len(array))) for first in starts]
-        scores = self.predict_features([array[a:b] for a, b in spans], batch_size)
+        vectors = None
+        if self.functionals is not None:  # the same extraction as a file's, from memory
+            from sergraph.data.features.opensmile import extract_functionals_from
+
+            buffer.seek(0)
+            recorded = self.functionals
+            vector = extract_functionals_from(
+                buffer, "<signal>", recorded["feature_set"], recorded.get("sample_rate")
+            )
+            vectors = np.repeat(vector[None, :], len(spans), axis=0)
+        scores = self.predict_features(
+            [array[a:b] for a, b in spans], batch_size, functionals=vectors
+        )
         rows = [
             segment_row("<signal>", number, first, end, duration, node, self.classes, row_scores)
             for number, ((first, end), row_scores) in enumerate(zip(spans, scores, strict=True))
@@ -477,14 +594,63 @@ class Bundle:
         )
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
+        if window is not None and self.functionals is not None:
+            raise BundleError(
+                f"this bundle's models also take the utterance's "
+                f"{self.functionals['feature_set']} functionals, which describe a whole "
+                "utterance; it classifies whole files only (leave out window and hop)"
+            )
         return segment_nodes(window, hop, self.node_seconds, self.meta["graph"]["max_nodes"])
 
     def _chunk_rows(
-        self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled=None
+        self,
+        chunk,
+        good,
+        arrays,
+        reasons,
+        window_nodes,
+        hop_nodes,
+        batch_size,
+        enrolled=None,
+        functionals=None,
     ):
         return chunk_rows(
-            self, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled
+            self,
+            chunk,
+            good,
+            arrays,
+            reasons,
+            window_nodes,
+            hop_nodes,
+            batch_size,
+            enrolled,
+            functionals,
         )
+
+
+def functionals_rows(meta: dict, functionals, count: int) -> np.ndarray | None:
+    """``functionals`` as float32 ``[count, D]``, checked against a bundle's metadata ``meta``
+    (``None`` for a bundle without utterance functionals)."""
+    recorded = meta.get("functionals")
+    if recorded is None:
+        if functionals is not None:
+            raise BundleError("this bundle's models take no utterance functionals")
+        return None
+    width = len(recorded["names"])
+    if functionals is None:
+        raise BundleError(
+            f"this bundle's models also take the utterance's {recorded['feature_set']} "
+            f"functionals: give functionals [N, {width}] (Bundle.predict computes them)"
+        )
+    if count == 0:
+        return np.zeros((0, width), np.float32)
+    rows = np.asarray(functionals, dtype=np.float32)
+    if rows.shape != (count, width):
+        raise BundleError(
+            f"functionals has shape {rows.shape}; this bundle needs [{count}, {width}] "
+            f"({recorded['feature_set']} functionals, one row per array)"
+        )
+    return rows
 
 
 def feature_cache_root(cache_dir) -> Path:

@@ -17,6 +17,14 @@ only (a transductive run normalised each held-out speaker with the utterances it
 new speakers cannot give). Each member's own statistics are then the training speakers'
 (``training_normalizer`` of the export state), used for a speaker who brings no enrollment audio;
 a speaker with enrollment audio is normalised with it (:mod:`sergraph.deploy.enroll`).
+
+Runs trained with ``features.concat_functionals`` (the recommended model) are exportable under
+``eval.protocol=inductive``: their checkpoints also carry the training fold's statistics of the
+utterance functionals and the test inputs' raw functionals vectors, which the bundle stores
+(``meta["functionals"]`` names the openSMILE set; each member its ``global_mean``/``global_std``)
+and verification feeds. Under ``eval.protocol=enrollment`` they are refused for now: a new
+speaker's functionals statistics would have to come from its enrollment audio, which bundles
+do not yet compute.
 """
 
 from __future__ import annotations
@@ -95,8 +103,9 @@ def export_bundle(
     Raises:
         FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
         BundleError: a study with unfinished folds (without ``partial``), a model or setting
-            that cannot be exported (SVM, per-speaker
-            normalisation outside ``eval.protocol=enrollment``), folds of different configurations, old checkpoints without
+            that cannot be exported (SVM, per-speaker normalisation outside
+            ``eval.protocol=enrollment``, ``features.concat_functionals`` with per-speaker
+            normalisation), folds of different configurations, old checkpoints without
             ``data_root``, or a failed verification (nothing is written then).
     """
     from omegaconf import OmegaConf
@@ -165,6 +174,7 @@ def export_bundle(
                 )
     # A data module made outside training may carry no provenance: the run's config.yaml then.
     provenance = first["provenance"] or run_provenance(cfg)
+    functionals = _functionals_record(cfg, cells, states, provenance)
     precision = provenance["precision"]
     if "unsupported" in provenance["features"]:
         raise BundleError(
@@ -180,8 +190,10 @@ def export_bundle(
             "family": family,
             "params": model_params,
             "in_channels": int(first["num_features"]),
+            **({"global_channels": len(functionals["names"])} if functionals else {}),
         },
         "features": dict(provenance["features"]),
+        **({"functionals": functionals} if functionals else {}),
         "graph": dict(first["graph"]),
         "precision": precision,
         "config": OmegaConf.to_container(cfg, resolve=True),
@@ -244,11 +256,12 @@ def _check_exportable(cfg, family: str, protocol: str) -> None:
             "trained with eval.protocol=enrollment (speakers then bring enrollment audio) or "
             "eval.protocol=inductive"
         )
-    if cfg.features.get("concat_functionals", False):
+    if cfg.features.get("concat_functionals", False) and normalization_of(cfg) == "speaker":
         raise BundleError(
-            "features.concat_functionals=true: bundles carry node-feature statistics only and "
-            "cannot yet compute and normalise utterance functionals for new audio; export a run "
-            "trained without it"
+            "features.concat_functionals=true with per-speaker normalisation "
+            "(eval.protocol=enrollment): bundles cannot yet fit a new speaker's functionals "
+            "statistics on its enrollment audio; export a run trained with "
+            "eval.protocol=inductive, or one without features.concat_functionals"
         )
 
 
@@ -425,18 +438,67 @@ def _complete(state: dict | None) -> dict | None:
     return state
 
 
+def _functionals_record(cfg, cells, states, provenance) -> dict | None:
+    """``meta["functionals"]`` of a ``features.concat_functionals`` run (``None`` otherwise):
+    what rebuilds the utterance vector ``u`` of new audio exactly as training's feature cache
+    computed it: the openSMILE functionals set, its names, the rate files are resampled to
+    and the openSMILE version and sergraph feature recipe."""
+    from sergraph.data.features import (
+        RECIPE_VERSION,
+        FeatureConfig,
+        functional_names,
+        opensmile_version,
+    )
+
+    if not cfg.features.get("concat_functionals", False):
+        return None
+    for cell, state in zip(cells, states, strict=True):
+        if state.get("global_normalizer") is None or "functionals" not in state["test"]:
+            raise BundleError(
+                f"{cell}: its checkpoint carries no utterance-functionals statistics and test "
+                "vectors (written by an older sergraph); train that fold again"
+            )
+    feature_set = str(cfg.features.functionals)
+    names = functional_names(feature_set)
+    width = {int(state["num_global_features"]) for state in states}
+    if width != {len(names)}:
+        raise BundleError(
+            f"{cells[0]}: the checkpoints hold {sorted(width)} functionals per utterance but "
+            f"this openSMILE gives {len(names)} {feature_set} functionals; export the run in "
+            "the environment it was trained in"
+        )
+    # the rate training's feature cache resampled to: the configured one, else the corpus's
+    # one rate (as for the node features; None: each file at its own rate)
+    rate = FeatureConfig.from_any(cfg.features).sample_rate
+    if rate is None:
+        rate = provenance["features"].get("sample_rate")
+    return {
+        "feature_set": feature_set,
+        "names": names,
+        "sample_rate": rate,
+        "opensmile": opensmile_version(),
+        "recipe": RECIPE_VERSION,
+    }
+
+
 def _statistics(state: dict) -> dict:
     """A member's own statistics: the training fold's, or under per-speaker normalisation the
-    training speakers' (the fallback for speakers without enrollment audio)."""
+    training speakers' (the fallback for speakers without enrollment audio); with utterance
+    functionals also theirs (``global_mean``, ``global_std``)."""
     normalizer = state["normalizer"]
     if normalizer is None:
         normalizer = state.get("training_normalizer")
     if normalizer is None:  # refused before (_check_exportable, _complete)
         raise BundleError("this fold has no training-fold normalisation statistics")
-    return {
+    statistics = {
         "mean": np.asarray(normalizer["mean"], dtype=np.float32),
         "std": np.asarray(normalizer["std"], dtype=np.float32),
     }
+    functionals = state.get("global_normalizer")
+    if functionals is not None:
+        statistics["global_mean"] = np.asarray(functionals["mean"], dtype=np.float32)
+        statistics["global_std"] = np.asarray(functionals["std"], dtype=np.float32)
+    return statistics
 
 
 def _member_provenance(run_dir: Path, cell: Path, record: dict) -> dict:

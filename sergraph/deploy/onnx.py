@@ -33,8 +33,10 @@ node count, and so the graph, changes per utterance) or with dilated edges
 the fixed graph cannot take); model families without the banded fast path (their layers run
 PyG message passing: ``gps``); families whose layers use ``Tensor.unfold`` (``gat``,
 ``sage_lstm``, ``ga_gru``), which PyTorch's TorchScript-based ONNX exporter cannot convert.
-:data:`ONNX_FAMILIES` lists those that export. The recommended model (``configs/experiment/recommended.yaml``) uses
-``features.concat_functionals`` and so makes no bundle at all.
+:data:`ONNX_FAMILIES` lists those that export. Bundles of ``features.concat_functionals`` runs, the
+recommended model (``configs/experiment/recommended.yaml``) among them, are refused for now:
+their models also take the utterance's functionals vector, which the ONNX graph has no input
+for yet (their bundles predict with ``sergraph predict``).
 
 The export checks itself when ``onnxruntime`` is installed (``pip install sergraph[onnx]``):
 :data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths,
@@ -155,6 +157,13 @@ def check_onnx_exportable(meta: dict) -> None:
             "normalised with its enrollment audio, which a fixed ONNX graph cannot take; use "
             "the bundle (sergraph predict --enroll) or export a run trained with "
             "eval.protocol=inductive"
+        )
+    if meta.get("functionals"):
+        raise BundleError(
+            "this bundle's models also take the utterance's "
+            f"{meta['functionals']['feature_set']} functionals (features.concat_functionals), "
+            "which the ONNX export does not yet give the graph as an input; use the bundle "
+            "(sergraph predict), or export a run trained without features.concat_functionals"
         )
 
 

@@ -75,10 +75,20 @@ def segment_row(
 
 
 def chunk_rows(
-    bundle, chunk, good, arrays, reasons, window_nodes, hop_nodes, batch_size, enrolled=None
+    bundle,
+    chunk,
+    good,
+    arrays,
+    reasons,
+    window_nodes,
+    hop_nodes,
+    batch_size,
+    enrolled=None,
+    functionals=None,
 ) -> list[dict]:
     """The rows of one chunk of files, in the chunk's order: a bundle's predictions of the
-    readable files (``good``, their node ``arrays``) and one error row per file in ``reasons``."""
+    readable files (``good``, their node ``arrays``; ``functionals``: path -> raw utterance
+    functionals, for bundles that take them) and one error row per file in ``reasons``."""
     node = bundle.node_seconds
     max_nodes = bundle.meta["graph"]["max_nodes"]
     by_path = dict(zip(good, arrays, strict=True))  # a file listed twice is computed once
@@ -94,6 +104,7 @@ def chunk_rows(
         [by_path[p][first:end] for p, _, first, end in segments],
         batch_size,
         normalizers=[enrolled[p][1] for p, *_ in segments] if enrolled else None,
+        functionals=None if functionals is None else [functionals[p] for p, *_ in segments],
     )
     durations = {p: duration(p) for p in by_path}
     predicted: dict[str, list[dict]] = {}

@@ -8,6 +8,10 @@ float32 on the CPU) and must agree with the run's ``predictions.csv`` within
 differs from the float32 bundle by more than float32 rounding; a difference above float32's
 tolerance but within the precision's is reported with ``cause: "precision"``.
 
+Runs trained with ``features.concat_functionals`` also carry each test utterance's raw
+functionals vector (``test["functionals"]`` of the export state), which verification gives the
+bundle with the node features.
+
 Runs trained under ``eval.protocol=enrollment`` (per-speaker statistics) normalised each
 test utterance with its speaker's enrollment statistics; their checkpoints carry those
 statistics (``enrollment_normalizers`` of the export state), and verification uses them, as a
@@ -95,6 +99,7 @@ def verify_bundle(
             [inputs[u] for u in utterances],
             member=index,
             normalizers=enrollment_normalizers(state, utterances, cell),
+            functionals=stored_test_functionals(state, utterances),
         )
         theirs = saved[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
         difference = float(np.abs(mine - theirs).max()) if len(saved) else 0.0
@@ -131,6 +136,18 @@ def stored_test_inputs(state: dict) -> dict[str, np.ndarray]:
         str(utterance): features[start:end]
         for utterance, start, end in zip(test["utterances"], starts, ends, strict=True)
     }
+
+
+def stored_test_functionals(state: dict, utterances: Sequence[str]) -> np.ndarray | None:
+    """The raw utterance functionals ``[N, D]`` float32 of ``utterances`` (test utterances of
+    an export state of a ``features.concat_functionals`` fold), or ``None`` for a fold
+    trained without them."""
+    test = state["test"]
+    if "functionals" not in test:
+        return None
+    vectors = np.asarray(test["functionals"], dtype=np.float32)
+    row = {str(u): i for i, u in enumerate(test["utterances"])}
+    return vectors[[row[u] for u in utterances]].reshape(len(utterances), vectors.shape[1])
 
 
 def enrollment_normalizers(

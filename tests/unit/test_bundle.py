@@ -35,6 +35,7 @@ from sergraph.deploy.bundle import (
     export_bundle,
     load_bundle,
 )
+from sergraph.deploy.ensemble import FORMAT_VERSION
 from sergraph.deploy.segments import window_starts
 from sergraph.results.layout import read_metrics, write_cell
 
@@ -347,9 +348,9 @@ def test_files_that_are_not_bundles_are_refused(run, tmp_path):
         load_bundle(tmp_path / "absent.sergraph")
 
     def newer(payload, meta):
-        payload["format_version"] = 3
+        payload["format_version"] = FORMAT_VERSION + 1
 
-    with pytest.raises(BundleError, match="format 3.*upgrade sergraph"):
+    with pytest.raises(BundleError, match=f"format {FORMAT_VERSION + 1}.*upgrade sergraph"):
         load_bundle(rewrite(run.fold0, tmp_path / "new.sergraph", newer))
 
 
