@@ -72,10 +72,12 @@ def test_help_imports_neither_pandas_nor_torch_nor_the_training_stack(tmp_path):
 def test_config_and_folds_import_neither_torch_nor_pyg_nor_the_training_stack(
     verb, model, tmp_path
 ):
-    result = imported_by(
-        [verb, f"model={model}", "data.options.n_speakers=3", "data.options.n_per_class=2"],
-        tmp_path,
-    )
+    argv = [verb, f"model={model}", "data.options.n_speakers=3", "data.options.n_per_class=2"]
+    if verb == "folds":
+        # on a fresh cache the first `folds` synthesises the corpus (scipy.signal's filters);
+        # start-up is measured on a corpus that exists, as every later command finds it
+        imported_by(argv, tmp_path)
+    result = imported_by(argv, tmp_path)
     assert result["code"] in (0, None)
     assert result["out"].strip()  # printed the config / the fold table
     heavy = {"torch", "torch_geometric", "scipy.signal", *TRAINING_STACK}
