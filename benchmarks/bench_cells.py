@@ -6,12 +6,12 @@ temporary folder, and prints:
 
 - the study's wall time and cells per hour;
 - per cell, the mean wall seconds of each phase ``metrics.json`` records (``timing``: data,
-  setup, training, validation, checkpoints, test; see :mod:`sergraph.training.timing`) and the
+  setup, training, validation, checkpointing, test; see :mod:`sergraph.training.timing`) and the
   rest of the cell (fold check, scores, provenance);
 - the part of the study outside its cells' clocks: process start-up, corpus and feature
   preparation (a warm feature cache unless ``--cold``), writing each cell's files, summaries.
 
-The fixed costs are the phases that do not scale with epochs (data, setup, checkpoints, test);
+The fixed costs are the phases that do not scale with epochs (data, setup, checkpointing, test);
 training and validation do. Nothing is asserted; on a shared machine compare the
 shares, not the seconds, between runs.
 
@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common import REPO, emodb_root, machine, table
 
-PHASES = ("data", "setup", "training", "validation", "checkpoints", "test")
+PHASES = ("data", "setup", "training", "validation", "checkpointing", "test")
 
 
 def run_study(overrides: list[str], out: Path, env: dict) -> tuple[float, list[dict]]:

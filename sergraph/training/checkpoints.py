@@ -124,7 +124,7 @@ def merge_csv_logs(earlier: Path, csv_log: Path) -> None:
 
 def atomic_checkpoint_io(clock=None):
     """Lightning's checkpoint IO with atomic writes; their wall time goes to the
-    ``checkpoints`` phase of ``clock`` (a :class:`~sergraph.training.timing.PhaseClock`)."""
+    ``checkpointing`` phase of ``clock`` (a :class:`~sergraph.training.timing.PhaseClock`)."""
     from contextlib import nullcontext
 
     from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -139,7 +139,7 @@ def atomic_checkpoint_io(clock=None):
 
             import torch
 
-            with clock.phase("checkpoints") if clock is not None else nullcontext():
+            with clock.phase("checkpointing") if clock is not None else nullcontext():
                 buffer = io.BytesIO()
                 torch.save(checkpoint, buffer)
                 atomic_write_bytes(path, buffer.getvalue())

@@ -4,9 +4,9 @@ Phases of a neural cell (the process's own attempt; a resumed cell counts only i
 
 - ``data``: the fold's datamodule (graphs of its splits, normalisation statistics);
 - ``setup``: the module, callbacks and trainer;
-- ``training``: ``trainer.fit`` less ``validation`` and ``checkpoints``;
+- ``training``: ``trainer.fit`` less ``validation`` and ``checkpointing``;
 - ``validation``: every validation pass (Lightning's ``on_validation_start`` to ``_end``);
-- ``checkpoints``: writing ``best.ckpt``/``last.ckpt`` (inside ``trainer.fit``);
+- ``checkpointing``: writing ``best.ckpt``/``last.ckpt`` (inside ``trainer.fit``);
 - ``test``: testing the best checkpoint and predicting the test split.
 
 A classic baseline's cell has one phase, ``fit`` (nested selection, fit and prediction). What
@@ -26,7 +26,7 @@ from contextlib import contextmanager
 from lightning.pytorch.callbacks import Callback
 
 #: Neural phases in the order a cell runs them (``training`` is derived, see the docstring).
-NEURAL_PHASES = ("data", "setup", "training", "validation", "checkpoints", "test")
+NEURAL_PHASES = ("data", "setup", "training", "validation", "checkpointing", "test")
 
 
 class PhaseClock:
@@ -56,7 +56,7 @@ class PhaseClock:
         """The ``timing`` of a neural cell: ``training`` is ``fit`` less what ran inside it."""
         seconds = dict(self.seconds)
         fit = seconds.pop("fit", 0.0)
-        inside = seconds.get("validation", 0.0) + seconds.get("checkpoints", 0.0)
+        inside = seconds.get("validation", 0.0) + seconds.get("checkpointing", 0.0)
         seconds["training"] = max(fit - inside, 0.0)
         return {name: round(seconds.get(name, 0.0), 4) for name in NEURAL_PHASES}
 
