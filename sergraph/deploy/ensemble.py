@@ -432,7 +432,8 @@ class Bundle:
                     failures += list(lost.items())
                     good = [p for p in good if p not in lost]
                 arrays = [by_path[p] for p in good]
-                rows += self._chunk_rows(
+                rows += chunk_rows(
+                    self,
                     chunk,
                     good,
                     arrays,
@@ -601,31 +602,6 @@ class Bundle:
                 "utterance; it classifies whole files only (leave out window and hop)"
             )
         return segment_nodes(window, hop, self.node_seconds, self.meta["graph"]["max_nodes"])
-
-    def _chunk_rows(
-        self,
-        chunk,
-        good,
-        arrays,
-        reasons,
-        window_nodes,
-        hop_nodes,
-        batch_size,
-        enrolled=None,
-        functionals=None,
-    ):
-        return chunk_rows(
-            self,
-            chunk,
-            good,
-            arrays,
-            reasons,
-            window_nodes,
-            hop_nodes,
-            batch_size,
-            enrolled,
-            functionals,
-        )
 
 
 def functionals_rows(meta: dict, functionals, count: int) -> np.ndarray | None:
