@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 
 from sergraph.config import compose
 from sergraph.data.folds import Fold
 from sergraph.training.tracking import cell_loggers
+from tests.cli import run_cli
 from tests.wandb_records import run_contents
 
 pytest.importorskip("wandb")
@@ -36,13 +35,7 @@ def test_train_logs_cells_and_summary_to_offline_wandb(tmp_path):
         "logger.tags=[test]",
         f"run.out_dir={tmp_path / 'runs'}",
     ]
-    result = subprocess.run(
-        [sys.executable, "-m", "sergraph.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = run_cli(args, env, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     # W&B's own lines (run links, sync notes, the run summary) are in the log file only
     assert "wandb:" not in result.stderr
@@ -137,13 +130,7 @@ def test_shipped_sweep_command_lines_run_by_hand_make_one_study(tmp_path):
         {"graph.k": 4, "model.params.readout": "mean"},
     ]
     for point in points:
-        result = subprocess.run(
-            [sys.executable, "-m", "sergraph.cli", *sweep_argv(sweep, point), *tiny],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-        )
+        result = run_cli([*sweep_argv(sweep, point), *tiny], env, timeout=600)
         assert result.returncode == 0, result.stderr[-3000:]
         assert "wandb:" not in result.stderr
     study = tmp_path / "runs" / "sweep_neighbours_readout"
