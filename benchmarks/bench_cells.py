@@ -18,6 +18,14 @@ shares, not the seconds, between runs.
     python benchmarks/bench_cells.py                 # EmoDB if found, 1 seed, all folds
     python benchmarks/bench_cells.py --folds 0,1     # two cells
     python benchmarks/bench_cells.py --synthetic     # the built-in corpus
+    python benchmarks/bench_cells.py --against ../old --rounds 2   # side by side with a checkout
+
+``--against CHECKOUT`` runs the same study with another checkout of sergraph (its own Python,
+``CHECKOUT/.venv/bin/python`` unless ``--against-python`` says otherwise), alternating round by
+round with this one, and prints both studies' wall and CPU seconds per cell, the ratio
+(other / this, median over rounds) and each side's mean UA over the cells (the same figure on
+both sides means both did the same work). The other checkout needs no ``timing`` in its
+``metrics.json``: only whole-study figures are compared.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -37,14 +46,64 @@ from common import REPO, emodb_root, machine, table
 PHASES = ("data", "setup", "training", "validation", "checkpointing", "test")
 
 
-def run_study(overrides: list[str], out: Path, env: dict) -> tuple[float, list[dict]]:
-    command = [sys.executable, "-m", "sergraph.cli", "train", *overrides, f"run.out_dir={out}"]
-    print("$ " + " ".join(command[2:]), flush=True)
+def run_study(
+    overrides: list[str],
+    out: Path,
+    env: dict,
+    python: str = sys.executable,
+    checkout: Path = REPO,
+) -> tuple[float, list[dict], float]:
+    """Wall seconds, the cells' ``metrics.json`` and the CPU seconds of one study run."""
+    command = [python, "-m", "sergraph.cli", "train", *overrides, f"run.out_dir={out}"]
+    print("$ " + " ".join(command[2:]) + f"   # in {checkout.name}", flush=True)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=env, check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(command, cwd=checkout, env=env, check=True, stdout=subprocess.DEVNULL)
     wall = time.perf_counter() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     cells = [json.loads(path.read_text()) for path in sorted(out.rglob("fold-*/metrics.json"))]
-    return wall, cells
+    return wall, cells, cpu
+
+
+def compare(args, overrides: list[str], env: dict) -> None:
+    """This checkout and ``args.against`` alternately, ``args.rounds`` rounds each."""
+    other = Path(args.against).resolve()
+    python = args.against_python or str(other / ".venv" / "bin" / "python")
+    sides = {"this": (sys.executable, REPO), "other": (python, other)}
+    rows, ratios = [], {"wall": [], "cpu": []}
+    with tempfile.TemporaryDirectory(prefix="sergraph-cells-") as folder:
+        for round_ in range(args.rounds):
+            # the other side first in odd rounds: neither always runs on a warmer machine
+            order = ["other", "this"] if round_ % 2 else ["this", "other"]
+            seen = {}
+            for side in order:
+                out = Path(folder) / f"{side}-{round_}"
+                wall, cells, cpu = run_study(overrides, out, env, *sides[side])
+                if not cells:
+                    sys.exit(f"the study in {sides[side][1]} wrote no finished cell")
+                n = len(cells)
+                seen[side] = (wall / n, cpu / n)
+                rows.append(
+                    {
+                        "round": round_,
+                        "checkout": side,
+                        "cells": n,
+                        "wall s per cell": wall / n,
+                        "CPU s per cell": cpu / n,
+                        "mean UA": 100 * statistics.mean(cell["ua"] for cell in cells),
+                        "load": os.getloadavg()[0],
+                    }
+                )
+            ratios["wall"].append(seen["other"][0] / seen["this"][0])
+            ratios["cpu"].append(seen["other"][1] / seen["this"][1])
+    print(f"\n## experiment=recommended, this checkout against {other}\n")
+    print(table(rows))
+    print(
+        f"\nother / this, median over {args.rounds} rounds: wall per cell "
+        f"{statistics.median(ratios['wall']):.2f}x, CPU per cell "
+        f"{statistics.median(ratios['cpu']):.2f}x"
+    )
 
 
 def main() -> None:
@@ -52,6 +111,9 @@ def main() -> None:
     parser.add_argument("--synthetic", action="store_true", help="the built-in corpus")
     parser.add_argument("--folds", help="fold indices, comma-separated (default all)")
     parser.add_argument("--cold", action="store_true", help="extract features, no warm cache")
+    parser.add_argument("--against", help="another checkout to run side by side with this one")
+    parser.add_argument("--against-python", help="its Python (default CHECKOUT/.venv/bin/python)")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds with --against")
     args = parser.parse_args()
     root = None if args.synthetic else emodb_root()
     data = ["data=emodb", f"data.root={root}"] if root else ["data=synthetic"]
@@ -67,10 +129,13 @@ def main() -> None:
         overrides.append(f"folds.only=[{args.folds}]")
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     print(machine(), flush=True)
+    if args.against:
+        compare(args, overrides, env)
+        return
     with tempfile.TemporaryDirectory(prefix="sergraph-cells-") as folder:
         if args.cold:
             env["SERGRAPH_CACHE"] = str(Path(folder) / "cache")
-        wall, cells = run_study(overrides, Path(folder) / "runs", env)
+        wall, cells, _ = run_study(overrides, Path(folder) / "runs", env)
         if not cells:
             sys.exit("the study wrote no finished cell")
         cell_seconds = [cell["seconds"] for cell in cells]
