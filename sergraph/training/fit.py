@@ -45,7 +45,6 @@ def fit_neural(
     from lightning.pytorch.callbacks import EarlyStopping
 
     from sergraph.training.callbacks import CellProgress, RankStatesCheckpoint, SharedStorageCheck
-    from sergraph.training.module import SERModule
     from sergraph.training.timing import PhaseClock, ValidationClock
 
     configure_console()  # after importing Lightning, which adds its own console handler
@@ -56,27 +55,7 @@ def fit_neural(
     datamodule.setup()
     clock.stop("data")
     clock.start("setup")
-    family, model_params = model_spec(cfg)
-    adversary = float(cfg.optim.get("speaker_adversary", 0.0))
-    module = SERModule(
-        model=family,
-        model_params=model_params,
-        in_channels=datamodule.num_features,
-        class_names=study.classes,
-        lr=cfg.optim.lr,
-        weight_decay=cfg.optim.weight_decay,
-        class_weights=datamodule.class_weights if cfg.optim.class_weights else None,
-        label_smoothing=cfg.optim.label_smoothing,
-        global_channels=datamodule.num_global_features,
-        optimizer=cfg.optim.optimizer,
-        schedule=cfg.optim.schedule,
-        warmup_epochs=cfg.optim.warmup_epochs,
-        augment=OmegaConf.to_container(cfg.augment),
-        input_layers=stacked_layers(cfg),
-        speaker_adversary=adversary,
-        # the speaker head's classes: the fold's training speakers (never val/test ones)
-        train_speakers=[str(s) for s in fold.train_speakers] if adversary > 0 else None,
-    )
+    module = cell_module(cfg, study, fold, datamodule)
     has_val = bool(fold.val_speakers)
     paths = CellPaths(directory)
     # Lightning adds the ".ckpt" of the layout's names to the stems given here.
@@ -277,6 +256,34 @@ def ieee_rnn_math() -> Iterator[str | None]:
         yield rnn.fp32_precision
     finally:
         rnn.fp32_precision = previous
+
+
+def cell_module(cfg: DictConfig, study: PreparedData, fold: Fold, datamodule):
+    """The LightningModule a cell trains: the model, loss, optimiser and augmentation of ``cfg``
+    for the set-up ``datamodule`` of ``fold`` (its feature counts and class weights)."""
+    from sergraph.training.module import SERModule
+
+    family, model_params = model_spec(cfg)
+    adversary = float(cfg.optim.get("speaker_adversary", 0.0))
+    return SERModule(
+        model=family,
+        model_params=model_params,
+        in_channels=datamodule.num_features,
+        class_names=study.classes,
+        lr=cfg.optim.lr,
+        weight_decay=cfg.optim.weight_decay,
+        class_weights=datamodule.class_weights if cfg.optim.class_weights else None,
+        label_smoothing=cfg.optim.label_smoothing,
+        global_channels=datamodule.num_global_features,
+        optimizer=cfg.optim.optimizer,
+        schedule=cfg.optim.schedule,
+        warmup_epochs=cfg.optim.warmup_epochs,
+        augment=OmegaConf.to_container(cfg.augment),
+        input_layers=stacked_layers(cfg),
+        speaker_adversary=adversary,
+        # the speaker head's classes: the fold's training speakers (never val/test ones)
+        train_speakers=[str(s) for s in fold.train_speakers] if adversary > 0 else None,
+    )
 
 
 def fold_datamodule(cfg: DictConfig, study: PreparedData, fold: Fold, seed: int):
