@@ -295,3 +295,13 @@ def test_an_evaluated_bundle_counts_as_cross_corpus():
     }
     assert corpus_evaluation([evaluated]) == (True, "cross-corpus: iemocap → emodb")
     assert corpus_evaluation([{"protocol": {"name": "inductive"}}]) == (False, "within-corpus")
+
+
+def test_a_cross_corpus_run_is_not_exported_as_a_bundle(study, tmp_path):
+    from sergraph.deploy.export import export_bundle
+    from sergraph.deploy.pipeline import BundleError
+
+    # a bundle's model card describes one training corpus and its cross-validated scores
+    with pytest.raises(BundleError, match="is a cross-corpus study"):
+        export_bundle(study / "a_to_b", tmp_path / "a_to_b.sergraph", folds=[0])
+    assert not (tmp_path / "a_to_b.sergraph").exists()
