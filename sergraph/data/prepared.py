@@ -351,11 +351,17 @@ def prepare_cross_corpus(
         entries = list(block.corpora)
         keys = [f"cross_corpus.corpora[{i}]" for i in range(len(entries))]
     parts: dict[str, PreparedData] = {}
+    failed = []
     for entry in entries:
         data = OmegaConf.to_container(entry["data"], resolve=True)
         parts[str(entry["name"])] = prepare(
             corpus_config(cfg, data), need_features, failed_listing, inputs, False
         )
+        if failed_listing is not None and Path(failed_listing).is_file():
+            # each corpus rewrites the listing: keep its rows before the next one does
+            failed.append(pd.read_csv(failed_listing).assign(corpus=str(entry["name"])))
+    if failed:
+        atomic_write_csv(failed_listing, pd.concat(failed, ignore_index=True))
     names = list(parts)
     if scheme == TEST_CORPUS:
         classes = list(parts[names[0]].classes)

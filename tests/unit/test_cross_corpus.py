@@ -305,3 +305,41 @@ def test_a_cross_corpus_run_is_not_exported_as_a_bundle(study, tmp_path):
     with pytest.raises(BundleError, match="is a cross-corpus study"):
         export_bundle(study / "a_to_b", tmp_path / "a_to_b.sergraph", folds=[0])
     assert not (tmp_path / "a_to_b.sergraph").exists()
+
+
+def test_files_left_out_of_every_corpus_are_listed(tmp_path):
+    import soundfile as sf
+
+    from sergraph.training.study import study_data
+    from tests.unit.test_bad_input import make_manifest, tone
+
+    rows = [
+        (f"{s}_{label}{i}.wav", s, label)
+        for s in ("s1", "s2", "s3")
+        for label in ("angry", "sad")
+        for i in range(2)
+    ]
+    csv = make_manifest(tmp_path / "corpus", rows)
+    (tmp_path / "corpus" / "s1_sad0.wav").write_bytes(b"")
+    sf.write(tmp_path / "corpus" / "s2_sad1.wav", tone(0.03), 16000)
+    cfg = compose(
+        [
+            "data=manifest",
+            f"data.root={csv}",
+            "cross_corpus.test={data: synthetic, name: b, options: {seed: 5, n_speakers: 2, "
+            "n_per_class: 1}, drop: [neutral, happy]}",
+            "features.on_error=skip",
+            "features.workers=1",
+            f"features.cache_dir={tmp_path / 'features'}",
+            f"run.out_dir={tmp_path / 'runs'}",
+            "run.name=skipped",
+        ]
+    )
+    study = study_data(cfg, need_features=False)
+    # the training corpus's two failed files are left out, and still listed after the test
+    # corpus (which lost none) was prepared
+    assert len(study.table) == 12 - 2 + 2 * 2
+    listing = pd.read_csv(tmp_path / "runs" / "skipped" / "failed_files.csv")
+    assert sorted(listing["utterance"]) == ["s1_sad0", "s2_sad1"]
+    assert set(listing["corpus"]) == {"manifest"}
+    assert study.cross_corpus["corpora"]["b"]["dropped"] == {"neutral": 2, "happy": 2}
