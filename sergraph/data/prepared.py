@@ -352,12 +352,16 @@ def prepare_cross_corpus(
         keys = [f"cross_corpus.corpora[{i}]" for i in range(len(entries))]
     parts: dict[str, PreparedData] = {}
     failed = []
+    # prepare rewrites the listing whenever it fetches features (see its docstring)
+    listed = failed_listing is not None and (
+        need_features or cfg.features.get("on_error", "stop") == "skip"
+    )
     for entry in entries:
         data = OmegaConf.to_container(entry["data"], resolve=True)
         parts[str(entry["name"])] = prepare(
             corpus_config(cfg, data), need_features, failed_listing, inputs, False
         )
-        if failed_listing is not None and Path(failed_listing).is_file():
+        if listed and Path(failed_listing).is_file():
             # each corpus rewrites the listing: keep its rows before the next one does
             failed.append(pd.read_csv(failed_listing).assign(corpus=str(entry["name"])))
     if failed:
