@@ -272,7 +272,9 @@ def test_enrollment_utterances_of_the_test_corpus_are_never_scored(cache):
     assert len(held_aside) == 2 and not held_aside & set(predictions["utterance"])
 
 
-def test_report_never_pairs_cross_corpus_with_within_corpus_rows(study, tmp_path):
+def test_report_never_pairs_cross_corpus_with_within_corpus_rows(study, tmp_path, capsys):
+    from sergraph.cli import main
+
     report = write_report(study, tmp_path / "report", cross_protocol=True, cross_data=True)
     refused = {frozenset(pair) for pair in report["refused_corpus"]}
     assert refused == {frozenset(("a_to_b", "within_a")), frozenset(("loco", "within_a"))}
@@ -287,6 +289,12 @@ def test_report_never_pairs_cross_corpus_with_within_corpus_rows(study, tmp_path
     text = Path(report["paths"]["report"]).read_text()
     assert "inductive; CROSS-CORPUS: synthetic → b" in text
     assert "a_to_b / within_a" in text
+    # the command line says so too, even when asked to pair across data and protocols
+    args = ["report", str(study), "--out", str(tmp_path / "cli"), "--cross-data"]
+    assert main([*args, "--cross-protocol"]) == 0
+    err = capsys.readouterr().err
+    assert "not pairing a_to_b with within_a: one is cross-corpus" in err
+    assert "not pairing loco with within_a: one is cross-corpus" in err
 
 
 def test_an_evaluated_bundle_counts_as_cross_corpus():
