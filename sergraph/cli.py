@@ -238,6 +238,12 @@ def _report(
             "(--cross-data to pair anyway)",
             file=sys.stderr,
         )
+    for first, second in report["refused_corpus"]:
+        print(
+            f"sergraph report: not pairing {first} with {second}: one is cross-corpus, the "
+            "other within-corpus (never paired)",
+            file=sys.stderr,
+        )
     for label, files in report["changed_sources"].items():
         print(
             f"WARNING: {label}: config files changed since its cells ran: {'; '.join(files)}",

@@ -8,6 +8,7 @@ from pathlib import Path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from sergraph.config.cross_corpus import resolve_cross_corpus
 from sergraph.config.files import config_dir, group_choices, load_yaml
 from sergraph.config.labels import format_value, grid_of, grid_variants, split_multirun
 from sergraph.config.presets import is_family
@@ -173,6 +174,7 @@ def _compose(overrides, variant: str | None = None) -> DictConfig:
     if variant is not None and not explicit_label:
         cfg.run.label = variant
     cfg.run.sources = dict(sorted(sources.items()))
+    resolve_cross_corpus(cfg)
     if grid:
         # The study records its grid and every point as a declared variant (what report and
         # select read); the first point is the reference unless one is declared.
@@ -311,4 +313,6 @@ def run_settings(cfg: DictConfig, overrides) -> tuple[dict, dict]:
 
 def _is_free_dict(cfg: DictConfig, dotted: str) -> bool:
     """Keys under these nodes are free-form (checked later against the model/corpus)."""
-    return dotted in ("model.params", "data.options", "data.merge")
+    return dotted in ("model.params", "data.options", "data.merge") or (
+        dotted == "cross_corpus.test" or dotted.startswith("cross_corpus.test.")
+    )

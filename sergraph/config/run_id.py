@@ -131,6 +131,10 @@ def identity(cfg: DictConfig) -> str:
     container.pop("slurm", None)
     container.pop("reference", None)
     container.pop("controls", None)
+    # cross_corpus (added later): left out when unset, so that within-corpus runs keep their id
+    block = container.get("cross_corpus") or {}
+    if block.get("test") is None and not block.get("corpora") and block.get("classes") is None:
+        container.pop("cross_corpus", None)
     # The protocol enters the identity only where it changes behaviour: a configuration that
     # runs as it did before protocols were named (inductive, or transductive: once spelled
     # graph.normalize=speaker alone) keeps its id.

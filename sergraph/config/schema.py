@@ -194,6 +194,22 @@ class SlurmConfig:
 
 
 @dataclass
+class CrossCorpusConfig:
+    """Cross-corpus studies (sergraph.data.cross_corpus); both unset: within one corpus."""
+
+    # Train on every speaker of `data` (validation speakers from it too), test on every
+    # utterance of this corpus: {data: NAME (a configs/data/ file) or a data mapping, name: what
+    # prefixes its speakers (default its data.name), root/options/classes/merge: overrides of
+    # its data keys, label_map: {ITS_CLASS: TRAINING_CLASS}, drop: [ITS_CLASS, ...]}.
+    test: dict[str, Any] | None = None
+    # Leave one corpus out: two or more corpora written as `test` is; each is tested once (a
+    # fold) by a model trained on all the others, each mapped into one label set (`classes`).
+    corpora: list[Any] = field(default_factory=list)
+    # `corpora` only: the label set every corpus is mapped into (null: the first corpus's).
+    classes: list[str] | None = None
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -207,6 +223,7 @@ class Config:
     run: RunConfig = field(default_factory=RunConfig)
     logger: LoggerConfig = field(default_factory=LoggerConfig)
     slurm: SlurmConfig = field(default_factory=SlurmConfig)
+    cross_corpus: CrossCorpusConfig = field(default_factory=CrossCorpusConfig)
     variants: dict[str, list[str]] = field(default_factory=dict)
     # A grid (key -> values): its cross product becomes variants labelled by their settings
     # (k=2,readout=sum), as `sergraph train -m KEY=a,b` does; see sergraph.config.labels.

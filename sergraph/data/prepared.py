@@ -12,6 +12,14 @@ import pandas as pd
 from omegaconf import DictConfig, OmegaConf
 
 from sergraph.console import log
+from sergraph.data.cross_corpus import (
+    LEAVE_ONE_CORPUS_OUT,
+    TEST_CORPUS,
+    combine_tables,
+    corpus_folds,
+    is_cross_corpus,
+    label_mapping,
+)
 from sergraph.data.folds import Fold, make_folds, similar_speaker_ids
 from sergraph.io import atomic_write_csv
 
@@ -28,6 +36,13 @@ class PreparedData:
     #: :func:`data_fingerprint`, computed on first use.
     fingerprint: dict | None = None
     sample_rates: dict[int, int] | None = None  # see corpus_sample_rates
+    #: A cross-corpus study (:mod:`sergraph.data.cross_corpus`): ``scheme``, ``classes`` (the
+    #: label set) and per corpus name its ``data`` configuration, ``classes``, ``label_map``,
+    #: ``dropped`` (class -> utterances left out) and ``utterances`` kept; ``None`` otherwise.
+    cross_corpus: dict | None = None
+    #: A cross-corpus study: corpus name -> the ``table`` and ``inputs`` hashes of its rows
+    #: (:func:`data_fingerprint` fills it).
+    corpus_fingerprints: dict | None = None
 
 
 def corpus_sample_rates(study: PreparedData) -> dict[int, int]:
@@ -76,9 +91,21 @@ def data_fingerprint(cfg: DictConfig, study: PreparedData) -> dict:
         from sergraph.io import file_sha256
 
         precomputed = cfg.features.feature_set == "precomputed"
+        keys = [file_sha256(path) for path in feature_inputs(cfg, study.table)]
+        if study.cross_corpus is not None:
+            # each corpus's own hashes too, so a cell names the data of each corpus it used
+            study.corpus_fingerprints = {}
+            for name in study.cross_corpus["corpora"]:
+                rows = (study.table["corpus"] == name).to_numpy()
+                part = study_fingerprint(
+                    study.table[rows], [k for k, r in zip(keys, rows, strict=True) if r], []
+                )
+                study.corpus_fingerprints[name] = {
+                    key: part[key] for key in ("table", "inputs", "inputs_kind")
+                }
         study.fingerprint = study_fingerprint(
             study.table,
-            [file_sha256(path) for path in feature_inputs(cfg, study.table)],
+            keys,
             study.folds,
             inputs_kind="precomputed" if precomputed else "audio",
             fold_column=cfg.folds.get("column", "fold")
@@ -161,8 +188,13 @@ def prepare(
     need_features: bool = True,
     failed_listing: Path | None = None,
     inputs: str = "frames",
+    make_study_folds: bool = True,
 ) -> PreparedData:
     """Load the corpus, fetch (cached) features and make the folds.
+
+    A cross-corpus configuration (``cross_corpus``) prepares each of its corpora so and
+    combines them (:func:`prepare_cross_corpus`). ``make_study_folds=False``: no folds (a
+    corpus of a cross-corpus study, whose folds are the corpora).
 
     ``inputs`` (one of :data:`INPUTS`) says which features: ``frames`` fills
     :attr:`PreparedData.features` (and :attr:`PreparedData.functionals` with
@@ -181,9 +213,13 @@ def prepare(
 
     if inputs not in INPUTS:
         raise ValueError(f"inputs={inputs!r} is not valid; choose one of {list(INPUTS)}")
+    if is_cross_corpus(cfg):
+        return prepare_cross_corpus(cfg, need_features, failed_listing, inputs)
     table, classes = load_table(cfg)
 
     def folds_of(table: pd.DataFrame) -> list[Fold]:
+        if not make_study_folds:
+            return []
         return make_folds(
             table,
             scheme=cfg.folds.scheme,
@@ -278,6 +314,106 @@ def prepare(
     return study
 
 
+def corpus_config(cfg: DictConfig, data: dict) -> DictConfig:
+    """``cfg`` for one corpus of a cross-corpus study: its ``data`` section, no
+    ``cross_corpus``."""
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container["data"] = data
+    container["cross_corpus"] = {"test": None, "corpora": [], "classes": None}
+    return OmegaConf.create(container)
+
+
+def prepare_cross_corpus(
+    cfg: DictConfig,
+    need_features: bool = True,
+    failed_listing: Path | None = None,
+    inputs: str = "frames",
+) -> PreparedData:
+    """The prepared data of a cross-corpus study (:mod:`sergraph.data.cross_corpus`).
+
+    Each corpus is loaded and its features fetched as :func:`prepare` does for one corpus; its
+    labels are mapped onto the study's label set (:func:`label_mapping`: the training corpus's
+    classes with ``cross_corpus.test``, ``cross_corpus.classes`` or the first corpus's with
+    ``cross_corpus.corpora``); the folds hold out whole corpora (:func:`corpus_folds`).
+
+    Raises:
+        ValueError: a class that cannot be mapped (naming the corpus, the class and the keys
+            that would map or drop it); a test corpus with nothing left to score.
+    """
+    block = cfg.cross_corpus
+    if block.test is not None:
+        scheme = TEST_CORPUS
+        entries = [{"name": cfg.data.name, "data": cfg.data, "label_map": {}, "drop": []}]
+        entries.append(block.test)
+        keys = ["data", "cross_corpus.test"]
+    else:
+        scheme = LEAVE_ONE_CORPUS_OUT
+        entries = list(block.corpora)
+        keys = [f"cross_corpus.corpora[{i}]" for i in range(len(entries))]
+    parts: dict[str, PreparedData] = {}
+    failed = []
+    # prepare rewrites the listing whenever it fetches features (see its docstring)
+    listed = failed_listing is not None and (
+        need_features or cfg.features.get("on_error", "stop") == "skip"
+    )
+    for entry in entries:
+        data = OmegaConf.to_container(entry["data"], resolve=True)
+        parts[str(entry["name"])] = prepare(
+            corpus_config(cfg, data), need_features, failed_listing, inputs, False
+        )
+        if listed and Path(failed_listing).is_file():
+            # each corpus rewrites the listing: keep its rows before the next one does
+            failed.append(pd.read_csv(failed_listing).assign(corpus=str(entry["name"])))
+    if failed:
+        atomic_write_csv(failed_listing, pd.concat(failed, ignore_index=True))
+    names = list(parts)
+    if scheme == TEST_CORPUS:
+        classes = list(parts[names[0]].classes)
+    else:
+        classes = (
+            list(block.classes) if block.classes is not None else list(parts[names[0]].classes)
+        )
+    targets, record = {}, {}
+    for entry, key, name in zip(entries, keys, names, strict=True):
+        corpus_classes = list(parts[name].classes)
+        targets[name] = label_mapping(
+            corpus_classes,
+            classes,
+            dict(entry["label_map"]),
+            list(entry["drop"]),
+            corpus=f"corpus {name!r}",
+            target="the study's label set" if scheme == LEAVE_ONE_CORPUS_OUT else "the model",
+            map_key=f"{key}.label_map",
+            drop_key=f"{key}.drop",
+        )
+        counts = parts[name].table["label"].astype(str).value_counts()
+        record[name] = {
+            "data": OmegaConf.to_container(OmegaConf.create(entry["data"]), resolve=True),
+            "classes": corpus_classes,
+            "label_map": {k: v for k, v in targets[name].items() if v is not None and v != k},
+            "dropped": {c: int(counts.get(c, 0)) for c, v in targets[name].items() if v is None},
+        }
+    table, kept = combine_tables({name: parts[name].table for name in names}, targets)
+    for name in names:
+        record[name]["utterances"] = len(kept[name])
+    held_out = names[1:] if scheme == TEST_CORPUS else names
+    study = PreparedData(
+        table=table,
+        classes=classes,
+        folds=corpus_folds(table, held_out, cfg.folds.val_speakers),
+        cross_corpus={"scheme": scheme, "classes": classes, "corpora": record},
+    )
+    features = [parts[name].features for name in names]
+    if all(f is not None for f in features):
+        study.features = [f[i] for f, name in zip(features, names, strict=True) for i in kept[name]]
+    functionals = [parts[name].functionals for name in names]
+    if all(f is not None for f in functionals):
+        study.functionals = np.concatenate(
+            [np.asarray(f)[kept[name]] for f, name in zip(functionals, names, strict=True)]
+        )
+    return study
+
+
 _PREPARED: dict[str, PreparedData] = {}
 
 
@@ -289,6 +425,9 @@ def prepared(
 ) -> PreparedData:
     """:func:`prepare`, memoised per (data, features, folds, inputs) so variants share one load."""
     sections = {key: OmegaConf.to_container(cfg[key]) for key in ("data", "features", "folds")}
+    sections["cross_corpus"] = (
+        OmegaConf.to_container(cfg.cross_corpus) if is_cross_corpus(cfg) else None
+    )
     sections["inputs"] = inputs
     key = json.dumps(sections, sort_keys=True, default=str)
     study = _PREPARED.get(key)

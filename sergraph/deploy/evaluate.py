@@ -5,7 +5,8 @@ The bundle predicts every utterance of the corpus (``data=...``, ``data.root=...
 ``eval.protocol=enrollment`` takes each speaker's enrollment subset exactly as training drew
 it (:func:`~sergraph.data.protocol.enrollment_rows`, the same amount and seed), uses it
 unlabelled for that speaker's normalisation and never scores it. The corpus's labels are mapped
-onto the bundle's classes with an explicit, validated mapping (:func:`label_mapping`): a corpus
+onto the bundle's classes with an explicit, validated mapping
+(:func:`sergraph.data.cross_corpus.label_mapping`, which cross-corpus studies use too): a corpus
 class the bundle cannot predict is refused by name unless it is mapped (``--map FROM=TO``) or
 dropped (``--drop CLASS``), never silently.
 
@@ -26,6 +27,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
+
+from sergraph.data.cross_corpus import label_mapping
+
+__all__ = ["evaluate_bundle", "label_mapping", "parse_mapping", "run_evaluate"]
 
 #: The cell an evaluation writes (seed and fold of the one scored "fold": every speaker).
 EVALUATION_SEED = 0
@@ -54,58 +59,6 @@ def parse_mapping(items: Sequence[str] | None) -> dict[str, str]:
                 )
             mapping[source] = target
     return mapping
-
-
-def label_mapping(
-    corpus_classes: Sequence[str],
-    bundle_classes: Sequence[str],
-    mapping: dict[str, str] | None = None,
-    drop: Sequence[str] | None = None,
-) -> dict[str, str | None]:
-    """Each corpus class's bundle class (``None``: dropped), validated.
-
-    A corpus class that is also a bundle class maps to itself unless mapped otherwise.
-
-    Raises:
-        ValueError: a mapped or dropped class the corpus does not have; a target the bundle
-            cannot predict; a class both mapped and dropped; a corpus class the bundle cannot
-            predict that is neither mapped nor dropped (each named, with the choices).
-    """
-    mapping, drop = dict(mapping or {}), list(drop or [])
-    corpus, bundle = list(corpus_classes), list(bundle_classes)
-    unknown = sorted((set(mapping) | set(drop)) - set(corpus))
-    if unknown:
-        raise ValueError(
-            f"--map/--drop name class(es) {unknown} that the corpus does not have; its classes "
-            f"are {corpus}"
-        )
-    targets = sorted(set(mapping.values()) - set(bundle))
-    if targets:
-        raise ValueError(
-            f"--map maps to class(es) {targets} that the bundle cannot predict; its classes are "
-            f"{bundle}"
-        )
-    both = sorted(set(mapping) & set(drop))
-    if both:
-        raise ValueError(f"class(es) {both} are both mapped (--map) and dropped (--drop)")
-    out: dict[str, str | None] = {}
-    unmapped = []
-    for name in corpus:
-        if name in drop:
-            out[name] = None
-        elif name in mapping:
-            out[name] = mapping[name]
-        elif name in bundle:
-            out[name] = name
-        else:
-            unmapped.append(name)
-    if unmapped:
-        raise ValueError(
-            f"the corpus has class(es) {unmapped} that the bundle cannot predict (its classes: "
-            f"{bundle}); map each onto a bundle class (--map {unmapped[0]}=CLASS) or leave its "
-            f"utterances out (--drop {unmapped[0]})"
-        )
-    return out
 
 
 def _label_map_override(

@@ -38,6 +38,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from sergraph.data.cross_corpus import is_cross_corpus
 from sergraph.deploy.card import evaluation_record, model_card
 from sergraph.deploy.ensemble import SUFFIX, Bundle
 from sergraph.deploy.pipeline import BundleError
@@ -135,6 +136,14 @@ def export_bundle(
     except ValueError as error:
         raise BundleError(f"{saved_path}: {error}") from None
     cfg = OmegaConf.merge(OmegaConf.structured(Config), saved)
+    if is_cross_corpus(cfg):
+        # a bundle's metadata and model card describe one training corpus and its
+        # cross-validated scores; a cross-corpus cell's are neither
+        raise BundleError(
+            f"{run_dir} is a cross-corpus study (cross_corpus in its config.yaml); its cells are "
+            "not exported as bundles yet. Export a within-corpus run of the training corpus and "
+            "score it on the other corpus with `sergraph evaluate`"
+        )
     missing = None
     if folds is None and seeds is None and not CellPaths(run_dir).metrics.is_file():
         missing = _missing_folds(run_dir, cfg, records)

@@ -69,6 +69,34 @@ def check_pooled(root: Path, cells: list[tuple[Path, dict]]) -> None:
         )
 
 
+#: How a within-corpus row is described (``evaluation`` of ``results.csv``).
+WITHIN_CORPUS = "within-corpus"
+
+
+def corpus_evaluation(records: list[dict]) -> tuple[bool, str]:
+    """Whether a label's cells are cross-corpus (their ``metrics.json`` has
+    ``evaluation.cross_corpus``: a cross-corpus study's cells and ``sergraph evaluate``'s) and
+    which corpora, in words (``cross-corpus: a → b``; one entry per held-out corpus of a
+    leave-one-corpus-out study), else ``(False, "within-corpus")``.
+    """
+    pairs: list[str] = []
+    crossed = False
+    for record in records:
+        evaluation = record.get("evaluation") or {}
+        if not evaluation.get("cross_corpus"):
+            continue
+        crossed = True
+        trained = evaluation.get("train_corpora") or [
+            (evaluation.get("bundle") or {}).get("trained_on", "?")
+        ]
+        pair = f"{' + '.join(map(str, trained))} → {evaluation.get('corpus', '?')}"
+        if pair not in pairs:
+            pairs.append(pair)
+    if not crossed:
+        return False, WITHIN_CORPUS
+    return True, f"cross-corpus: {'; '.join(pairs)}"
+
+
 def _name(cell: Path, root: Path) -> str:
     try:
         return cell.relative_to(root).as_posix()

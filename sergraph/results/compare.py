@@ -125,7 +125,9 @@ def comparisons(
     cross_protocol: bool = False,
     controls: dict[str, str] | None = None,
     cross_data: bool = False,
-) -> tuple[list[dict], list[tuple[str, str]], list[tuple[str, str, list[str]]]]:
+) -> tuple[
+    list[dict], list[tuple[str, str]], list[tuple[str, str, list[str]]], list[tuple[str, str]]
+]:
     """Every label against the declared ``reference`` and against its declared control
     (``controls``: label -> control label, see :func:`declared_controls`); also every other
     pair when there are few labels (all pairs when there is no reference).
@@ -134,12 +136,15 @@ def comparisons(
     cells of a shared fold scored other utterances or come from other data
     (:func:`sergraph.results.comparable.fold_differences`) are not paired unless
     ``cross_data``. The test's ``kind`` says when either was asked for; its ``undeclared``
-    lists the config keys the pair differs in that its variants do not declare.
+    lists the config keys the pair differs in that its variants do not declare. A
+    cross-corpus label (its cells test another corpus than they trained on, see
+    :func:`sergraph.results.comparable.corpus_evaluation`) is never paired with a
+    within-corpus one, whatever the flags: their scores answer different questions.
 
     Returns:
         (the tests, each with ``p_holm``: see :func:`add_holm`; the pairs refused because
         their protocols differ, the pairs refused because their scored sets or data differ
-        with what differs).
+        with what differs, the pairs refused because one is cross-corpus and the other not).
     """
     from sergraph.results.comparable import fold_differences, undeclared_differences
 
@@ -162,8 +167,11 @@ def comparisons(
             for a, b in itertools.combinations(others, 2)
             if frozenset((a, b)) not in done
         ]
-    out, refused, refused_data = [], [], []
+    out, refused, refused_data, refused_corpus = [], [], [], []
     for a, b, kind in pairs:
+        if by_label[a].get("cross_corpus", False) != by_label[b].get("cross_corpus", False):
+            refused_corpus.append((a, b))
+            continue
         protocols = by_label[a]["protocol"]["name"], by_label[b]["protocol"]["name"]
         if protocols[0] != protocols[1]:
             if not cross_protocol:
@@ -187,7 +195,7 @@ def comparisons(
         undeclared = undeclared_differences(by_label[a].get("config"), by_label[b].get("config"))
         out.append({"first": a, "second": b, "kind": kind, "undeclared": undeclared, **test})
     add_holm(out)
-    return out, refused, refused_data
+    return out, refused, refused_data, refused_corpus
 
 
 def declared_reference(collected: list[dict]) -> str | None:

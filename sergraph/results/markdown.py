@@ -7,6 +7,7 @@ import math
 
 from sergraph.metrics import METRICS, definitions, primary
 from sergraph.metrics import percent as _percent
+from sergraph.results.comparable import WITHIN_CORPUS
 from sergraph.results.compare import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from sergraph.results.summary import NOT_RECORDED
 
@@ -70,6 +71,7 @@ def format_report(
     unfinished: list[str] = (),
     refused: list[tuple[str, str]] = (),
     refused_data: list[tuple[str, str, list[str]]] = (),
+    refused_corpus: list[tuple[str, str]] = (),
 ) -> str:
     rows = [item["row"] for item in collected]
     shown = primary().display
@@ -90,8 +92,11 @@ def format_report(
                 cells += f"; missing {row['missing'].replace(' ', ', ')}"
             cells += ")"
         label = f"{row['label']} (reference)" if row["label"] == reference else row["label"]
+        protocol = row["protocol"]
+        if row.get("evaluation", WITHIN_CORPUS) != WITHIN_CORPUS:
+            protocol = f"{protocol}; {row['evaluation'].replace('cross-corpus', 'CROSS-CORPUS')}"
         lines.append(
-            f"| {label} | {row['model']} | {row['protocol']} | {cells} | "
+            f"| {label} | {row['model']} | {protocol} | {cells} | "
             + "".join(f"{_percent(row[f'{n}_mean'], row[f'{n}_std'])} | " for n in METRICS)
             + "".join(f"{_percent(row[f'pooled_{n}'], row[f'pooled_{n}_std'])} | " for n in METRICS)
             + f"{row['provenance']} |"
@@ -150,6 +155,13 @@ def format_report(
         pairs = ", ".join(f"{a} / {b}" for a, b in refused)
         lines += [
             f"Not compared, their protocols differ (--cross-protocol to test anyway): {pairs}.",
+            "",
+        ]
+    if refused_corpus:
+        pairs = ", ".join(f"{a} / {b}" for a, b in refused_corpus)
+        lines += [
+            "Never compared, one is cross-corpus (tested on another corpus than it trained on) "
+            f"and the other within-corpus (no flag pairs them): {pairs}.",
             "",
         ]
     if refused_data:

@@ -38,7 +38,7 @@ import pandas as pd
 
 from sergraph.io import atomic_write_csv, atomic_write_text
 from sergraph.metrics import METRICS, PRIMARY
-from sergraph.results.comparable import flatten
+from sergraph.results.comparable import corpus_evaluation, flatten
 from sergraph.results.compare import comparisons, declared_controls, declared_reference
 from sergraph.results.figures import plot_confusion, plot_folds, plot_k, plot_sweep, save_png
 from sergraph.results.layout import (
@@ -76,6 +76,7 @@ def result_columns() -> list[str]:
         "predictions",
         "missing",
         "protocol",
+        "evaluation",
         "provenance",
     ]
 
@@ -138,6 +139,7 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
     records = [record for _, record in cells]
     first_cell, first = cells[0]
     origin = row_provenance(records)
+    cross_corpus, evaluation = corpus_evaluation(records)
     # Cell folders without metrics.json: still running, interrupted or their results deleted.
     missing = [cell.relative_to(root).as_posix() for cell in unfinished_cells(root)]
     folds = pd.DataFrame(summary["folds"])
@@ -163,6 +165,7 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
         "predictions": int(sum(p["n"] for p in per_seed)),
         "missing": " ".join(missing),
         "protocol": summary["protocol"]["name"],
+        "evaluation": evaluation,
         "provenance": origin["text"],
     }
     # A fold is identified by its number and its test speakers: the same number with other
@@ -187,6 +190,7 @@ def collect(label: str, root: Path, folds: list[int] | None = None) -> dict:
         "confusion": np.sum([np.asarray(p["confusion"]) for p in per_seed], axis=0),
         "config": _load_config(CellPaths(first_cell).config),
         "protocol": summary["protocol"],
+        "cross_corpus": cross_corpus,
         "provenance": origin,
         "changed_sources": changed_sources(records),
     }
@@ -314,7 +318,8 @@ def write_report(
         all others, or ``None``), ``comparisons`` (see :func:`paired_test`; plus ``first``,
         ``second``, ``kind``, ``undeclared``: config keys the pair differs in that its variants
         do not declare), ``refused`` (pairs not tested: different protocols), ``refused_data``
-        (pairs not tested: ``(first, second, [what differs])``),
+        (pairs not tested: ``(first, second, [what differs])``), ``refused_corpus`` (pairs
+        never tested, whatever the flags: one label cross-corpus, the other within-corpus),
         ``changed_sources`` (label -> config files changed since its cells ran),
         ``k_groups`` (see :func:`k_groups`), ``unfinished`` (label folders without a finished
         cell) and ``paths`` (``report``, ``results``, ``folds``,
@@ -357,7 +362,7 @@ def write_report(
     if reference is not None and reference not in labels:
         raise ValueError(f"--reference {reference!r} is not a label here; labels: {list(labels)}")
     reference = reference or declared_reference(collected)
-    tests, refused, refused_data = comparisons(
+    tests, refused, refused_data, refused_corpus = comparisons(
         collected,
         reference,
         cross_protocol,
@@ -407,6 +412,7 @@ def write_report(
         unfinished,
         refused,
         refused_data,
+        refused_corpus,
     )
     atomic_write_text(paths["report"], text)
     return {
@@ -417,6 +423,7 @@ def write_report(
         "comparisons": tests,
         "refused": refused,
         "refused_data": refused_data,
+        "refused_corpus": refused_corpus,
         "changed_sources": {
             i["label"]: i["changed_sources"] for i in collected if i["changed_sources"]
         },

@@ -30,6 +30,7 @@ from omegaconf import DictConfig
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
+from sergraph.data.cross_corpus import fold_record
 from sergraph.data.fingerprint import cell_fingerprint
 from sergraph.data.folds import Fold, check_fold, check_training_classes, fold_name
 from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
@@ -423,5 +424,13 @@ def fit_cell(
             cfg.eval.enrollment_seed,
         ),
     }
+    if study.cross_corpus is not None:
+        data_fingerprint(cfg, study)  # computed above; it also holds each corpus's hashes
+        result["evaluation"] = fold_record(study.cross_corpus, fold, study.corpus_fingerprints)
+        # each scored utterance's label in its own corpus, before the label mapping
+        corpus_labels = dict(
+            zip(study.table["utterance"], study.table["corpus_label"], strict=True)
+        )
+        predictions = predictions.assign(corpus_label=predictions["utterance"].map(corpus_labels))
     result["provenance"] = provenance(cfg, started)
     return result, predictions
