@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sergraph.deploy.bundle import export_bundle, load_bundle
+from sergraph.deploy.bundle import load_bundle
 from sergraph.deploy.pipeline import BundleError
 
 #: Largest |difference| allowed between the bundle's probabilities for the corpus's own test
@@ -18,37 +18,11 @@ TOLERANCE = 1e-5
 
 
 @pytest.fixture(scope="module")
-def functionals_run(tmp_path_factory):
-    """One fold of the recommended model (GIN without graph layers, IS10 LLD nodes and the IS10
-    functionals vector) under eval.protocol=inductive, one epoch, on a tiny synthetic corpus."""
-    from sergraph.training.study import run_study
-
-    root = tmp_path_factory.mktemp("functionals")
-    run_study(
-        [
-            "experiment=recommended",
-            "run.variants=[inductive]",
-            "run.seeds=[0]",
-            f"data.root={root / 'corpus'}",
-            "data.options.n_speakers=4",
-            "data.options.n_per_class=3",
-            "folds.only=[0]",
-            "folds.val_speakers=1",
-            "trainer.max_epochs=1",
-            "optim.schedule=constant",
-            "optim.warmup_epochs=0",
-            "trainer.accelerator=cpu",
-            "features.workers=1",
-            f"features.cache_dir={root / 'features'}",
-            f"run.out_dir={root / 'runs'}",
-            "logger.kind=none",
-        ]
-    )
-    cell = next((root / "runs").glob("**/seed-0/fold-00"))
-    corpus = next((root / "corpus").glob("synthetic-*"))
-    audio = {p.stem: str(p) for p in sorted((corpus / "wav").glob("*.wav"))}
-    _, exported = export_bundle(cell.parents[1], root / "recommended.sergraph")
-    return cell, audio, root, exported
+def functionals_run(functionals_run):
+    """The recommended model's one-fold run (tests/unit/conftest.py) as (cell, audio, root,
+    exported bundle)."""
+    run = functionals_run
+    return run.cell, run.audio, run.root, run.exported
 
 
 def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
@@ -77,9 +51,7 @@ def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
     assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
 
 
-def test_functionals_bundles_refuse_windows_missing_vectors_and_onnx(functionals_run):
-    from sergraph.deploy.onnx import check_onnx_exportable
-
+def test_functionals_bundles_refuse_windows_and_missing_vectors(functionals_run):
     _, audio, root, _ = functionals_run
     bundle = load_bundle(root / "recommended.sergraph", map_location="cpu")
     path = next(iter(audio.values()))
@@ -87,8 +59,6 @@ def test_functionals_bundles_refuse_windows_missing_vectors_and_onnx(functionals
         bundle.predict([path], window=1.0, progress=False, cache_dir=root / "features")
     with pytest.raises(BundleError, match="give functionals"):
         bundle.predict_features([np.zeros((5, bundle.meta["model"]["in_channels"]), np.float32)])
-    with pytest.raises(BundleError, match="concat_functionals"):
-        check_onnx_exportable(bundle.meta)
 
 
 def test_enrollment_with_functionals_is_refused_by_name():
