@@ -7,11 +7,15 @@
                                or cut to max_nodes rows
                                mask     [1, max_nodes] float32: 1 for the utterance's nodes
                                (the first min(T, max_nodes) rows), 0 for padding
+                               functionals [1, D] float32 (bundles of
+                               features.concat_functionals runs only): the utterance's
+                               openSMILE functionals of the whole file, un-normalised
                        output  probabilities [1, C] float32: the mean over the bundle's members
                                of each member's softmax, columns in the order of ``classes``
     DIR/model.json     what is needed to rebuild the input and read the output: classes, the
                        feature settings (feature set, deltas, pooling, sample rate, openSMILE
-                       version, feature names), the graph settings, the input and output
+                       version, feature names; ``functionals``: those of the functionals
+                       vector, or null), the graph settings, the input and output
                        names and shapes, the tolerance checked at export, what
                        model.yaml holds (``audonnx``)
     DIR/MODEL_CARD.md  the bundle's model card
@@ -26,6 +30,16 @@ normalising), and runs on the fixed padded graph of ``max_nodes`` nodes (its tem
 constant, so the graph layers are the dense shifted sums of :mod:`sergraph.models.banded`: no
 scatter). One utterance per call (batch size 1).
 
+The functionals input of a ``features.concat_functionals`` bundle (the recommended model,
+``configs/experiment/recommended.yaml``) is raw, like the node features: each member z-scores
+it inside the graph with its own training-fold statistics of the functionals and makes it
+finite, as :meth:`~sergraph.deploy.ensemble.Bundle.predict_features` does. So the statistics
+have one owner, the bundle (copied into the graph at export, never written elsewhere), one
+ensemble of several folds is still one graph with one input, and whoever feeds the model needs
+openSMILE alone: the vector is what openSMILE gives for the whole file (as
+:meth:`~sergraph.data.features.FeatureCache.functionals`), never a normalisation step of their
+own.
+
 What cannot be exported, and why: bundles of graphs without padding (``graph.pad=false``: the
 node count, and so the graph, changes per utterance) or with dilated edges
 (``graph.dilations``: message passing with gather/scatter); bundles trained with
@@ -33,16 +47,14 @@ node count, and so the graph, changes per utterance) or with dilated edges
 the fixed graph cannot take); model families without the banded fast path (their layers run
 PyG message passing: ``gps``); families whose layers use ``Tensor.unfold`` (``gat``,
 ``sage_lstm``, ``ga_gru``), which PyTorch's TorchScript-based ONNX exporter cannot convert.
-:data:`ONNX_FAMILIES` lists those that export. Bundles of ``features.concat_functionals`` runs, the
-recommended model (``configs/experiment/recommended.yaml``) among them, are refused for now:
-their models also take the utterance's functionals vector, which the ONNX graph has no input
-for yet (their bundles predict with ``sergraph predict``).
+:data:`ONNX_FAMILIES` lists those that export, with or without the utterance functionals.
 
 The export checks itself when ``onnxruntime`` is installed (``pip install sergraph[onnx]``):
-:data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths,
-against :meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
+:data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths
+(each with a random functionals vector where the models take one), against
+:meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
 
-**audonnx.** ``model.yaml`` is an ``audonnx.Model`` of ``model.onnx`` whose two inputs each
+**audonnx.** ``model.yaml`` is an ``audonnx.Model`` of ``model.onnx`` whose inputs each
 have a transform (:func:`write_audonnx`): an ``audonnx.Function`` of
 :func:`signal_to_onnx_input`, whose source the YAML stores, with the bundle's openSMILE levels
 as ``opensmile.Smile`` objects (for IS10 and ComParE with deltas two of them, ``lld`` and
@@ -54,15 +66,19 @@ model runs where only ``audonnx`` and ``opensmile`` are installed; it repeats se
 for a file classified as a whole, which the tests check against
 :meth:`~sergraph.deploy.ensemble.Bundle.predict` on audio (stereo, another rate, longer than
 the part read included): the inputs are identical and the probabilities within
-:data:`ONNX_TOLERANCE` (measured 7e-7). The price of audonnx's one transform per input: the
-features and the mask each run openSMILE (for IS10 with deltas four runs per call where
-sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s synthetic file on one core). The
+:data:`ONNX_TOLERANCE` (measured 7e-7). A functionals bundle's third transform is the same
+function with the bundle's functionals level (``func``) and the functionals' own rate, on the
+whole signal (sergraph computes the vector from the whole file, not from the part the node
+features read); its output equals the feature cache's functionals exactly (tests). The price of
+audonnx's one transform per input: the features and the mask each run openSMILE (for IS10 with
+deltas four runs per call where sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s
+synthetic file on one core; the functionals one more run). The
 YAML pins the audonnx and opensmile versions it was written with (audobject warns when another
 version loads it). No transform, and the reason in ``model.json``, for SSL features (the front
 end is a PyTorch model, not an audobject transform) and where the installed openSMILE differs
 from the bundle's (:func:`~sergraph.deploy.pipeline.check_pipeline`): ``model.yaml`` then
-holds the labels only and the model takes ``{"features": ..., "mask": ...}`` as
-:func:`onnx_inputs` makes them.
+holds the labels only and the model takes ``{"features": ..., "mask": ...}`` (and
+``"functionals"``) as :func:`onnx_inputs` makes them.
 """
 
 from __future__ import annotations

@@ -78,8 +78,9 @@ def test_bundles_without_a_fixed_graph_are_refused_by_reason(bundle_run):
     check_onnx_exportable(meta)  # the LSTM-GIN bundle itself is accepted
 
 
-def _fake_bundle(name):
-    """A bundle-shaped object holding one randomly initialised model of the preset ``name``."""
+def _fake_bundle(name, functionals=0):
+    """A bundle-shaped object holding one randomly initialised model of the preset ``name``
+    (taking a functionals vector of ``functionals`` values, with its own statistics, if > 0)."""
     from types import SimpleNamespace
 
     from sergraph.config import compose, model_spec
@@ -89,7 +90,7 @@ def _fake_bundle(name):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     family, params = model_spec(compose([f"model={name}"]))
-    model = build_model(family, 76, 4, **params).eval()
+    model = build_model(family, 76, 4, global_channels=functionals, **params).eval()
     meta = {
         "graph": {"k": 4, "max_nodes": 120, "pad": True, "normalize": "zscore"},
         "model": {"name": name, "in_channels": 76},
@@ -98,32 +99,50 @@ def _fake_bundle(name):
     normalizer = Normalizer(
         rng.standard_normal(76).astype(np.float32), (1 + rng.random(76)).astype(np.float32)
     )
+    global_normalizers = []
+    if functionals:
+        names = [f"f{index}" for index in range(functionals)]
+        meta["functionals"] = {"feature_set": "is10", "names": names}
+        global_normalizers.append(
+            Normalizer(
+                (100 * rng.standard_normal(functionals)).astype(np.float32),
+                (1 + 10 * rng.random(functionals)).astype(np.float32),
+            )
+        )
     return SimpleNamespace(
         meta=meta,
         models=[model],
         normalizers=[normalizer],
+        global_normalizers=global_normalizers,
         classes=list("abcd"),
         device=torch.device("cpu"),
     )
 
 
-@pytest.mark.parametrize("name", ["gin", "gcn", "cheb", "sage_mean", "bigru_attn"])
-def test_the_families_said_to_export_match_pytorch(name, tmp_path):
-    """Each family of ONNX_FAMILIES (lstm_gin: above, trained) with random weights: ONNX
-    Runtime against the bundle's route (graph from build_graph, PyTorch forward)."""
+@pytest.mark.parametrize("functionals", [0, 24])
+@pytest.mark.parametrize("name", ["gin", "gcn", "cheb", "sage_mean", "bigru_attn", "lstm_gin"])
+def test_the_families_said_to_export_match_pytorch(name, functionals, tmp_path):
+    """Each family of ONNX_FAMILIES with random weights, with and without a functionals
+    vector: ONNX Runtime against the bundle's route (graph from build_graph, PyTorch forward,
+    functionals z-scored with the member's statistics)."""
     from sergraph.deploy.ensemble import Bundle
     from sergraph.deploy.onnx import ONNX_FAMILIES, onnx_model_bytes
 
     assert name in ONNX_FAMILIES
-    fake = _fake_bundle(name)
+    fake = _fake_bundle(name, functionals)
     (tmp_path / "m.onnx").write_bytes(onnx_model_bytes(fake))
     features = [
         np.random.default_rng(length).standard_normal((length, 76)).astype(np.float32)
         for length in (5, 120, 150)
     ]
+    vectors = None
+    if functionals:
+        normalizer = fake.global_normalizers[0]
+        noise = np.random.default_rng(1).standard_normal((3, functionals))
+        vectors = (normalizer.mean + normalizer.std * noise).astype(np.float32)
     fake.meta["features"] = {}
-    expected = Bundle.predict_features(fake, features)
-    got = run_onnx(tmp_path / "m.onnx", onnx_inputs(fake, features))
+    expected = Bundle.predict_features(fake, features, functionals=vectors)
+    got = run_onnx(tmp_path / "m.onnx", onnx_inputs(fake, features, vectors))
     np.testing.assert_allclose(got, expected, rtol=0, atol=ONNX_TOLERANCE)
 
 
