@@ -47,19 +47,22 @@ def bundle_run(tmp_path_factory):
     )
 
 
-def _functionals_cell(root, out_dir, overrides):
+_SMALL_CORPUS = ["data.options.n_speakers=4", "data.options.n_per_class=3"]
+
+
+def _functionals_cell(root, out_dir, overrides, variant="inductive"):
     """One fold of the recommended recipe (IS10 LLD nodes and the IS10 functionals vector)
-    under eval.protocol=inductive, one epoch, on the corpus and feature cache under ``root``."""
+    under ``variant`` (its eval.protocol), one epoch, on the corpus and feature cache under
+    ``root``."""
     from sergraph.training.study import run_study
 
     run_study(
         [
             "experiment=recommended",
-            "run.variants=[inductive]",
+            f"run.variants=[{variant}]",
             "run.seeds=[0]",
             f"data.root={root / 'corpus'}",
-            "data.options.n_speakers=4",
-            "data.options.n_per_class=3",
+            *_SMALL_CORPUS,
             "folds.only=[0]",
             "folds.val_speakers=1",
             "trainer.max_epochs=1",
@@ -98,3 +101,19 @@ def functionals_graph_run(functionals_run):
     cell = _functionals_cell(root, root / "runs-graph", ["model.params.num_layers=2"])
     bundle, exported = export_bundle(cell.parents[1], root / "graph.sergraph")
     return SimpleNamespace(cell=cell, bundle=bundle, exported=exported)
+
+
+@pytest.fixture(scope="session")
+def functionals_enrollment_run(functionals_run):
+    """The recommended model under eval.protocol=enrollment (3 enrollment utterances of each
+    held-out speaker), on the same corpus and feature cache, exported as
+    ``root/enrollment.sergraph``; ``table`` is the corpus table."""
+    from sergraph.config import compose
+    from sergraph.data.prepared import load_table
+
+    root = functionals_run.root
+    overrides = ["eval.enrollment=3"]
+    cell = _functionals_cell(root, root / "runs-enrollment", overrides, "enrollment")
+    bundle, exported = export_bundle(cell.parents[1], root / "enrollment.sergraph")
+    table, _ = load_table(compose([f"data.root={root / 'corpus'}", *_SMALL_CORPUS]))
+    return SimpleNamespace(cell=cell, bundle=bundle, exported=exported, table=table)
