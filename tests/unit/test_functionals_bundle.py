@@ -170,3 +170,49 @@ def test_a_signal_in_memory_gets_the_file_s_functionals(functionals_run, tmp_pat
         from_file.filter(like="p_").to_numpy(dtype=float),
         atol=TOLERANCE,
     )
+
+
+def test_enrollment_functionals_statistics_come_from_the_checkpoint_or_the_corpus(
+    functionals_enrollment_run, functionals_run, tmp_path
+):
+    """A member's own functionals statistics are the training speakers' vectors (computed here
+    from the audio); a checkpoint written before the functionals' training and enrollment
+    statistics were stored needs the corpus (refused by name without it), which gives the
+    same."""
+    import json
+    import shutil
+
+    from sergraph.data.features import FeatureCache
+    from sergraph.deploy.bundle import export_bundle
+    from sergraph.results.layout import file_record, read_json
+
+    run, root = functionals_enrollment_run, functionals_run.root
+    model_dir = run.cell.parents[1]
+    copy = tmp_path / "runs" / model_dir.relative_to(root / "runs-enrollment")
+    shutil.copytree(model_dir, copy)
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    cell = copy / "seed-0" / "fold-00"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    training = run.table[run.table["speaker"].isin(metrics["train_speakers"])]
+    vectors = FeatureCache(root / "features", bundle.functionals_config()).functionals(
+        training["path"].tolist(), progress=False, feature_set="is10"
+    )
+    own = bundle.global_normalizers[0]
+    np.testing.assert_allclose(own.mean, vectors.astype(np.float64).mean(axis=0), rtol=1e-6)
+    std = vectors.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(own.std, np.where(std < 1e-8, 1.0, std), rtol=1e-5)
+
+    path = cell / metrics["checkpoint"]
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["FoldDataModule"]["export"]
+    del state["training_global_normalizer"], state["enrollment_global_normalizers"]
+    torch.save(checkpoint, path)
+    recorded = read_json(cell / "metrics.json")
+    recorded["files"][metrics["checkpoint"]] = file_record(path)
+    (cell / "metrics.json").write_text(json.dumps(recorded))
+    with pytest.raises(BundleError, match=r"older sergraph.*--data-root"):
+        export_bundle(copy, tmp_path / "old.sergraph")
+    _, from_corpus = export_bundle(copy, tmp_path / "old.sergraph", data_root=str(root / "corpus"))
+    assert from_corpus.meta["verification"]["max_abs_diff"] <= TOLERANCE
+    np.testing.assert_array_equal(from_corpus.global_normalizers[0].mean, own.mean)
+    np.testing.assert_array_equal(from_corpus.global_normalizers[0].std, own.std)
