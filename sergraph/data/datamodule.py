@@ -202,6 +202,7 @@ class FoldDataModule(L.LightningDataModule):
         self.datasets: dict[str, list] = {}
         self.normalizer: Normalizer | None = None
         self.global_normalizer: Normalizer | None = None
+        self.speaker_global_normalizers: dict[str, Normalizer] | None = None
         self._train_generator: torch.Generator | None = None
         self._train_generator_state: torch.Tensor | None = None
         self.provenance = provenance
@@ -236,6 +237,7 @@ class FoldDataModule(L.LightningDataModule):
             vectors = [row[None, :] for row in self.utterance_features]
             global_norm = self._normalizers(vectors, statistics)
             self.global_normalizer = global_norm if isinstance(global_norm, Normalizer) else None
+            self.speaker_global_normalizers = global_norm if isinstance(global_norm, dict) else None
 
         for split, idx in rows.items():
             graphs = []
@@ -377,7 +379,9 @@ class FoldDataModule(L.LightningDataModule):
         enrollment audio) and, under ``protocol="enrollment"``, ``enrollment_normalizers``
         (held-out speaker -> ``mean``/``std``, fitted on that speaker's enrollment utterances
         only, without labels: what verification normalises its test inputs with); both ``None``
-        otherwise. Needs :meth:`setup`.
+        otherwise. With utterance features under per-speaker normalisation the same two for
+        the utterance vectors: ``training_global_normalizer`` and (``enrollment`` only)
+        ``enrollment_global_normalizers``. Needs :meth:`setup`.
         """
         if self._export_state is None:
             if not self.datasets:
@@ -447,7 +451,27 @@ class FoldDataModule(L.LightningDataModule):
                 self._export_state["test"]["functionals"] = torch.from_numpy(
                     vectors.reshape(len(rows), self.num_global_features)
                 )
+                if self.speaker_normalizers is not None:  # the same two as for the nodes
+                    self._export_state |= self._global_speaker_state(split_rows["train"])
         return self._export_state
+
+    def _global_speaker_state(self, train_rows: np.ndarray) -> dict:
+        """``training_global_normalizer`` (the utterance vectors of all training rows) and
+        ``enrollment_global_normalizers`` (under ``enrollment``: held-out speaker -> the
+        statistics its utterance vectors were normalised with in :meth:`setup`, fitted on its
+        enrollment rows; else ``None``) of the export state."""
+        vectors = [self.utterance_features[i][None, :] for i in train_rows]
+        enrollment = None
+        if self.protocol == "enrollment":
+            fitted = self.speaker_global_normalizers
+            held_out = [str(s) for s in self.fold.val_speakers + self.fold.test_speakers]
+            enrollment = {
+                speaker: _tensors(fitted[speaker]) for speaker in held_out if speaker in fitted
+            }
+        return {
+            "training_global_normalizer": _tensors(Normalizer.fit(vectors)),
+            "enrollment_global_normalizers": enrollment,
+        }
 
     def load_state_dict(self, state_dict: dict) -> None:
         # "export" is for export only: this module rebuilds those values from its own data.

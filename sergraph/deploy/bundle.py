@@ -53,7 +53,8 @@ no pickled code. Its dict::
                     training speakers' pooled statistics, used for speakers without
                     enrollment audio; see :mod:`~sergraph.deploy.enroll`); format 3 adds
                     "global_mean" and "global_std" (tensors [D]): the training fold's
-                    statistics of the utterance functionals
+                    statistics of the utterance functionals (under eval.protocol=enrollment,
+                    like "mean" and "std", the training speakers' pooled statistics)
 
 ``evaluation`` and ``model_card`` were added within format 1 (a bundle without them gets a
 card made from its metadata, :attr:`Bundle.model_card`). ``precision``, ``protocol`` and the

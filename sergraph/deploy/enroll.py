@@ -2,7 +2,9 @@
 
 Such a bundle normalises each speaker with statistics of that speaker's own unlabelled
 enrollment recordings, as in training (where a held-aside, never-scored part of each held-out
-speaker played that role). A speaker without enrollment audio is normalised with the training
+speaker played that role): the node features, and for bundles of
+``features.concat_functionals`` runs also the utterance functionals (one vector per enrollment
+file). A speaker without enrollment audio is normalised with the training
 speakers' statistics instead, and the predictions say so (column ``normalised_with``).
 
 Command line: ``sergraph predict BUNDLE AUDIO... --enroll SPEAKER=DIR_OR_FILES`` (repeatable;
@@ -106,6 +108,26 @@ def speaker_normalizers(cache, enrollment: dict[str, Sequence[str]], workers: in
     return out
 
 
+def speaker_functionals_normalizers(
+    cache, enrollment: dict[str, Sequence[str]], feature_set: str, workers: int = 1
+) -> dict:
+    """speaker -> :class:`~sergraph.data.graphs.Normalizer` of the utterance functionals of
+    the speaker's enrollment audio (one vector per file, from ``cache``, a
+    :class:`~sergraph.data.features.FeatureCache` of the bundle's functionals configuration),
+    fitted as training fitted a held-out speaker's (``FoldDataModule.setup``)."""
+    from sergraph.data.graphs import Normalizer
+
+    out = {}
+    for speaker, files in enrollment.items():
+        if not files:
+            continue
+        vectors = cache.functionals(
+            [os.fspath(f) for f in files], workers=workers, progress=False, feature_set=feature_set
+        )
+        out[speaker] = Normalizer.fit([row[None, :] for row in vectors])
+    return out
+
+
 def enrollment_plan(
     meta: dict,
     cache,
@@ -113,11 +135,16 @@ def enrollment_plan(
     speakers: Sequence[str | None] | None,
     enrollment: dict[str, Sequence[str | os.PathLike]] | None,
     workers: int = 1,
+    functionals_cache=None,
 ) -> dict | None:
     """How a bundle normalises each file: path -> (speaker, Normalizer of the speaker's
-    enrollment audio or ``None`` for the training statistics, ``normalised_with`` in words) for
+    enrollment audio or ``None`` for the training statistics, ``normalised_with`` in words,
+    Normalizer of the utterance functionals of the speaker's enrollment audio or ``None``) for
     bundles trained with per-speaker normalisation (``meta["graph"]["normalize"]``); ``None``
-    for the others.
+    for the others. The last is ``None`` too for bundles without utterance functionals
+    (``meta["functionals"]``); for those with them ``functionals_cache`` (a
+    :class:`~sergraph.data.features.FeatureCache` of
+    :meth:`~sergraph.deploy.ensemble.Bundle.functionals_config`) computes them.
 
     Raises:
         BundleError: ``speakers`` not one per file, or enrollment audio given to a bundle that
@@ -140,6 +167,17 @@ def enrollment_plan(
         return None
     enrollment = enrollment or {}
     fitted = speaker_normalizers(cache, enrollment, workers)
+    functionals: dict = {}
+    if meta.get("functionals"):
+        if functionals_cache is None:
+            raise BundleError(
+                "this bundle's models also take the utterance functionals: give "
+                "functionals_cache to fit them on each speaker's enrollment audio"
+            )
+        feature_set = meta["functionals"]["feature_set"]
+        functionals = speaker_functionals_normalizers(
+            functionals_cache, enrollment, feature_set, workers
+        )
     speakers = list(speakers) if speakers is not None else [None] * len(paths)
     out = {}
     for path, speaker in zip(paths, speakers, strict=True):
@@ -148,7 +186,8 @@ def enrollment_plan(
                 speaker,
                 fitted[speaker],
                 enrollment_note(speaker, len(enrollment[speaker])),
+                functionals.get(speaker),
             )
         else:
-            out[path] = (speaker or "", None, NO_ENROLLMENT)
+            out[path] = (speaker or "", None, NO_ENROLLMENT, None)
     return out

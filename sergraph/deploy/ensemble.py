@@ -19,8 +19,10 @@ Bundles of ``features.concat_functionals`` runs (``meta["functionals"]``) also g
 the utterance's openSMILE functionals vector ``u``: computed from the whole file with the same
 extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`, at
 the recorded rate), z-scored with each member's training-fold statistics and made finite as in
-training (non-finite values become 0). A functionals vector describes a whole utterance, so
-such bundles classify whole files only (no ``window``).
+training (non-finite values become 0); under ``eval.protocol=enrollment`` a speaker with
+enrollment audio is z-scored with the functionals of that audio instead
+(:mod:`sergraph.deploy.enroll`). A functionals vector describes a whole utterance, so such
+bundles classify whole files only (no ``window``).
 """
 
 from __future__ import annotations
@@ -266,6 +268,7 @@ class Bundle:
         member: int | None = None,
         normalizers: Sequence | None = None,
         functionals: np.ndarray | Sequence[np.ndarray] | None = None,
+        functionals_normalizers: Sequence | None = None,
     ) -> np.ndarray:
         """Class probabilities of pooled feature arrays ``[T_i, F]`` (as the cache gives them).
 
@@ -280,6 +283,9 @@ class Bundle:
                 required there: ``[N, D]`` raw (un-normalised) functionals, one row per array,
                 as :meth:`~sergraph.data.features.FeatureCache.functionals` gives them; each
                 member z-scores them with its own statistics.
+            functionals_normalizers: like ``normalizers``, for the functionals: per array a
+                :class:`~sergraph.data.graphs.Normalizer` of its speaker's enrollment audio's
+                functionals, or ``None`` for the member's own statistics.
 
         Returns:
             ``[N, C]`` float64 probabilities, columns in the order of :attr:`classes`.
@@ -297,8 +303,12 @@ class Bundle:
                     f"features[{index}] has shape {array.shape}; this bundle needs [T >= 1, "
                     f"{width}] ({self.feature_config.feature_set} features)"
                 )
-        if normalizers is not None and len(normalizers) != len(features):
-            raise BundleError(f"{len(normalizers)} normalizers given for {len(features)} arrays")
+        for name, given in (
+            ("normalizers", normalizers),
+            ("functionals_normalizers", functionals_normalizers),
+        ):
+            if given is not None and len(given) != len(features):
+                raise BundleError(f"{len(given)} {name} given for {len(features)} arrays")
         vectors = functionals_rows(self.meta, functionals, len(features))
         if not features:
             return np.zeros((0, len(self.classes)))
@@ -320,10 +330,14 @@ class Bundle:
                 for position, array in enumerate(features)
             ]
             if vectors is not None:  # as FoldDataModule.setup: z-scored, then made finite
-                u = self.global_normalizers[index](vectors)
-                u = np.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0)
+                own_functionals = self.global_normalizers[index]
                 for position, graph in enumerate(graphs):
-                    graph.u = torch.from_numpy(u[position : position + 1])
+                    chosen_normalizer = (
+                        functionals_normalizers[position] if functionals_normalizers else None
+                    ) or own_functionals
+                    u = chosen_normalizer(vectors[position : position + 1])
+                    u = np.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0)
+                    graph.u = torch.from_numpy(u)
             outputs = []
             # batches marked for the models' fast path, as in training; cuDNN RNNs in IEEE
             # fp32 (not TF32), so the answer does not depend on the GPU generation
@@ -369,9 +383,11 @@ class Bundle:
                 time, which bounds memory for long lists.
             speakers: the speaker of each file (``None`` where unknown); used by bundles trained
                 with ``eval.protocol=enrollment`` to pick the speaker's enrollment statistics.
-            enrollment: speaker -> enrollment audio files (unlabelled), for such bundles only.
-                A file whose speaker has none is normalised with the training statistics, and
-                its ``normalised_with`` column says so.
+            enrollment: speaker -> enrollment audio files (unlabelled), for such bundles only
+                (their node features, and with utterance functionals also these, are
+                normalised with statistics of this audio). A file whose speaker has none is
+                normalised with the training statistics, and its ``normalised_with`` column
+                says so.
 
         Returns:
             One row per file (per segment with ``window``): ``path``, ``segment``, ``start``
@@ -401,7 +417,12 @@ class Bundle:
         cache = FeatureCache(feature_cache_root(cache_dir), self.feature_config)
         self.check_pipeline(cache.config)
         # enrollment statistics are fitted on whole files, as in training
-        enrolled = enrollment_plan(self.meta, cache, paths, speakers, enrollment, workers)
+        functionals_cache = None
+        if self.functionals is not None:
+            functionals_cache = FeatureCache(cache.root, self.functionals_config())
+        enrolled = enrollment_plan(
+            self.meta, cache, paths, speakers, enrollment, workers, functionals_cache
+        )
         cache = FeatureCache(cache.root, self.input_config(window))
 
         rows: list[dict] = []

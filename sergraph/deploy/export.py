@@ -22,9 +22,10 @@ Runs trained with ``features.concat_functionals`` (the recommended model) are ex
 ``eval.protocol=inductive``: their checkpoints also carry the training fold's statistics of the
 utterance functionals and the test inputs' raw functionals vectors, which the bundle stores
 (``meta["functionals"]`` names the openSMILE set; each member its ``global_mean``/``global_std``)
-and verification feeds. Under ``eval.protocol=enrollment`` they are refused for now: a new
-speaker's functionals statistics would have to come from its enrollment audio, which bundles
-do not yet compute.
+and verification feeds. Under ``eval.protocol=enrollment`` the functionals are handled like
+the node features: each member's own statistics are the training speakers' functionals
+(``training_global_normalizer``), and a speaker with enrollment audio is normalised with the
+functionals of that audio (:mod:`sergraph.deploy.enroll`).
 """
 
 from __future__ import annotations
@@ -105,8 +106,7 @@ def export_bundle(
         FileNotFoundError: no finished folds under ``run_dir``, or a missing checkpoint.
         BundleError: a study with unfinished folds (without ``partial``), a model or setting
             that cannot be exported (SVM, per-speaker normalisation outside
-            ``eval.protocol=enrollment``, ``features.concat_functionals`` with per-speaker
-            normalisation), folds of different configurations, old checkpoints without
+            ``eval.protocol=enrollment``), folds of different configurations, old checkpoints without
             ``data_root``, or a failed verification (nothing is written then).
     """
     from omegaconf import OmegaConf
@@ -264,13 +264,6 @@ def _check_exportable(cfg, family: str, protocol: str) -> None:
             "utterances it scores, which a bundle cannot do for new speakers; export a run "
             "trained with eval.protocol=enrollment (speakers then bring enrollment audio) or "
             "eval.protocol=inductive"
-        )
-    if cfg.features.get("concat_functionals", False) and normalization_of(cfg) == "speaker":
-        raise BundleError(
-            "features.concat_functionals=true with per-speaker normalisation "
-            "(eval.protocol=enrollment): bundles cannot yet fit a new speaker's functionals "
-            "statistics on its enrollment audio; export a run trained with "
-            "eval.protocol=inductive, or one without features.concat_functionals"
         )
 
 
@@ -439,10 +432,16 @@ def _states_from_corpus(cfg, cells, records, states, data_root) -> list[dict]:
 
 def _complete(state: dict | None) -> dict | None:
     """``state``, or ``None`` where it lacks what export needs (per-speaker normalisation
-    without the training and enrollment statistics: written before they were stored)."""
+    without the training and enrollment statistics, of the node features or of the utterance
+    functionals: written before they were stored)."""
     if state is None or state["graph"]["normalize"] != "speaker":
         return state
     if state.get("training_normalizer") is None or state.get("enrollment_normalizers") is None:
+        return None
+    if state.get("num_global_features") and (
+        state.get("training_global_normalizer") is None
+        or state.get("enrollment_global_normalizers") is None
+    ):
         return None
     return state
 
@@ -462,7 +461,8 @@ def _functionals_record(cfg, cells, states, provenance) -> dict | None:
     if not cfg.features.get("concat_functionals", False):
         return None
     for cell, state in zip(cells, states, strict=True):
-        if state.get("global_normalizer") is None or "functionals" not in state["test"]:
+        statistics = state.get("global_normalizer") or state.get("training_global_normalizer")
+        if statistics is None or "functionals" not in state["test"]:
             raise BundleError(
                 f"{cell}: its checkpoint carries no utterance-functionals statistics and test "
                 "vectors (written by an older sergraph); train that fold again"
@@ -504,6 +504,8 @@ def _statistics(state: dict) -> dict:
         "std": np.asarray(normalizer["std"], dtype=np.float32),
     }
     functionals = state.get("global_normalizer")
+    if functionals is None:  # per-speaker: the training speakers' (as for the nodes)
+        functionals = state.get("training_global_normalizer")
     if functionals is not None:
         statistics["global_mean"] = np.asarray(functionals["mean"], dtype=np.float32)
         statistics["global_std"] = np.asarray(functionals["std"], dtype=np.float32)

@@ -7,11 +7,15 @@
                                or cut to max_nodes rows
                                mask     [1, max_nodes] float32: 1 for the utterance's nodes
                                (the first min(T, max_nodes) rows), 0 for padding
+                               functionals [1, D] float32 (bundles of
+                               features.concat_functionals runs only): the utterance's
+                               openSMILE functionals of the whole file, un-normalised
                        output  probabilities [1, C] float32: the mean over the bundle's members
                                of each member's softmax, columns in the order of ``classes``
     DIR/model.json     what is needed to rebuild the input and read the output: classes, the
                        feature settings (feature set, deltas, pooling, sample rate, openSMILE
-                       version, feature names), the graph settings, the input and output
+                       version, feature names; ``functionals``: those of the functionals
+                       vector, or null), the graph settings, the input and output
                        names and shapes, the tolerance checked at export, what
                        model.yaml holds (``audonnx``)
     DIR/MODEL_CARD.md  the bundle's model card
@@ -26,6 +30,16 @@ normalising), and runs on the fixed padded graph of ``max_nodes`` nodes (its tem
 constant, so the graph layers are the dense shifted sums of :mod:`sergraph.models.banded`: no
 scatter). One utterance per call (batch size 1).
 
+The functionals input of a ``features.concat_functionals`` bundle (the recommended model,
+``configs/experiment/recommended.yaml``) is raw, like the node features: each member z-scores
+it inside the graph with its own training-fold statistics of the functionals and makes it
+finite, as :meth:`~sergraph.deploy.ensemble.Bundle.predict_features` does. So the statistics
+have one owner, the bundle (copied into the graph at export, never written elsewhere), one
+ensemble of several folds is still one graph with one input, and whoever feeds the model needs
+openSMILE alone: the vector is what openSMILE gives for the whole file (as
+:meth:`~sergraph.data.features.FeatureCache.functionals`), never a normalisation step of their
+own.
+
 What cannot be exported, and why: bundles of graphs without padding (``graph.pad=false``: the
 node count, and so the graph, changes per utterance) or with dilated edges
 (``graph.dilations``: message passing with gather/scatter); bundles trained with
@@ -33,16 +47,14 @@ node count, and so the graph, changes per utterance) or with dilated edges
 the fixed graph cannot take); model families without the banded fast path (their layers run
 PyG message passing: ``gps``); families whose layers use ``Tensor.unfold`` (``gat``,
 ``sage_lstm``, ``ga_gru``), which PyTorch's TorchScript-based ONNX exporter cannot convert.
-:data:`ONNX_FAMILIES` lists those that export. Bundles of ``features.concat_functionals`` runs, the
-recommended model (``configs/experiment/recommended.yaml``) among them, are refused for now:
-their models also take the utterance's functionals vector, which the ONNX graph has no input
-for yet (their bundles predict with ``sergraph predict``).
+:data:`ONNX_FAMILIES` lists those that export, with or without the utterance functionals.
 
 The export checks itself when ``onnxruntime`` is installed (``pip install sergraph[onnx]``):
-:data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths,
-against :meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
+:data:`ONNX_TOLERANCE` on the probabilities of random node-feature arrays of several lengths
+(each with a random functionals vector where the models take one), against
+:meth:`~sergraph.deploy.ensemble.Bundle.predict_features`.
 
-**audonnx.** ``model.yaml`` is an ``audonnx.Model`` of ``model.onnx`` whose two inputs each
+**audonnx.** ``model.yaml`` is an ``audonnx.Model`` of ``model.onnx`` whose inputs each
 have a transform (:func:`write_audonnx`): an ``audonnx.Function`` of
 :func:`signal_to_onnx_input`, whose source the YAML stores, with the bundle's openSMILE levels
 as ``opensmile.Smile`` objects (for IS10 and ComParE with deltas two of them, ``lld`` and
@@ -54,15 +66,19 @@ model runs where only ``audonnx`` and ``opensmile`` are installed; it repeats se
 for a file classified as a whole, which the tests check against
 :meth:`~sergraph.deploy.ensemble.Bundle.predict` on audio (stereo, another rate, longer than
 the part read included): the inputs are identical and the probabilities within
-:data:`ONNX_TOLERANCE` (measured 7e-7). The price of audonnx's one transform per input: the
-features and the mask each run openSMILE (for IS10 with deltas four runs per call where
-sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s synthetic file on one core). The
+:data:`ONNX_TOLERANCE` (measured 7e-7). A functionals bundle's third transform is the same
+function with the bundle's functionals level (``func``) and the functionals' own rate, on the
+whole signal (sergraph computes the vector from the whole file, not from the part the node
+features read); its output equals the feature cache's functionals exactly (tests). The price of
+audonnx's one transform per input: the features and the mask each run openSMILE (for IS10 with
+deltas four runs per call where sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s
+synthetic file on one core; the functionals one more run). The
 YAML pins the audonnx and opensmile versions it was written with (audobject warns when another
 version loads it). No transform, and the reason in ``model.json``, for SSL features (the front
 end is a PyTorch model, not an audobject transform) and where the installed openSMILE differs
 from the bundle's (:func:`~sergraph.deploy.pipeline.check_pipeline`): ``model.yaml`` then
-holds the labels only and the model takes ``{"features": ..., "mask": ...}`` as
-:func:`onnx_inputs` makes them.
+holds the labels only and the model takes ``{"features": ..., "mask": ...}`` (and
+``"functionals"``) as :func:`onnx_inputs` makes them.
 """
 
 from __future__ import annotations
@@ -116,6 +132,12 @@ class _PaddedEnsemble(nn.Module):
         for index, normalizer in enumerate(bundle.normalizers):
             self.register_buffer(f"mean_{index}", torch.as_tensor(normalizer.mean).float())
             self.register_buffer(f"std_{index}", torch.as_tensor(normalizer.std).float())
+        # the utterance functionals' statistics: the bundle's, per member (one owner)
+        global_normalizers = list(getattr(bundle, "global_normalizers", None) or [])
+        self.global_width = len(global_normalizers[0].mean) if global_normalizers else 0
+        for index, normalizer in enumerate(global_normalizers):
+            self.register_buffer(f"global_mean_{index}", torch.as_tensor(normalizer.mean).float())
+            self.register_buffer(f"global_std_{index}", torch.as_tensor(normalizer.std).float())
         for index, model in enumerate(self.members):
             if not model.uses_fast_path(self.template):
                 raise BundleError(
@@ -124,13 +146,20 @@ class _PaddedEnsemble(nn.Module):
                     "gather/scatter), so it cannot be exported to ONNX"
                 )
 
-    def forward(self, features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, features: torch.Tensor, mask: torch.Tensor, functionals: torch.Tensor | None = None
+    ) -> torch.Tensor:
         total = None
         for index, model in enumerate(self.members):
             mean, std = getattr(self, f"mean_{index}"), getattr(self, f"std_{index}")
             x = (features - mean) / std * mask.unsqueeze(-1)
             batch = self.template.clone()
             batch.x = x.reshape(-1, self.width)
+            if self.global_width:  # as Bundle.predict_features: z-scored, then made finite
+                mean = getattr(self, f"global_mean_{index}")
+                std = getattr(self, f"global_std_{index}")
+                u = (functionals - mean) / std
+                batch.u = torch.nan_to_num(u, nan=0.0, posinf=0.0, neginf=0.0)
             probabilities = torch.softmax(model(batch), dim=-1)
             total = probabilities if total is None else total + probabilities
         return total / len(self.members)
@@ -158,27 +187,42 @@ def check_onnx_exportable(meta: dict) -> None:
             "the bundle (sergraph predict --enroll) or export a run trained with "
             "eval.protocol=inductive"
         )
-    if meta.get("functionals"):
-        raise BundleError(
-            "this bundle's models also take the utterance's "
-            f"{meta['functionals']['feature_set']} functionals (features.concat_functionals), "
-            "which the ONNX export does not yet give the graph as an input; use the bundle "
-            "(sergraph predict), or export a run trained without features.concat_functionals"
-        )
 
 
-def onnx_inputs(bundle, features: list[np.ndarray]) -> list[dict[str, np.ndarray]]:
+def onnx_inputs(
+    bundle, features: list[np.ndarray], functionals: np.ndarray | None = None
+) -> list[dict[str, np.ndarray]]:
     """The ONNX model's inputs for pooled node-feature arrays ``[T, F]`` (as the feature cache
-    gives them): each zero-padded or cut to ``max_nodes`` with its mask."""
+    gives them): each zero-padded or cut to ``max_nodes`` with its mask.
+
+    Args:
+        bundle: the exported bundle.
+        features: one array per utterance.
+        functionals: bundles with utterance functionals only, and required there: ``[N, D]``
+            raw (un-normalised) functionals, one row per array, as
+            :meth:`~sergraph.data.features.FeatureCache.functionals` gives them (the graph
+            normalises them, as :meth:`~sergraph.deploy.ensemble.Bundle.predict_features`
+            does).
+
+    Raises:
+        BundleError: ``functionals`` missing, given to a bundle without them, or of the wrong
+            shape.
+    """
+    from sergraph.deploy.ensemble import functionals_rows
+
+    vectors = functionals_rows(bundle.meta, functionals, len(features))
     max_nodes = int(bundle.meta["graph"]["max_nodes"])
     out = []
-    for array in features:
+    for position, array in enumerate(features):
         n_valid = min(len(array), max_nodes)
         padded = np.zeros((1, max_nodes, array.shape[1]), np.float32)
         padded[0, :n_valid] = array[:n_valid]
         mask = np.zeros((1, max_nodes), np.float32)
         mask[0, :n_valid] = 1.0
-        out.append({"features": padded, "mask": mask})
+        feed = {"features": padded, "mask": mask}
+        if vectors is not None:
+            feed["functionals"] = np.ascontiguousarray(vectors[position : position + 1])
+        out.append(feed)
     return out
 
 
@@ -207,7 +251,8 @@ def signal_to_onnx_input(
     max_seconds,
     output,
 ):
-    """One input of ``model.onnx`` (``output``: ``"features"`` or ``"mask"``) from a signal.
+    """One input of ``model.onnx`` (``output``: ``"features"``, ``"mask"`` or
+    ``"functionals"``) from a signal.
 
     The transform of ``model.yaml``: ``audonnx`` stores this function's source in the YAML
     and calls it on ``(signal, sampling_rate)`` once per input node, with the other arguments
@@ -222,7 +267,12 @@ def signal_to_onnx_input(
     read, polyphase resampling to ``sample_rate`` (``None``: the signal's own rate), clipping
     to openSMILE's int16 range, the levels joined column-wise and cut to the shortest (what
     sergraph's one-run wrapper config gives, ``tests/unit/test_features.py``), ``pool``
-    frames averaged into a node, then padded or cut to ``max_nodes`` rows.
+    frames averaged into a node, then padded or cut to ``max_nodes`` rows. For
+    ``"functionals"`` (``levels``: the one ``func`` level; ``max_seconds`` ``None``, since
+    sergraph computes them from the whole file, and ``sample_rate`` the functionals' own) the
+    same reading, resampling and clipping, then openSMILE's one row of functionals, raw
+    (``model.onnx`` normalises them), as
+    :meth:`~sergraph.data.features.FeatureCache.functionals` gives them.
 
     Args:
         signal: samples as floats in [-1, 1): ``[n]`` mono or ``[channels, n]`` (the layout
@@ -230,7 +280,8 @@ def signal_to_onnx_input(
         sampling_rate: its rate in Hz.
 
     Returns:
-        ``[1, max_nodes, F]`` float32 node features or the ``[1, max_nodes]`` float32 mask.
+        ``[1, max_nodes, F]`` float32 node features, the ``[1, max_nodes]`` float32 mask or
+        the ``[1, D]`` float32 functionals.
 
     Raises:
         ValueError: an empty, non-finite, silent or too short signal, or non-finite features
@@ -276,6 +327,8 @@ def signal_to_onnx_input(
     frames = np.concatenate([table[:rows] for table in tables], axis=1)
     if not np.isfinite(frames).all():
         raise ValueError("openSMILE gave NaN/inf features")
+    if output == "functionals":
+        return frames[:1]
     starts = np.arange(0, rows, pool)
     sums = np.add.reduceat(frames.astype(np.float64), starts, axis=0)
     nodes = (sums / np.minimum(pool, rows - starts)[:, None]).astype(np.float32)
@@ -295,9 +348,11 @@ def audonnx_transforms(bundle) -> tuple[dict | None, str]:
     Returns:
         ``({"features": ..., "mask": ...}, what)`` for a bundle of openSMILE features: two
         ``audonnx.Function`` of :func:`signal_to_onnx_input` holding the bundle's openSMILE
-        levels as ``opensmile.Smile`` objects; ``(None, why)`` for SSL features (the SSL
-        model is a PyTorch front end, not an audobject transform) and where the installed
-        openSMILE is not the one the bundle was trained with.
+        levels as ``opensmile.Smile`` objects (and a third, ``"functionals"``, holding the
+        functionals level, for a bundle whose models take the utterance functionals);
+        ``(None, why)`` for SSL features (the SSL model is a PyTorch front end, not an
+        audobject transform) and where the installed openSMILE is not the one the bundle was
+        trained with.
     """
     import audonnx
     import opensmile
@@ -334,6 +389,21 @@ def audonnx_transforms(bundle) -> tuple[dict | None, str]:
         f"pooled by {config.pool}, "
         + (f"at {config.sample_rate} Hz" if config.sample_rate else "at the signal's own rate")
     )
+    recorded = bundle.functionals
+    if recorded is not None:  # whole signal, the functionals' own rate (Bundle.predict)
+        rate = recorded.get("sample_rate")
+        functionals = getattr(opensmile.FeatureSet, OPENSMILE_MEMBERS[recorded["feature_set"]][0])
+        func_args = {
+            **settings,
+            "levels": [opensmile.Smile(functionals, opensmile.FeatureLevel.Functionals)],
+            "sample_rate": rate,
+            "max_seconds": None,
+            "output": "functionals",
+        }
+        transforms["functionals"] = audonnx.Function(signal_to_onnx_input, func_args=func_args)
+        what += f"; functionals: {functionals.name} func of the whole signal, " + (
+            f"at {rate} Hz" if rate else "at the signal's own rate"
+        )
     return transforms, what
 
 
@@ -390,6 +460,10 @@ def onnx_model_bytes(bundle) -> bytes:
     module = _PaddedEnsemble(bundle).eval()
     max_nodes, width = module.max_nodes, module.width
     example = (torch.zeros(1, max_nodes, width), torch.ones(1, max_nodes))
+    names = ["features", "mask"]
+    if module.global_width:
+        example += (torch.zeros(1, module.global_width),)
+        names.append("functionals")
     buffer = io.BytesIO()
     # the tracer warns about every Python-level shape check of the fixed graph: all constant here
     with torch.no_grad(), warnings.catch_warnings():
@@ -399,7 +473,7 @@ def onnx_model_bytes(bundle) -> bytes:
                 module,
                 example,
                 buffer,
-                input_names=["features", "mask"],
+                input_names=names,
                 output_names=["probabilities"],
                 opset_version=OPSET,
                 dynamo=False,
@@ -449,6 +523,20 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
         result = _self_check(bundle, out_dir / ONNX_FILE)
     audonnx_record = write_audonnx(bundle, out_dir)
     features = meta["features"]
+    recorded = meta.get("functionals")
+    functionals_input, functionals_settings = {}, None
+    if recorded:
+        functionals_input = {
+            "functionals": {
+                "shape": [1, len(recorded["names"])],
+                "dtype": "float32",
+                "meaning": f"the utterance's {recorded['feature_set']} openSMILE functionals "
+                "of the whole file (un-normalised), in the order of functionals.names",
+            }
+        }
+        functionals_settings = {
+            key: recorded.get(key) for key in ("feature_set", "sample_rate", "opensmile", "recipe")
+        } | {"names": list(recorded["names"])}
     sidecar = {
         "format": "sergraph-onnx",
         "format_version": 1,
@@ -469,7 +557,8 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
                 "dtype": "float32",
                 "meaning": "1 for the first min(T, max_nodes) rows, 0 after",
             },
-        },
+        }
+        | functionals_input,
         "outputs": {
             "probabilities": {
                 "shape": [1, len(bundle.classes)],
@@ -482,6 +571,7 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
             for key in ("feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile")
         }
         | {"recipe": features.get("recipe"), "names": list(features["names"])},
+        "functionals": functionals_settings,
         "node_seconds": bundle.node_seconds,
         "graph": dict(meta["graph"]),
         "protocol": meta.get("protocol"),
@@ -496,7 +586,8 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
 
 def _self_check(bundle, path: Path) -> dict:
     """Random node-feature arrays of several lengths (shorter, equal and longer than
-    max_nodes) through ONNX Runtime and through the bundle."""
+    max_nodes), each with a random functionals vector where the models take one, through ONNX
+    Runtime and through the bundle."""
     try:
         import onnxruntime  # noqa: F401
     except ImportError:
@@ -516,8 +607,13 @@ def _self_check(bundle, path: Path) -> dict:
                 np.float32
             )
         )
-    expected = bundle.predict_features(features)
-    got = run_onnx(path, onnx_inputs(bundle, features))
+    functionals = None
+    if bundle.meta.get("functionals"):  # one raw vector per array, around its statistics
+        statistics = bundle.global_normalizers[0]
+        noise = rng.standard_normal((len(lengths), statistics.mean.size))
+        functionals = (statistics.mean + statistics.std * noise).astype(np.float32)
+    expected = bundle.predict_features(features, functionals=functionals)
+    got = run_onnx(path, onnx_inputs(bundle, features, functionals))
     difference = float(np.abs(expected - got).max())
     if difference > ONNX_TOLERANCE:
         raise BundleError(

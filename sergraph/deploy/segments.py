@@ -105,6 +105,7 @@ def chunk_rows(
         batch_size,
         normalizers=[enrolled[p][1] for p, *_ in segments] if enrolled else None,
         functionals=None if functionals is None else [functionals[p] for p, *_ in segments],
+        functionals_normalizers=[enrolled[p][3] for p, *_ in segments] if enrolled else None,
     )
     durations = {p: duration(p) for p in by_path}
     predicted: dict[str, list[dict]] = {}

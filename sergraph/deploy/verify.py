@@ -14,8 +14,9 @@ bundle with the node features.
 
 Runs trained under ``eval.protocol=enrollment`` (per-speaker statistics) normalised each
 test utterance with its speaker's enrollment statistics; their checkpoints carry those
-statistics (``enrollment_normalizers`` of the export state), and verification uses them, as a
-user of the bundle does with the speaker's enrollment audio.
+statistics (``enrollment_normalizers`` of the export state; with utterance functionals also
+``enrollment_global_normalizers``), and verification uses them, as a user of the bundle does
+with the speaker's enrollment audio.
 """
 
 from __future__ import annotations
@@ -100,6 +101,9 @@ def verify_bundle(
             member=index,
             normalizers=enrollment_normalizers(state, utterances, cell),
             functionals=stored_test_functionals(state, utterances),
+            functionals_normalizers=enrollment_normalizers(
+                state, utterances, cell, "enrollment_global_normalizers"
+            ),
         )
         theirs = saved[[f"p_{c}" for c in classes]].to_numpy(dtype=np.float64)
         difference = float(np.abs(mine - theirs).max()) if len(saved) else 0.0
@@ -151,14 +155,18 @@ def stored_test_functionals(state: dict, utterances: Sequence[str]) -> np.ndarra
 
 
 def enrollment_normalizers(
-    state: dict, utterances: Sequence[str], where: Path | str = ""
+    state: dict,
+    utterances: Sequence[str],
+    where: Path | str = "",
+    key: str = "enrollment_normalizers",
 ) -> list | None:
     """Per test utterance, the :class:`~sergraph.data.graphs.Normalizer` of its speaker's
-    enrollment statistics (export state ``enrollment_normalizers``), or ``None`` for a fold
-    trained without them (then every member uses its own statistics)."""
+    enrollment statistics (export state ``key``: ``enrollment_normalizers`` of the node
+    features, ``enrollment_global_normalizers`` of the utterance functionals), or ``None`` for
+    a fold trained without them (then every member uses its own statistics)."""
     from sergraph.data.graphs import Normalizer
 
-    stored = state.get("enrollment_normalizers")
+    stored = state.get(key)
     if not stored:
         return None
     test = state["test"]

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from sergraph.deploy.bundle import export_bundle, load_bundle
+from sergraph.deploy.bundle import load_bundle
 from sergraph.deploy.pipeline import BundleError
 
 #: Largest |difference| allowed between the bundle's probabilities for the corpus's own test
@@ -17,44 +17,16 @@ from sergraph.deploy.pipeline import BundleError
 TOLERANCE = 1e-5
 
 
-@pytest.fixture(scope="module")
-def functionals_run(tmp_path_factory):
-    """One fold of the recommended model (GIN without graph layers, IS10 LLD nodes and the IS10
-    functionals vector) under eval.protocol=inductive, one epoch, on a tiny synthetic corpus."""
-    from sergraph.training.study import run_study
-
-    root = tmp_path_factory.mktemp("functionals")
-    run_study(
-        [
-            "experiment=recommended",
-            "run.variants=[inductive]",
-            "run.seeds=[0]",
-            f"data.root={root / 'corpus'}",
-            "data.options.n_speakers=4",
-            "data.options.n_per_class=3",
-            "folds.only=[0]",
-            "folds.val_speakers=1",
-            "trainer.max_epochs=1",
-            "optim.schedule=constant",
-            "optim.warmup_epochs=0",
-            "trainer.accelerator=cpu",
-            "features.workers=1",
-            f"features.cache_dir={root / 'features'}",
-            f"run.out_dir={root / 'runs'}",
-            "logger.kind=none",
-        ]
-    )
-    cell = next((root / "runs").glob("**/seed-0/fold-00"))
-    corpus = next((root / "corpus").glob("synthetic-*"))
-    audio = {p.stem: str(p) for p in sorted((corpus / "wav").glob("*.wav"))}
-    _, exported = export_bundle(cell.parents[1], root / "recommended.sergraph")
-    return cell, audio, root, exported
+def _parts(run):
+    """(cell, audio, root, exported bundle) of the recommended model's one-fold run
+    (``functionals_run`` of tests/unit/conftest.py)."""
+    return run.cell, run.audio, run.root, run.exported
 
 
 def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
     functionals_run, tmp_path
 ):
-    cell, audio, root, exported = functionals_run
+    cell, audio, root, exported = _parts(functionals_run)
     path = root / "recommended.sergraph"
     assert exported.meta["verification"]["max_abs_diff"] <= 1e-3
     assert torch.load(path, weights_only=True)["format_version"] == 3
@@ -77,36 +49,117 @@ def test_bundle_of_a_functionals_run_reproduces_its_predictions_from_audio(
     assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
 
 
-def test_functionals_bundles_refuse_windows_missing_vectors_and_onnx(functionals_run):
-    from sergraph.deploy.onnx import check_onnx_exportable
-
-    _, audio, root, _ = functionals_run
+def test_functionals_bundles_refuse_windows_and_missing_vectors(functionals_run):
+    _, audio, root, _ = _parts(functionals_run)
     bundle = load_bundle(root / "recommended.sergraph", map_location="cpu")
     path = next(iter(audio.values()))
     with pytest.raises(BundleError, match="whole files only"):
         bundle.predict([path], window=1.0, progress=False, cache_dir=root / "features")
     with pytest.raises(BundleError, match="give functionals"):
         bundle.predict_features([np.zeros((5, bundle.meta["model"]["in_channels"]), np.float32)])
-    with pytest.raises(BundleError, match="concat_functionals"):
-        check_onnx_exportable(bundle.meta)
 
 
-def test_enrollment_with_functionals_is_refused_by_name():
-    from sergraph.config import compose, model_spec, protocol_of
-    from sergraph.deploy.export import _check_exportable
+def test_enrollment_bundle_with_functionals_reproduces_the_cell_from_audio(
+    functionals_enrollment_run, tmp_path
+):
+    """eval.protocol=enrollment: a held-out speaker's scored files, predicted from audio (a
+    fresh cache) with the speaker's enrollment audio, give the cell's predictions.csv; the
+    functionals statistics of that audio are the enrollment files' own (computed here through
+    extract_functionals, not the cache); without enrollment audio the training statistics."""
+    from sergraph.data.features import FeatureCache, extract_functionals
+    from sergraph.data.protocol import enrollment_rows
+    from sergraph.deploy.enroll import NO_ENROLLMENT, enrollment_plan
 
-    cfg = compose(["experiment=recommended", "eval.protocol=enrollment"])
-    family, _ = model_spec(cfg)
-    with pytest.raises(BundleError, match="enrollment audio"):
-        _check_exportable(cfg, family, protocol_of(cfg))
-    inductive = compose(["experiment=recommended", "eval.protocol=inductive"])
-    _check_exportable(inductive, family, protocol_of(inductive))
+    run = functionals_enrollment_run
+    saved = pd.read_csv(run.cell / "predictions.csv")
+    (speaker,) = set(saved["speaker"].astype(str))
+    table = run.table
+    enrolled = table.iloc[enrollment_rows(table, [speaker], 3)]
+    assert len(enrolled) == 3 and not set(saved["utterance"]) & set(enrolled["utterance"])
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    assert bundle.meta["protocol"]["name"] == "enrollment"
+    assert bundle.meta["verification"]["max_abs_diff"] <= TOLERANCE
+    path_of = dict(zip(table["utterance"], table["path"], strict=True))
+    paths = [path_of[u] for u in saved["utterance"]]
+    enrollment = {speaker: enrolled["path"].tolist()}
+    frame = bundle.predict(
+        paths,
+        cache_dir=tmp_path / "fresh",
+        progress=False,
+        speakers=[speaker] * len(paths),
+        enrollment=enrollment,
+    )
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+    assert np.abs(frame.filter(like="p_").to_numpy(dtype=float) - expected).max() <= TOLERANCE
+    assert frame["emotion"].tolist() == saved["predicted"].tolist()
+    assert set(frame["normalised_with"]) == {f"enrollment audio of {speaker} (3 file(s))"}
+
+    # the speaker's functionals statistics: mean and std of its enrollment files' vectors
+    vectors = np.stack(
+        [extract_functionals(p, "is10", sample_rate=16000) for p in enrollment[speaker]]
+    )
+    cache = FeatureCache(tmp_path / "fresh", bundle.feature_config)
+    functionals_cache = FeatureCache(tmp_path / "fresh", bundle.functionals_config())
+    plan = enrollment_plan(
+        bundle.meta, cache, paths[:1], [speaker], enrollment, 1, functionals_cache
+    )
+    fitted = plan[paths[0]][3]
+    np.testing.assert_allclose(fitted.mean, vectors.astype(np.float64).mean(axis=0), rtol=1e-6)
+    std = vectors.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(fitted.std, np.where(std < 1e-8, 1.0, std), rtol=1e-5)
+
+    # no enrollment audio: the training speakers' statistics, said, and another answer
+    bare = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    assert set(bare["normalised_with"]) == {NO_ENROLLMENT}
+    assert np.abs(bare.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
+
+
+def test_enrollment_bundle_takes_the_enrollment_functionals_statistics(
+    functionals_enrollment_run, tmp_path
+):
+    """With the node features' enrollment statistics but the training speakers' functionals
+    statistics, the cell's predictions are not reproduced: the functionals' own enrollment
+    statistics are what makes the bundle agree."""
+    from sergraph.data.features import FeatureCache
+    from sergraph.data.protocol import enrollment_rows
+    from sergraph.deploy.enroll import enrollment_plan
+    from sergraph.deploy.segments import chunk_rows
+
+    run = functionals_enrollment_run
+    saved = pd.read_csv(run.cell / "predictions.csv")
+    (speaker,) = set(saved["speaker"].astype(str))
+    table = run.table
+    enrolled = table.iloc[enrollment_rows(table, [speaker], 3)]
+    path_of = dict(zip(table["utterance"], table["path"], strict=True))
+    paths = [path_of[u] for u in saved["utterance"]]
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    cache = FeatureCache(tmp_path / "c", bundle.feature_config)
+    plan = enrollment_plan(
+        bundle.meta,
+        cache,
+        paths,
+        [speaker] * len(paths),
+        {speaker: enrolled["path"].tolist()},
+        1,
+        FeatureCache(tmp_path / "c", bundle.functionals_config()),
+    )
+    arrays = FeatureCache(tmp_path / "c", bundle.input_config()).get(paths, progress=False)
+    vectors, _ = bundle._file_functionals(tmp_path / "c", paths, 1)
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+
+    def probabilities(chosen_plan):
+        rows = chunk_rows(bundle, paths, paths, arrays, {}, None, None, 8, chosen_plan, vectors)
+        return pd.DataFrame(rows).filter(like="p_").to_numpy(dtype=float)
+
+    assert np.abs(probabilities(plan) - expected).max() <= TOLERANCE
+    training_functionals = {path: (*entry[:3], None) for path, entry in plan.items()}
+    assert np.abs(probabilities(training_functionals) - expected).max() > 1e-4
 
 
 def test_a_signal_in_memory_gets_the_file_s_functionals(functionals_run, tmp_path):
     import soundfile as sf
 
-    _, audio, root, _ = functionals_run
+    _, audio, root, _ = _parts(functionals_run)
     bundle = load_bundle(root / "recommended.sergraph", map_location="cpu")
     path = next(iter(audio.values()))
     from_file = bundle.predict([path], cache_dir=tmp_path / "c", progress=False)
@@ -117,3 +170,49 @@ def test_a_signal_in_memory_gets_the_file_s_functionals(functionals_run, tmp_pat
         from_file.filter(like="p_").to_numpy(dtype=float),
         atol=TOLERANCE,
     )
+
+
+def test_enrollment_functionals_statistics_come_from_the_checkpoint_or_the_corpus(
+    functionals_enrollment_run, functionals_run, tmp_path
+):
+    """A member's own functionals statistics are the training speakers' vectors (computed here
+    from the audio); a checkpoint written before the functionals' training and enrollment
+    statistics were stored needs the corpus (refused by name without it), which gives the
+    same."""
+    import json
+    import shutil
+
+    from sergraph.data.features import FeatureCache
+    from sergraph.deploy.bundle import export_bundle
+    from sergraph.results.layout import file_record, read_json
+
+    run, root = functionals_enrollment_run, functionals_run.root
+    model_dir = run.cell.parents[1]
+    copy = tmp_path / "runs" / model_dir.relative_to(root / "runs-enrollment")
+    shutil.copytree(model_dir, copy)
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    cell = copy / "seed-0" / "fold-00"
+    metrics = json.loads((cell / "metrics.json").read_text())
+    training = run.table[run.table["speaker"].isin(metrics["train_speakers"])]
+    vectors = FeatureCache(root / "features", bundle.functionals_config()).functionals(
+        training["path"].tolist(), progress=False, feature_set="is10"
+    )
+    own = bundle.global_normalizers[0]
+    np.testing.assert_allclose(own.mean, vectors.astype(np.float64).mean(axis=0), rtol=1e-6)
+    std = vectors.astype(np.float64).std(axis=0)
+    np.testing.assert_allclose(own.std, np.where(std < 1e-8, 1.0, std), rtol=1e-5)
+
+    path = cell / metrics["checkpoint"]
+    checkpoint = torch.load(path, weights_only=False)
+    state = checkpoint["FoldDataModule"]["export"]
+    del state["training_global_normalizer"], state["enrollment_global_normalizers"]
+    torch.save(checkpoint, path)
+    recorded = read_json(cell / "metrics.json")
+    recorded["files"][metrics["checkpoint"]] = file_record(path)
+    (cell / "metrics.json").write_text(json.dumps(recorded))
+    with pytest.raises(BundleError, match=r"older sergraph.*--data-root"):
+        export_bundle(copy, tmp_path / "old.sergraph")
+    _, from_corpus = export_bundle(copy, tmp_path / "old.sergraph", data_root=str(root / "corpus"))
+    assert from_corpus.meta["verification"]["max_abs_diff"] <= TOLERANCE
+    np.testing.assert_array_equal(from_corpus.global_normalizers[0].mean, own.mean)
+    np.testing.assert_array_equal(from_corpus.global_normalizers[0].std, own.std)

@@ -78,8 +78,9 @@ def test_bundles_without_a_fixed_graph_are_refused_by_reason(bundle_run):
     check_onnx_exportable(meta)  # the LSTM-GIN bundle itself is accepted
 
 
-def _fake_bundle(name):
-    """A bundle-shaped object holding one randomly initialised model of the preset ``name``."""
+def _fake_bundle(name, functionals=0):
+    """A bundle-shaped object holding one randomly initialised model of the preset ``name``
+    (taking a functionals vector of ``functionals`` values, with its own statistics, if > 0)."""
     from types import SimpleNamespace
 
     from sergraph.config import compose, model_spec
@@ -89,7 +90,7 @@ def _fake_bundle(name):
     torch = pytest.importorskip("torch")
     torch.manual_seed(0)
     family, params = model_spec(compose([f"model={name}"]))
-    model = build_model(family, 76, 4, **params).eval()
+    model = build_model(family, 76, 4, global_channels=functionals, **params).eval()
     meta = {
         "graph": {"k": 4, "max_nodes": 120, "pad": True, "normalize": "zscore"},
         "model": {"name": name, "in_channels": 76},
@@ -98,32 +99,50 @@ def _fake_bundle(name):
     normalizer = Normalizer(
         rng.standard_normal(76).astype(np.float32), (1 + rng.random(76)).astype(np.float32)
     )
+    global_normalizers = []
+    if functionals:
+        names = [f"f{index}" for index in range(functionals)]
+        meta["functionals"] = {"feature_set": "is10", "names": names}
+        global_normalizers.append(
+            Normalizer(
+                (100 * rng.standard_normal(functionals)).astype(np.float32),
+                (1 + 10 * rng.random(functionals)).astype(np.float32),
+            )
+        )
     return SimpleNamespace(
         meta=meta,
         models=[model],
         normalizers=[normalizer],
+        global_normalizers=global_normalizers,
         classes=list("abcd"),
         device=torch.device("cpu"),
     )
 
 
-@pytest.mark.parametrize("name", ["gin", "gcn", "cheb", "sage_mean", "bigru_attn"])
-def test_the_families_said_to_export_match_pytorch(name, tmp_path):
-    """Each family of ONNX_FAMILIES (lstm_gin: above, trained) with random weights: ONNX
-    Runtime against the bundle's route (graph from build_graph, PyTorch forward)."""
+@pytest.mark.parametrize("functionals", [0, 24])
+@pytest.mark.parametrize("name", ["gin", "gcn", "cheb", "sage_mean", "bigru_attn", "lstm_gin"])
+def test_the_families_said_to_export_match_pytorch(name, functionals, tmp_path):
+    """Each family of ONNX_FAMILIES with random weights, with and without a functionals
+    vector: ONNX Runtime against the bundle's route (graph from build_graph, PyTorch forward,
+    functionals z-scored with the member's statistics)."""
     from sergraph.deploy.ensemble import Bundle
     from sergraph.deploy.onnx import ONNX_FAMILIES, onnx_model_bytes
 
     assert name in ONNX_FAMILIES
-    fake = _fake_bundle(name)
+    fake = _fake_bundle(name, functionals)
     (tmp_path / "m.onnx").write_bytes(onnx_model_bytes(fake))
     features = [
         np.random.default_rng(length).standard_normal((length, 76)).astype(np.float32)
         for length in (5, 120, 150)
     ]
+    vectors = None
+    if functionals:
+        normalizer = fake.global_normalizers[0]
+        noise = np.random.default_rng(1).standard_normal((3, functionals))
+        vectors = (normalizer.mean + normalizer.std * noise).astype(np.float32)
     fake.meta["features"] = {}
-    expected = Bundle.predict_features(fake, features)
-    got = run_onnx(tmp_path / "m.onnx", onnx_inputs(fake, features))
+    expected = Bundle.predict_features(fake, features, functionals=vectors)
+    got = run_onnx(tmp_path / "m.onnx", onnx_inputs(fake, features, vectors))
     np.testing.assert_allclose(got, expected, rtol=0, atol=ONNX_TOLERANCE)
 
 
@@ -144,13 +163,13 @@ def _audonnx():
     )
 
 
-def _odd_file(bundle_run, tmp_path):
+def _odd_file(run, tmp_path):
     """A stereo file at 44.1 kHz, longer than the bundle reads (120 nodes + 1 s): what the
     transform must average, resample and cut as sergraph does."""
     import soundfile as sf
     from scipy.signal import resample_poly
 
-    parts = [sf.read(path)[0] for path in list(bundle_run.audio.values())[:6]]
+    parts = [sf.read(path)[0] for path in list(run.audio.values())[:6]]
     mono = resample_poly(np.concatenate(parts * 3), 441, 160)
     assert len(mono) / 44100 > 8.0
     stereo = np.stack([mono, 0.5 * mono[::-1]], axis=1)
@@ -280,3 +299,112 @@ def test_without_audonnx_no_model_yaml_is_left(bundle_run, tmp_path, monkeypatch
     assert not (tmp_path / "model.yaml").exists()
     assert "audonnx is not installed" in capsys.readouterr().err
     assert json.loads((tmp_path / "model.json").read_text())["audonnx"]["file"] is None
+
+
+# ---- models that also take the utterance functionals (features.concat_functionals)
+
+
+def _functionals(bundle, paths, cache):
+    from sergraph.data.features import FeatureCache
+
+    feature_set = bundle.functionals["feature_set"]
+    return FeatureCache(cache, bundle.functionals_config()).functionals(
+        paths, progress=False, feature_set=feature_set
+    )
+
+
+@pytest.mark.parametrize("which", ["recommended", "graph"])
+def test_onnx_export_of_functionals_models_matches_the_bundle(
+    which, functionals_run, functionals_graph_run, tmp_path, capsys
+):
+    """The recommended model (GIN, no graph layers) and GIN with two graph layers, both with
+    the IS10 functionals vector: ONNX Runtime on onnx_inputs (node features and raw
+    functionals from the feature cache) against Bundle.predict on the audio files."""
+    run = functionals_run if which == "recommended" else functionals_graph_run
+    bundle = load_bundle(run.bundle, map_location="cpu")
+    assert len(bundle.models[0].convs) == (0 if which == "recommended" else 2)
+    out = tmp_path / "onnx"
+    assert main(["export", str(run.bundle), "--onnx", str(out)]) == 0
+    assert "checked under ONNX Runtime" in capsys.readouterr().out
+    sidecar = json.loads((out / "model.json").read_text())
+    assert sidecar["inputs"]["functionals"]["shape"] == [1, 1582]
+    assert sidecar["functionals"]["feature_set"] == "is10"
+    assert sidecar["functionals"]["names"] == bundle.meta["functionals"]["names"]
+    assert sidecar["check"]["max_abs_diff"] <= ONNX_TOLERANCE
+
+    paths = list(functionals_run.audio.values())
+    expected = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    columns = [f"p_{c}" for c in bundle.classes]
+    cache = functionals_run.cache
+    features, functionals = _features(bundle, paths, cache), _functionals(bundle, paths, cache)
+    got = run_onnx(out / "model.onnx", onnx_inputs(bundle, features, functionals))
+    assert got.shape == (len(paths), len(bundle.classes))
+    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
+    assert np.ptp(got, axis=0).max() > 1e-4  # not a constant model
+    # the functionals input is used: another file's vector moves the answer
+    shifted = run_onnx(out / "model.onnx", onnx_inputs(bundle, features, functionals[::-1]))
+    assert np.abs(shifted - got).max() > 1e-3
+
+
+def test_onnx_inputs_check_the_functionals(functionals_run, bundle_run):
+    with_functionals = load_bundle(functionals_run.bundle, map_location="cpu")
+    arrays = [np.ones((3, 76), np.float32), np.ones((200, 76), np.float32)]
+    with pytest.raises(BundleError, match=r"give functionals \[N, 1582\]"):
+        onnx_inputs(with_functionals, arrays)
+    with pytest.raises(BundleError, match=r"needs \[2, 1582\]"):
+        onnx_inputs(with_functionals, arrays, np.zeros((2, 88), np.float32))
+    rows = np.arange(2 * 1582, dtype=np.float32).reshape(2, 1582)
+    feeds = onnx_inputs(with_functionals, arrays, rows)
+    assert [sorted(feed) for feed in feeds] == [["features", "functionals", "mask"]] * 2
+    np.testing.assert_array_equal(feeds[1]["functionals"], rows[1:2])  # raw: not normalised
+    without = load_bundle(bundle_run.fold0, map_location="cpu")
+    with pytest.raises(BundleError, match="take no utterance functionals"):
+        onnx_inputs(without, arrays, rows)
+
+
+def test_audonnx_functionals_input_is_sergraphs_and_the_model_gives_the_bundles_answer(
+    functionals_run, tmp_path
+):
+    """The third transform gives exactly the feature cache's functionals of the whole file
+    (stereo 44.1 kHz and longer than the node features read included), and audonnx, run
+    where sergraph cannot be imported, gives Bundle.predict's probabilities."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    from sergraph.deploy.onnx import audonnx_transforms, export_onnx
+
+    audonnx = _audonnx()
+    bundle = load_bundle(functionals_run.bundle, map_location="cpu")
+    paths = [*list(functionals_run.audio.values())[:4], _odd_file(functionals_run, tmp_path)]
+    transforms, what = audonnx_transforms(bundle)
+    assert sorted(transforms) == ["features", "functionals", "mask"] and "func" in what
+    functionals = _functionals(bundle, paths, tmp_path / "cache")
+    features = _features(bundle, paths, tmp_path / "cache")
+    for path, row, feed in zip(
+        paths, functionals, onnx_inputs(bundle, features, functionals), strict=True
+    ):
+        signal, rate = sf.read(path, dtype="float32")
+        np.testing.assert_array_equal(transforms["functionals"](signal.T, rate), row[None, :])
+        np.testing.assert_array_equal(transforms["features"](signal.T, rate), feed["features"])
+
+    out = tmp_path / "onnx"
+    _, sidecar = export_onnx(bundle, out)
+    assert "functionals" in sidecar["audonnx"]["transform"]
+    model = audonnx.load(str(out))
+    assert sorted(model.inputs) == ["features", "functionals", "mask"]
+    done = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, str(out), *paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["labels"] == bundle.classes
+    got = np.array(result["rows"])
+    expected = bundle.predict(paths, cache_dir=tmp_path / "cache", progress=False)
+    columns = [f"p_{c}" for c in bundle.classes]
+    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
+    assert np.ptp(got, axis=0).max() > 1e-4
