@@ -50,7 +50,6 @@ def main() -> None:
     from sergraph.config import compose
     from sergraph.optim import build_optimizer
     from sergraph.training.fit import cell_module, fold_datamodule
-    from sergraph.training.module import augment_nodes
     from sergraph.training.study import study_data
 
     torch.set_num_threads(1)
@@ -71,11 +70,7 @@ def main() -> None:
     )
     loader = datamodule.train_dataloader()
     steps = len(loader)
-    augment = module.augment
-
-    def augmented(batch):
-        batch.x = augment_nodes(batch.x, batch.ptr, getattr(batch, "n_valid", None), **augment)
-        return batch
+    augmented = module.augmented  # what training_step does first
 
     def manual(batch):
         batch = augmented(batch)

@@ -17,7 +17,7 @@ from torchmetrics import MeanMetric
 
 from sergraph.config import resolve_model
 from sergraph.console import detail, log
-from sergraph.data.collate import batch_to_device
+from sergraph.data.collate import band_mark, batch_to_device
 from sergraph.metrics import METRICS, EmotionScores
 from sergraph.models import banded, build_model
 from sergraph.models.layers import LayerWeightedSum
@@ -225,26 +225,59 @@ class SERModule(L.LightningModule):
             logits, target, weight=self.class_weight, label_smoothing=self.hparams.label_smoothing
         )
 
+    def augmented(self, batch):
+        """``batch`` with its node features augmented (:func:`augment_nodes`) as configured; the
+        batch itself when no augmentation is on."""
+        if not any(self.augment.values()):
+            return batch
+        mark = band_mark(batch)  # CPU sizes: no read of ptr from the device
+        batch = copy.copy(batch)  # shallow: only x is replaced
+        batch.x = augment_nodes(
+            batch.x,
+            batch.ptr,
+            getattr(batch, "n_valid", None),
+            **self.augment,
+            nodes_per_graph=mark.max_length if mark is not None and mark.uniform else None,
+        )
+        return batch
+
     def training_step(self, batch, batch_idx):
-        if any(self.augment.values()):
-            batch = copy.copy(batch)  # shallow: only x is replaced
-            batch.x = augment_nodes(
-                batch.x, batch.ptr, getattr(batch, "n_valid", None), **self.augment
-            )
+        batch = self.augmented(batch)
         if self.speaker_head is None and self.mixup <= 0:
             logits = self(batch)
             loss = self._loss(logits, batch.y)
         else:
             loss = self._lever_loss(batch)
+        self._log_epoch_loss(loss, batch.num_graphs, batch_idx)
+        return loss
+
+    def on_train_epoch_start(self) -> None:
+        self._loss_sum, self._loss_count = None, 0
+
+    def _log_epoch_loss(self, loss: torch.Tensor, graphs: int, batch_idx: int) -> None:
+        """``train/loss``: the epoch's training loss, the mean over its graphs (each batch's
+        mean loss weighted by its graph count, over all ranks).
+
+        Summed on the device step by step and handed to Lightning once, at the epoch's last
+        batch: ``self.log`` on every step cost about as much as the recommended model's forward
+        pass (``benchmarks/bench_cell_step.py``). Nothing is read back to the host here; the
+        value is logged before the epoch-end callbacks read it (the non-finite guard)."""
+        weighted = loss.detach().float() * graphs
+        total = getattr(self, "_loss_sum", None)
+        self._loss_sum = weighted if total is None else total + weighted
+        self._loss_count = getattr(self, "_loss_count", 0) + graphs
+        trainer = self._trainer
+        if trainer is not None and batch_idx + 1 < trainer.num_training_batches:
+            return
         self.log(
             "train/loss",
-            loss,
-            batch_size=batch.num_graphs,
+            self._loss_sum / self._loss_count,
+            batch_size=self._loss_count,
             on_step=False,
             on_epoch=True,
             sync_dist=True,
         )
-        return loss
+        self._loss_sum, self._loss_count = None, 0
 
     def _lever_loss(self, batch) -> torch.Tensor:
         """The training loss with mixup and/or the speaker adversary (training batches only)."""
@@ -382,6 +415,7 @@ def augment_nodes(
     noise: float = 0.0,
     time_mask: int = 0,
     feature_mask: int = 0,
+    nodes_per_graph: int | None = None,
 ) -> torch.Tensor:
     """A randomly perturbed copy of a batch's node features (training fold only).
 
@@ -395,31 +429,48 @@ def augment_nodes(
             starting at a uniform position (SpecAugment-style time masking on graph nodes).
         feature_mask: per graph, zero ``w ~ U{0..feature_mask}`` consecutive feature columns
             starting at a uniform column, on all its nodes.
+        nodes_per_graph: every graph's node count when they are all equal (padded batches; the
+            caller knows it from the collater's band mark without reading ``ptr``): the masks
+            are then drawn on the ``[B, T, F]`` view by broadcasting instead of gathering per
+            node. The same draws in the same order, the same output bit for bit.
 
     Draws from torch's global generator (seeded per cell, saved in checkpoints).
     """
     out = x.clone()
     num_graphs = ptr.numel() - 1
-    sizes = ptr[1:] - ptr[:-1]
-    # output_size and masked_fill: nothing is read back from the device (no host sync)
-    graph = torch.repeat_interleave(
-        torch.arange(num_graphs, device=x.device), sizes, output_size=x.size(0)
-    )
+    uniform = nodes_per_graph is not None and nodes_per_graph * num_graphs == x.size(0)
+    if uniform:
+        grid = out.view(num_graphs, nodes_per_graph, x.size(1))
+        sizes = torch.full((num_graphs,), nodes_per_graph, dtype=ptr.dtype, device=x.device)
+    else:
+        sizes = ptr[1:] - ptr[:-1]
+        # output_size and masked_fill: nothing is read back from the device (no host sync)
+        graph = torch.repeat_interleave(
+            torch.arange(num_graphs, device=x.device), sizes, output_size=x.size(0)
+        )
     if time_mask > 0:
         lengths = sizes if n_valid is None else torch.minimum(n_valid.view(-1), sizes)
         width = torch.randint(0, time_mask + 1, (num_graphs,), device=x.device)
         width = torch.minimum(width, lengths)
         start = (torch.rand(num_graphs, device=x.device) * (lengths - width + 1)).long()
-        position = torch.arange(x.size(0), device=x.device) - ptr[:-1][graph]
-        hit = (position >= start[graph]) & (position < (start + width)[graph])
-        out = out.masked_fill(hit.unsqueeze(-1), 0.0)
+        if uniform:
+            position = torch.arange(nodes_per_graph, device=x.device)[None, :]
+            hit = (position >= start[:, None]) & (position < (start + width)[:, None])
+            grid.masked_fill_(hit.unsqueeze(-1), 0.0)
+        else:
+            position = torch.arange(x.size(0), device=x.device) - ptr[:-1][graph]
+            hit = (position >= start[graph]) & (position < (start + width)[graph])
+            out = out.masked_fill(hit.unsqueeze(-1), 0.0)
     if feature_mask > 0:
         features = x.size(1)
         width = torch.randint(0, min(feature_mask, features) + 1, (num_graphs,), device=x.device)
         start = (torch.rand(num_graphs, device=x.device) * (features - width + 1)).long()
         column = torch.arange(features, device=x.device)
         hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])
-        out = out.masked_fill(hit[graph], 0.0)
+        if uniform:
+            grid.masked_fill_(hit.unsqueeze(1), 0.0)
+        else:
+            out = out.masked_fill(hit[graph], 0.0)
     if noise > 0:
         out = out + noise * torch.randn_like(out)
     return out

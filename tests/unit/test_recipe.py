@@ -85,6 +85,60 @@ def test_noise_has_the_requested_spread():
     assert abs(float(out.std()) - 0.3) < 0.01 and abs(float(out.mean())) < 0.01
 
 
+@pytest.mark.parametrize("with_valid", [True, False])
+def test_padded_batches_draw_the_same_augmentation_on_the_grid_bit_for_bit(with_valid):
+    # the [B, T, F] path for equal-size graphs against the per-node path, same seed
+    lengths, n_valid = [9] * 5, [9, 4, 1, 7, 2]
+    batch = _batch(lengths, n_valid, features=6)
+    valid = batch.n_valid if with_valid else None
+    masks = {"time_mask": 5, "feature_mask": 4}
+    for options in (masks, {**masks, "noise": 0.2}):
+        for seed in range(20):
+            torch.manual_seed(seed)
+            per_node = augment_nodes(batch.x, batch.ptr, valid, **options)
+            torch.manual_seed(seed)
+            grid = augment_nodes(batch.x, batch.ptr, valid, **options, nodes_per_graph=9)
+            assert torch.equal(per_node, grid)
+            if "noise" not in options:  # masks were drawn: the comparison covers them
+                assert (grid == 0).any()
+    options = {**masks, "noise": 0.2}
+    # a size that does not tile the batch is not taken for the grid
+    torch.manual_seed(0)
+    per_node = augment_nodes(batch.x, batch.ptr, valid, **options)
+    torch.manual_seed(0)
+    assert torch.equal(
+        per_node, augment_nodes(batch.x, batch.ptr, valid, **options, nodes_per_graph=8)
+    )
+
+
+def test_a_training_step_augments_a_padded_batch_as_the_per_node_path_does():
+    # the module passes the collater's size; the step's loss equals the per-node path's
+    from sergraph.data.collate import mark_band
+    from sergraph.data.graphs import build_graph
+
+    rng = np.random.default_rng(0)
+    items = [
+        build_graph(rng.normal(size=(n, 6)), 4, 10, True, i % 3, f"u{i}", "s")
+        for i, n in enumerate([10, 4, 7, 10])
+    ]
+    batch = mark_band(Batch.from_data_list(items), items)
+    module = SERModule(
+        "gin",
+        {"num_layers": 1},
+        6,
+        ["a", "b", "c"],
+        augment={"noise": 0.1, "time_mask": 3, "feature_mask": 2},
+    )
+    module.train()
+    torch.manual_seed(3)
+    loss = module.training_step(batch, 0)
+    torch.manual_seed(3)
+    x = augment_nodes(batch.x, batch.ptr, batch.n_valid, noise=0.1, time_mask=3, feature_mask=2)
+    plain = batch.clone()
+    plain.x = x
+    assert torch.equal(loss, module._loss(module(plain), batch.y))
+
+
 # ---------------------------------------------------------------------------------------------
 # learning-rate schedule
 
