@@ -38,9 +38,44 @@ from common import REPO, emodb_root, machine, table
 
 
 def cpu_seconds() -> float:
+    """CPU seconds of this process and all its descendants so far: the exited children it
+    waited for, and the live ones with the exited children they waited for (a fork server is
+    alive and reaps the workers it forked, so ``RUSAGE_CHILDREN`` alone misses them; Linux)."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    total = own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+    return total + sum(_proc_cpu(pid) for pid in _live_descendants())
+
+
+def _proc_stat(pid: int) -> list[str] | None:
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            text = handle.read()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # fields from 3 on (the name may hold spaces)
+
+
+def _live_descendants() -> list[int]:
+    if not os.path.isdir("/proc"):
+        return []
+    parents = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit() and (fields := _proc_stat(int(name))) is not None:
+            parents[int(name)] = int(fields[1])
+    found, frontier = [], [os.getpid()]
+    while frontier:
+        frontier = [pid for pid, parent in parents.items() if parent in frontier]
+        found += frontier
+    return found
+
+
+def _proc_cpu(pid: int) -> float:
+    """utime + stime + cutime + cstime of a live process, in seconds."""
+    fields = _proc_stat(pid)
+    if fields is None:
+        return 0.0
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
 def extraction(paths: list[str], audio_seconds: float, workers_list: list[int]) -> list[dict]:
