@@ -4,7 +4,7 @@
 process it runs in; :func:`run_opensmile_jobs` runs a list of them with ``workers`` processes and
 yields each result as it is done. With ``workers = N > 1`` the calling process is one of the N:
 it starts ``N - 1`` worker processes and extracts too, from the back of the queue while a thread
-hands the front to the workers one file at a time (each has one file running and at most one
+hands the front to the workers one file at a time (each has one file running and about one
 waiting), so a worker's start-up is never idle time of the whole run.
 
 Start-up is what decided the design (measured on 100 EmoDB files with two workers, where the
@@ -137,11 +137,18 @@ def worker_pool(job: Job, processes: int) -> ProcessPoolExecutor:
     Started as the module docstring says; each adopts this process's ``Smile`` of that setting
     (made here first if need be).
     """
+    context = _start_context()
+    if context.get_start_method() == "forkserver":
+        from multiprocessing import forkserver  # not on every platform
+
+        # Started now (it returns at once), so that the server loads while this process makes
+        # its Smile.
+        forkserver.ensure_running()
     levels = job.levels()
     smile = smile_for(job.feature_set, levels)
     return ProcessPoolExecutor(
         processes,
-        mp_context=_start_context(),
+        mp_context=context,
         initializer=_start_worker,
         initargs=(job.feature_set, levels, smile),
     )
@@ -166,9 +173,9 @@ def run_opensmile_jobs(jobs: Sequence[Job], workers: int) -> Iterator[Result]:
     pool = worker_pool(jobs[0], children)
     todo = deque(jobs)  # the submitting thread takes from the front, this process from the back
     results: queue.SimpleQueue[Future] = queue.SimpleQueue()
-    # Each worker has one job running and at most one waiting, so that this process finds work
+    # Each worker has one job running and about one waiting, so that this process finds work
     # left until the end (the pool would otherwise queue every job at once).
-    slots = threading.Semaphore(children + 1)
+    slots = threading.Semaphore(2 * children)
     failures: list[BaseException] = []
 
     def finished_one(future: Future) -> None:  # in the pool's thread
