@@ -211,8 +211,9 @@ def run_opensmile_jobs(jobs: Sequence[Job], workers: int) -> Iterator[Result]:
             except IndexError:
                 job = None
             if job is not None:
+                result = run_opensmile_job(job)
                 finished += 1
-                yield run_opensmile_job(job)
+                yield result
             while finished < len(jobs):  # what the workers finished meanwhile
                 try:
                     future = results.get(block=job is None, timeout=0.5 if job is None else None)
