@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +23,10 @@ from sergraph.data.features import (
     FeatureError,
     extract_functionals,
     extract_llds,
+    file_sha256,
     pool_frames,
 )
+from sergraph.data.features.extraction import Job, run_opensmile_job, worker_pool
 
 IS10_FRAMES_1S = 95  # (1.000 - 0.060) / 0.010 + 1
 IS10_FRAMES_2S = 195  # (2.000 - 0.060) / 0.010 + 1
@@ -318,6 +321,61 @@ def test_cache_resumes_and_parallel_matches_serial(tmp_path, wavs):
     np.testing.assert_array_equal(arrays[3], done[1])
     for path, array in zip(order, arrays, strict=True):  # input order, worker results intact
         np.testing.assert_array_equal(array, pool_frames(extract_llds(path), 5))
+
+
+def stored_files(root) -> dict[str, bytes]:
+    """Every file under ``root`` (manifests and arrays) by its path relative to ``root``."""
+    return {str(p.relative_to(root)): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+
+@pytest.mark.parametrize("kind", ["lld", "func"])
+def test_a_worker_process_stores_the_bytes_this_process_stores(tmp_path, wavs, kind):
+    # Every job in the worker (started as the pool starts them, with this process's Smile).
+    def jobs(folder):
+        return [
+            Job(
+                path,
+                file_sha256(path),
+                str(tmp_path / folder / f"{i}.npy"),
+                kind,
+                "is10",
+                True,
+                None,
+            )
+            for i, path in enumerate(wavs)
+        ]
+
+    here = [run_opensmile_job(job) for job in jobs("here")]
+    with worker_pool(jobs("there")[0], 1) as pool:
+        there = list(pool.map(run_opensmile_job, jobs("there")))
+        assert pool.submit(os.getpid).result() != os.getpid()
+    width = 1582 if kind == "func" else 76
+    for (digest, array, reason), (other_digest, other, other_reason) in zip(
+        here, there, strict=True
+    ):
+        assert (reason, other_reason, other_digest) == (None, None, digest)
+        assert array.shape[-1] == width
+        np.testing.assert_array_equal(other, array)
+    assert stored_files(tmp_path / "there") == stored_files(tmp_path / "here")
+    assert len(stored_files(tmp_path / "here")) == len(wavs)
+
+
+def test_n_workers_fill_the_cache_with_the_bytes_of_one_worker(tmp_path, wavs):
+    folder = Path(wavs[0]).parent
+    paths = wavs + [
+        write_wav(folder / f"long{i}.wav", make_signal(1.5 + i / 4, 16000, seed=10 + i), 16000)
+        for i in range(5)
+    ]
+    serial = FeatureCache(tmp_path / "one", FeatureConfig())
+    one = serial.get(paths, workers=1, progress=False)
+    parallel = FeatureCache(tmp_path / "three", FeatureConfig())
+    three = parallel.get(paths, workers=3, progress=False)  # this process and two workers
+    assert (parallel.stats.extracted, parallel.stats.hits) == (len(paths), 0)
+    for path, a, b in zip(paths, one, three, strict=True):
+        assert a.shape == (-(-(round(sf.info(path).duration * 100) - 5) // 5), 76)
+        np.testing.assert_array_equal(b, a)
+    assert stored_files(tmp_path / "three") == stored_files(tmp_path / "one")
+    assert len(stored_files(tmp_path / "one")) == len(paths) + 1  # the arrays and the manifest
 
 
 def test_cache_failures_are_listed_together_after_good_files_are_stored(tmp_path, wavs):

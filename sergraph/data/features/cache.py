@@ -19,21 +19,17 @@ array of the wrong shape or dtype (written by another version, or damaged) is na
 extracted again and replaced. Files that fail are collected: a single :class:`FeatureError`
 listing ``file: reason`` for each of them is raised after all the other files are stored.
 
-(A little over the ~450-line guide: the generic look-up and the openSMILE process pool belong
-together, since both decide what a miss costs.)
+How a list of openSMILE misses is extracted (one process or several) is
+:mod:`sergraph.data.features.extraction`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
-import multiprocessing
 import os
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,12 +44,11 @@ from sergraph.data.features.config import (
     check_feature_set,
     check_positive_int,
 )
-from sergraph.data.features.hashing import atomic_save_npy, save_to_cache
+from sergraph.data.features.extraction import Job, run_opensmile_jobs
+from sergraph.data.features.hashing import save_to_cache
 from sergraph.data.features.opensmile import (
     OPENSMILE_MEMBERS,
     RECIPE_VERSION,
-    extract_functionals_from,
-    extract_llds_from,
     functional_names,
     num_features,
     opensmile_version,
@@ -81,58 +76,6 @@ class CacheStats:
     extracted: int = 0
     failed: int = 0
     replaced: int = 0
-
-
-CHANGED = "file changed during extraction; run again"
-
-
-@dataclass(frozen=True)
-class Job:
-    """One extraction (picklable, so spawn-safe for openSMILE worker processes)."""
-
-    path: str
-    sha256: str
-    out_path: str
-    kind: str  # "lld", "func", "ssl" or "pre"
-    feature_set: str
-    deltas: bool
-    sample_rate: int | None
-    max_seconds: float | None = None
-
-
-def run_opensmile_job(job: Job) -> tuple[str, np.ndarray | None, str | None]:
-    """Extract one file, store it atomically and return ``(sha256, array, failure reason)``.
-
-    A failure of the file (unreadable, silent, too short) is its reason; a failure to store the
-    array (a full cache disk) raises :class:`~sergraph.io.WriteError` and stops the run.
-    """
-    try:
-        if job.max_seconds is None:
-            # Hash and decode the same bytes, so the stored array always matches its key even if
-            # the file is rewritten while we run.
-            data = Path(job.path).read_bytes()
-            if hashlib.sha256(data).hexdigest() != job.sha256:
-                return job.sha256, None, CHANGED
-            source = io.BytesIO(data)
-        else:  # only the start is decoded, from the file itself: memory bounded by max_seconds
-            source = job.path
-        if job.kind == "lld":
-            config = FeatureConfig(
-                job.feature_set, job.deltas, 1, job.sample_rate, max_seconds=job.max_seconds
-            )
-            array = extract_llds_from(source, job.path, config)
-        else:
-            array = extract_functionals_from(
-                source, job.path, job.feature_set, job.sample_rate, job.max_seconds
-            )
-        if job.max_seconds is not None and file_sha256(job.path) != job.sha256:
-            return job.sha256, None, CHANGED  # rewritten while it was decoded
-    except FeatureError as error:
-        return job.sha256, None, "; ".join(reason for _, reason in error.failures)
-    except Exception as error:  # report any other per-file failure instead of losing the batch
-        return job.sha256, None, f"{type(error).__name__}: {error}"
-    atomic_save_npy(Path(job.out_path), array)  # outside the try: a full disk is not bad audio
-    return job.sha256, array, None
 
 
 class FeatureCache:
@@ -435,32 +378,9 @@ class FeatureCache:
                     yield precomputed.run_job(job)
                     bar.update()
                 return
-            if workers == 1 or len(jobs) == 1:
-                for job in jobs:
-                    yield run_opensmile_job(job)
-                    bar.update()
-                return
-            # spawn: safe with threads (torch, openSMILE) in the parent and on every platform.
-            context = multiprocessing.get_context("spawn")
-            with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=context) as pool:
-                futures = [pool.submit(run_opensmile_job, job) for job in jobs]
-                try:
-                    for future in as_completed(futures):
-                        yield future.result()
-                        bar.update()
-                except BrokenProcessPool as error:
-                    # Not a per-file failure: no way to tell which file (if any) killed it.
-                    raise RuntimeError(
-                        f"an openSMILE worker process died after {bar.n} of {len(jobs)} files "
-                        "(the finished ones are cached). Causes: a crash in openSMILE, running "
-                        "out of memory, or a script that starts workers at import time: spawned "
-                        "workers re-import the main script, so guard it with "
-                        "`if __name__ == '__main__':`. Run again, or use workers=1 to find the "
-                        "file."
-                    ) from error
-                except BaseException:
-                    pool.shutdown(wait=True, cancel_futures=True)
-                    raise
+            for result in run_opensmile_jobs(jobs, workers):
+                yield result
+                bar.update()
         finally:
             bar.close()
 

@@ -50,7 +50,6 @@ import os
 import tempfile
 import warnings
 from collections.abc import Mapping
-from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -122,15 +121,35 @@ def _joined_config_path(feature_set: str) -> str:
     return str(path)
 
 
-@cache
-def smile_for(feature_set: str, levels: tuple[str, ...]):
-    """One ``opensmile.Smile`` per process and setting (creating one starts openSMILE)."""
-    import opensmile
+#: The ``opensmile.Smile`` of each (feature set, levels) made or adopted in this process.
+_SMILES: dict[tuple[str, tuple[str, ...]], object] = {}
 
-    member = getattr(opensmile.FeatureSet, OPENSMILE_MEMBERS[feature_set][0])
-    if levels == ("lld", "lld_de"):
-        return opensmile.Smile(_joined_config_path(feature_set), _JOINED_LEVEL)
-    return opensmile.Smile(member, levels[0])
+
+def smile_for(feature_set: str, levels: tuple[str, ...]):
+    """One ``opensmile.Smile`` per process and setting.
+
+    Making the first one in a process costs about 0.4 s (its constructor lists every installed
+    distribution); an extraction worker adopts the parent's instead (:func:`adopt_smile`).
+    """
+    key = (feature_set, tuple(levels))
+    if key not in _SMILES:
+        import opensmile
+
+        member = getattr(opensmile.FeatureSet, OPENSMILE_MEMBERS[feature_set][0])
+        if key[1] == ("lld", "lld_de"):
+            _SMILES[key] = opensmile.Smile(_joined_config_path(feature_set), _JOINED_LEVEL)
+        else:
+            _SMILES[key] = opensmile.Smile(member, levels[0])
+    return _SMILES[key]
+
+
+def adopt_smile(feature_set: str, levels: tuple[str, ...], smile) -> None:
+    """Use ``smile`` (unpickled from the parent process) as this process's :func:`smile_for`.
+
+    Unpickling a ``Smile`` restores its settings without running its constructor; it holds no
+    running openSMILE (each call starts one), so a copy extracts exactly what the original does.
+    """
+    _SMILES.setdefault((feature_set, tuple(levels)), smile)
 
 
 def _run_smile(smile, signal: np.ndarray, sample_rate: int, path: str, what: str) -> np.ndarray:
