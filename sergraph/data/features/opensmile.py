@@ -38,9 +38,8 @@ timestamp as the one before it (opensmile-python clamps the end of the final fra
 carry on from the frames before it, so we keep it.
 
 
-Speed, measured on EmoDB (16 kHz, 2.8 s per file on average) on one busy CPU core: IS10 LLD
-about 20x realtime, eGeMAPS about 16x, ComParE about 30x. Each file also costs about 15 ms of
-openSMILE start-up. Loading a warm cache of 535 files takes about 0.3 s.
+Speed: docs/benchmarks.md ("Extraction against openSMILE itself") measures this extraction
+against the ``opensmile`` package's own ``Smile`` on the same files, side by side.
 """
 
 from __future__ import annotations
