@@ -16,9 +16,10 @@ window's edge see their neighbours across the edge. The models always run in flo
 precision they were trained in.
 
 Bundles of ``features.concat_functionals`` runs (``meta["functionals"]``) also give each model
-the utterance's openSMILE functionals vector ``u``: computed from the whole file with the same
-extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`, at
-the recorded rate), z-scored with each member's training-fold statistics and made finite as in
+the utterance's openSMILE functionals vector ``u``: computed from the whole file (from its first
+``features.max_seconds`` for a run trained with that setting, as training computed it) with the
+same extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`,
+at the recorded rate), z-scored with each member's training-fold statistics and made finite as in
 training (non-finite values become 0); under ``eval.protocol=enrollment`` a speaker with
 enrollment audio is z-scored with the functionals of that audio instead
 (:mod:`sergraph.deploy.enroll`). A functionals vector describes a whole utterance, so such
@@ -134,14 +135,17 @@ class Bundle:
 
     def functionals_config(self):
         """The :class:`~sergraph.data.features.FeatureConfig` whose cache computes this
-        bundle's utterance functionals as training's did (whole files, the recorded rate)."""
+        bundle's utterance functionals as training's did (whole files, or their first
+        ``max_seconds`` where training read only that part; the recorded rate)."""
         from sergraph.data.features import FeatureConfig
 
         recorded = self.functionals
         if recorded is None:
             raise BundleError("this bundle's models take no utterance functionals")
         return FeatureConfig(
-            feature_set=recorded["feature_set"], sample_rate=recorded.get("sample_rate")
+            feature_set=recorded["feature_set"],
+            sample_rate=recorded.get("sample_rate"),
+            max_seconds=recorded.get("max_seconds"),
         )
 
     @property
@@ -447,7 +451,7 @@ class Bundle:
                 by_path.update({p: a for p, a in streamed.items() if not isinstance(a, str)})
                 good = [p for p in chunk if p not in reasons]
                 vectors = None
-                if self.functionals is not None:  # whole files, as training's cache
+                if self.functionals is not None:  # as training's cache (functionals_config)
                     vectors, lost = self._file_functionals(cache.root, good, workers)
                     reasons.update(lost)
                     failures += list(lost.items())
@@ -564,7 +568,11 @@ class Bundle:
             buffer.seek(0)
             recorded = self.functionals
             vector = extract_functionals_from(
-                buffer, "<signal>", recorded["feature_set"], recorded.get("sample_rate")
+                buffer,
+                "<signal>",
+                recorded["feature_set"],
+                recorded.get("sample_rate"),
+                recorded.get("max_seconds"),
             )
             vectors = np.repeat(vector[None, :], len(spans), axis=0)
         scores = self.predict_features(
