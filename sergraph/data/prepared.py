@@ -339,6 +339,8 @@ def prepare_cross_corpus(
     Raises:
         ValueError: a class that cannot be mapped (naming the corpus, the class and the keys
             that would map or drop it); a test corpus with nothing left to score.
+        ValueError, FileNotFoundError: a corpus that cannot be loaded (its loader's message,
+            prefixed with the key of its entry: ``cross_corpus.test``, ``data``, ...).
     """
     block = cfg.cross_corpus
     if block.test is not None:
@@ -356,11 +358,17 @@ def prepare_cross_corpus(
     listed = failed_listing is not None and (
         need_features or cfg.features.get("on_error", "stop") == "skip"
     )
-    for entry in entries:
+    for entry, key in zip(entries, keys, strict=True):
         data = OmegaConf.to_container(entry["data"], resolve=True)
-        parts[str(entry["name"])] = prepare(
-            corpus_config(cfg, data), need_features, failed_listing, inputs, False
-        )
+        try:
+            parts[str(entry["name"])] = prepare(
+                corpus_config(cfg, data), need_features, failed_listing, inputs, False
+            )
+        except (ValueError, FileNotFoundError) as error:
+            if type(error) not in (ValueError, FileNotFoundError):
+                raise
+            # the loader speaks of its own keys (root, ...): say which corpus entry they are in
+            raise type(error)(f"{key} (corpus {entry['name']!r}): {error}") from None
         if listed and Path(failed_listing).is_file():
             # each corpus rewrites the listing: keep its rows before the next one does
             failed.append(pd.read_csv(failed_listing).assign(corpus=str(entry["name"])))

@@ -351,3 +351,31 @@ def test_files_left_out_of_every_corpus_are_listed(tmp_path):
     assert sorted(listing["utterance"]) == ["s1_sad0", "s2_sad1"]
     assert set(listing["corpus"]) == {"manifest"}
     assert study.cross_corpus["corpora"]["b"]["dropped"] == {"neutral": 2, "happy": 2}
+
+
+def test_a_corpus_that_cannot_be_loaded_is_named_by_its_key(tmp_path):
+    """The loader's own message (which speaks of root) is prefixed with the entry's key, so
+    that it is clear which corpus of the study lacks what: cross_corpus.test.root here, not
+    data.root."""
+    missing = tmp_path / "nowhere"
+    cases = {
+        "cross_corpus.test={data: emodb, drop: [boredom, disgust, fear]}": (
+            ValueError,
+            r"^cross_corpus.test \(corpus 'emodb'\): the emodb corpus needs root",
+        ),
+        f"cross_corpus.test={{data: emodb, root: {missing}}}": (
+            FileNotFoundError,
+            rf"^cross_corpus.test \(corpus 'emodb'\): EmoDB root {missing} is not a folder",
+        ),
+        "cross_corpus.corpora=[{data: synthetic}, {data: manifest, name: m}]": (
+            ValueError,
+            r"^cross_corpus.corpora\[1\] \(corpus 'm'\): ",
+        ),
+    }
+    for override, (kind, message) in cases.items():
+        with pytest.raises(kind, match=message):
+            prepare(compose([override]), need_features=False)
+    # the training corpus of a test-corpus study is the data section's
+    cfg = compose(["data=manifest", "cross_corpus.test={data: synthetic, name: b}"])
+    with pytest.raises(ValueError, match=r"^data \(corpus 'manifest'\): "):
+        prepare(cfg, need_features=False)
