@@ -211,6 +211,22 @@ def corpus_folds(table: pd.DataFrame, held_out: Sequence[str], val_speakers: int
     return folds
 
 
+def training_classes_remedy(scheme: str) -> str:
+    """What would give a cross-corpus fold's training side a class it lacks, in words (for
+    :func:`sergraph.data.folds.check_training_classes`): leaving corpora out, neither
+    ``data`` nor ``folds.scheme`` is read."""
+    if scheme == LEAVE_ONE_CORPUS_OUT:
+        return (
+            "leave that class out of cross_corpus.classes, or map it onto another class or drop "
+            "it where a corpus has it (cross_corpus.corpora[i].label_map, "
+            "cross_corpus.corpora[i].drop), or lower folds.val_speakers"
+        )
+    return (
+        "merge or drop that class in the training corpus (data.merge=..., data.classes=[...]), "
+        "or lower folds.val_speakers"
+    )
+
+
 def fold_record(study_record: dict, fold: Fold, fingerprints: dict[str, dict]) -> dict:
     """What a cross-corpus cell's ``metrics.json`` records under ``evaluation``: that it is
     cross-corpus, its training and test corpora (each with its data configuration, classes,

@@ -379,3 +379,26 @@ def test_a_corpus_that_cannot_be_loaded_is_named_by_its_key(tmp_path):
     cfg = compose(["data=manifest", "cross_corpus.test={data: synthetic, name: b}"])
     with pytest.raises(ValueError, match=r"^data \(corpus 'manifest'\): "):
         prepare(cfg, need_features=False)
+
+
+def test_a_class_no_training_corpus_of_a_fold_has_is_refused_with_the_cross_corpus_keys():
+    """Leave one corpus out with a label set one fold's training corpus lacks ("sad" only in
+    b): refused before any work, naming the fold, the class and the keys that would change it
+    here (data.* and folds.scheme are not read by such a study)."""
+    from sergraph.training.study import plan
+
+    small = "n_speakers: 2, n_per_class: 1"
+    corpora = (
+        f"[{{data: synthetic, name: a, options: {{{small}}}, classes: [neutral, happy, angry]}}, "
+        f"{{data: synthetic, name: b, options: {{seed: 1, {small}}}}}]"
+    )
+    overrides = [
+        "cross_corpus.classes=[neutral,happy,sad,angry]",
+        f"cross_corpus.corpora={corpora}",
+        "folds.val_speakers=1",
+    ]
+    with pytest.raises(ValueError, match=r"fold-01 \(test b:spk01, b:spk02\): \['sad'\]") as error:
+        plan(overrides)
+    message = str(error.value)
+    assert "cross_corpus.classes" in message and "cross_corpus.corpora[i].drop" in message
+    assert "data.merge" not in message and "folds.scheme" not in message
