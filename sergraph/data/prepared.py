@@ -162,6 +162,33 @@ def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
     return notes
 
 
+def corpora_rates_note(cfg: DictConfig, tables: dict[str, pd.DataFrame]) -> str | None:
+    """A cross-corpus study's note when its corpora are at different sample rates while
+    openSMILE features are computed at each file's own rate (``features.sample_rate`` unset):
+    the corpora's features are then not comparable, and each corpus alone has one rate, so
+    :func:`audio_notes` of each says nothing. ``None`` otherwise. Reads only the headers."""
+    from sergraph.data.features import FeatureConfig, audio_info
+
+    config = FeatureConfig.from_any(cfg.features)
+    if not config.is_opensmile or config.sample_rate is not None:
+        return None
+    rates = {
+        name: sorted({info[1] for info in map(audio_info, table["path"]) if info is not None})
+        for name, table in tables.items()
+    }
+    every = sorted({rate for found in rates.values() for rate in found})
+    if len(every) < 2:
+        return None
+    listed = "; ".join(
+        f"{name}: {', '.join(f'{rate} Hz' for rate in found)}" for name, found in rates.items()
+    )
+    return (
+        f"note: the corpora are at different sample rates ({listed}); openSMILE features depend "
+        f"on the rate, so features.sample_rate={every[0]} (the lowest) makes the corpora's "
+        "features comparable"
+    )
+
+
 def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
     """The corpus table after the label map, and the class names in index order."""
     from sergraph.data.corpora import load_corpus
@@ -375,6 +402,10 @@ def prepare_cross_corpus(
     if failed:
         atomic_write_csv(failed_listing, pd.concat(failed, ignore_index=True))
     names = list(parts)
+    if need_features and inputs == "frames":  # where prepare notes a corpus's audio
+        note = corpora_rates_note(cfg, {name: parts[name].table for name in names})
+        if note is not None:
+            log(note)
     if scheme == TEST_CORPUS:
         classes = list(parts[names[0]].classes)
     else:

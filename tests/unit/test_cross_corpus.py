@@ -402,3 +402,38 @@ def test_a_class_no_training_corpus_of_a_fold_has_is_refused_with_the_cross_corp
     message = str(error.value)
     assert "cross_corpus.classes" in message and "cross_corpus.corpora[i].drop" in message
     assert "data.merge" not in message and "folds.scheme" not in message
+
+
+def test_corpora_at_different_sample_rates_are_noted(tmp_path, capsys):
+    """openSMILE features depend on the rate: a test corpus at 8 kHz beside the 16 kHz
+    synthetic corpus is noted (each corpus on its own has one rate, so no corpus's own note
+    says it), unless every file is resampled to one rate."""
+    import soundfile as sf
+
+    from tests.unit.test_bad_input import make_manifest
+
+    rows = [(f"{s}_{label}.wav", s, label) for s in ("s1", "s2") for label in ("angry", "sad")]
+    csv = make_manifest(tmp_path / "corpus", rows)
+    for name, *_ in rows:  # the same tones at 8 kHz
+        path = tmp_path / "corpus" / name
+        samples, _ = sf.read(path)
+        sf.write(path, samples[::2], 8000)
+    test = f"cross_corpus.test={{data: manifest, name: b, root: {csv}, label_map: {{}}, drop: []}}"
+    common = [
+        "data.options.n_speakers=2",
+        "data.options.n_per_class=1",
+        test,
+        "features.workers=1",
+        f"features.cache_dir={tmp_path / 'features'}",
+    ]
+    capsys.readouterr()
+    prepare(compose(common))
+    err = capsys.readouterr().err
+    assert (
+        "note: the corpora are at different sample rates (synthetic: 16000 Hz; b: 8000 Hz); "
+        "openSMILE features depend on the rate, so features.sample_rate=8000 (the lowest) "
+        "makes the corpora's features comparable"
+    ) in err
+    assert "mixes sample rates" not in err
+    prepare(compose([*common, "features.sample_rate=8000"]))
+    assert "different sample rates" not in capsys.readouterr().err
