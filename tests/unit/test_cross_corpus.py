@@ -106,6 +106,11 @@ def test_cross_corpus_keys_are_validated_by_name():
             r"cross_corpus.corpora: name\(s\) \['synthetic'\] given to more than one corpus"
         ),
         "cross_corpus.classes=[sad]": r"cross_corpus.classes is the label set",
+        # a data mapping without its corpus's name is not the synthetic corpus by default
+        "cross_corpus.test={data: {root: PATH}, name: b}": (
+            r"cross_corpus.test.data: a data mapping needs the corpus's name \(data.name\), "
+            r"one of \['audformat', 'emodb', .*\]; e.g. cross_corpus.test.data=\{name: emodb, root: PATH\}"
+        ),
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
