@@ -15,6 +15,7 @@ from sergraph.console import log
 from sergraph.data.cross_corpus import (
     LEAVE_ONE_CORPUS_OUT,
     TEST_CORPUS,
+    check_no_shared_audio,
     combine_tables,
     corpus_folds,
     is_cross_corpus,
@@ -433,6 +434,7 @@ def prepare_cross_corpus(
             "dropped": {c: int(counts.get(c, 0)) for c, v in targets[name].items() if v is None},
         }
     table, kept = combine_tables({name: parts[name].table for name in names}, targets)
+    check_no_shared_audio(table, dict(zip(names, keys, strict=True)))
     for name in names:
         record[name]["utterances"] = len(kept[name])
     held_out = names[1:] if scheme == TEST_CORPUS else names

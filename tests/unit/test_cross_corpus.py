@@ -442,3 +442,37 @@ def test_corpora_at_different_sample_rates_are_noted(tmp_path, capsys):
     assert "mixes sample rates" not in err
     prepare(compose([*common, "features.sample_rate=8000"]))
     assert "different sample rates" not in capsys.readouterr().err
+
+
+def test_corpora_that_share_audio_files_are_refused(tmp_path):
+    """A test corpus (or a left-out corpus) made of the training corpus's own files would be
+    scored on utterances the model was trained on: here the synthetic corpus of the data
+    section named again as the test corpus, its seed forgotten, and one corpus listed twice
+    (once through a symbolic link) for leave-one-corpus-out."""
+    small = "n_speakers: 2, n_per_class: 1"
+    data = ["data.options.n_speakers=2", "data.options.n_per_class=1"]
+    same = f"cross_corpus.test={{data: synthetic, name: b, options: {{{small}}}}}"
+    with pytest.raises(
+        ValueError,
+        match=r"corpus 'b' \(cross_corpus.test\) and corpus 'synthetic' \(data\) share 8 "
+        r"audio file\(s\), e.g. .*\.wav",
+    ):
+        prepare(compose([*data, same]), need_features=False)
+    # another seed: other audio, accepted
+    other = f"cross_corpus.test={{data: synthetic, name: b, options: {{seed: 1, {small}}}}}"
+    assert len(prepare(compose([*data, other]), need_features=False).table) == 16
+
+    wav = Path(load_corpus("synthetic", n_speakers=2, n_per_class=1)["path"].iloc[0])
+    link = tmp_path / "link"
+    link.symlink_to(wav.parents[2], target_is_directory=True)  # the corpora's parent folder
+    corpora = (
+        f"[{{data: synthetic, name: a, options: {{{small}}}}}, "
+        f"{{data: synthetic, name: c, options: {{seed: 2, {small}}}}}, "
+        f"{{data: synthetic, name: a2, root: {link}, options: {{{small}}}}}]"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"corpus 'a2' \(cross_corpus.corpora\[2\]\) and corpus 'a' "
+        r"\(cross_corpus.corpora\[0\]\) share 8 audio file\(s\)",
+    ):
+        prepare(compose([f"cross_corpus.corpora={corpora}"]), need_features=False)
