@@ -545,7 +545,7 @@ class Bundle:
         buffer = io.BytesIO()
         sf.write(buffer, samples, int(sample_rate), format="WAV", subtype="FLOAT")
         buffer.seek(0)
-        config = self.feature_config
+        config = self.input_config(window)  # the part of the signal a file's route reads
         if config.is_opensmile:
             array = pool_frames(extract_llds_from(buffer, "<signal>", config), config.pool)
         else:  # SSL: the same chunked extraction as for files, pooled by time
@@ -613,15 +613,19 @@ class Bundle:
         ``graph.max_nodes`` nodes' seconds plus :data:`CUT_MARGIN_SECONDS` of each file when it
         is classified as a whole (``window=None``): a long file then costs no more memory than
         the part the model sees, and the frames of that part are those of the whole file
-        (openSMILE's smoothing and deltas look a few frames ahead)."""
+        (openSMILE's smoothing and deltas look a few frames ahead). A run trained with
+        ``features.max_seconds`` (``meta["features"]["max_seconds"]``) read only that first part
+        of each file, so no more is read of a file classified as a whole then either."""
         import dataclasses
 
         config, max_nodes = self.feature_config, self.meta["graph"]["max_nodes"]
-        if window is not None or max_nodes is None or not config.is_opensmile:
+        if window is not None or not config.is_opensmile:
             return config
-        return dataclasses.replace(
-            config, max_seconds=max_nodes * self.node_seconds + CUT_MARGIN_SECONDS
-        )
+        read = None if max_nodes is None else max_nodes * self.node_seconds + CUT_MARGIN_SECONDS
+        trained = self.meta["features"].get("max_seconds")
+        if trained is not None:
+            read = float(trained) if read is None else min(read, float(trained))
+        return config if read is None else dataclasses.replace(config, max_seconds=read)
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
         if window is not None and self.functionals is not None:

@@ -201,7 +201,8 @@ def export_bundle(
             "in_channels": int(first["num_features"]),
             **({"global_channels": len(functionals["names"])} if functionals else {}),
         },
-        "features": dict(provenance["features"]),
+        "features": dict(provenance["features"])
+        | _read_seconds(cfg.features.get("max_seconds"), provenance["features"]),
         **({"functionals": functionals} if functionals else {}),
         "graph": dict(first["graph"]),
         "precision": precision,
@@ -494,6 +495,16 @@ def _functionals_record(cfg, cells, states, provenance) -> dict | None:
     if max_seconds is not None:  # absent otherwise: the whole file (bundles of earlier runs too)
         record["max_seconds"] = float(max_seconds)
     return record
+
+
+def _read_seconds(max_seconds, features: dict) -> dict:
+    """``{"max_seconds": ...}`` for ``meta["features"]`` of a run of openSMILE features trained
+    with ``features.max_seconds`` (training read only that first part of each file; a bundle
+    then reads no more, :meth:`~sergraph.deploy.ensemble.Bundle.input_config`), else ``{}``,
+    so that bundles of other runs keep their metadata."""
+    if max_seconds is None or features.get("ssl") is not None:
+        return {}
+    return {"max_seconds": float(max_seconds)}
 
 
 def _statistics(state: dict) -> dict:

@@ -294,3 +294,38 @@ def test_the_onnx_export_of_such_a_run_reads_the_same_part(start_run):
     np.testing.assert_allclose(
         transforms["functionals"](samples, rate)[0], start_run.head, rtol=1e-5, atol=1e-6
     )
+
+
+def test_a_run_trained_on_less_than_its_graph_window_gets_the_same_nodes(functionals_run, tmp_path):
+    """features.max_seconds=1.0 below the graph's window (40 nodes of 50 ms, plus 1 s read):
+    training saw at most the nodes of each file's first second, and so does the bundle, which
+    then reproduces the cell's predictions from audio (from files and from a signal in
+    memory); reading the window instead gives the model more nodes and another answer."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from sergraph.deploy.bundle import export_bundle
+    from tests.unit.conftest import _functionals_cell
+
+    root, audio = functionals_run.root, functionals_run.audio
+    overrides = ["features.max_seconds=1.0", "graph.max_nodes=40"]
+    cell = _functionals_cell(root, tmp_path / "runs", overrides)
+    export_bundle(cell.parents[1], tmp_path / "short.sergraph")
+    bundle = load_bundle(tmp_path / "short.sergraph", map_location="cpu")
+    assert bundle.input_config().max_seconds == 1.0
+    saved = pd.read_csv(cell / "predictions.csv")
+    paths = [audio[u] for u in saved["utterance"]]
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+    frame = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    got = frame.filter(like="p_").to_numpy(dtype=float)
+    assert np.abs(got - expected).max() <= TOLERANCE
+    samples, rate = sf.read(paths[0], dtype="float32")
+    from_memory = bundle.predict_signal(samples, rate).filter(like="p_").to_numpy(dtype=float)
+    np.testing.assert_allclose(from_memory, got[:1], atol=TOLERANCE)
+    # the control: the window's 3 s read
+    window = bundle.input_config(window=None)
+    wide = dataclasses.replace(window, max_seconds=40 * 0.05 + 1.0)
+    bundle.input_config = lambda window=None: wide
+    other = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
