@@ -57,6 +57,11 @@ def resolve_entry(entry, key: str) -> dict:
             )
         base = load_yaml(path)
     elif isinstance(data, dict):
+        if "name" not in data:  # the data section's default (synthetic) would be taken silently
+            raise ConfigError(
+                f"{key}.data: a data mapping needs the corpus's name (data.name), one of "
+                f"{sorted(CORPORA)}; e.g. {key}.data={{name: emodb, root: PATH}}"
+            )
         base = data
     else:
         raise ConfigError(

@@ -162,6 +162,40 @@ def combine_tables(
     return pd.concat(parts, ignore_index=True), kept
 
 
+def check_no_shared_audio(table: pd.DataFrame, keys: dict[str, str]) -> None:
+    """Refuse two corpora of one cross-corpus study that share audio files (the same file by
+    its resolved path: the same corpus named twice, or reached through a link): every corpus
+    is held out by some fold, so such a fold would score utterances its model was trained on.
+
+    Args:
+        table: the combined table (:func:`combine_tables`).
+        keys: corpus name -> the configuration key of its entry (``data``,
+            ``cross_corpus.test``, ``cross_corpus.corpora[i]``), for the message.
+
+    Raises:
+        ValueError: naming both corpora, their keys, how many files they share and one of them.
+    """
+    import os
+
+    resolved = table["path"].astype(str).map(os.path.realpath)
+    files = {
+        name: set(resolved[(table["corpus"] == name).to_numpy()])
+        for name in dict.fromkeys(table["corpus"].astype(str))
+    }
+    names = list(files)
+    for later_index, later in enumerate(names):
+        for earlier in names[:later_index]:
+            shared = sorted(files[later] & files[earlier])
+            if shared:
+                raise ValueError(
+                    f"cross-corpus: corpus {later!r} ({keys[later]}) and corpus {earlier!r} "
+                    f"({keys[earlier]}) share {len(shared)} audio file(s), e.g. {shared[0]}: "
+                    "a model trained on one would be scored on its own training utterances. "
+                    "Give each corpus its own audio (its root, or other options such as "
+                    "options.seed for the synthetic corpus)"
+                )
+
+
 def corpus_folds(table: pd.DataFrame, held_out: Sequence[str], val_speakers: int) -> list[Fold]:
     """One fold per held-out corpus: its every speaker tested, the other corpora's trained on.
 
@@ -209,6 +243,22 @@ def corpus_folds(table: pd.DataFrame, held_out: Sequence[str], val_speakers: int
             )
         )
     return folds
+
+
+def training_classes_remedy(scheme: str) -> str:
+    """What would give a cross-corpus fold's training side a class it lacks, in words (for
+    :func:`sergraph.data.folds.check_training_classes`): leaving corpora out, neither
+    ``data`` nor ``folds.scheme`` is read."""
+    if scheme == LEAVE_ONE_CORPUS_OUT:
+        return (
+            "leave that class out of cross_corpus.classes, or map it onto another class or drop "
+            "it where a corpus has it (cross_corpus.corpora[i].label_map, "
+            "cross_corpus.corpora[i].drop), or lower folds.val_speakers"
+        )
+    return (
+        "merge or drop that class in the training corpus (data.merge=..., data.classes=[...]), "
+        "or lower folds.val_speakers"
+    )
 
 
 def fold_record(study_record: dict, fold: Fold, fingerprints: dict[str, dict]) -> dict:

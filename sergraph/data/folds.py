@@ -302,9 +302,23 @@ def similar_speaker_ids(speakers) -> list[list[str]]:
     return sorted(sorted(group) for group in groups.values() if len(group) > 1)
 
 
-def check_training_classes(table: pd.DataFrame, folds: list[Fold], classes: list[str]) -> None:
+#: What changes the classes of a fold's training side, as :func:`check_training_classes` says.
+TRAINING_CLASSES_REMEDY = (
+    "merge or drop that class (data.merge=..., data.classes=[...]), or choose the folds "
+    "(folds.scheme, folds.val_speakers)"
+)
+
+
+def check_training_classes(
+    table: pd.DataFrame,
+    folds: list[Fold],
+    classes: list[str],
+    remedy: str = TRAINING_CLASSES_REMEDY,
+) -> None:
     """Refuse, for every fold at once and before any work, a class that a fold's training
     speakers never say (only its validation or test speakers do): no model learns it there.
+
+    ``remedy``: the keys that would change it, in words (a cross-corpus study's are others).
 
     Raises:
         ValueError: naming each such fold, its test speakers and the classes missing.
@@ -319,8 +333,7 @@ def check_training_classes(table: pd.DataFrame, folds: list[Fold], classes: list
         raise ValueError(
             f"in {len(problems)} of {len(folds)} fold(s) the training speakers have no "
             f"utterances of some class: {'; '.join(problems)}. A model cannot learn a class its "
-            "training side never has; merge or drop that class (data.merge=..., "
-            "data.classes=[...]), or choose the folds (folds.scheme, folds.val_speakers)"
+            f"training side never has; {remedy}"
         )
 
 

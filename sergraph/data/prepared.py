@@ -15,6 +15,7 @@ from sergraph.console import log
 from sergraph.data.cross_corpus import (
     LEAVE_ONE_CORPUS_OUT,
     TEST_CORPUS,
+    check_no_shared_audio,
     combine_tables,
     corpus_folds,
     is_cross_corpus,
@@ -160,6 +161,33 @@ def audio_notes(cfg: DictConfig, table: pd.DataFrame) -> list[str]:
                 )
             notes.append(note)
     return notes
+
+
+def corpora_rates_note(cfg: DictConfig, tables: dict[str, pd.DataFrame]) -> str | None:
+    """A cross-corpus study's note when its corpora are at different sample rates while
+    openSMILE features are computed at each file's own rate (``features.sample_rate`` unset):
+    the corpora's features are then not comparable, and each corpus alone has one rate, so
+    :func:`audio_notes` of each says nothing. ``None`` otherwise. Reads only the headers."""
+    from sergraph.data.features import FeatureConfig, audio_info
+
+    config = FeatureConfig.from_any(cfg.features)
+    if not config.is_opensmile or config.sample_rate is not None:
+        return None
+    rates = {
+        name: sorted({info[1] for info in map(audio_info, table["path"]) if info is not None})
+        for name, table in tables.items()
+    }
+    every = sorted({rate for found in rates.values() for rate in found})
+    if len(every) < 2:
+        return None
+    listed = "; ".join(
+        f"{name}: {', '.join(f'{rate} Hz' for rate in found)}" for name, found in rates.items()
+    )
+    return (
+        f"note: the corpora are at different sample rates ({listed}); openSMILE features depend "
+        f"on the rate, so features.sample_rate={every[0]} (the lowest) makes the corpora's "
+        "features comparable"
+    )
 
 
 def load_table(cfg: DictConfig) -> tuple[pd.DataFrame, list[str]]:
@@ -339,6 +367,8 @@ def prepare_cross_corpus(
     Raises:
         ValueError: a class that cannot be mapped (naming the corpus, the class and the keys
             that would map or drop it); a test corpus with nothing left to score.
+        ValueError, FileNotFoundError: a corpus that cannot be loaded (its loader's message,
+            prefixed with the key of its entry: ``cross_corpus.test``, ``data``, ...).
     """
     block = cfg.cross_corpus
     if block.test is not None:
@@ -356,17 +386,27 @@ def prepare_cross_corpus(
     listed = failed_listing is not None and (
         need_features or cfg.features.get("on_error", "stop") == "skip"
     )
-    for entry in entries:
+    for entry, key in zip(entries, keys, strict=True):
         data = OmegaConf.to_container(entry["data"], resolve=True)
-        parts[str(entry["name"])] = prepare(
-            corpus_config(cfg, data), need_features, failed_listing, inputs, False
-        )
+        try:
+            parts[str(entry["name"])] = prepare(
+                corpus_config(cfg, data), need_features, failed_listing, inputs, False
+            )
+        except (ValueError, FileNotFoundError) as error:
+            if type(error) not in (ValueError, FileNotFoundError):
+                raise
+            # the loader speaks of its own keys (root, ...): say which corpus entry they are in
+            raise type(error)(f"{key} (corpus {entry['name']!r}): {error}") from None
         if listed and Path(failed_listing).is_file():
             # each corpus rewrites the listing: keep its rows before the next one does
             failed.append(pd.read_csv(failed_listing).assign(corpus=str(entry["name"])))
     if failed:
         atomic_write_csv(failed_listing, pd.concat(failed, ignore_index=True))
     names = list(parts)
+    if need_features and inputs == "frames":  # where prepare notes a corpus's audio
+        note = corpora_rates_note(cfg, {name: parts[name].table for name in names})
+        if note is not None:
+            log(note)
     if scheme == TEST_CORPUS:
         classes = list(parts[names[0]].classes)
     else:
@@ -394,6 +434,7 @@ def prepare_cross_corpus(
             "dropped": {c: int(counts.get(c, 0)) for c, v in targets[name].items() if v is None},
         }
     table, kept = combine_tables({name: parts[name].table for name in names}, targets)
+    check_no_shared_audio(table, dict(zip(names, keys, strict=True)))
     for name in names:
         record[name]["utterances"] = len(kept[name])
     held_out = names[1:] if scheme == TEST_CORPUS else names

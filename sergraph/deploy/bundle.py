@@ -24,10 +24,12 @@ no pickled code. Its dict::
                          had one: see ``sergraph.config.resolve_model``) and, with utterance
                          functionals (format 3), "global_channels" (their count ``D``)
         features        {"feature_set", "deltas", "pool", "sample_rate", "levels", "opensmile",
-                         "recipe", "names"}: the audio pipeline the model was trained on
+                         "recipe", "names"}: the audio pipeline the model was trained on; plus
+                         "max_seconds" for openSMILE runs trained with features.max_seconds
+                         (the first part of each file that training read)
         functionals     format 3 only (``features.concat_functionals`` runs): {"feature_set",
                         "names", "sample_rate", "opensmile", "recipe"} of the utterance
-                        functionals the models also take
+                        functionals the models also take; plus "max_seconds", as for features
         graph           {"k", "max_nodes", "pad", "normalize"} and, for graphs with dilated
                         edges (format 2), "dilations"
         precision       the training precision (``trainer.precision``, e.g. "32-true",

@@ -16,9 +16,10 @@ window's edge see their neighbours across the edge. The models always run in flo
 precision they were trained in.
 
 Bundles of ``features.concat_functionals`` runs (``meta["functionals"]``) also give each model
-the utterance's openSMILE functionals vector ``u``: computed from the whole file with the same
-extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`, at
-the recorded rate), z-scored with each member's training-fold statistics and made finite as in
+the utterance's openSMILE functionals vector ``u``: computed from the whole file (from its first
+``features.max_seconds`` for a run trained with that setting, as training computed it) with the
+same extraction and cache as training (:meth:`~sergraph.data.features.FeatureCache.functionals`,
+at the recorded rate), z-scored with each member's training-fold statistics and made finite as in
 training (non-finite values become 0); under ``eval.protocol=enrollment`` a speaker with
 enrollment audio is z-scored with the functionals of that audio instead
 (:mod:`sergraph.deploy.enroll`). A functionals vector describes a whole utterance, so such
@@ -134,14 +135,17 @@ class Bundle:
 
     def functionals_config(self):
         """The :class:`~sergraph.data.features.FeatureConfig` whose cache computes this
-        bundle's utterance functionals as training's did (whole files, the recorded rate)."""
+        bundle's utterance functionals as training's did (whole files, or their first
+        ``max_seconds`` where training read only that part; the recorded rate)."""
         from sergraph.data.features import FeatureConfig
 
         recorded = self.functionals
         if recorded is None:
             raise BundleError("this bundle's models take no utterance functionals")
         return FeatureConfig(
-            feature_set=recorded["feature_set"], sample_rate=recorded.get("sample_rate")
+            feature_set=recorded["feature_set"],
+            sample_rate=recorded.get("sample_rate"),
+            max_seconds=recorded.get("max_seconds"),
         )
 
     @property
@@ -447,7 +451,7 @@ class Bundle:
                 by_path.update({p: a for p, a in streamed.items() if not isinstance(a, str)})
                 good = [p for p in chunk if p not in reasons]
                 vectors = None
-                if self.functionals is not None:  # whole files, as training's cache
+                if self.functionals is not None:  # as training's cache (functionals_config)
                     vectors, lost = self._file_functionals(cache.root, good, workers)
                     reasons.update(lost)
                     failures += list(lost.items())
@@ -541,7 +545,7 @@ class Bundle:
         buffer = io.BytesIO()
         sf.write(buffer, samples, int(sample_rate), format="WAV", subtype="FLOAT")
         buffer.seek(0)
-        config = self.feature_config
+        config = self.input_config(window)  # the part of the signal a file's route reads
         if config.is_opensmile:
             array = pool_frames(extract_llds_from(buffer, "<signal>", config), config.pool)
         else:  # SSL: the same chunked extraction as for files, pooled by time
@@ -564,7 +568,11 @@ class Bundle:
             buffer.seek(0)
             recorded = self.functionals
             vector = extract_functionals_from(
-                buffer, "<signal>", recorded["feature_set"], recorded.get("sample_rate")
+                buffer,
+                "<signal>",
+                recorded["feature_set"],
+                recorded.get("sample_rate"),
+                recorded.get("max_seconds"),
             )
             vectors = np.repeat(vector[None, :], len(spans), axis=0)
         scores = self.predict_features(
@@ -605,15 +613,19 @@ class Bundle:
         ``graph.max_nodes`` nodes' seconds plus :data:`CUT_MARGIN_SECONDS` of each file when it
         is classified as a whole (``window=None``): a long file then costs no more memory than
         the part the model sees, and the frames of that part are those of the whole file
-        (openSMILE's smoothing and deltas look a few frames ahead)."""
+        (openSMILE's smoothing and deltas look a few frames ahead). A run trained with
+        ``features.max_seconds`` (``meta["features"]["max_seconds"]``) read only that first part
+        of each file, so no more is read of a file classified as a whole then either."""
         import dataclasses
 
         config, max_nodes = self.feature_config, self.meta["graph"]["max_nodes"]
-        if window is not None or max_nodes is None or not config.is_opensmile:
+        if window is not None or not config.is_opensmile:
             return config
-        return dataclasses.replace(
-            config, max_seconds=max_nodes * self.node_seconds + CUT_MARGIN_SECONDS
-        )
+        read = None if max_nodes is None else max_nodes * self.node_seconds + CUT_MARGIN_SECONDS
+        trained = self.meta["features"].get("max_seconds")
+        if trained is not None:
+            read = float(trained) if read is None else min(read, float(trained))
+        return config if read is None else dataclasses.replace(config, max_seconds=read)
 
     def _segment_nodes(self, window, hop) -> tuple[int | None, int | None]:
         if window is not None and self.functionals is not None:

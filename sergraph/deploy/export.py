@@ -201,7 +201,8 @@ def export_bundle(
             "in_channels": int(first["num_features"]),
             **({"global_channels": len(functionals["names"])} if functionals else {}),
         },
-        "features": dict(provenance["features"]),
+        "features": dict(provenance["features"])
+        | _read_seconds(cfg.features.get("max_seconds"), provenance["features"]),
         **({"functionals": functionals} if functionals else {}),
         "graph": dict(first["graph"]),
         "precision": precision,
@@ -449,8 +450,10 @@ def _complete(state: dict | None) -> dict | None:
 def _functionals_record(cfg, cells, states, provenance) -> dict | None:
     """``meta["functionals"]`` of a ``features.concat_functionals`` run (``None`` otherwise):
     what rebuilds the utterance vector ``u`` of new audio exactly as training's feature cache
-    computed it: the openSMILE functionals set, its names, the rate files are resampled to
-    and the openSMILE version and sergraph feature recipe."""
+    computed it: the openSMILE functionals set, its names, the rate files are resampled to,
+    the openSMILE version and sergraph feature recipe and, for a run trained with
+    ``features.max_seconds``, ``max_seconds`` (training computed the vector from that first
+    part of each file only)."""
     from sergraph.data.features import (
         RECIPE_VERSION,
         FeatureConfig,
@@ -481,13 +484,27 @@ def _functionals_record(cfg, cells, states, provenance) -> dict | None:
     rate = FeatureConfig.from_any(cfg.features).sample_rate
     if rate is None:
         rate = provenance["features"].get("sample_rate")
-    return {
+    record = {
         "feature_set": feature_set,
         "names": names,
         "sample_rate": rate,
         "opensmile": opensmile_version(),
         "recipe": RECIPE_VERSION,
     }
+    max_seconds = cfg.features.get("max_seconds")
+    if max_seconds is not None:  # absent otherwise: the whole file (bundles of earlier runs too)
+        record["max_seconds"] = float(max_seconds)
+    return record
+
+
+def _read_seconds(max_seconds, features: dict) -> dict:
+    """``{"max_seconds": ...}`` for ``meta["features"]`` of a run of openSMILE features trained
+    with ``features.max_seconds`` (training read only that first part of each file; a bundle
+    then reads no more, :meth:`~sergraph.deploy.ensemble.Bundle.input_config`), else ``{}``,
+    so that bundles of other runs keep their metadata."""
+    if max_seconds is None or features.get("ssl") is not None:
+        return {}
+    return {"max_seconds": float(max_seconds)}
 
 
 def _statistics(state: dict) -> dict:

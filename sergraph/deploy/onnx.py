@@ -9,7 +9,8 @@
                                (the first min(T, max_nodes) rows), 0 for padding
                                functionals [1, D] float32 (bundles of
                                features.concat_functionals runs only): the utterance's
-                               openSMILE functionals of the whole file, un-normalised
+                               openSMILE functionals of the whole file (of its first
+                               features.max_seconds for a run trained so), un-normalised
                        output  probabilities [1, C] float32: the mean over the bundle's members
                                of each member's softmax, columns in the order of ``classes``
     DIR/model.json     what is needed to rebuild the input and read the output: classes, the
@@ -36,8 +37,9 @@ it inside the graph with its own training-fold statistics of the functionals and
 finite, as :meth:`~sergraph.deploy.ensemble.Bundle.predict_features` does. So the statistics
 have one owner, the bundle (copied into the graph at export, never written elsewhere), one
 ensemble of several folds is still one graph with one input, and whoever feeds the model needs
-openSMILE alone: the vector is what openSMILE gives for the whole file (as
-:meth:`~sergraph.data.features.FeatureCache.functionals`), never a normalisation step of their
+openSMILE alone: the vector is what openSMILE gives for the whole file, or for its first
+``max_seconds`` where training read only that (``functionals.max_seconds`` of ``model.json``), as
+:meth:`~sergraph.data.features.FeatureCache.functionals` gives it, never a normalisation step of their
 own.
 
 What cannot be exported, and why: bundles of graphs without padding (``graph.pad=false``: the
@@ -69,7 +71,8 @@ the part read included): the inputs are identical and the probabilities within
 :data:`ONNX_TOLERANCE` (measured 7e-7). A functionals bundle's third transform is the same
 function with the bundle's functionals level (``func``) and the functionals' own rate, on the
 whole signal (sergraph computes the vector from the whole file, not from the part the node
-features read); its output equals the feature cache's functionals exactly (tests). The price of
+features read; from its first ``max_seconds`` for a run trained with ``features.max_seconds``);
+its output equals the feature cache's functionals exactly (tests). The price of
 audonnx's one transform per input: the features and the mask each run openSMILE (for IS10 with
 deltas four runs per call where sergraph makes one: about 0.35 s instead of 0.07 s per 2.3 s
 synthetic file on one core; the functionals one more run). The
@@ -269,7 +272,8 @@ def signal_to_onnx_input(
     sergraph's one-run wrapper config gives, ``tests/unit/test_features.py``), ``pool``
     frames averaged into a node, then padded or cut to ``max_nodes`` rows. For
     ``"functionals"`` (``levels``: the one ``func`` level; ``max_seconds`` ``None``, since
-    sergraph computes them from the whole file, and ``sample_rate`` the functionals' own) the
+    sergraph computes them from the whole file, or the training run's ``features.max_seconds``;
+    ``sample_rate`` the functionals' own) the
     same reading, resampling and clipping, then openSMILE's one row of functionals, raw
     (``model.onnx`` normalises them), as
     :meth:`~sergraph.data.features.FeatureCache.functionals` gives them.
@@ -390,19 +394,21 @@ def audonnx_transforms(bundle) -> tuple[dict | None, str]:
         + (f"at {config.sample_rate} Hz" if config.sample_rate else "at the signal's own rate")
     )
     recorded = bundle.functionals
-    if recorded is not None:  # whole signal, the functionals' own rate (Bundle.predict)
-        rate = recorded.get("sample_rate")
+    if recorded is not None:  # as Bundle.functionals_config: the part and rate of training's
+        rate, part = recorded.get("sample_rate"), recorded.get("max_seconds")
         functionals = getattr(opensmile.FeatureSet, OPENSMILE_MEMBERS[recorded["feature_set"]][0])
         func_args = {
             **settings,
             "levels": [opensmile.Smile(functionals, opensmile.FeatureLevel.Functionals)],
             "sample_rate": rate,
-            "max_seconds": None,
+            "max_seconds": part,
             "output": "functionals",
         }
         transforms["functionals"] = audonnx.Function(signal_to_onnx_input, func_args=func_args)
-        what += f"; functionals: {functionals.name} func of the whole signal, " + (
-            f"at {rate} Hz" if rate else "at the signal's own rate"
+        what += (
+            f"; functionals: {functionals.name} func of "
+            + ("the whole signal, " if part is None else f"the first {part:g} s, ")
+            + (f"at {rate} Hz" if rate else "at the signal's own rate")
         )
     return transforms, what
 
@@ -531,11 +537,13 @@ def export_onnx(bundle, out_dir: str | os.PathLike, check: bool = True) -> tuple
                 "shape": [1, len(recorded["names"])],
                 "dtype": "float32",
                 "meaning": f"the utterance's {recorded['feature_set']} openSMILE functionals "
-                "of the whole file (un-normalised), in the order of functionals.names",
+                "of the whole file (of its first functionals.max_seconds where that is set; "
+                "un-normalised), in the order of functionals.names",
             }
         }
         functionals_settings = {
-            key: recorded.get(key) for key in ("feature_set", "sample_rate", "opensmile", "recipe")
+            key: recorded.get(key)
+            for key in ("feature_set", "sample_rate", "max_seconds", "opensmile", "recipe")
         } | {"names": list(recorded["names"])}
     sidecar = {
         "format": "sergraph-onnx",

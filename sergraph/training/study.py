@@ -30,7 +30,7 @@ from omegaconf import DictConfig
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
 from sergraph.console import StudyProgress, attach_log_file, log
 from sergraph.console import configure as configure_console
-from sergraph.data.cross_corpus import fold_record
+from sergraph.data.cross_corpus import fold_record, training_classes_remedy
 from sergraph.data.fingerprint import cell_fingerprint
 from sergraph.data.folds import Fold, check_fold, check_training_classes, fold_name
 from sergraph.data.prepared import PreparedData, data_fingerprint, prepared
@@ -134,7 +134,11 @@ def check_before_work(cfg: DictConfig, study: PreparedData, folds: list[Fold]) -
     from sergraph.data.prepared import feature_cache
     from sergraph.training.memory import check_memory
 
-    check_training_classes(study.table, folds, study.classes)
+    if study.cross_corpus is None:
+        check_training_classes(study.table, folds, study.classes)
+    else:
+        remedy = training_classes_remedy(study.cross_corpus["scheme"])
+        check_training_classes(study.table, folds, study.classes, remedy)
     if protocol_of(cfg) == "enrollment":
         held_out = sorted({str(s) for f in folds for s in (*f.val_speakers, *f.test_speakers)})
         check_enrollment_sizes(study.table, held_out, cfg.eval.enrollment)

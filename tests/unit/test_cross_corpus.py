@@ -106,6 +106,11 @@ def test_cross_corpus_keys_are_validated_by_name():
             r"cross_corpus.corpora: name\(s\) \['synthetic'\] given to more than one corpus"
         ),
         "cross_corpus.classes=[sad]": r"cross_corpus.classes is the label set",
+        # a data mapping without its corpus's name is not the synthetic corpus by default
+        "cross_corpus.test={data: {root: PATH}, name: b}": (
+            r"cross_corpus.test.data: a data mapping needs the corpus's name \(data.name\), "
+            r"one of \['audformat', 'emodb', .*\]; e.g. cross_corpus.test.data=\{name: emodb, root: PATH\}"
+        ),
     }
     for override, message in cases.items():
         with pytest.raises(ConfigError, match=message):
@@ -351,3 +356,123 @@ def test_files_left_out_of_every_corpus_are_listed(tmp_path):
     assert sorted(listing["utterance"]) == ["s1_sad0", "s2_sad1"]
     assert set(listing["corpus"]) == {"manifest"}
     assert study.cross_corpus["corpora"]["b"]["dropped"] == {"neutral": 2, "happy": 2}
+
+
+def test_a_corpus_that_cannot_be_loaded_is_named_by_its_key(tmp_path):
+    """The loader's own message (which speaks of root) is prefixed with the entry's key, so
+    that it is clear which corpus of the study lacks what: cross_corpus.test.root here, not
+    data.root."""
+    missing = tmp_path / "nowhere"
+    cases = {
+        "cross_corpus.test={data: emodb, drop: [boredom, disgust, fear]}": (
+            ValueError,
+            r"^cross_corpus.test \(corpus 'emodb'\): the emodb corpus needs root",
+        ),
+        f"cross_corpus.test={{data: emodb, root: {missing}}}": (
+            FileNotFoundError,
+            rf"^cross_corpus.test \(corpus 'emodb'\): EmoDB root {missing} is not a folder",
+        ),
+        "cross_corpus.corpora=[{data: synthetic}, {data: manifest, name: m}]": (
+            ValueError,
+            r"^cross_corpus.corpora\[1\] \(corpus 'm'\): ",
+        ),
+    }
+    for override, (kind, message) in cases.items():
+        with pytest.raises(kind, match=message):
+            prepare(compose([override]), need_features=False)
+    # the training corpus of a test-corpus study is the data section's
+    cfg = compose(["data=manifest", "cross_corpus.test={data: synthetic, name: b}"])
+    with pytest.raises(ValueError, match=r"^data \(corpus 'manifest'\): "):
+        prepare(cfg, need_features=False)
+
+
+def test_a_class_no_training_corpus_of_a_fold_has_is_refused_with_the_cross_corpus_keys():
+    """Leave one corpus out with a label set one fold's training corpus lacks ("sad" only in
+    b): refused before any work, naming the fold, the class and the keys that would change it
+    here (data.* and folds.scheme are not read by such a study)."""
+    from sergraph.training.study import plan
+
+    small = "n_speakers: 2, n_per_class: 1"
+    corpora = (
+        f"[{{data: synthetic, name: a, options: {{{small}}}, classes: [neutral, happy, angry]}}, "
+        f"{{data: synthetic, name: b, options: {{seed: 1, {small}}}}}]"
+    )
+    overrides = [
+        "cross_corpus.classes=[neutral,happy,sad,angry]",
+        f"cross_corpus.corpora={corpora}",
+        "folds.val_speakers=1",
+    ]
+    with pytest.raises(ValueError, match=r"fold-01 \(test b:spk01, b:spk02\): \['sad'\]") as error:
+        plan(overrides)
+    message = str(error.value)
+    assert "cross_corpus.classes" in message and "cross_corpus.corpora[i].drop" in message
+    assert "data.merge" not in message and "folds.scheme" not in message
+
+
+def test_corpora_at_different_sample_rates_are_noted(tmp_path, capsys):
+    """openSMILE features depend on the rate: a test corpus at 8 kHz beside the 16 kHz
+    synthetic corpus is noted (each corpus on its own has one rate, so no corpus's own note
+    says it), unless every file is resampled to one rate."""
+    import soundfile as sf
+
+    from tests.unit.test_bad_input import make_manifest
+
+    rows = [(f"{s}_{label}.wav", s, label) for s in ("s1", "s2") for label in ("angry", "sad")]
+    csv = make_manifest(tmp_path / "corpus", rows)
+    for name, *_ in rows:  # the same tones at 8 kHz
+        path = tmp_path / "corpus" / name
+        samples, _ = sf.read(path)
+        sf.write(path, samples[::2], 8000)
+    test = f"cross_corpus.test={{data: manifest, name: b, root: {csv}, label_map: {{}}, drop: []}}"
+    common = [
+        "data.options.n_speakers=2",
+        "data.options.n_per_class=1",
+        test,
+        "features.workers=1",
+        f"features.cache_dir={tmp_path / 'features'}",
+    ]
+    capsys.readouterr()
+    prepare(compose(common))
+    err = capsys.readouterr().err
+    assert (
+        "note: the corpora are at different sample rates (synthetic: 16000 Hz; b: 8000 Hz); "
+        "openSMILE features depend on the rate, so features.sample_rate=8000 (the lowest) "
+        "makes the corpora's features comparable"
+    ) in err
+    assert "mixes sample rates" not in err
+    prepare(compose([*common, "features.sample_rate=8000"]))
+    assert "different sample rates" not in capsys.readouterr().err
+
+
+def test_corpora_that_share_audio_files_are_refused(tmp_path):
+    """A test corpus (or a left-out corpus) made of the training corpus's own files would be
+    scored on utterances the model was trained on: here the synthetic corpus of the data
+    section named again as the test corpus, its seed forgotten, and one corpus listed twice
+    (once through a symbolic link) for leave-one-corpus-out."""
+    small = "n_speakers: 2, n_per_class: 1"
+    data = ["data.options.n_speakers=2", "data.options.n_per_class=1"]
+    same = f"cross_corpus.test={{data: synthetic, name: b, options: {{{small}}}}}"
+    with pytest.raises(
+        ValueError,
+        match=r"corpus 'b' \(cross_corpus.test\) and corpus 'synthetic' \(data\) share 8 "
+        r"audio file\(s\), e.g. .*\.wav",
+    ):
+        prepare(compose([*data, same]), need_features=False)
+    # another seed: other audio, accepted
+    other = f"cross_corpus.test={{data: synthetic, name: b, options: {{seed: 1, {small}}}}}"
+    assert len(prepare(compose([*data, other]), need_features=False).table) == 16
+
+    wav = Path(load_corpus("synthetic", n_speakers=2, n_per_class=1)["path"].iloc[0])
+    link = tmp_path / "link"
+    link.symlink_to(wav.parents[2], target_is_directory=True)  # the corpora's parent folder
+    corpora = (
+        f"[{{data: synthetic, name: a, options: {{{small}}}}}, "
+        f"{{data: synthetic, name: c, options: {{seed: 2, {small}}}}}, "
+        f"{{data: synthetic, name: a2, root: {link}, options: {{{small}}}}}]"
+    )
+    with pytest.raises(
+        ValueError,
+        match=r"corpus 'a2' \(cross_corpus.corpora\[2\]\) and corpus 'a' "
+        r"\(cross_corpus.corpora\[0\]\) share 8 audio file\(s\)",
+    ):
+        prepare(compose([f"cross_corpus.corpora={corpora}"]), need_features=False)

@@ -3,6 +3,8 @@ functionals of new audio are computed, normalised per member and fed as in train
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -216,3 +218,114 @@ def test_enrollment_functionals_statistics_come_from_the_checkpoint_or_the_corpu
     assert from_corpus.meta["verification"]["max_abs_diff"] <= TOLERANCE
     np.testing.assert_array_equal(from_corpus.global_normalizers[0].mean, own.mean)
     np.testing.assert_array_equal(from_corpus.global_normalizers[0].std, own.std)
+
+
+@pytest.fixture(scope="module")
+def start_run(functionals_run, tmp_path_factory):
+    """The recommended recipe trained with features.max_seconds=1.5 (the synthetic files are
+    1.5-3 s long, so training computed each file's functionals from its first 1.5 s) and
+    graph.max_nodes=10 (10 nodes of 50 ms plus 1 s: the bundle's node features read the same
+    1.5 s), exported; ``head`` is the functionals vector of the first 1.5 s of ``paths[0]``,
+    computed here from a cut copy of the file, without the cache."""
+    import soundfile as sf
+
+    from sergraph.data.features import extract_functionals
+    from sergraph.deploy.bundle import export_bundle
+    from tests.unit.conftest import _functionals_cell
+
+    root, audio = functionals_run.root, functionals_run.audio
+    out = tmp_path_factory.mktemp("start")
+    cell = _functionals_cell(root, out / "runs", ["features.max_seconds=1.5", "graph.max_nodes=10"])
+    export_bundle(cell.parents[1], out / "start.sergraph")
+    saved = pd.read_csv(cell / "predictions.csv")
+    paths = [audio[u] for u in saved["utterance"]]
+    assert min(sf.info(p).duration for p in paths) > 1.5  # each file was cut in training
+    samples, rate = sf.read(paths[0], dtype="float32")
+    sf.write(out / "head.wav", samples[: int(1.5 * rate)], rate, subtype="FLOAT")
+    head = extract_functionals(out / "head.wav", "is10", sample_rate=16000)
+    whole = extract_functionals(paths[0], "is10", sample_rate=16000)
+    assert np.abs(whole - head).max() > 1e-3  # the part matters
+    return SimpleNamespace(
+        bundle=load_bundle(out / "start.sergraph", map_location="cpu"),
+        saved=saved,
+        paths=paths,
+        head=head,
+        out=out,
+    )
+
+
+def test_a_run_trained_on_the_start_of_each_file_gets_the_start_s_functionals(start_run, tmp_path):
+    """The bundle computes the functionals of new audio from the part training read, so it
+    reproduces the cell's predictions from audio, from files and from a signal in memory."""
+    import soundfile as sf
+
+    from sergraph.data.features import FeatureCache
+
+    bundle, saved, paths = start_run.bundle, start_run.saved, start_run.paths
+    assert bundle.functionals["max_seconds"] == 1.5
+    cache = FeatureCache(tmp_path / "fresh", bundle.functionals_config())
+    row = cache.functionals(paths[:1], progress=False, feature_set="is10")[0]
+    np.testing.assert_allclose(row, start_run.head, rtol=1e-5, atol=1e-6)
+    frame = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+    got = frame.filter(like="p_").to_numpy(dtype=float)
+    assert np.abs(got - expected).max() <= TOLERANCE
+    samples, rate = sf.read(paths[0], dtype="float32")
+    from_memory = bundle.predict_signal(samples, rate).filter(like="p_").to_numpy(dtype=float)
+    np.testing.assert_allclose(from_memory, got[:1], atol=TOLERANCE)
+
+
+def test_the_onnx_export_of_such_a_run_reads_the_same_part(start_run):
+    """Its model.json says which part, and the audonnx transform gives the cache's vector."""
+    import json
+
+    import soundfile as sf
+
+    pytest.importorskip("audonnx", reason="audonnx comes with pip install 'sergraph[onnx]'")
+    from sergraph.deploy.onnx import audonnx_transforms, export_onnx
+
+    bundle = start_run.bundle
+    _, sidecar = export_onnx(bundle, start_run.out / "onnx")
+    recorded = json.loads((start_run.out / "onnx" / "model.json").read_text())
+    assert recorded["functionals"]["max_seconds"] == 1.5
+    assert "first 1.5 s" in sidecar["audonnx"]["transform"]
+    transforms, _ = audonnx_transforms(bundle)
+    samples, rate = sf.read(start_run.paths[0], dtype="float32")
+    np.testing.assert_allclose(
+        transforms["functionals"](samples, rate)[0], start_run.head, rtol=1e-5, atol=1e-6
+    )
+
+
+def test_a_run_trained_on_less_than_its_graph_window_gets_the_same_nodes(functionals_run, tmp_path):
+    """features.max_seconds=1.0 below the graph's window (40 nodes of 50 ms, plus 1 s read):
+    training saw at most the nodes of each file's first second, and so does the bundle, which
+    then reproduces the cell's predictions from audio (from files and from a signal in
+    memory); reading the window instead gives the model more nodes and another answer."""
+    import dataclasses
+
+    import soundfile as sf
+
+    from sergraph.deploy.bundle import export_bundle
+    from tests.unit.conftest import _functionals_cell
+
+    root, audio = functionals_run.root, functionals_run.audio
+    overrides = ["features.max_seconds=1.0", "graph.max_nodes=40"]
+    cell = _functionals_cell(root, tmp_path / "runs", overrides)
+    export_bundle(cell.parents[1], tmp_path / "short.sergraph")
+    bundle = load_bundle(tmp_path / "short.sergraph", map_location="cpu")
+    assert bundle.input_config().max_seconds == 1.0
+    saved = pd.read_csv(cell / "predictions.csv")
+    paths = [audio[u] for u in saved["utterance"]]
+    expected = saved.filter(like="p_").to_numpy(dtype=float)
+    frame = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    got = frame.filter(like="p_").to_numpy(dtype=float)
+    assert np.abs(got - expected).max() <= TOLERANCE
+    samples, rate = sf.read(paths[0], dtype="float32")
+    from_memory = bundle.predict_signal(samples, rate).filter(like="p_").to_numpy(dtype=float)
+    np.testing.assert_allclose(from_memory, got[:1], atol=TOLERANCE)
+    # the control: the window's 3 s read
+    window = bundle.input_config(window=None)
+    wide = dataclasses.replace(window, max_seconds=40 * 0.05 + 1.0)
+    bundle.input_config = lambda window=None: wide
+    other = bundle.predict(paths, cache_dir=tmp_path / "fresh", progress=False)
+    assert np.abs(other.filter(like="p_").to_numpy(dtype=float) - expected).max() > 1e-4
