@@ -236,25 +236,36 @@ class Band:
             out = out + padded[:, r - o : r - o + length] + padded[:, r + o : r + o + length]
         return out.reshape(h.shape)
 
+    def sequence(self, h: Tensor) -> Tensor:
+        """Node features ``[N, C]`` of a uniform band as ``[B, T, C]`` (a view where the
+        strides allow; a ``[B, T, C]`` tensor is returned as it is)."""
+        if h.dim() == 3:
+            return h
+        return h.reshape(self.num_graphs, self.max_length, -1)
+
+    def _uniform_sum(self, h3: Tensor, out: Tensor) -> Tensor:
+        """``A h`` of a uniform band, ``h3 [B, T, C]``, written into ``out [B, T, C]``."""
+        r, length = self.radius, self.max_length
+        if length < 2:
+            return out.zero_()
+        # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
+        # The first shift written as 0 + h (not a zero fill, then an add): the same values
+        # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
+        out[:, 0].zero_()
+        torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
+        out[:, :-1].add_(h3[:, 1:])
+        for o in range(2, min(r, length - 1) + 1):
+            # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
+            # copies the slice onto itself (__setitem__), a full extra pass per shift
+            out[:, o:].add_(h3[:, :-o])
+            out[:, :-o].add_(h3[:, o:])
+        return out
+
     def _sum(self, h: Tensor) -> Tensor:
         r = self.radius
         if self.uniform:
-            # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
             h3 = h.reshape(self.num_graphs, self.max_length, -1)
-            if self.max_length < 2:
-                return torch.zeros_like(h)
-            # The first shift written as 0 + h (not a zero fill, then an add): the same values
-            # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
-            out = torch.empty_like(h3)
-            out[:, 0].zero_()
-            torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
-            out[:, :-1].add_(h3[:, 1:])
-            for o in range(2, min(r, self.max_length - 1) + 1):
-                # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
-                # copies the slice onto itself (__setitem__), a full extra pass per shift
-                out[:, o:].add_(h3[:, :-o])
-                out[:, :-o].add_(h3[:, o:])
-            return out.view_as(h)
+            return self._uniform_sum(h3, torch.empty_like(h3)).view_as(h)
         out = torch.zeros_like(h)
         for o in range(1, r + 1):
             if o >= h.size(0):
@@ -273,7 +284,7 @@ class Band:
         if readout not in ("sum", "mean"):
             raise ValueError(f"Band.pool: readout {readout!r} is not 'sum' or 'mean'")
         if self.uniform:
-            h3 = h.reshape(self.num_graphs, self.max_length, -1)
+            h3 = self.sequence(h)
             return h3.sum(dim=1) if readout == "sum" else h3.mean(dim=1)
         from torch_geometric.utils import segment
 
@@ -398,6 +409,61 @@ def verify(data) -> Band | None:
 def gin(conv, h: Tensor, band: Band) -> Tensor:
     """:class:`~torch_geometric.nn.GINConv`: ``nn((1 + eps) h_i + sum_{j in N(i)} h_j)``."""
     return conv.nn(band.sum(h) + (1 + conv.eps) * h)
+
+
+class _GinInput(torch.autograd.Function):
+    """GIN's aggregation ``z = A h + scale * h`` on a uniform band and the sum readout
+    ``sum_t h_t`` of its input, as one autograd node (:func:`gin_input`)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, scale: Tensor, band: Band):
+        h3 = band.sequence(h)
+        z = h3.new_empty(band.num_nodes, h3.size(-1))
+        z3 = band._uniform_sum(h3, z.view(h3.shape))
+        z3.add_(scale * h3)  # A h + (1 + eps) h: the sum, then the scaled node, as gin() adds
+        ctx.save_for_backward(h, scale)
+        ctx.band = band
+        ctx.set_materialize_grads(False)
+        return z, h3.sum(dim=1)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z: Tensor | None, grad_pooled: Tensor | None):
+        h, scale = ctx.saved_tensors
+        band = ctx.band
+        h3 = band.sequence(h)
+        grad_h = grad_scale = None
+        if grad_z is not None:
+            g3 = grad_z.reshape(h3.shape)
+            if ctx.needs_input_grad[0]:
+                # ((readout + scale * g) + A g): the order in which autograd sums the three
+                # uses of h in gin() followed by the readout, so the result is the same bit
+                # for bit; the readout's [B, C] gradient is added by broadcasting, never
+                # expanded into an [N, C] tensor of its own
+                grad_h = g3 * scale
+                if grad_pooled is not None:
+                    grad_h.add_(grad_pooled.unsqueeze(1))
+                grad_h.add_(band._uniform_sum(g3, torch.empty_like(g3)))
+            if ctx.needs_input_grad[1]:
+                grad_scale = (g3 * h3).sum().reshape(scale.shape)
+        elif grad_pooled is not None and ctx.needs_input_grad[0]:
+            grad_h = grad_pooled.unsqueeze(1).expand(h3.shape)
+        if grad_h is not None and h.dim() == 2:
+            grad_h = grad_h.reshape(h.shape)
+        return grad_h, grad_scale, None
+
+
+def gin_input(conv, h: Tensor, band: Band) -> tuple[Tensor, Tensor]:
+    """The input of a :class:`~torch_geometric.nn.GINConv`'s MLP on a uniform band,
+    ``(1 + eps) h + A h`` ``[N, C]``, and the sum readout of ``h`` ``[B, C]``, as
+    ``conv.nn``'s argument in :func:`gin` and ``band.pool(h, "sum")`` compute them (the same
+    values bit for bit, gradients included), with fewer passes over the nodes: forward, the
+    scaled ``h`` is added into the sum in place; backward, the three uses of ``h`` are added in
+    place and the readout's gradient is broadcast, not materialised as an ``[N, C]`` tensor.
+    ``h`` is ``[N, C]`` (or its ``[B, T, C]`` view)."""
+    if not band.uniform:
+        raise ValueError("gin_input: the band's graphs differ in size (use gin and Band.pool)")
+    return _GinInput.apply(h, 1 + conv.eps, band)
 
 
 def gin_supported(conv) -> bool:

@@ -132,6 +132,56 @@ def test_bigru_attention_front_equals_pyg(pad, mode):
     assert_paths_equal(model, batch_of(LENGTHS, pad))
 
 
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("lstm_gin", {}),
+        ("gin", {}),
+        ("lstm_gin", {"num_layers": 1, "k": 6}),
+        ("lstm_gin", {"num_layers": 0}),
+        ("lstm_gin", {"global_channels": 3}),
+    ],
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_lstm_gin_sequence_route_is_the_general_fast_path_bit_for_bit(name, params, mode):
+    """On a uniform band LSTM-GIN keeps each layer's [B, T, C] view (banded.gin_input, the
+    BiLSTM's own output layout, in-place ReLUs): in float32 its logits and the gradients of
+    every parameter and of the input equal those of the general fast path exactly."""
+    params = dict(params)
+    k = params.pop("k", 4)
+    model = small_model(name, **params).float().train(mode == "train")
+    with torch.no_grad():  # eps != 0, so the scaled node term is exercised
+        for conv in model.convs:
+            conv.eps.uniform_(-0.5, 0.5)
+    batch = batch_of(LENGTHS, True, k=k)
+    batch.x = batch.x.float()
+    if params.get("global_channels"):
+        batch.u = torch.randn(batch.num_graphs, params["global_channels"])
+    band = banded.detect(batch)
+    assert model._sequence_route(batch, band)
+    true_length = batch_of(LENGTHS, False)
+    assert not model._sequence_route(true_length, banded.detect(true_length))
+
+    def run(forward):
+        model.zero_grad()
+        data = batch.clone()
+        data.x = batch.x.clone().requires_grad_(True)
+        logits = forward(data)
+        weights = torch.linspace(-1.0, 2.0, logits.numel()).view_as(logits)
+        (logits * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), data.x.grad, grads
+
+    route = run(model)
+    general = run(lambda data: TemporalGNN._forward_band(model, data, banded.detect(data)))
+    assert torch.equal(route[0], general[0])
+    assert torch.equal(route[1], general[1])
+    assert route[2].keys() == general[2].keys()
+    assert len(route[2]) == sum(1 for p in model.parameters())
+    for key, grad in general[2].items():
+        assert torch.equal(route[2][key], grad), key
+
+
 def test_fast_path_equals_pyg_in_float32_at_paper_size():
     torch.manual_seed(0)
     model = build_model("lstm_gin", 76, 4)
