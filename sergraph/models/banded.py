@@ -59,6 +59,9 @@ _ON = ("", "auto", "on", "1", "true", "yes", "check")
 _OFF = ("off", "0", "false", "no", "pyg")
 _override: bool | None = None
 
+#: Bytes of node features in one chunk of :meth:`Band.chunks` (CPU).
+CHUNK_BYTES = 1 << 19
+
 #: Signature of a banded layer: ``layer(conv, h [N, C_in], band) -> [N, C_out]``.
 BandLayer = Callable[..., Tensor]
 
@@ -243,6 +246,16 @@ class Band:
             return h
         return h.reshape(self.num_graphs, self.max_length, -1)
 
+    def chunks(self, h3: Tensor) -> list[slice]:
+        """Slices of whole graphs of ``h3 [B, T, C]``, :data:`CHUNK_BYTES` or less each (at least
+        one graph; one slice for all off the CPU): the passes of a chunk over its nodes stay in
+        the core's cache."""
+        step = self.num_graphs
+        if h3.device.type == "cpu":
+            row = h3.size(-1) * h3.element_size()
+            step = max(1, CHUNK_BYTES // max(1, self.max_length * row))
+        return [slice(i, i + step) for i in range(0, self.num_graphs, step)] or [slice(0, 0)]
+
     def _uniform_sum(self, h3: Tensor, out: Tensor) -> Tensor:
         """``A h`` of a uniform band, ``h3 [B, T, C]``, written into ``out [B, T, C]``."""
         r, length = self.radius, self.max_length
@@ -265,7 +278,10 @@ class Band:
         r = self.radius
         if self.uniform:
             h3 = h.reshape(self.num_graphs, self.max_length, -1)
-            return self._uniform_sum(h3, torch.empty_like(h3)).view_as(h)
+            out = torch.empty_like(h3)
+            for part in self.chunks(h3):
+                self._uniform_sum(h3[part], out[part])
+            return out.view_as(h)
         out = torch.zeros_like(h)
         for o in range(1, r + 1):
             if o >= h.size(0):
@@ -419,12 +435,17 @@ class _GinInput(torch.autograd.Function):
     def forward(ctx, h: Tensor, scale: Tensor, band: Band):
         h3 = band.sequence(h)
         z = h3.new_empty(band.num_nodes, h3.size(-1))
-        z3 = band._uniform_sum(h3, z.view(h3.shape))
-        z3.add_(scale * h3)  # A h + (1 + eps) h: the sum, then the scaled node, as gin() adds
+        z3 = z.view(h3.shape)
+        pooled = h3.new_empty(band.num_graphs, h3.size(-1))
+        for part in band.chunks(h3):
+            hc, zc = h3[part], z3[part]
+            band._uniform_sum(hc, zc)
+            zc.add_(scale * hc)  # A h + (1 + eps) h: the sum, then the scaled node, as gin()
+            torch.sum(hc, dim=1, out=pooled[part])
         ctx.save_for_backward(h, scale)
         ctx.band = band
         ctx.set_materialize_grads(False)
-        return z, h3.sum(dim=1)
+        return z, pooled
 
     @staticmethod
     @torch.autograd.function.once_differentiable
@@ -440,10 +461,15 @@ class _GinInput(torch.autograd.Function):
                 # uses of h in gin() followed by the readout, so the result is the same bit
                 # for bit; the readout's [B, C] gradient is added by broadcasting, never
                 # expanded into an [N, C] tensor of its own
-                grad_h = g3 * scale
-                if grad_pooled is not None:
-                    grad_h.add_(grad_pooled.unsqueeze(1))
-                grad_h.add_(band._uniform_sum(g3, torch.empty_like(g3)))
+                grad_h = torch.empty_like(g3, memory_format=torch.contiguous_format)
+                parts = band.chunks(g3)
+                shifted = g3.new_empty((parts[0].stop - parts[0].start, *g3.shape[1:]))
+                for part in parts:
+                    gc, out = g3[part], grad_h[part]
+                    torch.mul(gc, scale, out=out)
+                    if grad_pooled is not None:
+                        out.add_(grad_pooled[part].unsqueeze(1))
+                    out.add_(band._uniform_sum(gc, shifted[: out.size(0)]))
             if ctx.needs_input_grad[1]:
                 grad_scale = (g3 * h3).sum().reshape(scale.shape)
         elif grad_pooled is not None and ctx.needs_input_grad[0]:
