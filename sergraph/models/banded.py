@@ -437,10 +437,13 @@ class _GinInput(torch.autograd.Function):
         z = h3.new_empty(band.num_nodes, h3.size(-1))
         z3 = z.view(h3.shape)
         pooled = h3.new_empty(band.num_graphs, h3.size(-1))
-        for part in band.chunks(h3):
+        parts = band.chunks(h3)
+        scaled = z3.new_empty((parts[0].stop - parts[0].start, *z3.shape[1:]))
+        for part in parts:
             hc, zc = h3[part], z3[part]
             band._uniform_sum(hc, zc)
-            zc.add_(scale * hc)  # A h + (1 + eps) h: the sum, then the scaled node, as gin()
+            # A h + (1 + eps) h: the sum, then the scaled node, as gin() adds them
+            zc.add_(torch.mul(scale, hc, out=scaled[: zc.size(0)]))
             torch.sum(hc, dim=1, out=pooled[part])
         ctx.save_for_backward(h, scale)
         ctx.band = band
@@ -456,12 +459,19 @@ class _GinInput(torch.autograd.Function):
         grad_h = grad_scale = None
         if grad_z is not None:
             g3 = grad_z.reshape(h3.shape)
+            product = None
+            if ctx.needs_input_grad[1]:
+                product = torch.mul(g3, h3)
+                grad_scale = product.sum().reshape(scale.shape)
             if ctx.needs_input_grad[0]:
                 # ((readout + scale * g) + A g): the order in which autograd sums the three
                 # uses of h in gin() followed by the readout, so the result is the same bit
                 # for bit; the readout's [B, C] gradient is added by broadcasting, never
-                # expanded into an [N, C] tensor of its own
-                grad_h = torch.empty_like(g3, memory_format=torch.contiguous_format)
+                # expanded into an [N, C] tensor of its own. Written over the product
+                # (read above): one buffer fewer.
+                if product is None or not product.is_contiguous():
+                    product = torch.empty_like(g3, memory_format=torch.contiguous_format)
+                grad_h = product
                 parts = band.chunks(g3)
                 shifted = g3.new_empty((parts[0].stop - parts[0].start, *g3.shape[1:]))
                 for part in parts:
@@ -470,8 +480,6 @@ class _GinInput(torch.autograd.Function):
                     if grad_pooled is not None:
                         out.add_(grad_pooled[part].unsqueeze(1))
                     out.add_(band._uniform_sum(gc, shifted[: out.size(0)]))
-            if ctx.needs_input_grad[1]:
-                grad_scale = (g3 * h3).sum().reshape(scale.shape)
         elif grad_pooled is not None and ctx.needs_input_grad[0]:
             grad_h = grad_pooled.unsqueeze(1).expand(h3.shape)
         if grad_h is not None and h.dim() == 2:

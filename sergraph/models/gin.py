@@ -90,19 +90,17 @@ class LSTMGIN(TemporalGNN):
 
     def _sequence_route(self, data, band: banded.Band) -> bool:
         """Whether :meth:`_forward_band` may take the sequence route: a uniform band, the sum
-        readout, the modules as this class builds them, no virtual node, no tracing and no
-        autocast (where the layers' dtypes would mix)."""
+        readout, the modules as this class builds them, no virtual node, no tracing, and one
+        dtype throughout (no autocast, where the layers' dtypes would mix)."""
         if not band.uniform or self.virtual_node or torch.jit.is_tracing():
-            return False
-        x = data.x
-        if torch.is_autocast_enabled(x.device.type):
-            return False
-        if self.front is not None and not (
-            type(self.front) is BiLSTMFront and x.dtype == self.front.lstm.weight_hh_l0.dtype
-        ):
             return False
         head = self.head
         if type(head) is not ReadoutHead or head.pool is not global_add_pool or head.gates:
+            return False
+        x = data.x
+        if torch.is_autocast_enabled(x.device.type) or x.dtype != head.classifier[1].weight.dtype:
+            return False
+        if self.front is not None and type(self.front) is not BiLSTMFront:
             return False
         if type(self.activation) is not nn.Identity:
             return False
