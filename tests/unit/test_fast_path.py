@@ -5,6 +5,8 @@ Equality is checked in float64, in training mode (BatchNorm on batch statistics)
 mode, for outputs and for the gradients of every parameter and of the input features.
 """
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -182,6 +184,18 @@ def test_lstm_gin_sequence_route_is_the_general_fast_path_bit_for_bit(name, para
         assert torch.equal(route[2][key], grad), key
 
 
+@pytest.mark.parametrize(
+    "params", [{"readout": "mean"}, {"readout": "attention"}, {"virtual_node": True}]
+)
+def test_lstm_gin_options_outside_the_sequence_route_take_the_general_fast_path(params):
+    model = small_model("lstm_gin", **params)
+    batch = batch_of(LENGTHS, True)
+    assert model.uses_fast_path(batch)
+    assert not model._sequence_route(batch, banded.detect(batch))
+    batch.x = batch.x.float()  # features in another dtype than the model's
+    assert not small_model("lstm_gin")._sequence_route(batch, banded.detect(batch))
+
+
 def test_fast_path_equals_pyg_in_float32_at_paper_size():
     torch.manual_seed(0)
     model = build_model("lstm_gin", 76, 4)
@@ -229,6 +243,37 @@ def test_band_sum_degree_and_edges_match_the_adjacency(k, pad):
     g = torch.randn_like(h)
     band.sum(h).backward(g)
     torch.testing.assert_close(h.grad, adjacency.T @ g)
+
+
+@pytest.mark.parametrize("graphs_per_chunk", [1, 4, 6])
+def test_chunked_band_sum_and_gin_input_match_the_adjacency(monkeypatch, graphs_per_chunk):
+    """On the CPU a uniform band is summed a few graphs at a time; whatever the chunk size,
+    Band.sum is A h, and gin_input gives (1 + eps) h + A h, the sum readout of h and their
+    gradients (the dense adjacency's route through autograd, float64)."""
+    batch = batch_of(LENGTHS, True)  # 6 graphs of 12 nodes
+    band = banded.detect(batch)
+    channels = 3
+    monkeypatch.setattr(banded, "CHUNK_BYTES", graphs_per_chunk * 12 * channels * 8)
+    h = torch.randn(batch.num_nodes, channels, dtype=torch.float64, requires_grad=True)
+    parts = band.chunks(h.detach().view(6, 12, channels))
+    assert [part.start for part in parts] == list(range(0, 6, graphs_per_chunk))
+    assert all(part.stop - part.start == graphs_per_chunk for part in parts)
+    adjacency = to_dense_adj(batch.edge_index, max_num_nodes=batch.num_nodes)[0].double()
+    torch.testing.assert_close(band.sum(h), adjacency @ h)
+
+    conv = SimpleNamespace(eps=torch.tensor([-0.3], dtype=torch.float64, requires_grad=True))
+    z, pooled = banded.gin_input(conv, h, band)
+    grad_z, grad_pooled = torch.randn_like(z), torch.randn_like(pooled)
+    torch.autograd.backward([z, pooled], [grad_z, grad_pooled])
+    h2 = h.detach().clone().requires_grad_(True)
+    eps2 = conv.eps.detach().clone().requires_grad_(True)
+    expected_z = adjacency @ h2 + (1 + eps2) * h2
+    expected_pooled = h2.view(6, 12, channels).sum(dim=1)
+    torch.autograd.backward([expected_z, expected_pooled], [grad_z, grad_pooled])
+    torch.testing.assert_close(z, expected_z)
+    torch.testing.assert_close(pooled, expected_pooled)
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(conv.eps.grad, eps2.grad)
 
 
 def test_band_pool_matches_pyg_readouts():
