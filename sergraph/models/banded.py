@@ -29,6 +29,13 @@ and raises if the mark is wrong. The fast path can be switched off for every mod
 ``run.parallel``), in code with :func:`fast_path` (a context manager), or per model instance
 with ``model.fast_path = False``.
 
+On a uniform band (padded graphs, every graph ``T`` nodes) node features are the ``[B, T, C]``
+view: the shifted adds run a few graphs at a time on the CPU (:meth:`Band.chunks`, so a chunk's
+passes stay in the core's cache), and LSTM-GIN computes each GIN layer's input and the sum
+readout of that layer's input in one autograd node (:func:`gin_input`), whose backward adds
+the readout's gradient by broadcasting; both give the same values bit for bit as the sums
+written out one by one.
+
 Two differences that are not differences of the function computed:
 
 * floating-point rounding (neighbours are added in another order than PyG's scatter, GAT's
