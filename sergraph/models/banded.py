@@ -261,7 +261,8 @@ class Band:
         if h3.device.type == "cpu":
             row = h3.size(-1) * h3.element_size()
             step = max(1, CHUNK_BYTES // max(1, self.max_length * row))
-        return [slice(i, i + step) for i in range(0, self.num_graphs, step)] or [slice(0, 0)]
+        count = self.num_graphs
+        return [slice(i, min(i + step, count)) for i in range(0, count, step)] or [slice(0, 0)]
 
     def _uniform_sum(self, h3: Tensor, out: Tensor) -> Tensor:
         """``A h`` of a uniform band, ``h3 [B, T, C]``, written into ``out [B, T, C]``."""
