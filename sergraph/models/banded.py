@@ -29,6 +29,13 @@ and raises if the mark is wrong. The fast path can be switched off for every mod
 ``run.parallel``), in code with :func:`fast_path` (a context manager), or per model instance
 with ``model.fast_path = False``.
 
+On a uniform band (padded graphs, every graph ``T`` nodes) node features are the ``[B, T, C]``
+view: the shifted adds run a few graphs at a time on the CPU (:meth:`Band.chunks`, so a chunk's
+passes stay in the core's cache), and LSTM-GIN computes each GIN layer's input and the sum
+readout of that layer's input in one autograd node (:func:`gin_input`), whose backward adds
+the readout's gradient by broadcasting; both give the same values bit for bit as the sums
+written out one by one.
+
 Two differences that are not differences of the function computed:
 
 * floating-point rounding (neighbours are added in another order than PyG's scatter, GAT's
@@ -58,6 +65,9 @@ FAST_PATH_ENV = "SERGRAPH_FAST_PATH"
 _ON = ("", "auto", "on", "1", "true", "yes", "check")
 _OFF = ("off", "0", "false", "no", "pyg")
 _override: bool | None = None
+
+#: Bytes of node features in one chunk of :meth:`Band.chunks` (CPU).
+CHUNK_BYTES = 1 << 19
 
 #: Signature of a banded layer: ``layer(conv, h [N, C_in], band) -> [N, C_out]``.
 BandLayer = Callable[..., Tensor]
@@ -236,24 +246,49 @@ class Band:
             out = out + padded[:, r - o : r - o + length] + padded[:, r + o : r + o + length]
         return out.reshape(h.shape)
 
+    def sequence(self, h: Tensor) -> Tensor:
+        """Node features ``[N, C]`` of a uniform band as ``[B, T, C]`` (a view where the
+        strides allow; a ``[B, T, C]`` tensor is returned as it is)."""
+        if h.dim() == 3:
+            return h
+        return h.reshape(self.num_graphs, self.max_length, -1)
+
+    def chunks(self, h3: Tensor) -> list[slice]:
+        """Slices of whole graphs of ``h3 [B, T, C]``, :data:`CHUNK_BYTES` or less each (at least
+        one graph; one slice for all off the CPU): the passes of a chunk over its nodes stay in
+        the core's cache."""
+        step = self.num_graphs
+        if h3.device.type == "cpu":
+            row = h3.size(-1) * h3.element_size()
+            step = max(1, CHUNK_BYTES // max(1, self.max_length * row))
+        count = self.num_graphs
+        return [slice(i, min(i + step, count)) for i in range(0, count, step)] or [slice(0, 0)]
+
+    def _uniform_sum(self, h3: Tensor, out: Tensor) -> Tensor:
+        """``A h`` of a uniform band, ``h3 [B, T, C]``, written into ``out [B, T, C]``."""
+        r, length = self.radius, self.max_length
+        if length < 2:
+            return out.zero_()
+        # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
+        # The first shift written as 0 + h (not a zero fill, then an add): the same values
+        # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
+        out[:, 0].zero_()
+        torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
+        out[:, :-1].add_(h3[:, 1:])
+        for o in range(2, min(r, length - 1) + 1):
+            # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
+            # copies the slice onto itself (__setitem__), a full extra pass per shift
+            out[:, o:].add_(h3[:, :-o])
+            out[:, :-o].add_(h3[:, o:])
+        return out
+
     def _sum(self, h: Tensor) -> Tensor:
         r = self.radius
         if self.uniform:
-            # Graph boundaries fall on the T axis of the [B, T, C] view: slices stop at them.
             h3 = h.reshape(self.num_graphs, self.max_length, -1)
-            if self.max_length < 2:
-                return torch.zeros_like(h)
-            # The first shift written as 0 + h (not a zero fill, then an add): the same values
-            # bit for bit, -0.0 + 0 = +0.0 included, in one pass instead of two.
             out = torch.empty_like(h3)
-            out[:, 0].zero_()
-            torch.add(h3[:, :-1], 0.0, out=out[:, 1:])
-            out[:, :-1].add_(h3[:, 1:])
-            for o in range(2, min(r, self.max_length - 1) + 1):
-                # add_ on the slice, not ``out[:, o:] += ...``: the augmented assignment also
-                # copies the slice onto itself (__setitem__), a full extra pass per shift
-                out[:, o:].add_(h3[:, :-o])
-                out[:, :-o].add_(h3[:, o:])
+            for part in self.chunks(h3):
+                self._uniform_sum(h3[part], out[part])
             return out.view_as(h)
         out = torch.zeros_like(h)
         for o in range(1, r + 1):
@@ -273,7 +308,7 @@ class Band:
         if readout not in ("sum", "mean"):
             raise ValueError(f"Band.pool: readout {readout!r} is not 'sum' or 'mean'")
         if self.uniform:
-            h3 = h.reshape(self.num_graphs, self.max_length, -1)
+            h3 = self.sequence(h)
             return h3.sum(dim=1) if readout == "sum" else h3.mean(dim=1)
         from torch_geometric.utils import segment
 
@@ -398,6 +433,79 @@ def verify(data) -> Band | None:
 def gin(conv, h: Tensor, band: Band) -> Tensor:
     """:class:`~torch_geometric.nn.GINConv`: ``nn((1 + eps) h_i + sum_{j in N(i)} h_j)``."""
     return conv.nn(band.sum(h) + (1 + conv.eps) * h)
+
+
+class _GinInput(torch.autograd.Function):
+    """GIN's aggregation ``z = A h + scale * h`` on a uniform band and the sum readout
+    ``sum_t h_t`` of its input, as one autograd node (:func:`gin_input`)."""
+
+    @staticmethod
+    def forward(ctx, h: Tensor, scale: Tensor, band: Band):
+        h3 = band.sequence(h)
+        z = h3.new_empty(band.num_nodes, h3.size(-1))
+        z3 = z.view(h3.shape)
+        pooled = h3.new_empty(band.num_graphs, h3.size(-1))
+        parts = band.chunks(h3)
+        scaled = z3.new_empty((parts[0].stop - parts[0].start, *z3.shape[1:]))
+        for part in parts:
+            hc, zc = h3[part], z3[part]
+            band._uniform_sum(hc, zc)
+            # A h + (1 + eps) h: the sum, then the scaled node, as gin() adds them
+            zc.add_(torch.mul(scale, hc, out=scaled[: zc.size(0)]))
+            torch.sum(hc, dim=1, out=pooled[part])
+        ctx.save_for_backward(h, scale)
+        ctx.band = band
+        ctx.set_materialize_grads(False)
+        return z, pooled
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_z: Tensor | None, grad_pooled: Tensor | None):
+        h, scale = ctx.saved_tensors
+        band = ctx.band
+        h3 = band.sequence(h)
+        grad_h = grad_scale = None
+        if grad_z is not None:
+            g3 = grad_z.reshape(h3.shape)
+            product = None
+            if ctx.needs_input_grad[1]:
+                product = torch.mul(g3, h3)
+                grad_scale = product.sum().reshape(scale.shape)
+            if ctx.needs_input_grad[0]:
+                # ((readout + scale * g) + A g): the order in which autograd sums the three
+                # uses of h in gin() followed by the readout, so the result is the same bit
+                # for bit; the readout's [B, C] gradient is added by broadcasting, never
+                # expanded into an [N, C] tensor of its own. Written over the product
+                # (read above): one buffer fewer.
+                if product is None or not product.is_contiguous():
+                    product = torch.empty_like(g3, memory_format=torch.contiguous_format)
+                grad_h = product
+                parts = band.chunks(g3)
+                shifted = g3.new_empty((parts[0].stop - parts[0].start, *g3.shape[1:]))
+                for part in parts:
+                    gc, out = g3[part], grad_h[part]
+                    torch.mul(gc, scale, out=out)
+                    if grad_pooled is not None:
+                        out.add_(grad_pooled[part].unsqueeze(1))
+                    out.add_(band._uniform_sum(gc, shifted[: out.size(0)]))
+        elif grad_pooled is not None and ctx.needs_input_grad[0]:
+            grad_h = grad_pooled.unsqueeze(1).expand(h3.shape)
+        if grad_h is not None and h.dim() == 2:
+            grad_h = grad_h.reshape(h.shape)
+        return grad_h, grad_scale, None
+
+
+def gin_input(conv, h: Tensor, band: Band) -> tuple[Tensor, Tensor]:
+    """The input of a :class:`~torch_geometric.nn.GINConv`'s MLP on a uniform band,
+    ``(1 + eps) h + A h`` ``[N, C]``, and the sum readout of ``h`` ``[B, C]``, as
+    ``conv.nn``'s argument in :func:`gin` and ``band.pool(h, "sum")`` compute them (the same
+    values bit for bit, gradients included), with fewer passes over the nodes: forward, the
+    scaled ``h`` is added into the sum in place; backward, the three uses of ``h`` are added in
+    place and the readout's gradient is broadcast, not materialised as an ``[N, C]`` tensor.
+    ``h`` is ``[N, C]`` (or its ``[B, T, C]`` view)."""
+    if not band.uniform:
+        raise ValueError("gin_input: the band's graphs differ in size (use gin and Band.pool)")
+    return _GinInput.apply(h, 1 + conv.eps, band)
 
 
 def gin_supported(conv) -> bool:

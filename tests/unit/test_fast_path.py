@@ -2,8 +2,12 @@
 on batches that the collater marked as the pipeline's temporal band.
 
 Equality is checked in float64, in training mode (BatchNorm on batch statistics) and in eval
-mode, for outputs and for the gradients of every parameter and of the input features.
+mode, for outputs and for the gradients of every parameter and of the input features. LSTM-GIN's
+route on padded batches (banded.gin_input) is also checked against the general fast path in
+float32, bit for bit.
 """
+
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -132,6 +136,68 @@ def test_bigru_attention_front_equals_pyg(pad, mode):
     assert_paths_equal(model, batch_of(LENGTHS, pad))
 
 
+@pytest.mark.parametrize(
+    "name,params",
+    [
+        ("lstm_gin", {}),
+        ("gin", {}),
+        ("lstm_gin", {"num_layers": 1, "k": 6}),
+        ("lstm_gin", {"num_layers": 0}),
+        ("lstm_gin", {"global_channels": 3}),
+    ],
+)
+@pytest.mark.parametrize("mode", ["train", "eval"])
+def test_lstm_gin_sequence_route_is_the_general_fast_path_bit_for_bit(name, params, mode):
+    """On a uniform band LSTM-GIN keeps each layer's [B, T, C] view (banded.gin_input, the
+    BiLSTM's own output layout, in-place ReLUs): in float32 its logits and the gradients of
+    every parameter and of the input equal those of the general fast path exactly."""
+    params = dict(params)
+    k = params.pop("k", 4)
+    model = small_model(name, **params).float().train(mode == "train")
+    with torch.no_grad():  # eps != 0, so the scaled node term is exercised
+        for conv in model.convs:
+            conv.eps.uniform_(-0.5, 0.5)
+    batch = batch_of(LENGTHS, True, k=k)
+    batch.x = batch.x.float()
+    if params.get("global_channels"):
+        batch.u = torch.randn(batch.num_graphs, params["global_channels"])
+    band = banded.detect(batch)
+    assert model._sequence_route(batch, band)
+    true_length = batch_of(LENGTHS, False)
+    assert not model._sequence_route(true_length, banded.detect(true_length))
+
+    def run(forward):
+        model.zero_grad()
+        data = batch.clone()
+        data.x = batch.x.clone().requires_grad_(True)
+        logits = forward(data)
+        weights = torch.linspace(-1.0, 2.0, logits.numel()).view_as(logits)
+        (logits * weights).sum().backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        return logits.detach(), data.x.grad, grads
+
+    route = run(model)
+    general = run(lambda data: TemporalGNN._forward_band(model, data, banded.detect(data)))
+    assert torch.equal(route[0], general[0])
+    assert torch.equal(route[1], general[1])
+    assert route[2].keys() == general[2].keys()
+    assert len(route[2]) == sum(1 for p in model.parameters())
+    for key, grad in general[2].items():
+        assert torch.equal(route[2][key], grad), key
+
+
+@pytest.mark.parametrize(
+    "params", [{"readout": "mean"}, {"readout": "attention"}, {"virtual_node": True}]
+)
+def test_lstm_gin_options_outside_the_sequence_route_take_the_general_fast_path(params):
+    model = small_model("lstm_gin", **params)
+    batch = batch_of(LENGTHS, True)
+    assert model.uses_fast_path(batch)
+    assert not model._sequence_route(batch, banded.detect(batch))
+    batch.x = batch.x.float()  # features in another dtype than the model's
+    assert not small_model("lstm_gin")._sequence_route(batch, banded.detect(batch))
+
+
 def test_fast_path_equals_pyg_in_float32_at_paper_size():
     torch.manual_seed(0)
     model = build_model("lstm_gin", 76, 4)
@@ -179,6 +245,37 @@ def test_band_sum_degree_and_edges_match_the_adjacency(k, pad):
     g = torch.randn_like(h)
     band.sum(h).backward(g)
     torch.testing.assert_close(h.grad, adjacency.T @ g)
+
+
+@pytest.mark.parametrize("graphs_per_chunk", [1, 4, 6, 1000])
+def test_chunked_band_sum_and_gin_input_match_the_adjacency(monkeypatch, graphs_per_chunk):
+    """On the CPU a uniform band is summed a few graphs at a time; whatever the chunk size,
+    Band.sum is A h, and gin_input gives (1 + eps) h + A h, the sum readout of h and their
+    gradients (the dense adjacency's route through autograd, float64)."""
+    batch = batch_of(LENGTHS, True)  # 6 graphs of 12 nodes
+    band = banded.detect(batch)
+    channels = 3
+    monkeypatch.setattr(banded, "CHUNK_BYTES", graphs_per_chunk * 12 * channels * 8)
+    h = torch.randn(batch.num_nodes, channels, dtype=torch.float64, requires_grad=True)
+    parts = band.chunks(h.detach().view(6, 12, channels))
+    assert [part.start for part in parts] == list(range(0, 6, graphs_per_chunk))
+    assert [part.stop for part in parts] == [min(p.start + graphs_per_chunk, 6) for p in parts]
+    adjacency = to_dense_adj(batch.edge_index, max_num_nodes=batch.num_nodes)[0].double()
+    torch.testing.assert_close(band.sum(h), adjacency @ h)
+
+    conv = SimpleNamespace(eps=torch.tensor([-0.3], dtype=torch.float64, requires_grad=True))
+    z, pooled = banded.gin_input(conv, h, band)
+    grad_z, grad_pooled = torch.randn_like(z), torch.randn_like(pooled)
+    torch.autograd.backward([z, pooled], [grad_z, grad_pooled])
+    h2 = h.detach().clone().requires_grad_(True)
+    eps2 = conv.eps.detach().clone().requires_grad_(True)
+    expected_z = adjacency @ h2 + (1 + eps2) * h2
+    expected_pooled = h2.view(6, 12, channels).sum(dim=1)
+    torch.autograd.backward([expected_z, expected_pooled], [grad_z, grad_pooled])
+    torch.testing.assert_close(z, expected_z)
+    torch.testing.assert_close(pooled, expected_pooled)
+    torch.testing.assert_close(h.grad, h2.grad)
+    torch.testing.assert_close(conv.eps.grad, eps2.grad)
 
 
 def test_band_pool_matches_pyg_readouts():
