@@ -191,12 +191,31 @@ print(json.dumps({"rows": rows, "labels": model.labels()}))
 """
 
 
-def test_audonnx_loads_the_export_and_gives_the_bundles_probabilities_on_audio(
-    bundle_run, tmp_path, capsys
-):
+def assert_standalone_audonnx_matches(out, bundle, paths, cache_dir) -> None:
+    """``audonnx.load(out)`` in a Python where importing sergraph fails gives the labels and the
+    probabilities of ``bundle.predict`` on ``paths``, within the stated tolerance."""
     import subprocess
     import sys
 
+    done = subprocess.run(
+        [sys.executable, "-c", _STANDALONE, str(out), *paths],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout)
+    assert result["labels"] == bundle.classes
+    got = np.array(result["rows"])
+    expected = bundle.predict(paths, cache_dir=cache_dir, progress=False)
+    columns = [f"p_{c}" for c in bundle.classes]
+    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
+    assert np.ptp(got, axis=0).max() > 1e-4  # not a constant model
+
+
+def test_audonnx_loads_the_export_and_gives_the_bundles_probabilities_on_audio(
+    bundle_run, tmp_path, capsys
+):
     audonnx = _audonnx()
     out = tmp_path / "onnx"
     assert main(["export", str(bundle_run.ensemble), "--onnx", str(out)]) == 0
@@ -210,20 +229,7 @@ def test_audonnx_loads_the_export_and_gives_the_bundles_probabilities_on_audio(
     assert "import sergraph" not in (out / "model.yaml").read_text()
 
     paths = [*list(bundle_run.audio.values())[:5], _odd_file(bundle_run, tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-c", _STANDALONE, str(out), *paths],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    assert result["labels"] == bundle.classes
-    got = np.array(result["rows"])
-    expected = bundle.predict(paths, cache_dir=tmp_path / "cache", progress=False)
-    columns = [f"p_{c}" for c in bundle.classes]
-    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
-    assert np.ptp(got, axis=0).max() > 1e-4  # not a constant model
+    assert_standalone_audonnx_matches(out, bundle, paths, tmp_path / "cache")
 
 
 def test_audonnx_inputs_are_sergraphs_onnx_inputs(bundle_run, tmp_path):
@@ -368,8 +374,6 @@ def test_audonnx_functionals_input_is_sergraphs_and_the_model_gives_the_bundles_
     """The third transform gives exactly the feature cache's functionals of the whole file
     (stereo 44.1 kHz and longer than the node features read included), and audonnx, run
     where sergraph cannot be imported, gives Bundle.predict's probabilities."""
-    import subprocess
-    import sys
 
     import soundfile as sf
 
@@ -394,17 +398,4 @@ def test_audonnx_functionals_input_is_sergraphs_and_the_model_gives_the_bundles_
     assert "functionals" in sidecar["audonnx"]["transform"]
     model = audonnx.load(str(out))
     assert sorted(model.inputs) == ["features", "functionals", "mask"]
-    done = subprocess.run(
-        [sys.executable, "-c", _STANDALONE, str(out), *paths],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    result = json.loads(done.stdout)
-    assert result["labels"] == bundle.classes
-    got = np.array(result["rows"])
-    expected = bundle.predict(paths, cache_dir=tmp_path / "cache", progress=False)
-    columns = [f"p_{c}" for c in bundle.classes]
-    np.testing.assert_allclose(got, expected[columns].to_numpy(), rtol=0, atol=ONNX_TOLERANCE)
-    assert np.ptp(got, axis=0).max() > 1e-4
+    assert_standalone_audonnx_matches(out, bundle, paths, tmp_path / "cache")
