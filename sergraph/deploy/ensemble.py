@@ -452,7 +452,7 @@ class Bundle:
                 good = [p for p in chunk if p not in reasons]
                 vectors = None
                 if self.functionals is not None:  # as training's cache (functionals_config)
-                    vectors, lost = self._file_functionals(cache.root, good, workers)
+                    vectors, lost = self._file_functionals(functionals_cache, good, workers)
                     reasons.update(lost)
                     failures += list(lost.items())
                     good = [p for p in good if p not in lost]
@@ -487,13 +487,13 @@ class Bundle:
         return frame.astype({"segment": "int64"}) if len(frame) else frame
 
     def _file_functionals(
-        self, root, paths: Sequence[str], workers: int
+        self, cache, paths: Sequence[str], workers: int
     ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
         """``({path: raw functionals [D]}, {path: failure reason})`` of ``paths``, computed
-        and cached by the feature cache exactly as training's were."""
-        from sergraph.data.features import FeatureCache, FeatureError
+        and cached by ``cache`` (a feature cache of :meth:`functionals_config`) exactly as
+        training's were."""
+        from sergraph.data.features import FeatureError
 
-        cache = FeatureCache(root, self.functionals_config())
         feature_set = self.functionals["feature_set"]
         lost: dict[str, str] = {}
         try:

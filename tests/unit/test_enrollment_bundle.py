@@ -133,10 +133,8 @@ def test_export_reads_the_statistics_from_the_checkpoint(run, tmp_path):
     audio); checkpoints written before they were stored need the corpus, which gives the same."""
     import json
 
-    import torch
-
     from sergraph.data.features import FeatureCache
-    from sergraph.results.layout import file_record, read_json
+    from tests.checkpoints import drop_export_state
 
     copy = tmp_path / "runs" / "synthetic" / "lstm_gin"
     shutil.copytree(run.model_dir, copy)
@@ -163,14 +161,7 @@ def test_export_reads_the_statistics_from_the_checkpoint(run, tmp_path):
     np.testing.assert_allclose(alone.normalizers[0].std, frames.std(axis=0), rtol=1e-4, atol=1e-4)
 
     # a checkpoint of an enrollment run written before these statistics were stored
-    path = cell / metrics["checkpoint"]
-    checkpoint = torch.load(path, weights_only=False)
-    state = checkpoint["FoldDataModule"]["export"]
-    del state["training_normalizer"], state["enrollment_normalizers"]
-    torch.save(checkpoint, path)
-    recorded = read_json(cell / "metrics.json")
-    recorded["files"][metrics["checkpoint"]] = file_record(path)
-    (cell / "metrics.json").write_text(json.dumps(recorded))
+    drop_export_state(cell, "training_normalizer", "enrollment_normalizers")
     with pytest.raises(BundleError, match=r"older sergraph.*--data-root"):
         export_bundle(copy, tmp_path / "old.sergraph")
     _, from_corpus = export_bundle(

@@ -136,6 +136,7 @@ def test_enrollment_bundle_takes_the_enrollment_functionals_statistics(
     paths = [path_of[u] for u in saved["utterance"]]
     bundle = load_bundle(run.bundle, map_location="cpu")
     cache = FeatureCache(tmp_path / "c", bundle.feature_config)
+    functionals_cache = FeatureCache(tmp_path / "c", bundle.functionals_config())
     plan = enrollment_plan(
         bundle.meta,
         cache,
@@ -143,10 +144,10 @@ def test_enrollment_bundle_takes_the_enrollment_functionals_statistics(
         [speaker] * len(paths),
         {speaker: enrolled["path"].tolist()},
         1,
-        FeatureCache(tmp_path / "c", bundle.functionals_config()),
+        functionals_cache,
     )
     arrays = FeatureCache(tmp_path / "c", bundle.input_config()).get(paths, progress=False)
-    vectors, _ = bundle._file_functionals(tmp_path / "c", paths, 1)
+    vectors, _ = bundle._file_functionals(functionals_cache, paths, 1)
     expected = saved.filter(like="p_").to_numpy(dtype=float)
 
     def probabilities(chosen_plan):
@@ -186,7 +187,7 @@ def test_enrollment_functionals_statistics_come_from_the_checkpoint_or_the_corpu
 
     from sergraph.data.features import FeatureCache
     from sergraph.deploy.bundle import export_bundle
-    from sergraph.results.layout import file_record, read_json
+    from tests.checkpoints import drop_export_state
 
     run, root = functionals_enrollment_run, functionals_run.root
     model_dir = run.cell.parents[1]
@@ -204,14 +205,7 @@ def test_enrollment_functionals_statistics_come_from_the_checkpoint_or_the_corpu
     std = vectors.astype(np.float64).std(axis=0)
     np.testing.assert_allclose(own.std, np.where(std < 1e-8, 1.0, std), rtol=1e-5)
 
-    path = cell / metrics["checkpoint"]
-    checkpoint = torch.load(path, weights_only=False)
-    state = checkpoint["FoldDataModule"]["export"]
-    del state["training_global_normalizer"], state["enrollment_global_normalizers"]
-    torch.save(checkpoint, path)
-    recorded = read_json(cell / "metrics.json")
-    recorded["files"][metrics["checkpoint"]] = file_record(path)
-    (cell / "metrics.json").write_text(json.dumps(recorded))
+    drop_export_state(cell, "training_global_normalizer", "enrollment_global_normalizers")
     with pytest.raises(BundleError, match=r"older sergraph.*--data-root"):
         export_bundle(copy, tmp_path / "old.sergraph")
     _, from_corpus = export_bundle(copy, tmp_path / "old.sergraph", data_root=str(root / "corpus"))
