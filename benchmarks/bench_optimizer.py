@@ -12,26 +12,15 @@ its default size on 64 IS10 node features, median over rounds, and the ratio loo
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
-from common import machine, table
+from common import build_named, machine, paired_ratio, table
 
 DEFAULT_MODELS = "lstm_gin,gin,gcn,gat,lstm_gat"
-
-
-def step_seconds(optimizer, steps: int) -> float:
-    start = time.perf_counter()
-    for _ in range(steps):
-        optimizer.step()
-    return (time.perf_counter() - start) / steps
 
 
 def main() -> None:
     import torch
 
-    from sergraph.config import resolve_model
-    from sergraph.models import build_model
     from sergraph.optim import OPTIMIZERS, build_optimizer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -45,8 +34,7 @@ def main() -> None:
     print(machine(), flush=True)
     rows = []
     for name in args.models.split(","):
-        family, params = resolve_model(name, {})
-        model = build_model(family, 64, 7, **params)
+        model = build_named(name, 64, 7)
         for parameter in model.parameters():
             parameter.grad = torch.randn_like(parameter)
         for kind in args.optimizers.split(","):
@@ -54,20 +42,24 @@ def main() -> None:
             loop = build_optimizer(kind, model.parameters(), lr=1e-3, weight_decay=1e-2)
             for group in loop.param_groups:
                 group["foreach"] = False
-            times = {"foreach": [], "loop": []}
-            step_seconds(multi, 3), step_seconds(loop, 3)  # state allocated, caches warm
-            for _ in range(rounds):
-                times["foreach"].append(step_seconds(multi, steps))
-                times["loop"].append(step_seconds(loop, steps))
-            ratios = [b / a for a, b in zip(times["foreach"], times["loop"], strict=True)]
+
+            def steps_of(optimizer):
+                def run():
+                    for _ in range(steps):
+                        optimizer.step()
+
+                return run
+
+            # alternating rounds of `steps` steps each; the ratio is loop / foreach
+            multi_s, loop_s, ratio = paired_ratio(steps_of(multi), steps_of(loop), rounds)
             rows.append(
                 {
                     "model": name,
                     "optimizer": kind,
                     "parameter tensors": len(list(model.parameters())),
-                    "loop ms": 1e3 * statistics.median(times["loop"]),
-                    "foreach ms": 1e3 * statistics.median(times["foreach"]),
-                    "loop / foreach": statistics.median(ratios),
+                    "loop ms": 1e3 * loop_s / steps,
+                    "foreach ms": 1e3 * multi_s / steps,
+                    "loop / foreach": ratio,
                 }
             )
     print(f"\n## one optimiser step, {rounds} alternating rounds of {steps} steps\n")
