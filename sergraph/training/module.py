@@ -136,6 +136,9 @@ class SERModule(L.LightningModule):
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
+        # the epoch's summed training loss and graph count so far (see _log_epoch_loss)
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
         self.class_names = list(class_names)
         num_classes = len(self.class_names)
         # A checkpoint written before presets had families names the preset (e.g. "gin").
@@ -263,9 +266,8 @@ class SERModule(L.LightningModule):
         pass (``benchmarks/bench_cell_step.py``). Nothing is read back to the host here; the
         value is logged before the epoch-end callbacks read it (the non-finite guard)."""
         weighted = loss.detach().float() * graphs
-        total = getattr(self, "_loss_sum", None)
-        self._loss_sum = weighted if total is None else total + weighted
-        self._loss_count = getattr(self, "_loss_count", 0) + graphs
+        self._loss_sum = weighted if self._loss_sum is None else self._loss_sum + weighted
+        self._loss_count += graphs
         trainer = self._trainer
         if trainer is not None and batch_idx + 1 < trainer.num_training_batches:
             return
