@@ -109,6 +109,7 @@ def _run(args) -> int:
         raise
     except (ConfigError, ValueError, FileNotFoundError, RuntimeError, PermissionError) as error:
         console_error(f"sergraph {args.verb}: error: {error}")
+        leave_process_group()
         return 2
     except OSError as error:  # a disk that is full, a folder that vanished: name the file
         where = (
@@ -117,11 +118,28 @@ def _run(args) -> int:
             else ""
         )
         console_error(f"sergraph {args.verb}: error: {where}{error}")
+        leave_process_group()
         return 2
     except Exception as error:  # a bug: the traceback on stderr (Python) and in the log file
         console_error(f"sergraph {args.verb}: unexpected {type(error).__name__}", traceback=True)
+        leave_process_group()
         raise
     return 0
+
+
+def leave_process_group() -> None:
+    """On an error exit of a distributed run: destroy the process group before the interpreter
+    exits. Exiting with it alive left gloo's communication threads running at shutdown, and a
+    node could then abort ("terminate called without an active exception", exit -6) instead of
+    exiting with the error's code. torch.distributed is not imported here if it was not already.
+    """
+    dist = sys.modules.get("torch.distributed")
+    if dist is None or not dist.is_available() or not dist.is_initialized():
+        return
+    try:
+        dist.destroy_process_group()
+    except Exception:  # noqa: BLE001 - the error already reported is what the user needs
+        pass
 
 
 def _train(overrides: list[str], rerun_changed: bool = False) -> int:
