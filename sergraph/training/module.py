@@ -434,13 +434,17 @@ def augment_nodes(
         nodes_per_graph: every graph's node count when they are all equal (padded batches; the
             caller knows it from the collater's band mark without reading ``ptr``): the masks
             are then drawn on the ``[B, T, F]`` view by broadcasting instead of gathering per
-            node. The same draws in the same order, the same output bit for bit.
+            node (on the CPU, filled as row and column slices). The same draws in the same
+            order, the same output bit for bit.
 
     Draws from torch's global generator (seeded per cell, saved in checkpoints).
     """
     out = x.clone()
     num_graphs = ptr.numel() - 1
     uniform = nodes_per_graph is not None and nodes_per_graph * num_graphs == x.size(0)
+    # on the CPU the masks' spans are read on the host and filled as slices; on a GPU that
+    # would be a host sync per step, so they stay broadcast masks there
+    on_host = x.device.type == "cpu"
     if uniform:
         grid = out.view(num_graphs, nodes_per_graph, x.size(1))
         sizes = torch.full((num_graphs,), nodes_per_graph, dtype=ptr.dtype, device=x.device)
@@ -458,7 +462,10 @@ def augment_nodes(
         if uniform:
             position = torch.arange(nodes_per_graph, device=x.device)[None, :]
             hit = (position >= start[:, None]) & (position < (start + width)[:, None])
-            grid.masked_fill_(hit.unsqueeze(-1), 0.0)
+            if on_host:  # the hit rows filled whole: a broadcast mask is read per value
+                out.index_fill_(0, hit.view(-1).nonzero().view(-1), 0.0)
+            else:
+                grid.masked_fill_(hit.unsqueeze(-1), 0.0)
         else:
             position = torch.arange(x.size(0), device=x.device) - ptr[:-1][graph]
             hit = (position >= start[graph]) & (position < (start + width)[graph])
@@ -469,12 +476,19 @@ def augment_nodes(
         start = (torch.rand(num_graphs, device=x.device) * (features - width + 1)).long()
         column = torch.arange(features, device=x.device)
         hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])
-        if uniform:
+        if uniform and on_host:  # each graph's band of columns filled as one strided slice
+            for g, (first, count) in enumerate(zip(start.tolist(), width.tolist(), strict=True)):
+                if count:
+                    grid[g, :, first : first + count] = 0.0
+        elif uniform:
             grid.masked_fill_(hit.unsqueeze(1), 0.0)
         else:
             out = out.masked_fill(hit[graph], 0.0)
     if noise > 0:
-        out = out + noise * torch.randn_like(out)
+        # in place, the same bits as ``out + noise * torch.randn_like(out)``: the same product
+        # per value, and float addition is commutative
+        drawn = torch.randn_like(out)
+        out = drawn.mul_(noise).add_(out)
     return out
 
 

@@ -111,6 +111,71 @@ def test_padded_batches_draw_the_same_augmentation_on_the_grid_bit_for_bit(with_
     )
 
 
+def _reference_augmentation(x, ptr, n_valid, noise, time_mask, feature_mask):
+    """The augmentation written out graph by graph: the same draws in the same order (time
+    mask, feature mask, then the noise), spans zeroed in a copy, then ``+ noise * N(0, 1)``."""
+    graphs = ptr.numel() - 1
+    sizes = (ptr[1:] - ptr[:-1]).tolist()
+    lengths = (
+        sizes if n_valid is None else [min(int(v), n) for v, n in zip(n_valid, sizes, strict=True)]
+    )
+    out = x.clone()
+    if time_mask > 0:
+        width = torch.randint(0, time_mask + 1, (graphs,))
+        width = torch.minimum(width, torch.tensor(lengths))
+        start = (torch.rand(graphs) * (torch.tensor(lengths) - width + 1)).long()
+        for g in range(graphs):
+            first = int(ptr[g]) + int(start[g])
+            out[first : first + int(width[g])] = 0.0
+    if feature_mask > 0:
+        width = torch.randint(0, min(feature_mask, x.size(1)) + 1, (graphs,))
+        start = (torch.rand(graphs) * (x.size(1) - width + 1)).long()
+        for g in range(graphs):
+            first = int(start[g])
+            out[int(ptr[g]) : int(ptr[g + 1]), first : first + int(width[g])] = 0.0
+    if noise > 0:
+        out = out + noise * torch.randn_like(out)
+    return out
+
+
+@pytest.mark.parametrize("grid", [True, False])
+@pytest.mark.parametrize("with_valid", [True, False])
+def test_augmentation_equals_the_graph_by_graph_reference_bit_for_bit(grid, with_valid):
+    # the CPU's slice fills and in-place noise against the plain expression, signs of zero
+    # included (torch.equal alone would take -0.0 for 0.0)
+    lengths, n_valid = ([9] * 6, [9, 4, 1, 7, 2, 9]) if grid else ([9, 5, 12, 3], [9, 2, 10, 3])
+    batch = _batch(lengths, n_valid, features=7)
+    batch.x = batch.x - 20.0  # negative values too
+    valid = batch.n_valid if with_valid else None
+    hits = 0
+    for options in (
+        {"noise": 0.2, "time_mask": 5, "feature_mask": 4},
+        {"time_mask": 5, "feature_mask": 4},
+        {"noise": 0.3},
+    ):
+        for seed in range(25):
+            torch.manual_seed(seed)
+            expected = _reference_augmentation(
+                batch.x,
+                batch.ptr,
+                valid,
+                **{
+                    "noise": 0.0,
+                    "time_mask": 0,
+                    "feature_mask": 0,
+                    **options,
+                },
+            )
+            torch.manual_seed(seed)
+            out = augment_nodes(
+                batch.x, batch.ptr, valid, **options, nodes_per_graph=9 if grid else None
+            )
+            assert torch.equal(out, expected)
+            assert torch.equal(torch.signbit(out), torch.signbit(expected))
+            hits += int((expected == 0).sum())
+    assert hits > 0  # masks were drawn, so the spans were compared
+
+
 def test_a_training_step_augments_a_padded_batch_as_the_per_node_path_does():
     # the module passes the collater's size; the step's loss equals the per-node path's
     from sergraph.data.collate import mark_band
