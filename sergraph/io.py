@@ -89,11 +89,13 @@ def ensure_folder(path: str | Path) -> Path:
     return path
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
+def atomic_write_bytes(path: str | Path, data: bytes, durable: bool = True) -> None:
     """Write ``data`` to a temporary file beside ``path``, fsync it, then rename over ``path``.
 
     The one atomic writer of the project: a killed process leaves the old file or the new one,
-    never a partial one."""
+    never a partial one. ``durable=False`` skips the fsync, for files that are rewritten often
+    and only speed work up (a cell's ``last.ckpt``): still whole after a killed process, but
+    after a crash of the operating system possibly unreadable, which their reader must handle."""
     path = Path(path)
     ensure_folder(path.parent)
     try:
@@ -107,7 +109,8 @@ def atomic_write_bytes(path: str | Path, data: bytes) -> None:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except OSError as error:  # a full disk or quota: named, the partial file removed
         Path(tmp).unlink(missing_ok=True)

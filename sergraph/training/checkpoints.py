@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from sergraph.config import identity
 from sergraph.console import log
 from sergraph.io import atomic_write_bytes
-from sergraph.results.layout import CSV_LOG_BEFORE_RESUME, CellPaths
+from sergraph.results.layout import CSV_LOG_BEFORE_RESUME, LAST, CellPaths
 from sergraph.training.distributed import is_global_zero
 
 
@@ -31,8 +31,10 @@ def resume_checkpoint(cfg: DictConfig, directory: Path) -> Path | None:
     Resuming there could not reproduce the uninterrupted run (the rest of the epoch would see
     another shuffle and dropout stream), so it is not used: at most one epoch is repeated.
 
-    A ``last.ckpt`` that cannot be read is moved aside, out of the cell folder
-    (``seed-S/corrupt-fold-XX-last-N.ckpt``), with a note, and the cell starts afresh.
+    A ``last.ckpt`` that cannot be read (a file copied in part, or one that an operating-system
+    crash left unwritten: it is not fsync'd, see :func:`atomic_checkpoint_io`) is moved aside,
+    out of the cell folder (``seed-S/corrupt-fold-XX-last-N.ckpt``), with a note, and the cell
+    starts afresh.
     """
     paths = CellPaths(directory)
     last, saved = paths.last, paths.config
@@ -132,6 +134,11 @@ def atomic_checkpoint_io(clock=None):
     class AtomicIO(TorchCheckpointIO):
         """Checkpoints written to a temporary file and renamed (the project's atomic writer):
         a kill or a full disk during a save leaves the previous checkpoint, never a partial one.
+
+        ``last.ckpt``, rewritten every epoch, is not fsync'd (a few milliseconds per epoch,
+        more on network file systems): after a crash of the operating system it may be
+        unreadable, and :func:`resume_checkpoint` then moves it aside and starts the cell
+        afresh. ``best.ckpt``, which the cell's results come from, is fsync'd.
         """
 
         def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
@@ -142,7 +149,7 @@ def atomic_checkpoint_io(clock=None):
             with clock.phase("checkpointing") if clock is not None else nullcontext():
                 buffer = io.BytesIO()
                 torch.save(checkpoint, buffer)
-                atomic_write_bytes(path, buffer.getvalue())
+                atomic_write_bytes(path, buffer.getvalue(), durable=Path(path).name != LAST)
 
     return AtomicIO()
 

@@ -228,6 +228,26 @@ def test_checkpoint_that_fails_to_save_leaves_the_previous_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left
 
 
+def test_the_resume_checkpoint_is_not_fsynced_the_best_one_is(tmp_path, monkeypatch):
+    # last.ckpt is rewritten every epoch and only saves work; best.ckpt holds the results
+    import sergraph.io
+
+    synced = []
+    real = os.fsync
+
+    def fsync(fd):
+        synced.append(os.path.basename(os.readlink(f"/proc/self/fd/{fd}")))
+        real(fd)
+
+    monkeypatch.setattr(sergraph.io.os, "fsync", fsync)
+    io = atomic_checkpoint_io()
+    for name in ("last.ckpt", "best.ckpt", "last.ckpt"):
+        io.save_checkpoint({"state_dict": {"w": torch.ones(2)}, "epoch": 1}, tmp_path / name)
+    assert len(synced) == 1 and synced[0].startswith(".best.ckpt.")
+    assert torch.load(tmp_path / "last.ckpt", weights_only=False)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.ckpt", "last.ckpt"]
+
+
 def test_corrupt_last_checkpoint_is_moved_aside_and_the_cell_starts_afresh(tmp_path, capsys):
     from sergraph.config import to_yaml
 

@@ -113,11 +113,11 @@ def test_a_full_disk_during_a_checkpoint_names_it_and_is_kept_in_the_log(
 
     real = checkpoints.atomic_write_bytes
 
-    def full_for_checkpoints(path, data):
+    def full_for_checkpoints(path, data, **options):
         if str(path).endswith(".ckpt"):
             with full_disk(monkeypatch):
-                return real(path, data)
-        return real(path, data)
+                return real(path, data, **options)
+        return real(path, data, **options)
 
     monkeypatch.setattr(checkpoints, "atomic_write_bytes", full_for_checkpoints)
     args = [
