@@ -148,7 +148,12 @@ class RunConfig:
     label: str | None = None
     out_dir: str = "runs"
     seeds: list[int] = field(default_factory=lambda: [0])
-    parallel: int = 1
+    # Cells run at a time, each in its own process: a number, or auto (the default): on the
+    # CPU the allotted cores divided by the threads per cell (run.threads, else
+    # OMP_NUM_THREADS, else 1), within the memory and the study's unfinished cells; with CUDA
+    # one per visible GPU; 1 where each cell trains on several processes (DDP, srun tasks).
+    # Speed only: not part of a run's identity.
+    parallel: Any = "auto"
     # torch threads of each process (null: the cores this process may use, from
     # SLURM_CPUS_PER_TASK or the affinity mask, divided by run.parallel; OMP_NUM_THREADS, where
     # set, wins over that default). Speed only: not part of a run's identity.

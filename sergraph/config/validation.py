@@ -84,7 +84,11 @@ def validate(cfg: DictConfig, build_model: bool = True) -> None:
     _validate_topology(cfg)
     _validate_slurm(cfg)
     positive("trainer.patience", cfg.trainer.patience)
-    positive("run.parallel", cfg.run.parallel)
+    parallel = cfg.run.parallel
+    if parallel != "auto" and (isinstance(parallel, bool) or not isinstance(parallel, int)):
+        raise ConfigError(f"run.parallel={parallel!r} must be a number of cells (> 0) or auto")
+    if parallel != "auto":
+        positive("run.parallel", parallel)
     if cfg.run.get("threads") is not None:
         positive("run.threads", cfg.run.threads)
     choice("trainer.accelerator", cfg.trainer.accelerator, ("auto", "cpu", "gpu", "cuda", "mps"))
@@ -301,7 +305,7 @@ def _validate_topology(cfg: DictConfig) -> None:
         if isinstance(devices, ListConfig | list)
         else devices in (-1,) or devices > 1
     )
-    if several and cfg.run.parallel > 1:
+    if several and cfg.run.parallel != "auto" and cfg.run.parallel > 1:
         raise ConfigError(
             f"run.parallel={cfg.run.parallel} with trainer.devices={devices!r}, "
             f"trainer.num_nodes={cfg.trainer.num_nodes}: run cells one at a time (run.parallel=1) "

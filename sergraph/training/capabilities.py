@@ -1,5 +1,6 @@
 """What this machine's CPU can run: probes for the kernels mixed precision needs on the CPU,
-and the cores a process may use (:func:`torch_threads`).
+the cores a process may use (:func:`torch_threads`) and the cells a study runs at a time
+(:func:`study_workers`).
 
 Under ``trainer.precision=bf16-mixed`` or ``16-mixed`` on the CPU, ``torch.autocast`` runs
 ``nn.LSTM`` in the autocast dtype through oneDNN. oneDNN has a bf16 LSTM kernel only on CPUs
@@ -25,6 +26,7 @@ import os
 from omegaconf import DictConfig
 
 from sergraph.config import ConfigError
+from sergraph.training.memory import machine_memory
 
 #: ``trainer.precision`` values that run the model under autocast, and the autocast dtype.
 AUTOCAST_PRECISIONS = {"bf16-mixed": "bfloat16", "16-mixed": "float16"}
@@ -164,3 +166,55 @@ def torch_threads(cfg: DictConfig, processes: int) -> tuple[int, str]:
     cores = allotted_cores()
     threads = max(1, cores // max(1, processes))
     return threads, f"{cores} allotted core(s) / {processes} process(es)"
+
+
+#: Memory each ``run.parallel=auto`` worker is allowed for, at least (a process with torch,
+#: Lightning and PyG imported, a study's features and one cell): fewer workers where the
+#: machine (or the job's cgroup) has less than this per core.
+WORKER_MEMORY = 2 * 1024**3
+
+
+def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
+    """How many of a study's ``cells`` (unfinished) run at a time, each in its own process, and
+    why: ``run.parallel`` where it is a number; for ``auto``:
+
+    - 1 where each cell trains on several processes (``trainer.devices``/``num_nodes`` above 1,
+      an srun job step or torchrun with several tasks);
+    - with CUDA, one per visible GPU (each worker gets its own,
+      :func:`sergraph.training.study.worker_devices`);
+    - on the CPU, the allotted cores (:func:`allotted_cores`) divided by the torch threads of a
+      cell (``run.threads``, else ``OMP_NUM_THREADS``, else 1): small cells gain far more from
+      running side by side than from threads inside one (``docs/benchmarks.md``), and the
+      cores in use are the same; fewer where memory is short (:data:`WORKER_MEMORY` each).
+    """
+    given = cfg.run.get("parallel", "auto")
+    if given != "auto":
+        return max(1, min(int(given), cells)), f"run.parallel={given}"
+    if cells <= 1:
+        return 1, "run.parallel=auto, one cell to run"
+    from sergraph.training.distributed import trainer_topology
+
+    devices, nodes = trainer_topology(cfg)
+    if nodes > 1 or devices not in (1, "1", "auto"):
+        return 1, "run.parallel=auto, each cell trains on several processes"
+    if cfg.trainer.accelerator in ("auto", "gpu", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            gpus = torch.cuda.device_count()
+            return min(gpus, cells), f"run.parallel=auto, {gpus} visible GPU(s)"
+        if cfg.trainer.accelerator != "auto":
+            return 1, f"run.parallel=auto, trainer.accelerator={cfg.trainer.accelerator}"
+    elif cfg.trainer.accelerator != "cpu":
+        return 1, f"run.parallel=auto, trainer.accelerator={cfg.trainer.accelerator}"
+    threads = cfg.run.get("threads")
+    if threads is None:
+        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+        threads = int(omp) if omp.isdigit() and int(omp) > 0 else 1
+    cores = allotted_cores()
+    by_memory = max(1, machine_memory() // WORKER_MEMORY)
+    workers = max(1, min(cores // int(threads), by_memory, cells))
+    why = f"run.parallel=auto, {cores} allotted core(s) / {threads} thread(s) per cell"
+    if workers == by_memory and by_memory < min(cores // int(threads), cells):
+        why += f", {machine_memory() / 1024**3:.0f} GiB of memory"
+    return workers, why

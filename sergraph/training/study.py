@@ -51,7 +51,11 @@ from sergraph.results.layout import (
 )
 from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
-from sergraph.training.capabilities import require_precision_kernels, torch_threads
+from sergraph.training.capabilities import (
+    require_precision_kernels,
+    study_workers,
+    torch_threads,
+)
 from sergraph.training.checkpoints import (
     remove_resume_files,
     restore_csv_log,
@@ -226,9 +230,10 @@ def run_study(
 ) -> dict[str, dict]:
     """Run every unfinished cell of a study (or only ``run.cell``), then summarise each variant.
 
-    Cells run one after another, or ``run.parallel`` at a time in separate processes (each with
-    ``cores / run.parallel`` torch threads and, on a node with several GPUs, its own GPU, see
-    :func:`worker_devices`). Returns the summary of each variant by label
+    Cells run one after another, or several at a time in separate processes
+    (:func:`~sergraph.training.capabilities.study_workers`: ``run.parallel``, by default as
+    many as the allotted cores hold), each with ``cores / workers`` torch threads and, on a
+    node with several GPUs, its own GPU (:func:`worker_devices`). Returns the summary of each variant by label
     (empty when only one cell was asked for).
 
     Finished cells whose data changed are refused before any work, or with ``rerun_changed``
@@ -307,13 +312,16 @@ def _run_cells(
 ) -> None:
     """The unfinished cells of a study: one after another, or in ``run.parallel`` workers."""
     first = next(iter(configs.values()))
-    parallel = min(first.run.parallel, max(1, len(pending)))
+    parallel, why_parallel = study_workers(first, len(pending))
     threads, why = torch_threads(first, parallel)
     if parallel == 1:
         import torch
 
         torch.set_num_threads(threads)
-    log(f"torch threads: {threads} per process ({why})")
+    log(
+        f"cells at a time: {parallel} ({why_parallel}); "
+        f"torch threads: {threads} per process ({why})"
+    )
     with StudyProgress(len(pending), enabled=None if is_global_zero() else False) as progress:
         if parallel == 1:
             for cell in pending:
