@@ -186,6 +186,41 @@ def test_threads_per_process_from_the_key_the_environment_or_the_cores(monkeypat
     assert torch_threads(compose(["run.threads=5"]), 2) == (5, "run.threads=5")
 
 
+def test_cells_at_a_time_from_the_key_the_cores_and_the_threads_per_cell(monkeypatch):
+    from sergraph.training import capabilities
+    from sergraph.training.capabilities import study_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    cpu = ["trainer.accelerator=cpu"]
+    assert compose([]).run.parallel == "auto"
+    workers, why = study_workers(compose(cpu), 64)
+    assert workers == cores and f"{cores} allotted core(s) / 1 thread(s) per cell" in why
+    assert study_workers(compose(cpu), 1)[0] == 1  # never more workers than cells
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert study_workers(compose(cpu), 64)[0] == 1
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK")
+    monkeypatch.setenv("OMP_NUM_THREADS", str(cores))  # all cores to one cell's threads
+    assert study_workers(compose(cpu), 64)[0] == 1
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    assert study_workers(compose([*cpu, f"run.threads={cores}"]), 64)[0] == 1
+    assert study_workers(compose([*cpu, "run.parallel=3"]), 64) == (3, "run.parallel=3")
+    assert study_workers(compose([*cpu, "run.parallel=3"]), 2)[0] == 2
+    several = study_workers(compose([*cpu, "trainer.devices=2"]), 64)
+    assert several == (1, "run.parallel=auto, each cell trains on several processes")
+    # a machine with memory for one worker only
+    monkeypatch.setattr(capabilities, "WORKER_MEMORY", capabilities.machine_memory())
+    assert study_workers(compose(cpu), 64)[0] == 1
+
+
+@pytest.mark.parametrize("value", ["two", "0", "-1", "true"])
+def test_run_parallel_is_a_positive_number_or_auto(value):
+    from sergraph.config import ConfigError
+
+    with pytest.raises(ConfigError, match="run.parallel="):
+        compose([f"run.parallel={value}"])
+
+
 def test_run_threads_must_be_positive():
     from sergraph.config import ConfigError
 
@@ -193,7 +228,7 @@ def test_run_threads_must_be_positive():
         compose(["run.threads=0"])
 
 
-def svm_cell_threads(tmp_path, env: dict, one_core: bool) -> list[int]:
+def svm_cell_threads(tmp_path, env: dict, one_core: bool, folds: str = "[0]") -> list[int]:
     """torch threads recorded in the metrics.json of a default `sergraph train model=svm`."""
     environment = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS",)}
     environment.pop("SLURM_CPUS_PER_TASK", None)
@@ -201,7 +236,7 @@ def svm_cell_threads(tmp_path, env: dict, one_core: bool) -> list[int]:
     tmp_path.mkdir()
     first_core = min(os.sched_getaffinity(0))
     done = subprocess.run(
-        [sys.executable, "-m", "sergraph.cli", "train", "model=svm", "folds.only=[0]"]
+        [sys.executable, "-m", "sergraph.cli", "train", "model=svm", f"folds.only={folds}"]
         + ["data.options.n_speakers=3", "data.options.n_per_class=2", "logger.kind=none"],
         cwd=tmp_path,
         env=environment,
@@ -224,3 +259,14 @@ def test_a_default_run_uses_the_allotted_cores(tmp_path):
     assert svm_cell_threads(tmp_path / "slurm", {"SLURM_CPUS_PER_TASK": "1"}, False) == [1]
     all_cores = len(os.sched_getaffinity(0))
     assert svm_cell_threads(tmp_path / "all", {}, one_core=False) == [all_cores]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs 2 cores to run 2 cells")
+def test_a_default_study_runs_its_cells_side_by_side_one_thread_each(tmp_path):
+    # run.parallel=auto: 2 cells on 2 or more cores run in 2 workers of 1 thread each; on one
+    # core, one after another with its one thread
+    assert svm_cell_threads(tmp_path / "two", {}, False, folds="[0,1]") == [1, 1]
+    assert svm_cell_threads(tmp_path / "one", {}, True, folds="[0,1]") == [1, 1]
+    log = (tmp_path / "two" / "runs").rglob("*.log")
+    assert any("cells at a time: 2" in path.read_text() for path in log)
