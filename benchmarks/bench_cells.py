@@ -26,6 +26,13 @@ round with this one, and prints both studies' wall and CPU seconds per cell, the
 (other / this, median over rounds) and each side's mean UA over the cells (the same figure on
 both sides means both did the same work). The other checkout needs no ``timing`` in its
 ``metrics.json``: only whole-study figures are compared.
+
+By default both sides run one cell at a time with one torch thread (``run.parallel=1``,
+``OMP_NUM_THREADS=1`` unless set): the cost of a cell's work. ``--defaults`` runs each side as
+a user's plain ``sergraph train`` would on this machine: no ``run.parallel``, no
+``OMP_NUM_THREADS``, so each checkout chooses its own cells at a time and threads.
+
+    python benchmarks/bench_cells.py --against ../old --rounds 2 --defaults
 """
 
 from __future__ import annotations
@@ -97,7 +104,8 @@ def compare(args, overrides: list[str], env: dict) -> None:
                 )
             ratios["wall"].append(seen["other"][0] / seen["this"][0])
             ratios["cpu"].append(seen["other"][1] / seen["this"][1])
-    print(f"\n## experiment=recommended, this checkout against {other}\n")
+    how = "each side's defaults" if args.defaults else "one cell at a time, 1 thread"
+    print(f"\n## experiment=recommended ({how}), this checkout against {other}\n")
     print(table(rows))
     print(
         f"\nother / this, median over {args.rounds} rounds: wall per cell "
@@ -114,6 +122,11 @@ def main() -> None:
     parser.add_argument("--against", help="another checkout to run side by side with this one")
     parser.add_argument("--against-python", help="its Python (default CHECKOUT/.venv/bin/python)")
     parser.add_argument("--rounds", type=int, default=2, help="alternating rounds with --against")
+    parser.add_argument(
+        "--defaults",
+        action="store_true",
+        help="no run.parallel and no OMP_NUM_THREADS: each checkout's own defaults",
+    )
     args = parser.parse_args()
     root = None if args.synthetic else emodb_root()
     data = ["data=emodb", f"data.root={root}"] if root else ["data=synthetic"]
@@ -121,13 +134,19 @@ def main() -> None:
         "experiment=recommended",
         *data,
         "run.seeds=[0]",
-        "run.parallel=1",
         "logger.kind=none",
         "trainer.accelerator=cpu",
     ]
+    if not args.defaults:
+        overrides.append("run.parallel=1")
     if args.folds:
         overrides.append(f"folds.only=[{args.folds}]")
-    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
+    if args.defaults:
+        env = {
+            k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+        }
+    else:
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     print(machine(), flush=True)
     if args.against:
         compare(args, overrides, env)
