@@ -12,6 +12,8 @@ import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from sergraph.io import ensure_folder
@@ -27,7 +29,7 @@ LIBRARY_LOGGERS = (
 VERBOSE_ENV = "SERGRAPH_VERBOSE"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
-_state = {"configured": False, "file": None}
+_state = {"configured": False, "file": None, "file_only": False}
 _progress: StudyProgress | None = None
 
 
@@ -94,12 +96,27 @@ def detach_log_file() -> None:
 
 def log(message: str) -> None:
     """A note for the person at the console (stderr), also kept in the log file."""
+    if _state["file_only"] and _state["file"] is not None:
+        logging.getLogger("sergraph").info(message)
+        return
     if _progress is not None:
         _progress.write(message)
     else:
         print(message, file=sys.stderr, flush=True)
     if _state["file"] is not None:
         logging.getLogger("sergraph").info(message)
+
+
+@contextmanager
+def notes_to_file_only() -> Iterator[None]:
+    """Notes (:func:`log`) go to the attached log file only inside the block: a ``run.parallel``
+    worker planning the study again would repeat the notes its parent already printed."""
+    before = _state["file_only"]
+    _state["file_only"] = True
+    try:
+        yield
+    finally:
+        _state["file_only"] = before
 
 
 def error(message: str, traceback: bool = False) -> None:

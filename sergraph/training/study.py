@@ -28,7 +28,7 @@ import pandas as pd
 from omegaconf import DictConfig
 
 from sergraph.config import compose_study, identity, model_family, protocol_of, to_yaml
-from sergraph.console import StudyProgress, attach_log_file, log
+from sergraph.console import StudyProgress, attach_log_file, log, notes_to_file_only
 from sergraph.console import configure as configure_console
 from sergraph.data.cross_corpus import fold_record, training_classes_remedy
 from sergraph.data.fingerprint import cell_fingerprint
@@ -211,12 +211,19 @@ def worker_devices(parallel: int, accelerator: str, devices) -> list[str | None]
 
 
 def worker_plan(overrides: list[str], threads: int) -> tuple[dict[str, DictConfig], list[Cell]]:
-    """A ``run.parallel`` worker's start: its share of the cores, then the study's plan (once)."""
+    """A ``run.parallel`` worker's start: its share of the cores, the study's log file (library
+    chatter such as W&B's goes there, as in the parent), then the study's plan and data (once;
+    their notes only to the log file, the parent printed them)."""
     import torch
 
     configure_console()
     torch.set_num_threads(threads)
-    return plan(overrides)
+    attach_log_file(log_file_path(next(iter(compose_study(overrides).values()))))
+    with notes_to_file_only():
+        configs, cells = plan(overrides)
+        for cfg in configs.values():  # the features too (the parent filled the cache)
+            study_data(cfg)
+    return configs, cells
 
 
 def run_cell_in_worker(state: tuple[dict[str, DictConfig], list[Cell]], index: int) -> str | None:

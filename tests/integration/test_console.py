@@ -36,3 +36,19 @@ def test_verbose_shows_library_messages_on_the_console(env, tmp_path):
     result = sergraph(["train", "-v", *SMALL, f"run.out_dir={tmp_path}"], env, tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "GPU available" in result.stderr
+
+
+def test_a_study_in_workers_prints_each_note_once_and_logs_their_chatter(env, tmp_path):
+    # two cells side by side (run.parallel=2): the workers plan the study again, and their
+    # notes and Lightning's messages go to the study's log file, not to the console again
+    args = [*SMALL, "folds.only=[0,1]", "graph.max_nodes=10", "run.parallel=2"]
+    result = sergraph(["train", *args, f"run.out_dir={tmp_path}"], env, tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert not [line for line in lines if any(text in line for text in CHATTER)]
+    longer = [line for line in lines if "are longer than the" in line]
+    assert len(longer) == 1, lines
+    assert sum(line.startswith("lstm_gin seed 0 fold-0") for line in lines) == 2
+    assert any(line.startswith("cells at a time: 2 (run.parallel=2)") for line in lines)
+    log = (tmp_path / "synthetic" / "sergraph.log").read_text()
+    assert log.count("Restoring states") >= 2  # each worker's test of its best checkpoint

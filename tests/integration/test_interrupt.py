@@ -108,6 +108,7 @@ def test_killed_training_resumes_and_keeps_finished_folds(tmp_path):
         "trainer.max_epochs=3",
         "trainer.accelerator=cpu",
         "features.workers=1",
+        "run.parallel=1",  # one cell after another: fold 0 is finished when fold 1 starts
         f"run.out_dir={runs}",
     ]
     root = runs / "synthetic" / "lstm_gin" / "seed-0"
