@@ -185,6 +185,9 @@ METRICS: dict[str, Metric] = {
     )
 }
 
+#: The metrics sergraph itself defines; others are registered at run time (tests, plugins).
+BUILT_IN_METRICS = frozenset(METRICS)
+
 #: The metric sergraph decides and compares by (see the module docstring).
 PRIMARY = "ua"
 #: The ``metrics.json`` key of a cell's best validation score of :data:`PRIMARY` (the score of

@@ -151,7 +151,8 @@ class RunConfig:
     # Cells run at a time, each in its own process: a number, or auto (the default): on the
     # CPU the allotted cores divided by the threads per cell (run.threads, else
     # OMP_NUM_THREADS, else 1), within the memory and the study's unfinished cells; with CUDA
-    # one per visible GPU; 1 where each cell trains on several processes (DDP, srun tasks).
+    # one per visible GPU; 1 where each cell trains on several processes (DDP, srun tasks) or
+    # models or metrics were registered in this process at run time (a notebook's class).
     # Speed only: not part of a run's identity.
     parallel: Any = "auto"
     # torch threads of each process (null: the cores this process may use, from

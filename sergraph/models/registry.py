@@ -340,6 +340,12 @@ def _load_plugin(name: str) -> bool:
 # --- lookups -----------------------------------------------------------------------------------
 
 
+def importable_names() -> set[str]:
+    """The family names a fresh process finds by name alone: built in, or offered by installed
+    entry points (a class registered at run time, in a notebook say, is not among them)."""
+    return set(built_in_families()) | set(_entry_points())
+
+
 def model_names() -> list[str]:
     """Every family name: built in, registered so far, and offered by installed entry points."""
     return sorted(set(built_in_families()) | set(MODELS) | set(CLASSIC) | set(_entry_points()))

@@ -178,6 +178,8 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
     """How many of a study's ``cells`` (unfinished) run at a time, each in its own process, and
     why: ``run.parallel`` where it is a number; for ``auto``:
 
+    - 1 where models or metrics were registered in this process at run time
+      (:func:`registered_in_process`): worker processes would not know them;
     - 1 where each cell trains on several processes (``trainer.devices``/``num_nodes`` above 1,
       an srun job step or torchrun with several tasks);
     - with CUDA, one per visible GPU (each worker gets its own,
@@ -192,6 +194,9 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
         return max(1, min(int(given), cells)), f"run.parallel={given}"
     if cells <= 1:
         return 1, "run.parallel=auto, one cell to run"
+    in_process = registered_in_process()
+    if in_process:
+        return 1, f"run.parallel=auto, {', '.join(in_process)} registered in this process only"
     from sergraph.training.distributed import trainer_topology
 
     devices, nodes = trainer_topology(cfg)
@@ -218,3 +223,16 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
     if workers == by_memory and by_memory < min(cores // int(threads), cells):
         why += f", {machine_memory() / 1024**3:.0f} GiB of memory"
     return workers, why
+
+
+def registered_in_process() -> list[str]:
+    """Models and metrics this process registered at run time (``@register`` in a notebook or a
+    script, an entry of ``sergraph.metrics.METRICS``): a worker process, started afresh, would
+    not have them. Built-in ones and installed plugins (entry points) are found by any process.
+    """
+    from sergraph.metrics import BUILT_IN_METRICS, METRICS
+    from sergraph.models.registry import CLASSIC, MODELS, importable_names
+
+    models = sorted({*MODELS, *CLASSIC} - importable_names())
+    metrics = sorted(set(METRICS) - BUILT_IN_METRICS)
+    return [f"model {name}" for name in models] + [f"metric {name}" for name in metrics]

@@ -410,6 +410,13 @@ class SERModule(L.LightningModule):
         }
 
 
+def masks_on_host(x: torch.Tensor) -> bool:
+    """Whether :func:`augment_nodes` reads the masks' spans on the host and fills them as row
+    and column slices of a padded batch: on the CPU, where reading costs nothing. On a GPU that
+    would wait for the device at every step, so the masks stay broadcast there."""
+    return x.device.type == "cpu"
+
+
 def augment_nodes(
     x: torch.Tensor,
     ptr: torch.Tensor,
@@ -442,9 +449,7 @@ def augment_nodes(
     out = x.clone()
     num_graphs = ptr.numel() - 1
     uniform = nodes_per_graph is not None and nodes_per_graph * num_graphs == x.size(0)
-    # on the CPU the masks' spans are read on the host and filled as slices; on a GPU that
-    # would be a host sync per step, so they stay broadcast masks there
-    on_host = x.device.type == "cpu"
+    on_host = masks_on_host(x)
     if uniform:
         grid = out.view(num_graphs, nodes_per_graph, x.size(1))
         sizes = torch.full((num_graphs,), nodes_per_graph, dtype=ptr.dtype, device=x.device)

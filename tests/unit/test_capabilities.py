@@ -213,6 +213,31 @@ def test_cells_at_a_time_from_the_key_the_cores_and_the_threads_per_cell(monkeyp
     assert study_workers(compose(cpu), 64)[0] == 1
 
 
+def test_cells_run_one_at_a_time_by_default_when_this_process_registered_its_own(monkeypatch):
+    # a worker process starts afresh: a model or metric registered here at run time (a
+    # notebook's class, an entry of METRICS) would be unknown there
+    import torch.nn as nn
+
+    from sergraph.metrics import METRICS
+    from sergraph.models import registry
+    from sergraph.training.capabilities import registered_in_process, study_workers
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cpu = compose(["trainer.accelerator=cpu"])
+    cores = len(os.sched_getaffinity(0))
+    assert registered_in_process() == [] and study_workers(cpu, 64)[0] == cores
+
+    class Notebook(nn.Module):
+        pass
+
+    monkeypatch.setitem(registry.MODELS, "notebook_gnn", Notebook)
+    monkeypatch.setitem(METRICS, "err", METRICS["wa"])
+    assert registered_in_process() == ["model notebook_gnn", "metric err"]
+    workers, why = study_workers(cpu, 64)
+    assert workers == 1 and "model notebook_gnn, metric err registered in this process" in why
+    assert study_workers(compose(["trainer.accelerator=cpu", "run.parallel=2"]), 64)[0] == 2
+
+
 @pytest.mark.parametrize("value", ["two", "0", "-1", "true"])
 def test_run_parallel_is_a_positive_number_or_auto(value):
     from sergraph.config import ConfigError

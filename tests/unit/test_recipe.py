@@ -138,11 +138,17 @@ def _reference_augmentation(x, ptr, n_valid, noise, time_mask, feature_mask):
     return out
 
 
+@pytest.mark.parametrize("host", [True, False], ids=["cpu_slices", "device_masks"])
 @pytest.mark.parametrize("grid", [True, False])
 @pytest.mark.parametrize("with_valid", [True, False])
-def test_augmentation_equals_the_graph_by_graph_reference_bit_for_bit(grid, with_valid):
-    # the CPU's slice fills and in-place noise against the plain expression, signs of zero
-    # included (torch.equal alone would take -0.0 for 0.0)
+def test_augmentation_equals_the_graph_by_graph_reference_bit_for_bit(
+    grid, with_valid, host, monkeypatch
+):
+    # the CPU's slice fills, the broadcast masks a GPU uses, and the in-place noise against the
+    # plain expression, signs of zero included (torch.equal alone would take -0.0 for 0.0)
+    from sergraph.training import module as module_file
+
+    monkeypatch.setattr(module_file, "masks_on_host", lambda x: host)
     lengths, n_valid = ([9] * 6, [9, 4, 1, 7, 2, 9]) if grid else ([9, 5, 12, 3], [9, 2, 10, 3])
     batch = _batch(lengths, n_valid, features=7)
     batch.x = batch.x - 20.0  # negative values too
