@@ -190,11 +190,18 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
       cores in use are the same; fewer where memory is short (:data:`WORKER_MEMORY` each).
     """
     given = cfg.run.get("parallel", "auto")
+    if cells <= 1:
+        return 1, f"run.parallel={given}, one cell to run"
+    in_process = registered_in_process()
+    if in_process and given != "auto" and int(given) > 1:
+        raise ConfigError(
+            f"run.parallel={given}: {', '.join(in_process)} registered in this process only; "
+            "its worker processes would not know them. Register them in a module the workers "
+            "import (a plugin's entry point, see docs/how-to/add-a-baseline.md), or run the "
+            "cells one at a time (run.parallel=1)"
+        )
     if given != "auto":
         return max(1, min(int(given), cells)), f"run.parallel={given}"
-    if cells <= 1:
-        return 1, "run.parallel=auto, one cell to run"
-    in_process = registered_in_process()
     if in_process:
         return 1, f"run.parallel=auto, {', '.join(in_process)} registered in this process only"
     from sergraph.training.distributed import trainer_topology

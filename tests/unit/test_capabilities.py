@@ -218,6 +218,7 @@ def test_cells_run_one_at_a_time_by_default_when_this_process_registered_its_own
     # notebook's class, an entry of METRICS) would be unknown there
     import torch.nn as nn
 
+    from sergraph.config import ConfigError
     from sergraph.metrics import METRICS
     from sergraph.models import registry
     from sergraph.training.capabilities import registered_in_process, study_workers
@@ -235,7 +236,9 @@ def test_cells_run_one_at_a_time_by_default_when_this_process_registered_its_own
     assert registered_in_process() == ["model notebook_gnn", "metric err"]
     workers, why = study_workers(cpu, 64)
     assert workers == 1 and "model notebook_gnn, metric err registered in this process" in why
-    assert study_workers(compose(["trainer.accelerator=cpu", "run.parallel=2"]), 64)[0] == 2
+    with pytest.raises(ConfigError, match=r"run.parallel=2: model notebook_gnn, metric err .*"):
+        study_workers(compose(["trainer.accelerator=cpu", "run.parallel=2"]), 64)
+    assert study_workers(compose(["trainer.accelerator=cpu", "run.parallel=1"]), 64)[0] == 1
 
 
 @pytest.mark.parametrize("value", ["two", "0", "-1", "true"])
