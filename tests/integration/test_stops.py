@@ -82,7 +82,7 @@ def finished_cells(runs: Path) -> set[str]:
 
 def test_sigterm_stops_a_sequential_study_with_status_143_and_it_resumes(env, tmp_path):
     runs = tmp_path / "runs"
-    args = [*ARGS, f"run.out_dir={runs}"]
+    args = [*ARGS, "run.parallel=1", f"run.out_dir={runs}"]
     process, errors = start(args, env, tmp_path)
     wait_for(process, lambda: "fold-00 test" in errors.read_text(), "the first cell's line")
     children = descendants(process.pid)
