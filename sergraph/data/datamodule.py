@@ -207,6 +207,10 @@ class FoldDataModule(L.LightningDataModule):
         self._train_generator_state: torch.Tensor | None = None
         self.provenance = provenance
         self._export_state: dict | None = None
+        #: whether :meth:`state_dict` carries :meth:`export_state`: off for a checkpoint that is
+        #: only a resume point (``last.ckpt``, every epoch), where the test inputs it holds
+        #: would be written each time and never read
+        self.export_in_state = True
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -346,12 +350,12 @@ class FoldDataModule(L.LightningDataModule):
         return self._loader("test", shuffle=False)
 
     def state_dict(self) -> dict:
-        """Saved in every checkpoint: the training shuffle's random state and, once set up,
-        :meth:`export_state` under ``"export"``."""
+        """Saved in every checkpoint: the training shuffle's random state and, once set up and
+        unless :attr:`export_in_state` is off, :meth:`export_state` under ``"export"``."""
         state = {}
         if self._train_generator is not None:
             state["train_generator"] = self._train_generator.get_state()
-        if self.datasets:
+        if self.datasets and self.export_in_state:
             state["export"] = self.export_state()
         return state
 

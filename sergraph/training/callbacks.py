@@ -60,8 +60,25 @@ class RankStatesCheckpoint(ModelCheckpoint):
     Its saves are made by every rank at the same point (its decisions are synchronised), which
     is where the module gathers the states of all ranks
     (:meth:`~sergraph.training.module.SERModule.gather_rng_states`).
+
+    ``export_state=False``: its checkpoints leave out the data module's export state (the fold's
+    statistics and test inputs, :meth:`~sergraph.data.datamodule.FoldDataModule.export_state`),
+    which a resume does not read: for ``last.ckpt``, written every epoch (on EmoDB about a third
+    of its bytes; it grows with the test split).
     """
+
+    def __init__(self, *args, export_state: bool = True, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.export_state = export_state
 
     def _save_checkpoint(self, trainer, filepath: str) -> None:
         trainer.lightning_module.gather_rng_states()
-        super()._save_checkpoint(trainer, filepath)
+        datamodule = trainer.datamodule
+        keep = getattr(datamodule, "export_in_state", None)
+        if keep is not None:
+            datamodule.export_in_state = self.export_state
+        try:
+            super()._save_checkpoint(trainer, filepath)
+        finally:
+            if keep is not None:
+                datamodule.export_in_state = keep

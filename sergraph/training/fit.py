@@ -79,6 +79,7 @@ def fit_neural(
         monitor=None,
         save_top_k=1,
         enable_version_counter=False,
+        export_state=False,  # a resume rebuilds it from the data; best.ckpt carries it
     )
     label = cfg.run.label or cfg.model.name
     progress = CellProgress(f"{label} seed {seed} {fold.name}")

@@ -176,7 +176,12 @@ def test_resumed_training_continues_the_uninterrupted_run_exactly(
     with pytest.raises(Interrupted):
         runner.run_study(interrupted)
     cell = tmp_path / "interrupted" / CELL
-    assert torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)["epoch"] == 1
+    last = torch.load(cell / "checkpoints" / "last.ckpt", weights_only=False)
+    assert last["epoch"] == 1
+    # the resume point leaves the export state (statistics, test inputs) to best.ckpt
+    assert "train_generator" in last["FoldDataModule"] and "export" not in last["FoldDataModule"]
+    best = torch.load(cell / "checkpoints" / "best.ckpt", weights_only=False)
+    assert best["FoldDataModule"]["export"]["test"]["features"].numel() > 0
     monkeypatch.setattr(fit, "keep_early_stop_callback", keep_early_stop)
     runner.run_study(interrupted)
 
@@ -195,6 +200,9 @@ def test_resumed_training_continues_the_uninterrupted_run_exactly(
     ):
         assert all(torch.equal(a[key], b[key]) for key in a)
     assert results(cell) == results(tmp_path / "straight" / CELL)
+    for run in (cell, tmp_path / "straight" / CELL):  # best.ckpt saved after a resume too
+        best = torch.load(run / "checkpoints" / "best.ckpt", weights_only=False)
+        assert "export" in best["FoldDataModule"]
 
 
 def test_cell_interrupted_after_early_stopping_does_not_train_again(
