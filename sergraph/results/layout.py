@@ -285,11 +285,9 @@ def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfi
 
     Returns ``configs``, the run relabelled where it moved.
     """
-    import multiprocessing
-
     from sergraph.config.composition import run_settings
     from sergraph.config.labels import settings_label
-    from sergraph.console import detail, log
+    from sergraph.console import log
 
     if len(configs) != 1:
         return configs
@@ -314,8 +312,9 @@ def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfi
         f"{run_root(cfg)} holds another configuration (id {other}); this run's results go to "
         f"{run_root(moved)} (labelled by its settings)"
     )
-    # once on the console, by the process the user started (its workers plan the study again)
-    (log if multiprocessing.parent_process() is None else detail)(note)
+    # once on the console: run.parallel workers plan the study again with their notes sent to
+    # the log file only (sergraph.console.notes_to_file_only)
+    log(note)
     return {moved.run.label: moved}
 
 

@@ -112,13 +112,18 @@ def cell_name(cell: Cell) -> str:
     return f"{cell.label} seed {cell.seed} {fold_name(cell.fold)}"
 
 
-def plan(overrides: list[str] | tuple[str, ...] = ()) -> tuple[dict[str, DictConfig], list[Cell]]:
+def plan(
+    overrides: list[str] | tuple[str, ...] = (), composed: dict[str, DictConfig] | None = None
+) -> tuple[dict[str, DictConfig], list[Cell]]:
     """Every (variant, seed, fold) cell of a study, in a fixed order (label, seed, fold).
 
     The index of a cell is stable for a given configuration, so a SLURM array task can run
-    ``run.cell=$SLURM_ARRAY_TASK_ID``.
+    ``run.cell=$SLURM_ARRAY_TASK_ID``. ``composed``: ``compose_study(overrides)`` where the
+    caller has it already.
     """
-    configs = own_folder(compose_study(overrides), overrides)
+    if composed is None:
+        composed = compose_study(overrides)
+    configs = own_folder(composed, overrides)
     cells: list[Cell] = []
     for label, cfg in configs.items():
         study = study_data(cfg, need_features=False)
@@ -218,9 +223,10 @@ def worker_plan(overrides: list[str], threads: int) -> tuple[dict[str, DictConfi
 
     configure_console()
     torch.set_num_threads(threads)
-    attach_log_file(log_file_path(next(iter(compose_study(overrides).values()))))
+    composed = compose_study(overrides)
+    attach_log_file(log_file_path(next(iter(composed.values()))))
     with notes_to_file_only():
-        configs, cells = plan(overrides)
+        configs, cells = plan(overrides, composed)
         for cfg in configs.values():  # the features too (the parent filled the cache)
             study_data(cfg)
     return configs, cells
@@ -240,17 +246,18 @@ def run_study(
     Cells run one after another, or several at a time in separate processes
     (:func:`~sergraph.training.capabilities.study_workers`: ``run.parallel``, by default as
     many as the allotted cores hold), each with ``cores / workers`` torch threads and, on a
-    node with several GPUs, its own GPU (:func:`worker_devices`). Returns the summary of each variant by label
-    (empty when only one cell was asked for).
+    node with several GPUs, its own GPU (:func:`worker_devices`). Returns the summary of each
+    variant by label (empty when only one cell was asked for).
 
     Finished cells whose data changed are refused before any work, or with ``rerun_changed``
     moved aside and computed again (:mod:`sergraph.training.data_check`).
     """
     start = time.perf_counter()
-    first = next(iter(compose_study(overrides).values()))
+    composed = compose_study(overrides)
+    first = next(iter(composed.values()))
     if is_global_zero():  # before the corpus is read: its errors are kept in the log file too
         attach_log_file(log_file_path(first))
-    configs, cells = plan(overrides)
+    configs, cells = plan(overrides, composed)
     for cfg in configs.values():  # before any work: a kernel this CPU lacks stops step one
         require_precision_kernels(cfg)
     check_finished_data(

@@ -52,3 +52,8 @@ def test_a_study_in_workers_prints_each_note_once_and_logs_their_chatter(env, tm
     assert any(line.startswith("cells at a time: 2 (run.parallel=2)") for line in lines)
     log = (tmp_path / "synthetic" / "sergraph.log").read_text()
     assert log.count("Restoring states") >= 2  # each worker's test of its best checkpoint
+    # another configuration in the same folder: the note of its own folder, once
+    again = sergraph(["train", *args, "graph.k=2", f"run.out_dir={tmp_path}"], env, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    moved = [line for line in again.stderr.splitlines() if "holds another configuration" in line]
+    assert len(moved) == 1, again.stderr[-3000:]
