@@ -479,16 +479,17 @@ def augment_nodes(
         features = x.size(1)
         width = torch.randint(0, min(feature_mask, features) + 1, (num_graphs,), device=x.device)
         start = (torch.rand(num_graphs, device=x.device) * (features - width + 1)).long()
-        column = torch.arange(features, device=x.device)
-        hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])
         if uniform and on_host:  # each graph's band of columns filled as one strided slice
             for g, (first, count) in enumerate(zip(start.tolist(), width.tolist(), strict=True)):
                 if count:
                     grid[g, :, first : first + count] = 0.0
-        elif uniform:
-            grid.masked_fill_(hit.unsqueeze(1), 0.0)
         else:
-            out = out.masked_fill(hit[graph], 0.0)
+            column = torch.arange(features, device=x.device)
+            hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])
+            if uniform:
+                grid.masked_fill_(hit.unsqueeze(1), 0.0)
+            else:
+                out = out.masked_fill(hit[graph], 0.0)
     if noise > 0:
         # in place, the same bits as ``out + noise * torch.randn_like(out)``: the same product
         # per value, and float addition is commutative
