@@ -85,9 +85,9 @@ def validate(cfg: DictConfig, build_model: bool = True) -> None:
     _validate_slurm(cfg)
     positive("trainer.patience", cfg.trainer.patience)
     parallel = cfg.run.parallel
-    if parallel != "auto" and (isinstance(parallel, bool) or not isinstance(parallel, int)):
-        raise ConfigError(f"run.parallel={parallel!r} must be a number of cells (> 0) or auto")
     if parallel != "auto":
+        if isinstance(parallel, bool) or not isinstance(parallel, int):
+            raise ConfigError(f"run.parallel={parallel!r} must be a number of cells (> 0) or auto")
         positive("run.parallel", parallel)
     if cfg.run.get("threads") is not None:
         positive("run.threads", cfg.run.threads)

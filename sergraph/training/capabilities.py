@@ -224,12 +224,13 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
         omp = os.environ.get("OMP_NUM_THREADS", "").strip()
         threads = int(omp) if omp.isdigit() and int(omp) > 0 else 1
     cores = allotted_cores()
-    by_memory = max(1, machine_memory() // WORKER_MEMORY)
-    workers = max(1, min(cores // int(threads), by_memory, cells))
+    by_cores = min(cores // int(threads), cells)
+    memory = machine_memory()
+    by_memory = max(1, memory // WORKER_MEMORY)
     why = f"run.parallel=auto, {cores} allotted core(s) / {threads} thread(s) per cell"
-    if workers == by_memory and by_memory < min(cores // int(threads), cells):
-        why += f", {machine_memory() / 1024**3:.0f} GiB of memory"
-    return workers, why
+    if by_memory < by_cores:
+        why += f", {memory / 1024**3:.0f} GiB of memory"
+    return max(1, min(by_cores, by_memory)), why
 
 
 def registered_in_process() -> list[str]:
