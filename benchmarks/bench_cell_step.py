@@ -12,8 +12,9 @@ in turn, as:
 
 Each row's difference to the one above is that part's cost; ``Lightning`` minus ``manual step``
 is what the training loop around the step costs. It also times, alone, the random draws the
-recipe makes per step (the classifier's dropout and the feature noise), which no reordering of
-the step can avoid without changing the numbers. Nothing is asserted.
+recipe makes per step (the classifier's dropout, with the model's layers and with torch's, which
+draw the same masks, and the feature noise), which no reordering of the step can avoid without
+changing the numbers. Nothing is asserted.
 
     python benchmarks/bench_cell_step.py                        # experiment=recommended, EmoDB
     python benchmarks/bench_cell_step.py --synthetic --rounds 3
@@ -119,20 +120,22 @@ def main() -> None:
     medians = {name: statistics.median(values) for name, values in times.items()}
 
     # the random draws of one step, alone: dropout's Bernoulli masks on the classifier inputs
-    # and the N(0, 1) feature noise, at this batch's shapes
+    # (the model's own Dropout layers, and torch's for the same masks) and the N(0, 1) feature
+    # noise, at this batch's shapes
     batch = next(iter(loader))
-    with torch.no_grad():
-        classifier_input = module.model.head.classifier[0]
-        widths = [
-            layer.in_features
-            for layer in module.model.head.classifier
-            if isinstance(layer, torch.nn.Linear)
-        ]
-    dropout_p = float(getattr(classifier_input, "p", 0.0))
+    classifier = list(module.model.head.classifier)
+    dropouts = [
+        (layer, nxt.in_features)
+        for layer, nxt in zip(classifier[:-1], classifier[1:], strict=True)
+        if isinstance(layer, torch.nn.Dropout) and isinstance(nxt, torch.nn.Linear)
+    ]
     draws = {
-        "dropout masks": lambda: [
-            torch.nn.functional.dropout(torch.ones(batch.num_graphs, w), dropout_p, True)
-            for w in widths
+        "dropout masks (the model's)": lambda: [
+            layer.train()(torch.ones(batch.num_graphs, width)) for layer, width in dropouts
+        ],
+        "dropout masks (torch's, the same)": lambda: [
+            torch.nn.functional.dropout(torch.ones(batch.num_graphs, width), layer.p, True)
+            for layer, width in dropouts
         ],
         "feature noise": lambda: torch.randn_like(batch.x),
     }

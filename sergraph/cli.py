@@ -146,6 +146,12 @@ def _train(overrides: list[str], rerun_changed: bool = False) -> int:
     import time
 
     from sergraph.console import log
+    from sergraph.training.capabilities import WORKER_PRELOAD, may_use_workers
+
+    if may_use_workers(overrides):  # the workers' imports run beside this process's (seconds)
+        from sergraph.processes import prestart
+
+        prestart(WORKER_PRELOAD)
     from sergraph.results.summary import format_summary
     from sergraph.training.stopping import RESUME_HINT, stop_on_signals, stopped_from
     from sergraph.training.study import run_study

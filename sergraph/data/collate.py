@@ -368,7 +368,34 @@ def _first(items):
     return items
 
 
-def graph_loader(graphs: Sequence[Data], **loader_kwargs) -> DataLoader:
+class ReplayLoader(DataLoader):
+    """A ``DataLoader`` that keeps the batches of its first complete pass and yields the same
+    objects on every later pass instead of cutting them again.
+
+    For a split evaluated every epoch in the same order (the validation split of a one-process
+    run on the CPU): its batches never change, and cutting them was about a fifth of the
+    recommended recipe's validation (``benchmarks/bench_cell_step.py``). A pass that stops
+    early keeps nothing. Consumers must not change a batch in place (the project's steps copy
+    a batch before replacing an attribute, and :func:`batch_to_device` moves a shallow copy).
+    Its constructor is ``DataLoader``'s, so Lightning can re-create it as one.
+    """
+
+    _replay: list | None = None
+
+    def __iter__(self):
+        if self._replay is not None:
+            return iter(self._replay)
+        return self._recorded()
+
+    def _recorded(self):
+        batches = []
+        for batch in super().__iter__():
+            batches.append(batch)
+            yield batch
+        self._replay = batches
+
+
+def graph_loader(graphs: Sequence[Data], replay: bool = False, **loader_kwargs) -> DataLoader:
     """A ``DataLoader`` of PyG batches of ``graphs``, cut from one collation of the split.
 
     Takes the arguments of ``torch.utils.data.DataLoader`` (``batch_size``, ``shuffle``,
@@ -376,12 +403,17 @@ def graph_loader(graphs: Sequence[Data], **loader_kwargs) -> DataLoader:
     except ``collate_fn``. With the same ``generator`` it yields the graphs in the order PyG's
     ``DataLoader`` would, and each batch equals PyG's. Graphs that :class:`CollatedGraphs`
     cannot reproduce exactly are batched by PyG's own collation instead. Either way, batches
-    of band graphs carry a :class:`BandMark` (:func:`band_mark`).
+    of band graphs carry a :class:`BandMark` (:func:`band_mark`). ``replay``: a
+    :class:`ReplayLoader` (for an unshuffled split without worker processes), whose later
+    passes yield the first pass's batches.
     """
     if "collate_fn" in loader_kwargs:
         raise TypeError("graph_loader sets collate_fn itself")
+    if replay and (loader_kwargs.get("shuffle") or loader_kwargs.get("num_workers")):
+        raise ValueError("replay=True is for an unshuffled split without worker processes")
+    kind = ReplayLoader if replay else DataLoader
     try:
         dataset = CollatedGraphs(graphs)
     except ValueError:
-        return DataLoader(graphs, collate_fn=MarkingCollater(graphs), **loader_kwargs)
-    return DataLoader(dataset, collate_fn=_first, **loader_kwargs)
+        return kind(graphs, collate_fn=MarkingCollater(graphs), **loader_kwargs)
+    return kind(dataset, collate_fn=_first, **loader_kwargs)

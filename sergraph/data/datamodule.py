@@ -6,7 +6,7 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from lightning.pytorch.accelerators import CUDAAccelerator
+from lightning.pytorch.accelerators import CPUAccelerator, CUDAAccelerator
 from torch.utils.data.distributed import DistributedSampler
 from torch_geometric.loader import DataLoader
 
@@ -243,18 +243,21 @@ class FoldDataModule(L.LightningDataModule):
             self.global_normalizer = global_norm if isinstance(global_norm, Normalizer) else None
             self.speaker_global_normalizers = global_norm if isinstance(global_norm, dict) else None
 
+        # the table's columns read once: a pandas row per utterance (iloc) cost a quarter of this
+        speakers = [str(s) for s in self.table["speaker"]]
+        labels = self.table["label"].tolist()
+        utterances = [str(u) for u in self.table["utterance"]]
         for split, idx in rows.items():
             graphs = []
             for i in idx:
-                row = self.table.iloc[i]
-                speaker = str(row["speaker"])
+                speaker = speakers[i]
                 graph = build_graph(
                     _pick(node_norm, speaker)(self.features[i]),
                     self.k,
                     self.max_nodes,
                     self.pad,
-                    label_index[row["label"]],
-                    str(row["utterance"]),
+                    label_index[labels[i]],
+                    utterances[i],
                     speaker,
                     dilations=self.dilations,
                 )
@@ -294,7 +297,12 @@ class FoldDataModule(L.LightningDataModule):
         trainer = self.trainer
         return trainer is not None and isinstance(trainer.accelerator, CUDAAccelerator)
 
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+    def on_cpu(self) -> bool:
+        """Whether the attached Trainer runs on the CPU (``False`` without one)."""
+        trainer = self.trainer
+        return trainer is not None and isinstance(trainer.accelerator, CPUAccelerator)
+
+    def _loader(self, split: str, shuffle: bool, replay: bool = False) -> DataLoader:
         generator = None
         if shuffle:
             generator = torch.Generator().manual_seed(self.seed)
@@ -326,8 +334,12 @@ class FoldDataModule(L.LightningDataModule):
         # split instead of rebuilt from Data objects every step, and marked for the models'
         # fast path on the CPU (sergraph/data/collate.py). Pinned for a GPU: the loader calls
         # PyG's Batch.pin_memory, which pins every tensor attribute in place and keeps the mark.
+        # replay: the validation batches of a one-process CPU run, cut once and evaluated
+        # every epoch (sergraph.data.collate.ReplayLoader)
+        replay = replay and world_size == 1 and self.num_workers == 0 and self.on_cpu()
         return graph_loader(
             self.datasets[split],
+            replay=replay,
             batch_size=self.batch_size,
             shuffle=shuffle,
             sampler=sampler,
@@ -341,7 +353,7 @@ class FoldDataModule(L.LightningDataModule):
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("val", shuffle=False)
+        return self._loader("val", shuffle=False, replay=True)
 
     def test_dataloader(self) -> DataLoader:
         return self._loader("test", shuffle=False)

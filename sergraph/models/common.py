@@ -32,6 +32,35 @@ def recurrent_output(out: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return out if out.dtype == like.dtype else out.to(like.dtype)
 
 
+class Dropout(nn.Dropout):
+    """``nn.Dropout`` with the same mask, drawn in about half the time on the CPU.
+
+    torch's CPU dropout fills its mask with ``bernoulli_(1 - p)``, which draws one uniform
+    double per element in a serial loop and keeps the element where it is below ``1 - p``.
+    ``torch.rand(..., dtype=float64) < 1 - p`` draws the same doubles from the same generator in
+    a faster loop, so the mask, the output, the gradient and the generator's state afterwards
+    are those of ``nn.Dropout``, bit for bit (``tests/unit/test_models.py`` compares them; a
+    torch whose kernels differ fails that test, and the mask is still a Bernoulli one).
+    Elsewhere (CUDA, ``inplace``, a non-contiguous input, ``p`` of 0 or 1) it is
+    ``nn.Dropout``. The classifier's two dropouts draw a quarter of the recommended recipe's
+    training step's time with ``nn.Dropout`` (``benchmarks/bench_cell_step.py``).
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if (
+            not self.training
+            or self.inplace
+            or not 0.0 < self.p < 1.0
+            or input.device.type != "cpu"
+            or not input.is_contiguous()
+            or not input.is_floating_point()
+        ):
+            return super().forward(input)
+        keep = 1.0 - self.p
+        draws = torch.rand(input.shape, dtype=torch.float64, device=input.device)
+        return input * (draws < keep).to(input.dtype).div_(keep)
+
+
 class BiLSTMFront(nn.Module):
     """A bidirectional LSTM run over each graph's nodes in time order.
 
@@ -125,10 +154,10 @@ class ReadoutHead(nn.Module):
         )
         self.global_channels = int(global_channels)
         self.classifier = nn.Sequential(
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(sum(layer_channels) + self.global_channels, hidden),
             nn.ReLU(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             nn.Linear(hidden, num_classes),
         )
 

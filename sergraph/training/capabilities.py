@@ -233,6 +233,41 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
     return max(1, min(by_cores, by_memory)), why
 
 
+#: What a study's CPU worker imports before it is forked (the fork server's preload, see
+#: :mod:`sergraph.processes`): the study and training code (torch, Lightning) and PyG's layers,
+#: which every graph family uses.
+WORKER_PRELOAD = ("sergraph.training.study", "sergraph.training.module", "torch_geometric.nn")
+
+
+def may_use_workers(overrides: list[str] | tuple[str, ...]) -> bool:
+    """Whether ``sergraph train`` with these command-line overrides may run cells in worker
+    processes, told before the configuration is composed (composing imports torch, Lightning
+    and PyG: seconds), so that the workers' fork server can import them beside this process
+    (:func:`sergraph.processes.prestart`). :func:`study_workers` decides; a wrong yes here costs
+    an idle server. No: fewer than 2 allotted cores, or threads that fill them
+    (``OMP_NUM_THREADS``, ``run.threads``), ``run.parallel=1``, ``run.cell``, a GPU accelerator,
+    or a process of a launcher with several (srun tasks, torchrun).
+    """
+    cores = allotted_cores()
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    threads = int(omp) if omp.isdigit() and int(omp) > 0 else 1
+    for override in overrides:
+        key, _, value = override.lstrip("+~").partition("=")
+        value = value.strip().strip("'\"")
+        if key == "run.cell" or (key == "run.parallel" and value == "1"):
+            return False
+        if key == "trainer.accelerator" and value in ("gpu", "cuda"):
+            return False
+        if key == "run.threads" and value.isdigit():
+            threads = int(value)
+    several = os.environ.get("SLURM_NTASKS", "1").strip() not in ("", "1") and (
+        "SLURM_STEP_ID" in os.environ
+    )
+    if several or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
+        return False
+    return cores // max(1, threads) >= 2
+
+
 def registered_in_process() -> list[str]:
     """Models and metrics this process registered at run time (``@register`` in a notebook or a
     script, an entry of ``sergraph.metrics.METRICS``): a worker process, started afresh, would

@@ -1,6 +1,7 @@
 """``run.parallel``: a study's cells in worker processes that stop with the study.
 
-Each worker (a spawned process) prepares once (``setup``, e.g. planning the study), then asks
+Each worker (a process forked from the fork server, or spawned for CUDA: see
+:mod:`sergraph.processes`) prepares once (``setup``, e.g. planning the study), then asks
 for one cell at a time; a cell is handed out only when a worker is free, so none is queued in a
 worker that could start it after the study stopped. The main process waits on the workers'
 pipes and on their process sentinels together, so it notices at once:
@@ -20,7 +21,6 @@ decides) and get SIGTERM if the main process dies (:func:`~sergraph.training.sto
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import signal
@@ -30,8 +30,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
+from multiprocessing.process import BaseProcess
 
 from sergraph.console import log
+from sergraph.processes import adopt_environment, start_context
 from sergraph.training.stopping import (
     RESUME_HINT,
     Stopped,
@@ -50,17 +52,18 @@ class WorkerDied(RuntimeError):
 
 @dataclass
 class _Worker:
-    process: multiprocessing.process.BaseProcess
+    process: BaseProcess
     connection: object
     task: int | None = None  # the task it runs
     started: list[int] = field(default_factory=list)
     released: bool = False  # told to exit (or gone): no longer listened to
 
 
-def _worker_main(connection, parent: int, device, setup, setup_args, work) -> None:
+def _worker_main(connection, parent: int, environment, device, setup, setup_args, work) -> None:
     """A worker: ``state = setup(*setup_args)``, then ``work(state, task)`` for every task sent
     until ``None``; each result (or the error) is sent back."""
     worker_signals(parent)
+    adopt_environment(environment)
     if device is not None:  # before anything touches CUDA, which reads it once
         os.environ["CUDA_VISIBLE_DEVICES"] = device
     try:
@@ -109,8 +112,9 @@ def run_in_workers(
     names: Callable[[int], str],
     on_done: Callable[[int, object], None],
     devices: Sequence[str | None] | None = None,
+    preload: Sequence[str] = (),
 ) -> None:
-    """Run ``work(state, task)`` for every task in ``parallel`` spawned workers.
+    """Run ``work(state, task)`` for every task in ``parallel`` worker processes.
 
     Args:
         tasks: what to hand out, in this order, one at a time to whichever worker is free.
@@ -119,15 +123,19 @@ def run_in_workers(
         work: picklable function ``work(state, task) -> result``.
         names: a task's name for messages (e.g. ``lstm_gin seed 0 fold-03``).
         on_done: called in this process with ``(task, result)`` as each task finishes.
-        devices: each worker's ``CUDA_VISIBLE_DEVICES`` (``None``: left as it is).
+        devices: each worker's ``CUDA_VISIBLE_DEVICES`` (``None``: left as it is). Workers
+            with a device are spawned; the others are forked from the fork server.
+        preload: modules the fork server imports before its first fork (where it has not
+            started yet; :func:`sergraph.processes.prestart` starts it early).
 
     Raises:
         Stopped: a stop signal arrived (the workers are stopped first).
         WorkerDied: a worker process ended while running a task or before asking for one.
         Exception: the error a task raised, after the other workers are stopped.
     """
-    context = multiprocessing.get_context("spawn")
     devices = list(devices) if devices is not None else [None] * parallel
+    context = start_context(preload, cuda=any(device is not None for device in devices))
+    environment = dict(os.environ)
     queue = deque(tasks)
     workers: list[_Worker] = []
     finished = False
@@ -136,7 +144,15 @@ def run_in_workers(
             ours, theirs = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(theirs, os.getpid(), devices[number], setup, setup_args, work),
+                args=(
+                    theirs,
+                    os.getpid(),
+                    environment,
+                    devices[number],
+                    setup,
+                    setup_args,
+                    work,
+                ),
                 name=f"sergraph-worker-{number}",
                 daemon=True,
             )

@@ -139,5 +139,9 @@ def worker_signals(parent: int) -> None:
             libc.prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG = 1
         except (OSError, AttributeError):  # no prctl: the main process still stops its workers
             pass
-    if os.getppid() != parent:  # the main process died before the line above
+    # The main process died before the line above? (A fork-server worker's parent is the
+    # server, which exits when the main process does: the signal then comes through it.)
+    try:
+        os.kill(parent, 0)
+    except ProcessLookupError:
         os._exit(128 + signal.SIGTERM)

@@ -52,6 +52,7 @@ from sergraph.results.layout import (
 from sergraph.results.provenance import now, provenance
 from sergraph.results.summary import summarize
 from sergraph.training.capabilities import (
+    WORKER_PRELOAD,
     require_precision_kernels,
     study_workers,
     torch_threads,
@@ -215,18 +216,18 @@ def worker_devices(parallel: int, accelerator: str, devices) -> list[str | None]
     return [visible[worker % len(visible)] for worker in range(parallel)]
 
 
-def worker_plan(overrides: list[str], threads: int) -> tuple[dict[str, DictConfig], list[Cell]]:
+def worker_start(
+    configs: dict[str, DictConfig], cells: list[Cell], threads: int, log_path: str
+) -> tuple[dict[str, DictConfig], list[Cell]]:
     """A ``run.parallel`` worker's start: its share of the cores, the study's log file (library
-    chatter such as W&B's goes there, as in the parent), then the study's plan and data (once;
-    their notes only to the log file, the parent printed them)."""
+    chatter such as W&B's goes there, as in the parent), then the data of the parent's plan
+    (once; notes only to the log file, the parent printed them)."""
     import torch
 
     configure_console()
     torch.set_num_threads(threads)
-    composed = compose_study(overrides)
-    attach_log_file(log_file_path(next(iter(composed.values()))))
+    attach_log_file(Path(log_path))
     with notes_to_file_only():
-        configs, cells = plan(overrides, composed)
         for cfg in configs.values():  # the features too (the parent filled the cache)
             study_data(cfg)
     return configs, cells
@@ -284,7 +285,7 @@ def run_study(
     if len(pending) < len(cells):
         log(f"{len(cells) - len(pending)} cell(s) finished earlier, skipped")
     try:
-        _run_cells(configs, cells, pending, list(overrides))
+        _run_cells(configs, cells, pending)
     except BaseException as error:
         stop = stopped_from(error)
         if stop is not None and is_global_zero():
@@ -321,9 +322,7 @@ def run_study(
     return summaries
 
 
-def _run_cells(
-    configs: dict[str, DictConfig], cells: list[Cell], pending: list[Cell], overrides: list[str]
-) -> None:
+def _run_cells(configs: dict[str, DictConfig], cells: list[Cell], pending: list[Cell]) -> None:
     """The unfinished cells of a study: one after another, or in ``run.parallel`` workers."""
     first = next(iter(configs.values()))
     parallel, why_parallel = study_workers(first, len(pending))
@@ -365,12 +364,13 @@ def _run_cells(
             run_in_workers(
                 [c.index for c in pending],
                 parallel,
-                worker_plan,
-                (overrides, threads),
+                worker_start,
+                (configs, cells, threads, str(log_file_path(first))),
                 run_cell_in_worker,
                 lambda index: cell_name(cells[index]),
                 done,
                 gpus,
+                WORKER_PRELOAD,
             )
 
 

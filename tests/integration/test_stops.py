@@ -58,6 +58,12 @@ def descendants(pid: int) -> list[psutil.Process]:
     return psutil.Process(pid).children(recursive=True)
 
 
+def workers_of(pid: int) -> list[psutil.Process]:
+    """A study's worker processes: the children of its fork server (sergraph.processes)."""
+    servers = [c for c in psutil.Process(pid).children() if "forkserver" in " ".join(c.cmdline())]
+    return [worker for server in servers for worker in server.children()]
+
+
 def ended_within(process: subprocess.Popen, seconds: float) -> int:
     try:
         return process.wait(timeout=seconds)
@@ -119,8 +125,8 @@ def test_sigterm_stops_a_parallel_study_its_workers_and_resumes_to_the_same_pred
     process, errors = start(args, env, tmp_path)
     ckpt = runs / ROOT
     wait_for(process, lambda: any(ckpt.glob("fold-*/checkpoints/last.ckpt")), "a checkpoint")
-    children = descendants(process.pid)
-    assert len([c for c in children if "spawn_main" in " ".join(c.cmdline())]) == 2
+    children = descendants(process.pid)  # the workers, their fork server and its helpers
+    assert len(workers_of(process.pid)) == 2
     before = finished_cells(runs)
     process.send_signal(signal.SIGTERM)  # to the main process only: it must stop the workers
     assert ended_within(process, 60) == 143

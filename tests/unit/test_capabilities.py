@@ -213,6 +213,39 @@ def test_cells_at_a_time_from_the_key_the_cores_and_the_threads_per_cell(monkeyp
     assert study_workers(compose(cpu), 64)[0] == 1
 
 
+def test_the_fork_server_starts_early_only_where_workers_may_run(monkeypatch):
+    from sergraph.training.capabilities import may_use_workers
+
+    for name in ("OMP_NUM_THREADS", "SLURM_NTASKS", "SLURM_STEP_ID", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    assert may_use_workers([]) and may_use_workers(["run.parallel=3", "run.threads=2"])
+    for serial in (
+        ["run.parallel=1"],
+        ["run.cell=3"],
+        ["trainer.accelerator=gpu"],
+        ["run.threads=4"],
+        ["run.threads=3"],  # 4 cores hold one cell of 3 threads
+    ):
+        assert not may_use_workers(serial), serial
+    monkeypatch.setenv("OMP_NUM_THREADS", "4")
+    assert not may_use_workers([])
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert may_use_workers([])
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "1")
+    assert not may_use_workers([])
+    monkeypatch.setenv("SLURM_CPUS_PER_TASK", "4")
+    monkeypatch.setenv("WORLD_SIZE", "2")  # a torchrun process
+    assert not may_use_workers([])
+    monkeypatch.delenv("WORLD_SIZE")
+    monkeypatch.setenv("SLURM_NTASKS", "2")  # an srun task of several
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert not may_use_workers([])
+    monkeypatch.setenv("SLURM_NTASKS", "1")
+    assert may_use_workers([])
+
+
 def test_cells_run_one_at_a_time_by_default_when_this_process_registered_its_own(monkeypatch):
     # a worker process starts afresh: a model or metric registered here at run time (a
     # notebook's class, an entry of METRICS) would be unknown there

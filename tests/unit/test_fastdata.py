@@ -190,3 +190,50 @@ def test_batches_that_are_not_one_band_are_not_marked():
     assert band_mark(batch) is None
     (batch,) = graph_loader([moved.clone(), k4[1]], batch_size=2)
     assert band_mark(batch) is None
+
+
+# ---------------------------------------------------------------------------------------------
+# replayed validation batches: cut once, the same objects every later pass
+
+
+def test_a_replay_loader_yields_its_first_complete_pass_again():
+    data = graphs(23, pad=True)
+    loader = graph_loader(data, replay=True, batch_size=5)
+    broken = iter(loader)
+    next(broken)  # a pass that stops early keeps nothing
+    del broken
+    first = list(loader)
+    again = list(loader)
+    assert len(first) == len(loader) == 5
+    assert all(a is b for a, b in zip(first, again, strict=True))
+    for ours, theirs in zip(again, PyGDataLoader(data, batch_size=5), strict=True):
+        assert_same_batch(ours, theirs)
+    with pytest.raises(ValueError, match="unshuffled"):
+        graph_loader(data, replay=True, batch_size=5, shuffle=True)
+
+
+def test_the_datamodule_replays_validation_batches_on_a_cpu_trainer_only(toy_table, toy_features):
+    import lightning as L
+
+    from sergraph.data.collate import ReplayLoader
+
+    fold = make_folds(toy_table, "loso", val_speakers=1)[1]
+    classes = ["angry", "neutral", "sad"]
+    dm = FoldDataModule(toy_table, toy_features, fold, classes, k=4, max_nodes=20, batch_size=5)
+    dm.setup()
+    assert type(dm.val_dataloader()) is not ReplayLoader  # no Trainer: nothing assumed
+    dm.trainer = L.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False)
+    loader = dm.val_dataloader()
+    assert isinstance(loader, ReplayLoader)
+    assert type(dm.train_dataloader()) is not ReplayLoader
+    assert type(dm.test_dataloader()) is not ReplayLoader
+    reference = PyGDataLoader(dm.datasets["val"], batch_size=5)
+    for ours, theirs in zip(list(loader), reference, strict=True):
+        assert_same_batch(ours, theirs)
+    # each graph carries its own row's label, utterance and speaker
+    rows = toy_table.set_index("utterance")
+    for split, graphs_of_split in dm.datasets.items():
+        for graph in graphs_of_split:
+            row = rows.loc[graph.utterance]
+            assert graph.speaker == str(row["speaker"]), split
+            assert classes[int(graph.y)] == row["label"], split

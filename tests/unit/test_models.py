@@ -73,3 +73,44 @@ def test_output_of_a_graph_does_not_depend_on_its_batch(name, pad):
         together = model(Batch.from_data_list(items))
         alone = torch.cat([model(Batch.from_data_list([g])) for g in items])
     assert torch.allclose(together, alone, atol=1e-5)
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.73])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(7,), (32, 1658), (4, 3, 5)])
+def test_dropout_draws_torchs_mask_bit_for_bit(p, dtype, shape):
+    """The classifier's Dropout: output, gradient and the generator's state afterwards are
+    nn.Dropout's under the same seed (a torch whose CPU Bernoulli kernel changed fails here)."""
+    from sergraph.models.common import Dropout
+
+    x = torch.randn(shape, dtype=torch.float64).to(dtype)
+    results = []
+    for layer in (torch.nn.Dropout(p), Dropout(p)):
+        inputs = x.clone().requires_grad_(True)
+        torch.manual_seed(11)
+        out = layer.train()(inputs)
+        out.backward(torch.arange(out.numel(), dtype=out.dtype).view(out.shape))
+        results.append((out.detach(), inputs.grad, torch.rand(3)))
+    (out_a, grad_a, after_a), (out_b, grad_b, after_b) = results
+    assert torch.equal(out_a, out_b)
+    assert torch.equal(grad_a, grad_b)
+    assert torch.equal(after_a, after_b)
+    kept = (out_b != 0).double().mean().item()
+    if out_b.numel() > 1000:  # a Bernoulli(1 - p) mask: mean within 5 standard errors
+        assert abs(kept - (1 - p)) < 5 * (p * (1 - p) / out_b.numel()) ** 0.5
+
+
+def test_dropout_falls_back_where_its_draw_is_not_torchs():
+    from sergraph.models.common import Dropout
+
+    x = torch.randn(6, 5)
+    assert torch.equal(Dropout(0.5).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))
+    transposed = torch.randn(5, 6).t()  # non-contiguous: nn.Dropout's own path
+    torch.manual_seed(3)
+    expected = torch.nn.functional.dropout(transposed, 0.5, True)
+    torch.manual_seed(3)
+    assert torch.equal(Dropout(0.5).train()(transposed), expected)
+    head = build_model("lstm_gin", in_channels=4, num_classes=3, dropout=0.2).head.classifier
+    assert [type(m) for m in head if isinstance(m, torch.nn.Dropout)] == [Dropout, Dropout]

@@ -19,7 +19,13 @@ PACKAGE_ROOT = Path(sergraph.__file__).parent
 
 # Lower layers never import higher ones (the data flow of the README's Layout section).
 LAYERS = [
-    {"sergraph.version", "sergraph.io", "sergraph.console", "sergraph.metrics"},
+    {
+        "sergraph.version",
+        "sergraph.io",
+        "sergraph.console",
+        "sergraph.metrics",
+        "sergraph.processes",
+    },
     {"sergraph.optim"},  # optimisers and schedules: validated by config, built by training
     {"sergraph.data"},
     {"sergraph.models"},

@@ -13,6 +13,7 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from sergraph.training.parallel import WorkerDied, run_in_workers
@@ -75,6 +76,41 @@ def test_every_task_runs_once_with_its_workers_device(tmp_path):
     assert len(device_of) <= 2 and set(device_of.values()) <= {"7", "GPU-ab"}
     assert len(set(device_of.values())) == len(device_of)  # two workers, two devices
     assert not any(alive(pid) for pid in device_of)
+
+
+def environment_of(folder: Path, task: int) -> str:
+    return f"{os.getpid()} {os.getppid()} {os.environ.get('SERGRAPH_POOL_TEST')}"
+
+
+def test_cpu_workers_are_forked_from_one_server_and_see_the_parents_environment_of_now(
+    tmp_path, monkeypatch
+):
+    """CPU workers come from the fork server (sergraph.processes), which keeps the environment
+    it started with; each worker takes the parent's environment of the moment it starts."""
+    from multiprocessing import forkserver
+
+    from sergraph.processes import prestart
+
+    monkeypatch.setenv("SERGRAPH_POOL_TEST", "before")
+    prestart()  # a no-op where the server already runs; then it has an older environment
+    forkserver.ensure_running()
+    server = psutil.Process(forkserver._forkserver._forkserver_pid)
+    monkeypatch.setenv("SERGRAPH_POOL_TEST", "after")
+    done = {}
+    run_in_workers(
+        [0, 1, 2],
+        2,
+        setup,
+        (str(tmp_path),),
+        environment_of,
+        names,
+        lambda task, line: done.setdefault(task, line),
+    )
+    assert sorted(done) == [0, 1, 2]
+    assert {line.split()[2] for line in done.values()} == {"after"}
+    assert {int(line.split()[1]) for line in done.values()} == {server.pid}  # forked by it
+    assert server.is_running()
+    assert server.environ().get("SERGRAPH_POOL_TEST") != "after"
 
 
 def test_a_dead_worker_is_named_with_its_cell_and_the_others_stop(tmp_path):

@@ -50,6 +50,7 @@ from sergraph.data.features.opensmile import (
     smile_for,
 )
 from sergraph.io import file_sha256
+from sergraph.processes import prestart, start_context
 
 __all__ = ["CHANGED", "Job", "run_opensmile_job", "run_opensmile_jobs", "worker_pool"]
 
@@ -114,16 +115,9 @@ def run_opensmile_job(job: Job) -> Result:
 
 
 def _start_context() -> multiprocessing.context.BaseContext:
-    """``forkserver`` with this module and opensmile preloaded, or ``spawn`` where there is none.
-
-    The preload list is the fork server's (one per process); it takes effect when the server
-    starts, and ``__main__`` stays in it so that workers need not import the main script again.
-    """
-    if "forkserver" not in multiprocessing.get_all_start_methods():
-        return multiprocessing.get_context("spawn")
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["__main__", __name__, "opensmile"])
-    return context
+    """``forkserver`` with this module and opensmile among the server's imports
+    (:mod:`sergraph.processes`), or ``spawn`` where there is none."""
+    return start_context([__name__, "opensmile"])
 
 
 def _start_worker(feature_set: str, levels: tuple[str, ...], smile) -> None:
@@ -138,12 +132,9 @@ def worker_pool(job: Job, processes: int) -> ProcessPoolExecutor:
     (made here first if need be).
     """
     context = _start_context()
-    if context.get_start_method() == "forkserver":
-        from multiprocessing import forkserver  # not on every platform
-
-        # Started now (it returns at once), so that the server loads while this process makes
-        # its Smile.
-        forkserver.ensure_running()
+    # Started now (it returns at once), so that the server loads while this process makes
+    # its Smile.
+    prestart()
     levels = job.levels()
     smile = smile_for(job.feature_set, levels)
     return ProcessPoolExecutor(
