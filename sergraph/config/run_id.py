@@ -19,6 +19,7 @@ RUNTIME_KEYS = (
     "features.cache_dir",
     "trainer.num_workers",
     "trainer.progress_bar",
+    "trainer.resume_every_s",
     "run.name",
     "run.out_dir",
     "run.seeds",

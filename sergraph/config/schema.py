@@ -140,6 +140,11 @@ class TrainerConfig:
     deterministic: bool = True
     num_workers: int = 0
     progress_bar: bool = False
+    # Seconds between a cell's resume points (last.ckpt, written at the end of an epoch) at
+    # most: a stop or a fault loses about this much work, or one epoch where epochs are longer.
+    # 0: every epoch. One is also written at every epoch that writes best.ckpt. Speed only:
+    # not part of a run's identity.
+    resume_every_s: float = 10.0
 
 
 @dataclass

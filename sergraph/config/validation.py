@@ -84,6 +84,7 @@ def validate(cfg: DictConfig, build_model: bool = True) -> None:
     _validate_topology(cfg)
     _validate_slurm(cfg)
     positive("trainer.patience", cfg.trainer.patience)
+    positive("trainer.resume_every_s", cfg.trainer.resume_every_s, strict=False)
     parallel = cfg.run.parallel
     if parallel != "auto":
         if isinstance(parallel, bool) or not isinstance(parallel, int):

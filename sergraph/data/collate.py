@@ -234,6 +234,11 @@ class CollatedGraphs(Dataset):
             raise ValueError(f"cannot collate these graphs once: {error}") from None
         # The band of each graph, checked once per split (0: not a band graph).
         self.band_k = torch.tensor([graph_band_k(g) for g in graphs], dtype=torch.long)
+        # a split of one band and one graph size (padded graphs): a batch's mark depends on its
+        # graph count only, and is made once per count (a mark is never changed)
+        same = bool(len(graphs)) and bool((self.band_k == self.band_k[0]).all())
+        self._one_band = same and int(self.band_k[0]) > 0 and self.same_num_nodes
+        self._marks: dict[int, BandMark] = {}
 
     def _collate_key(self, key: str) -> None:
         graphs = self.graphs
@@ -339,6 +344,11 @@ class CollatedGraphs(Dataset):
         batch._num_graphs = count
         batch._slice_dict = slice_dict
         batch._inc_dict = inc_dict
+        if self._one_band and count:
+            if count not in self._marks:
+                self._marks[count] = BandMark.of(int(self.band_k[0]), num_nodes)
+            set_band_mark(batch, self._marks[count])
+            return batch
         ks = self.band_k[index]
         if count and bool((ks == ks[0]).all()) and int(ks[0]) > 0:
             set_band_mark(batch, BandMark.of(int(ks[0]), num_nodes))

@@ -1,8 +1,10 @@
 """Lightning callbacks of a neural cell: staying stopped after a resume, reporting progress,
-checking shared storage under DDP, checkpoints with every rank's random states."""
+checking shared storage under DDP, checkpoints with every rank's random states and the resume
+point's schedule."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
@@ -82,3 +84,41 @@ class RankStatesCheckpoint(ModelCheckpoint):
         finally:
             if keep is not None:
                 datamodule.export_in_state = keep
+
+
+class ResumePoint(RankStatesCheckpoint):
+    """``last.ckpt``: the end-of-epoch checkpoint a cell resumes from after a stop or a fault,
+    written at the end of an epoch when
+
+    - the best checkpoint (``best``, a :class:`RankStatesCheckpoint` that runs first, as
+      Lightning orders checkpoint callbacks) was written at this epoch, so that a resume point
+      is never older than ``best.ckpt`` (a resume then never meets a ``best.ckpt`` from epochs
+      it has not trained yet), or
+    - at least ``every_s`` seconds have passed since the last resume point (or since training
+      started); 0: every epoch.
+
+    A stop or a fault loses at most the epochs since the last one: about ``every_s`` seconds,
+    or one epoch where epochs are longer. A resumed cell gives the same results whichever epoch
+    it resumes from. Under DDP rank zero's clock decides for every rank (the save is a
+    collective). Without the data module's export state (``export_state=False``), which a
+    resume does not read.
+    """
+
+    def __init__(self, *args, best: ModelCheckpoint, every_s: float = 0.0, **kwargs) -> None:
+        super().__init__(*args, export_state=False, **kwargs)
+        self.best = best
+        self.every_s = float(every_s)
+        self._since: float | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        super().on_train_start(trainer, pl_module)
+        self._since = time.monotonic()
+
+    def _save_topk_checkpoint(self, trainer, monitor_candidates) -> None:
+        if self.every_s > 0 and self.best._last_global_step_saved != trainer.global_step:
+            since = self._since if self._since is not None else time.monotonic()
+            due = trainer.strategy.broadcast(time.monotonic() - since >= self.every_s, src=0)
+            if not due:
+                return
+        super()._save_topk_checkpoint(trainer, monitor_candidates)
+        self._since = time.monotonic()

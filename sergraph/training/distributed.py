@@ -30,11 +30,20 @@ def is_global_zero() -> bool:
         return (
             int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
         )
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
-    if SLURMEnvironment.detect():
+    if in_slurm_step():
         return int(os.environ.get("SLURM_PROCID", 0)) == 0
     return True
+
+
+def in_slurm_step() -> bool:
+    """Lightning's ``SLURMEnvironment.detect()`` (a process of an srun job step), asked only
+    where ``SLURM_NTASKS`` is set: elsewhere it is ``False``, and this answer costs no import
+    of Lightning (seconds, which a study's main process need not pay)."""
+    if "SLURM_NTASKS" not in os.environ:
+        return False
+    from lightning.fabric.plugins.environments import SLURMEnvironment
+
+    return SLURMEnvironment.detect()
 
 
 def trainer_topology(cfg: DictConfig) -> tuple[object, int]:
@@ -52,10 +61,8 @@ def trainer_topology(cfg: DictConfig) -> tuple[object, int]:
     visible GPU, and it refuses a ``num_nodes`` that differs from the launcher's), so they are
     read here instead of being written twice, in the job script and in the configuration.
     """
-    from lightning.fabric.plugins.environments import SLURMEnvironment
-
     configured = (cfg.trainer.devices, cfg.trainer.num_nodes)
-    if SLURMEnvironment.detect():
+    if in_slurm_step():
         nodes = int(os.environ.get("SLURM_NNODES") or os.environ.get("SLURM_JOB_NUM_NODES") or 1)
         per_node = os.environ.get("SLURM_NTASKS_PER_NODE")
         if per_node:

@@ -44,7 +44,12 @@ def fit_neural(
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping
 
-    from sergraph.training.callbacks import CellProgress, RankStatesCheckpoint, SharedStorageCheck
+    from sergraph.training.callbacks import (
+        CellProgress,
+        RankStatesCheckpoint,
+        ResumePoint,
+        SharedStorageCheck,
+    )
     from sergraph.training.timing import PhaseClock, ValidationClock
 
     configure_console()  # after importing Lightning, which adds its own console handler
@@ -70,16 +75,18 @@ def fit_neural(
         save_top_k=1,
         enable_version_counter=False,
     )
-    # last.ckpt: the end of every epoch (Lightning's save_last writes only when best.ckpt is
-    # written), after early stopping and best.ckpt have decided, with their states: a cell
-    # resumed from it makes the same best-checkpoint and stopping decisions.
-    resume_point = RankStatesCheckpoint(
+    # last.ckpt: at the end of an epoch where best.ckpt was written, and otherwise at most every
+    # trainer.resume_every_s seconds (ResumePoint), after early stopping and best.ckpt have
+    # decided, with their states: a cell resumed from it makes the same best-checkpoint and
+    # stopping decisions.
+    resume_point = ResumePoint(
         dirpath=paths.last.parent,
         filename=paths.last.stem,
         monitor=None,
         save_top_k=1,
         enable_version_counter=False,
-        export_state=False,  # a resume rebuilds it from the data; best.ckpt carries it
+        best=checkpoint,
+        every_s=cfg.trainer.get("resume_every_s", 0.0),
     )
     label = cfg.run.label or cfg.model.name
     progress = CellProgress(f"{label} seed {seed} {fold.name}")

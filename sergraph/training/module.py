@@ -479,10 +479,14 @@ def augment_nodes(
         features = x.size(1)
         width = torch.randint(0, min(feature_mask, features) + 1, (num_graphs,), device=x.device)
         start = (torch.rand(num_graphs, device=x.device) * (features - width + 1)).long()
-        if uniform and on_host:  # each graph's band of columns filled as one strided slice
-            for g, (first, count) in enumerate(zip(start.tolist(), width.tolist(), strict=True)):
-                if count:
-                    grid[g, :, first : first + count] = 0.0
+        if uniform and on_host:  # each graph's band of columns, all filled by one index_put_
+            total = int(width.sum())
+            ends = torch.cumsum(width, 0)
+            graphs = torch.repeat_interleave(torch.arange(num_graphs), width, output_size=total)
+            columns = torch.arange(total) + torch.repeat_interleave(
+                start - (ends - width), width, output_size=total
+            )
+            grid[graphs, :, columns] = 0.0
         else:
             column = torch.arange(features, device=x.device)
             hit = (column[None, :] >= start[:, None]) & (column[None, :] < (start + width)[:, None])

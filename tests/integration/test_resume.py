@@ -34,6 +34,7 @@ ARGS = [
     "trainer.accelerator=cpu",
     "optim.lr=3e-3",
     "optim.batch_size=8",
+    "trainer.resume_every_s=0",  # a resume point every epoch: the tests kill at a given one
 ]
 CELL = Path("synthetic", "lstm_gin", "seed-0", "fold-00")
 

@@ -37,6 +37,7 @@ STUDY = [
     "trainer.accelerator=cpu",
     "optim.lr=3e-3",
     "optim.batch_size=8",
+    "trainer.resume_every_s=0",  # a resume point every epoch: the requeue test waits for one
 ]
 # 9 test utterances over 2 processes (odd on purpose).
 DDP_STUDY = [
