@@ -26,6 +26,7 @@ against :func:`~sergraph.data.graphs.temporal_edge_index` once per split; the Py
 from __future__ import annotations
 
 import copy
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -340,7 +341,10 @@ class CollatedGraphs(Dataset):
                 inc_dict[key] = None
         values["batch"] = torch.repeat_interleave(torch.arange(count), num_nodes)
         values["ptr"] = node_ptr
-        batch = Batch(_base_cls=Data, **values)
+        # PyG's Batch(_base_cls=Data, **values), without its metaclass's per-call class
+        # creation and signature inspection (a third of this method): the same class, the
+        # same constructor
+        batch = type.__call__(_data_batch_class(), **values)
         batch._num_graphs = count
         batch._slice_dict = slice_dict
         batch._inc_dict = inc_dict
@@ -371,6 +375,12 @@ def batch_to_device(batch: Batch, device, keys) -> Batch:
         if isinstance(value, Tensor):
             moved[key] = value.to(device, non_blocking=True)
     return moved
+
+
+@functools.cache
+def _data_batch_class() -> type:
+    """PyG's batch class of ``Data`` graphs (``DataBatch``), made once."""
+    return type(Batch(_base_cls=Data))
 
 
 def _first(items):
