@@ -210,6 +210,8 @@ def layer_and_step_ratios(name: str, batch_size: int, device: str, rounds: int) 
     batch = make_batch(batch_size, 120, device)
     if not hasattr(model, "uses_fast_path") or not model.uses_fast_path(batch):
         return None
+    if not hasattr(model, "convs"):  # no graph layers to compare (bigru_attn: its GRU only)
+        return None
     band = banded.detect(batch)
     width = model.front.out_channels if model.front is not None else 76
     hidden = torch.randn(batch.num_nodes, width, device=device, requires_grad=True)
