@@ -312,8 +312,8 @@ def own_folder(configs: dict[str, DictConfig], overrides) -> dict[str, DictConfi
         f"{run_root(cfg)} holds another configuration (id {other}); this run's results go to "
         f"{run_root(moved)} (labelled by its settings)"
     )
-    # once on the console: run.parallel workers plan the study again with their notes sent to
-    # the log file only (sergraph.console.notes_to_file_only)
+    # once on the console, by the process that plans the study (run.parallel workers take its
+    # plan)
     log(note)
     return {moved.run.label: moved}
 

@@ -150,6 +150,19 @@ def allotted_cores() -> int:
     return max(1, cores)
 
 
+def omp_threads() -> int | None:
+    """``OMP_NUM_THREADS`` where it is set to a positive number (the user's or the cluster's
+    choice of threads per process), else ``None``."""
+    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(omp) if omp.isdigit() and int(omp) > 0 else None
+
+
+def cell_threads(given) -> int:
+    """The torch threads of one cell: ``run.threads`` (``given``) where set, else
+    ``OMP_NUM_THREADS``, else 1."""
+    return int(given) if given is not None else (omp_threads() or 1)
+
+
 def torch_threads(cfg: DictConfig, processes: int) -> tuple[int, str]:
     """torch threads for each of ``processes`` processes sharing this one's cores, and why.
 
@@ -160,9 +173,9 @@ def torch_threads(cfg: DictConfig, processes: int) -> tuple[int, str]:
     given = cfg.run.get("threads")
     if given is not None:
         return int(given), f"run.threads={given}"
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    if omp.isdigit() and int(omp) > 0:
-        return int(omp), f"OMP_NUM_THREADS={omp}"
+    omp = omp_threads()
+    if omp is not None:
+        return omp, f"OMP_NUM_THREADS={omp}"
     cores = allotted_cores()
     threads = max(1, cores // max(1, processes))
     return threads, f"{cores} allotted core(s) / {processes} process(es)"
@@ -219,12 +232,9 @@ def study_workers(cfg: DictConfig, cells: int) -> tuple[int, str]:
             return 1, f"run.parallel=auto, trainer.accelerator={cfg.trainer.accelerator}"
     elif cfg.trainer.accelerator != "cpu":
         return 1, f"run.parallel=auto, trainer.accelerator={cfg.trainer.accelerator}"
-    threads = cfg.run.get("threads")
-    if threads is None:
-        omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-        threads = int(omp) if omp.isdigit() and int(omp) > 0 else 1
+    threads = cell_threads(cfg.run.get("threads"))
     cores = allotted_cores()
-    by_cores = min(cores // int(threads), cells)
+    by_cores = min(cores // threads, cells)
     memory = machine_memory()
     by_memory = max(1, memory // WORKER_MEMORY)
     why = f"run.parallel=auto, {cores} allotted core(s) / {threads} thread(s) per cell"
@@ -248,9 +258,7 @@ def may_use_workers(overrides: list[str] | tuple[str, ...]) -> bool:
     (``OMP_NUM_THREADS``, ``run.threads``), ``run.parallel=1``, ``run.cell``, a GPU accelerator,
     or a process of a launcher with several (srun tasks, torchrun).
     """
-    cores = allotted_cores()
-    omp = os.environ.get("OMP_NUM_THREADS", "").strip()
-    threads = int(omp) if omp.isdigit() and int(omp) > 0 else 1
+    given = None
     for override in overrides:
         key, _, value = override.lstrip("+~").partition("=")
         value = value.strip().strip("'\"")
@@ -259,13 +267,13 @@ def may_use_workers(overrides: list[str] | tuple[str, ...]) -> bool:
         if key == "trainer.accelerator" and value in ("gpu", "cuda"):
             return False
         if key == "run.threads" and value.isdigit():
-            threads = int(value)
+            given = int(value)
     several = os.environ.get("SLURM_NTASKS", "1").strip() not in ("", "1") and (
         "SLURM_STEP_ID" in os.environ
     )
     if several or os.environ.get("WORLD_SIZE", "1").strip() not in ("", "1"):
         return False
-    return cores // max(1, threads) >= 2
+    return allotted_cores() // max(1, cell_threads(given)) >= 2
 
 
 def registered_in_process() -> list[str]:
